@@ -1,0 +1,106 @@
+"""Start everything the dashboard needs on one machine; Ctrl-C stops all of it.
+
+A private redis-server (unless ``REDIS_URL`` is set), one RQ worker that preloads TensorFlow, the
+RQ cron scheduler (periodic rescans), and the web server on http://127.0.0.1:8000.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from dashboard.localredis import PrivateRedis
+
+
+def _die_with_parent() -> None:
+    # If this launcher is killed outright, the kernel sends SIGTERM to each child: no strays.
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class Command(BaseCommand):
+    help = "Run the web server, a worker, the scheduler and (if REDIS_URL is unset) a private redis-server."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--addr", default="127.0.0.1:8000", help="Address for the web server.")
+        parser.add_argument("--workers", type=int, default=1, help="Number of RQ workers.")
+
+    def handle(self, *args, **options) -> None:
+        for directory in [settings.VAR_DIR, *settings.CHECKPOINT_ROOTS, settings.EXPORT_ROOT]:
+            os.makedirs(directory, exist_ok=True)
+        env = dict(os.environ)
+        private_redis = None
+        if not os.environ.get("REDIS_URL"):
+            private_redis = PrivateRedis(settings.VAR_DIR / "redis.sock").start()
+            env["REDIS_URL"] = private_redis.url
+            self.stdout.write(f"redis-server (private) on {private_redis.socket_path}")
+
+        manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        commands = {
+            **{
+                f"worker-{i + 1}": [*manage, "rqworker", settings.JOB_QUEUE,
+                                    "--worker-class", "dashboard.worker.PreloadingWorker"]
+                for i in range(max(1, options["workers"]))
+            },
+            "scheduler": [*manage, "rqcron", "dashboard.cron", "--logging-level", "WARNING"],
+            "web": [*manage, "runserver", options["addr"], "--noreload"],
+        }
+        children: dict[str, subprocess.Popen] = {}
+        stopping = False
+
+        def request_stop(signum, frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        try:
+            for name, cmd in commands.items():
+                children[name] = subprocess.Popen(
+                    cmd, env=env, cwd=settings.BASE_DIR, start_new_session=True, preexec_fn=_die_with_parent
+                )
+            self.stdout.write(self.style.SUCCESS(
+                f"Dashboard on http://{options['addr']}/  (Ctrl-C stops the web server, worker and queue)"
+            ))
+            while not stopping:
+                for name, child in children.items():
+                    if child.poll() is not None:
+                        self.stderr.write(f"{name} exited with code {child.returncode}; stopping everything")
+                        stopping = True
+                        break
+                time.sleep(0.3)
+        finally:
+            self._stop_all(children)
+            if private_redis is not None:
+                private_redis.stop()
+            self.stdout.write("Stopped.")
+
+    @staticmethod
+    def _stop_all(children: dict[str, subprocess.Popen]) -> None:
+        for child in children.values():
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGTERM)
+        # RQ treats the first SIGTERM as "finish the current job"; a second one makes the worker kill
+        # its work horse (which runs in a process group of its own) and leave now.
+        time.sleep(0.5)
+        for name, child in children.items():
+            if name.startswith("worker") and child.poll() is None:
+                os.killpg(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()

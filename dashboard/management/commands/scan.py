@@ -1,0 +1,90 @@
+"""Register a run directory if new and scan it inline; or rescan every tracked run.
+
+    python manage.py scan DIR --name NAME [--json]
+    python manage.py scan --all [--json]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.text import slugify
+
+from dashboard.models import Checkpoint, Run, checkpoint_directory
+
+
+class Command(BaseCommand):
+    help = "Scan a checkpoint directory (registering it as a run if new), or every tracked run with --all."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("directory", nargs="?", help="Run directory (must be inside CHECKPOINT_ROOTS).")
+        parser.add_argument("--name", help="Run name for a new directory (default: the directory's name).")
+        parser.add_argument("--all", action="store_true", help="Rescan every tracked run.")
+        parser.add_argument("--json", action="store_true", help="Print one JSON object to stdout.")
+
+    def handle(self, *args, **options) -> None:
+        if options["all"]:
+            if options["directory"]:
+                raise CommandError("Give either a directory or --all, not both.")
+            self._scan_all(as_json=options["json"])
+            return
+        if not options["directory"]:
+            raise CommandError("Give a directory to scan, or --all.")
+        run = self._get_or_register(options["directory"], options["name"])
+        _, result = run.scan()
+        if options["json"]:
+            self.stdout.write(json.dumps(self._report(run, result.problems)))
+        else:
+            self.stdout.write(f"{run.name}: {len(result.checkpoints)} checkpoints in {run.directory}")
+            for problem in result.problems:
+                self.stdout.write(f"  problem: {problem}")
+
+    def _get_or_register(self, directory: str, name: str | None) -> Run:
+        try:
+            real = checkpoint_directory(os.path.abspath(directory))
+        except ValueError as exc:
+            raise CommandError(f"{directory}: {exc}") from None
+        run = Run.objects.filter(directory=str(real)).first()
+        if run is not None:
+            if name and name != run.name:
+                raise CommandError(f"{real} is already tracked as run “{run.name}”.")
+            return run
+        run = Run(name=name or slugify(real.name), directory=str(real))
+        try:
+            run.full_clean()
+        except ValidationError as exc:
+            messages = "; ".join(f"{field}: {' '.join(errs)}" for field, errs in exc.message_dict.items())
+            raise CommandError(messages) from None
+        run.save()
+        return run
+
+    def _scan_all(self, *, as_json: bool) -> None:
+        report = {}
+        for run in Run.objects.all():
+            try:
+                counts, result = run.scan()
+                report[run.name] = {**counts, "checkpoints": len(result.checkpoints), "problems": result.problems}
+            except ValueError as exc:  # directory no longer inside the roots, or gone
+                report[run.name] = {"error": str(exc)}
+        if as_json:
+            self.stdout.write(json.dumps({"runs": report}))
+        else:
+            for name, counts in report.items():
+                self.stdout.write(f"{name}: {counts}")
+
+    @staticmethod
+    def _report(run: Run, problems: list[str]) -> dict:
+        rows = (
+            Checkpoint.objects.filter(run=run)
+            .select_related("meta_source")
+            .order_by("step", "saved_at", "prefix")
+        )
+        state_problems = [f"state file {s['name']}: {s['problem']}" for s in run.state_files if s.get("problem")]
+        return {
+            "run": {"id": run.pk, "name": run.name, "directory": run.directory},
+            "checkpoints": [c.as_json() for c in rows],
+            "problems": list(dict.fromkeys([*problems, *state_problems])),
+        }

@@ -1,0 +1,395 @@
+"""The records the dashboard keeps: runs, their checkpoints, exports, jobs and the audit trail.
+
+The database is the truth the pages show. Files on disk are reconciled into it by scans (and by
+our own save jobs the moment they write); RQ's own job records expire, our ``Job`` rows do not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models, transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from persistence import discovery, files
+
+
+def checkpoint_directory(path: str) -> Path:
+    """Resolve a run directory and check it is an existing directory inside ``CHECKPOINT_ROOTS``.
+
+    Raises ``ValueError`` with a message fit to show next to the form field.
+    """
+    text = (path or "").strip()
+    if not text:
+        raise ValueError("Enter a directory.")
+    if not os.path.isabs(os.path.expanduser(text)):
+        raise ValueError("Enter an absolute path.")
+    try:
+        real = files.resolve_inside(text, settings.CHECKPOINT_ROOTS)
+    except files.PathOutsideRoots:
+        roots = ", ".join(str(r) for r in settings.CHECKPOINT_ROOTS)
+        raise ValueError(f"This directory is outside the checkpoint roots ({roots}).") from None
+    if not real.is_dir():
+        raise ValueError("This directory does not exist." if not real.exists() else "This is not a directory.")
+    return real
+
+
+class Run(models.Model):
+    """A tracked checkpoint directory."""
+
+    FORMAT_CHOICES = [(discovery.TF1, "TF1 Saver"), (discovery.TF2, "TF2 object")]
+    BEST_MODE_CHOICES = [("min", "lowest is best"), ("max", "highest is best")]
+
+    name = models.SlugField(max_length=100, unique=True)
+    directory = models.CharField(max_length=1024, unique=True)
+    format = models.CharField(max_length=8, choices=FORMAT_CHOICES, blank=True)
+    recipe = models.CharField(max_length=255, blank=True, help_text="Model recipe for save and TF2 freeze jobs.")
+    trusted = models.BooleanField(
+        default=False, help_text="Allow graphs with file-system or Python ops to be restored and frozen."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    last_scanned_at = models.DateTimeField(null=True, blank=True)
+    latest_prefix = models.CharField(max_length=512, blank=True, help_text="Named by the default state file.")
+    last_preserved_timestamp = models.FloatField(null=True, blank=True)
+    state_files = models.JSONField(default=list, blank=True)
+    scan_problems = models.JSONField(default=list, blank=True)
+
+    # Retention policy (DESIGN §5). Empty means "this rule is off".
+    max_to_keep = models.PositiveIntegerField(null=True, blank=True)
+    keep_checkpoint_every_n_hours = models.FloatField(null=True, blank=True, validators=[MinValueValidator(0)])
+    keep_every_n_steps = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    keep_best_n = models.PositiveIntegerField(null=True, blank=True)
+    best_metric = models.CharField(max_length=100, blank=True)
+    best_mode = models.CharField(max_length=3, choices=BEST_MODE_CHOICES, default="min")
+    min_age_seconds = models.PositiveIntegerField(default=600)
+    protect_exported = models.BooleanField(default=True)
+    auto_prune = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [
+            ("operate_run", "Can start save, restore, freeze, scan and compare jobs"),
+            ("maintain_run", "Can prune, pin, make latest and edit retention"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("run", args=[self.name])
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        try:
+            self.directory = str(checkpoint_directory(self.directory))
+        except ValueError as exc:
+            raise ValidationError({"directory": str(exc)}) from None
+
+    def scan(self, *, now: dt.datetime | None = None) -> tuple[dict[str, int], discovery.ScanResult]:
+        """Rescan the directory (incrementally) and record what was found. Imports TensorFlow."""
+        checkpoint_directory(self.directory)  # the root list may have changed since registration
+        result = discovery.scan_directory(self.directory, known=self.known_fingerprints())
+        return self.apply_scan(result, now=now), result
+
+    def apply_scan(self, result: discovery.ScanResult, *, now: dt.datetime | None = None) -> dict[str, int]:
+        """Reconcile a scan of this run's directory into rows; return counts of what changed.
+
+        Unchanged checkpoints (same fingerprint) are not touched, which keeps a rescan of a large
+        run to a handful of queries. Rows whose files vanished become ``missing``; rows we pruned
+        stay ``pruned``.
+        """
+        now = now or timezone.now()
+        latest_by_prefix: dict[str, list[str]] = {}
+        for state in result.state_files:
+            if state.latest:
+                latest_by_prefix.setdefault(state.latest, []).append(state.name)
+        default_state = next((s for s in result.state_files if s.name == "checkpoint"), None)
+        found = {c.prefix: c for c in result.checkpoints}
+
+        with transaction.atomic():
+            existing = {
+                row.prefix: row
+                for row in self.checkpoints.only(
+                    "id", "prefix", "fingerprint", "status", "latest_in", "meta_source_id"
+                )
+            }
+            created, updated = [], []
+            for prefix, found_ckpt in found.items():
+                row = existing.get(prefix)
+                if row is None:
+                    row = Checkpoint(run=self, prefix=prefix)
+                    row.fill_from_discovery(found_ckpt)
+                    created.append(row)
+                elif not found_ckpt.unchanged or row.status in (Checkpoint.MISSING, Checkpoint.PRUNED):
+                    row.fill_from_discovery(found_ckpt)
+                    updated.append(row)
+            Checkpoint.objects.bulk_create(created, batch_size=2000)
+            detail_fields = [
+                "step", "status", "format", "files", "has_own_meta", "size_bytes", "saved_at",
+                "variables", "variable_count", "fingerprint", "problems",
+            ]
+            Checkpoint.objects.bulk_update(updated, detail_fields, batch_size=2000)
+
+            gone = [p for p, row in existing.items() if p not in found and row.status != Checkpoint.PRUNED]
+            missing = self.checkpoints.filter(prefix__in=gone).exclude(status=Checkpoint.MISSING)
+            missing_count = missing.update(status=Checkpoint.MISSING) if gone else 0
+
+            self._link_meta_sources(found, touched={r.prefix for r in created + updated})
+            self._mark_latest(latest_by_prefix)
+
+            self.format = result.format or self.format
+            self.latest_prefix = (default_state.latest or "") if default_state else ""
+            self.last_preserved_timestamp = default_state.last_preserved_timestamp if default_state else None
+            self.state_files = [
+                {"name": s.name, "latest": s.latest, "problem": s.problem} for s in result.state_files
+            ]
+            self.scan_problems = list(result.problems)
+            self.last_scanned_at = now
+            self.save(
+                update_fields=[
+                    "format", "latest_prefix", "last_preserved_timestamp", "state_files",
+                    "scan_problems", "last_scanned_at",
+                ]
+            )
+        return {"created": len(created), "updated": len(updated), "missing": missing_count}
+
+    def _link_meta_sources(self, found: dict[str, discovery.DiscoveredCheckpoint], touched: set[str]) -> None:
+        wanted = {p: found[p].meta_source for p in touched if found[p].meta_source}
+        if not wanted:
+            return
+        ids = dict(self.checkpoints.filter(prefix__in=set(wanted.values())).values_list("prefix", "id"))
+        rows = list(self.checkpoints.filter(prefix__in=wanted.keys()).only("id", "prefix"))
+        for row in rows:
+            row.meta_source_id = ids.get(wanted[row.prefix])
+        Checkpoint.objects.bulk_update(rows, ["meta_source"], batch_size=2000)
+
+    def _mark_latest(self, latest_by_prefix: dict[str, list[str]]) -> None:
+        # Only the few rows whose flag changes are written: a run has a handful of state files.
+        self.checkpoints.exclude(latest_in=[]).exclude(prefix__in=latest_by_prefix).update(latest_in=[])
+        for prefix, names in latest_by_prefix.items():
+            self.checkpoints.filter(prefix=prefix).update(latest_in=sorted(names))
+
+    def record_metrics(self, metrics_by_prefix: dict[str, dict[str, float]]) -> int:
+        """Attach training metrics (loss, accuracy, …) to checkpoints by prefix; return rows updated."""
+        rows = list(self.checkpoints.filter(prefix__in=metrics_by_prefix).only("id", "prefix", "metrics"))
+        for row in rows:
+            row.metrics = {**(row.metrics or {}), **metrics_by_prefix[row.prefix]}
+        Checkpoint.objects.bulk_update(rows, ["metrics"], batch_size=2000)
+        return len(rows)
+
+    def known_fingerprints(self) -> dict[str, str]:
+        return dict(
+            self.checkpoints.exclude(status__in=[Checkpoint.MISSING, Checkpoint.PRUNED]).values_list(
+                "prefix", "fingerprint"
+            )
+        )
+
+
+class CheckpointQuerySet(models.QuerySet):
+    def on_disk(self) -> CheckpointQuerySet:
+        return self.exclude(status__in=[Checkpoint.PRUNED, Checkpoint.MISSING])
+
+
+class Checkpoint(models.Model):
+    PRESENT, INCOMPLETE, CORRUPT = discovery.PRESENT, discovery.INCOMPLETE, discovery.CORRUPT
+    VERIFIED, PRUNED, MISSING = "verified", "pruned", "missing"
+    STATUS_CHOICES = [(s, s) for s in (PRESENT, INCOMPLETE, CORRUPT, VERIFIED, PRUNED, MISSING)]
+
+    run = models.ForeignKey(Run, related_name="checkpoints", on_delete=models.CASCADE)
+    prefix = models.CharField(max_length=512)
+    step = models.BigIntegerField(null=True, blank=True)
+    saved_at = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default=PRESENT)
+    format = models.CharField(max_length=8, blank=True)
+    files = models.JSONField(default=list)  # [{"name", "size"}]
+    has_own_meta = models.BooleanField(default=False)
+    meta_source = models.ForeignKey(
+        "self", null=True, blank=True, related_name="meta_dependents", on_delete=models.SET_NULL
+    )
+    size_bytes = models.BigIntegerField(default=0)
+    variables = models.JSONField(default=list)  # [{"name", "shape", "dtype", "bytes"}]
+    variable_count = models.PositiveIntegerField(default=0)
+    metrics = models.JSONField(default=dict, blank=True)
+    latest_in = models.JSONField(default=list, blank=True)  # names of state files naming it latest
+    pinned = models.BooleanField(default=False)
+    pin_reason = models.CharField(max_length=255, blank=True)
+    fingerprint = models.CharField(max_length=64, blank=True)
+    problems = models.JSONField(default=list, blank=True)
+    verification = models.JSONField(default=dict, blank=True)
+    source = models.ForeignKey(
+        "self", null=True, blank=True, related_name="derived", on_delete=models.SET_NULL,
+        help_text="The checkpoint this one was re-saved from.",
+    )
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    objects = CheckpointQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "prefix"], name="unique_prefix_per_run")]
+        indexes = [
+            models.Index(fields=["run", "step"]),
+            models.Index(fields=["run", "saved_at"]),
+            models.Index(fields=["run", "size_bytes"]),
+            models.Index(fields=["run", "status"]),
+        ]
+        ordering = ["-step", "-saved_at"]
+
+    def __str__(self) -> str:
+        return f"{self.run.name}/{self.prefix}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("checkpoint", args=[self.run.name, self.pk])
+
+    @property
+    def is_latest(self) -> bool:
+        return bool(self.latest_in)
+
+    @property
+    def path(self) -> str:
+        """The checkpoint prefix as TensorFlow expects it (directory + prefix)."""
+        return f"{self.run.directory.rstrip('/')}/{self.prefix}"
+
+    def fill_from_discovery(self, found: discovery.DiscoveredCheckpoint) -> None:
+        self.step = found.step
+        # A checkpoint we verified stays verified until its files change.
+        if not (self.status == self.VERIFIED and found.unchanged and found.status == self.PRESENT):
+            self.status = found.status
+        self.format = found.format
+        self.files = [{"name": f.name, "size": f.size} for f in found.files]
+        self.has_own_meta = found.has_own_meta
+        self.size_bytes = found.size_bytes
+        self.saved_at = dt.datetime.fromtimestamp(found.saved_at, tz=dt.UTC)
+        if not found.unchanged:
+            self.variables = [
+                {"name": v.name, "shape": list(v.shape), "dtype": v.dtype, "bytes": v.nbytes}
+                for v in found.variables
+            ]
+            self.variable_count = len(found.variables)
+        self.fingerprint = found.fingerprint
+        self.problems = list(found.problems)
+
+    def as_json(self) -> dict:
+        """The shape ``manage.py scan --json`` prints for one checkpoint."""
+        return {
+            "id": self.pk,
+            "prefix": self.prefix,
+            "step": self.step,
+            "status": self.status,
+            "size_bytes": self.size_bytes,
+            "saved_at": self.saved_at.isoformat(),
+            "files": [f["name"] for f in self.files],
+            "meta_source": self.meta_source.prefix if self.meta_source_id else None,
+            "is_latest": self.is_latest,
+            "variables": [{"name": v["name"], "shape": v["shape"], "dtype": v["dtype"]} for v in self.variables],
+            "metrics": self.metrics,
+            "problems": self.problems,
+        }
+
+    def pin(self, reason: str = "") -> None:
+        self.pinned, self.pin_reason = True, reason.strip()
+        self.save(update_fields=["pinned", "pin_reason"])
+
+    def unpin(self) -> None:
+        self.pinned, self.pin_reason = False, ""
+        self.save(update_fields=["pinned", "pin_reason"])
+
+
+class Export(models.Model):
+    FROZEN_PB = "frozen_pb"
+    KIND_CHOICES = [(FROZEN_PB, "Frozen GraphDef (.pb)")]
+
+    checkpoint = models.ForeignKey(Checkpoint, related_name="exports", on_delete=models.PROTECT)
+    kind = models.CharField(max_length=16, choices=KIND_CHOICES, default=FROZEN_PB)
+    path = models.CharField(max_length=1024)
+    size_bytes = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64)
+    inputs = models.JSONField(default=list)
+    outputs = models.JSONField(default=list)
+    node_count = models.PositiveIntegerField(default=0)
+    op_histogram = models.JSONField(default=dict)
+    max_abs_diff = models.FloatField(null=True, blank=True)
+    verified = models.BooleanField(default=False)
+    verification = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.checkpoint} → {self.path}"
+
+
+class Job(models.Model):
+    SCAN, SAVE, RESTORE, FREEZE, PRUNE, COMPARE = "scan", "save", "restore", "freeze", "prune", "compare"
+    KIND_CHOICES = [(k, k) for k in (SCAN, SAVE, RESTORE, FREEZE, PRUNE, COMPARE)]
+    QUEUED, RUNNING, FINISHED, FAILED, CANCELED = "queued", "running", "finished", "failed", "canceled"
+    STATUS_CHOICES = [(s, s) for s in (QUEUED, RUNNING, FINISHED, FAILED, CANCELED)]
+    ENDED = (FINISHED, FAILED, CANCELED)
+
+    kind = models.CharField(max_length=16, choices=KIND_CHOICES)
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default=QUEUED)
+    run = models.ForeignKey(Run, null=True, blank=True, related_name="jobs", on_delete=models.SET_NULL)
+    checkpoint = models.ForeignKey(
+        Checkpoint, null=True, blank=True, related_name="jobs", on_delete=models.SET_NULL
+    )
+    progress = models.PositiveSmallIntegerField(default=0)
+    message = models.CharField(max_length=500, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    log = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    rq_job_id = models.CharField(max_length=64, blank=True, db_index=True)
+    retry_of = models.ForeignKey("self", null=True, blank=True, related_name="retries", on_delete=models.SET_NULL)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "created_at"]), models.Index(fields=["kind", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("job", args=[self.pk])
+
+    @property
+    def is_ended(self) -> bool:
+        return self.status in self.ENDED
+
+
+class AuditEvent(models.Model):
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    action = models.CharField(max_length=50)
+    run = models.ForeignKey(Run, null=True, blank=True, related_name="audit_events", on_delete=models.SET_NULL)
+    checkpoint = models.ForeignKey(Checkpoint, null=True, blank=True, on_delete=models.SET_NULL)
+    summary = models.CharField(max_length=500)
+    bytes_freed = models.BigIntegerField(default=0)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.action}: {self.summary}"
+
+    @classmethod
+    def record(cls, action: str, summary: str, *, actor=None, run=None, checkpoint=None,
+               bytes_freed: int = 0, details: dict | None = None) -> AuditEvent:
+        return cls.objects.create(
+            action=action, summary=summary, actor=actor if getattr(actor, "is_authenticated", False) else None,
+            run=run, checkpoint=checkpoint, bytes_freed=bytes_freed, details=details or {},
+        )
+

@@ -1,0 +1,34 @@
+// History chart on the run page: size and every recorded metric over steps.
+// Data comes thinned by the server (at most a few hundred points), so runs of any length draw fast.
+(function () {
+  "use strict";
+  const canvas = document.getElementById("history-chart");
+  if (!canvas || typeof Chart === "undefined") return;
+  const palette = ["#2e90fa", "#12b76a", "#f79009", "#9e77ed", "#f04438", "#0ba5ec"];
+  fetch(canvas.dataset.src, { credentials: "same-origin" })
+    .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
+    .then((data) => {
+      const datasets = [{
+        label: "size (MB)", yAxisID: "size", borderColor: "#98a2b3", backgroundColor: "#98a2b3",
+        data: data.size_bytes.map((b) => b / 1e6), pointRadius: 0, borderWidth: 1.5, stepped: true,
+      }];
+      Object.entries(data.metrics).forEach(([name, values], i) => {
+        const color = palette[i % palette.length];
+        datasets.push({ label: name, yAxisID: "metric", borderColor: color, backgroundColor: color,
+          data: values, pointRadius: data.steps.length > 60 ? 0 : 2, borderWidth: 2, spanGaps: true });
+      });
+      new Chart(canvas, {
+        type: "line",
+        data: { labels: data.steps, datasets },
+        options: {
+          animation: false, maintainAspectRatio: false, interaction: { mode: "index", intersect: false },
+          scales: {
+            x: { title: { display: true, text: data.shown < data.total ? `step (${data.shown} of ${data.total} shown)` : "step" } },
+            size: { position: "left", title: { display: true, text: "MB" }, beginAtZero: true },
+            metric: { position: "right", display: datasets.length > 1, grid: { drawOnChartArea: false } },
+          },
+        },
+      });
+    })
+    .catch(() => { canvas.closest("figure").hidden = true; });
+})();

@@ -1,0 +1,72 @@
+"""Small presentation helpers: human sizes and times, sortable column headers, status badges."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django import template
+from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.utils import timezone
+from django.utils.html import format_html
+
+register = template.Library()
+
+
+@register.filter
+def size(num_bytes: int | None) -> str:
+    """Decimal units, as disks and cloud buckets report them: 2.3 MB, 1.1 GB."""
+    if num_bytes is None:
+        return "—"
+    value = float(num_bytes)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} PB"
+
+
+@register.simple_tag
+def when(moment: dt.datetime | None) -> str:
+    """'3 hours ago', with the exact local time on hover and in a machine-readable attribute."""
+    if moment is None:
+        return format_html('<span class="muted">never</span>')
+    local = timezone.localtime(moment)
+    return format_html(
+        '<time datetime="{}" title="{}">{}</time>',
+        moment.isoformat(),
+        local.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        naturaltime(moment),
+    )
+
+
+@register.simple_tag(takes_context=True)
+def sort_link(context, key: str, label: str) -> str:
+    """A column header that sorts by ``key``, toggling direction when it is already the sort."""
+    current = context.get("sort", "")
+    if current == key:
+        target, arrow, aria = f"-{key}", " ▲", "ascending"
+    elif current == f"-{key}":
+        target, arrow, aria = key, " ▼", "descending"
+    else:
+        target, arrow, aria = f"-{key}", "", "none"
+    return format_html('<a href="?sort={}" aria-sort="{}">{}{}</a>', target, aria, label, arrow)
+
+
+STATUS_STYLE = {
+    "present": "ok",
+    "verified": "ok",
+    "incomplete": "warn",
+    "corrupt": "bad",
+    "missing": "bad",
+    "pruned": "muted",
+    "queued": "muted",
+    "running": "info",
+    "finished": "ok",
+    "failed": "bad",
+    "canceled": "muted",
+}
+
+
+@register.simple_tag
+def status_badge(status: str) -> str:
+    return format_html('<span class="badge {}">{}</span>', STATUS_STYLE.get(status, "muted"), status)

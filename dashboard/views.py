@@ -1,0 +1,162 @@
+"""Pages. Each view loads, checks permission, acts and renders or redirects; behaviour lives in models."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db.models import Count, Exists, Max, OuterRef, Q, Sum
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from . import access, jobs
+from .forms import RegisterRunForm
+from .models import Checkpoint, Export, Job, Run
+
+HISTORY_PAGE_SIZE = 50
+HISTORY_SORTS = {
+    "step": ("step", "saved_at"),
+    "-step": ("-step", "-saved_at"),
+    "saved_at": ("saved_at", "step"),
+    "-saved_at": ("-saved_at", "-step"),
+    "size": ("size_bytes", "step"),
+    "-size": ("-size_bytes", "-step"),
+}
+CHART_MAX_POINTS = 500
+
+
+def runs(request: HttpRequest) -> HttpResponse:
+    access.require(request, access.VIEW)
+    on_disk = ~Q(checkpoints__status__in=[Checkpoint.PRUNED, Checkpoint.MISSING])
+    rows = Run.objects.annotate(
+        checkpoint_count=Count("checkpoints", filter=on_disk),
+        latest_step=Max("checkpoints__step", filter=on_disk),
+        total_bytes=Sum("checkpoints__size_bytes", filter=on_disk),
+        last_activity=Max("checkpoints__saved_at"),
+    ).order_by("name")
+    return render(request, "dashboard/runs.html", {"runs": rows})
+
+
+def run_new(request: HttpRequest) -> HttpResponse:
+    access.require(request, access.OPERATE)
+    form = RegisterRunForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        run = form.save(commit=False)
+        run.created_by = request.user
+        run.save()
+        _start_job(request, Job.SCAN, run=run)
+        messages.success(request, f"Run “{run.name}” registered; its first scan has started.")
+        return redirect(run)
+    return render(request, "dashboard/run_new.html", {"form": form})
+
+
+def run_detail(request: HttpRequest, name: str) -> HttpResponse:
+    run = access.get_run_for_user(request, name)
+    sort = request.GET.get("sort", "-step")
+    if sort not in HISTORY_SORTS:
+        sort = "-step"
+    history = (
+        run.checkpoints.defer("variables", "files", "problems", "verification", "metrics")
+        .annotate(has_export=Exists(Export.objects.filter(checkpoint=OuterRef("pk"))))
+        .order_by(*HISTORY_SORTS[sort])
+    )
+    page = Paginator(history, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    summary = run.checkpoints.on_disk().aggregate(
+        count=Count("id"), total_bytes=Sum("size_bytes"), latest_step=Max("step")
+    )
+    recent_jobs = list(run.jobs.order_by("-created_at")[:5])
+    return render(
+        request,
+        "dashboard/run_detail.html",
+        {"run": run, "page": page, "sort": sort, "summary": summary, "recent_jobs": recent_jobs},
+    )
+
+
+def run_chart(request: HttpRequest, name: str) -> JsonResponse:
+    """Size and metrics over steps, thinned to at most ``CHART_MAX_POINTS`` evenly spaced points."""
+    run = access.get_run_for_user(request, name)
+    ids = list(run.checkpoints.on_disk().exclude(step=None).order_by("step").values_list("id", flat=True))
+    stride = max(1, -(-len(ids) // CHART_MAX_POINTS))
+    chosen = ids[::stride]
+    if ids and chosen[-1] != ids[-1]:
+        chosen.append(ids[-1])
+    points = list(
+        Checkpoint.objects.filter(id__in=chosen).order_by("step").values_list("step", "size_bytes", "metrics")
+    )
+    metric_names = sorted({k for _, _, m in points for k, v in (m or {}).items() if isinstance(v, int | float)})
+    return JsonResponse(
+        {
+            "steps": [p[0] for p in points],
+            "size_bytes": [p[1] for p in points],
+            "metrics": {n: [(p[2] or {}).get(n) for p in points] for n in metric_names},
+            "total": len(ids),
+            "shown": len(points),
+        }
+    )
+
+
+@require_POST
+def run_scan(request: HttpRequest, name: str) -> HttpResponse:
+    run = access.get_run_for_user(request, name, access.OPERATE)
+    if _start_job(request, Job.SCAN, run=run):
+        messages.success(request, "Scan started.")
+    return redirect(run)
+
+
+def checkpoint_detail(request: HttpRequest, name: str, pk: int) -> HttpResponse:
+    run = access.get_run_for_user(request, name)
+    checkpoint = get_object_or_404(Checkpoint.objects.select_related("meta_source", "source"), run=run, pk=pk)
+    return render(
+        request,
+        "dashboard/checkpoint_detail.html",
+        {
+            "run": run,
+            "checkpoint": checkpoint,
+            "exports": list(checkpoint.exports.all()),
+            "meta_dependents": checkpoint.meta_dependents.count() if checkpoint.has_own_meta else 0,
+            "jobs": list(checkpoint.jobs.order_by("-created_at")[:5]),
+        },
+    )
+
+
+def job_list(request: HttpRequest) -> HttpResponse:
+    access.require(request, "dashboard.view_job")
+    qs = Job.objects.select_related("run", "requested_by").order_by("-created_at")
+    filters = {k: request.GET.get(k, "") for k in ("kind", "status", "run")}
+    if filters["kind"]:
+        qs = qs.filter(kind=filters["kind"])
+    if filters["status"]:
+        qs = qs.filter(status=filters["status"])
+    if filters["run"]:
+        qs = qs.filter(run__name=filters["run"])
+    page = Paginator(qs, 50).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "dashboard/job_list.html",
+        {"page": page, "filters": filters, "kinds": Job.KIND_CHOICES, "statuses": Job.STATUS_CHOICES},
+    )
+
+
+def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    access.require(request, "dashboard.view_job")
+    job = get_object_or_404(Job.objects.select_related("run", "checkpoint", "requested_by"), pk=pk)
+    return render(request, "dashboard/job_detail.html", {"job": job})
+
+
+def job_progress(request: HttpRequest, pk: int) -> HttpResponse:
+    """The progress partial alone, polled by htmx while the job runs."""
+    access.require(request, "dashboard.view_job")
+    job = get_object_or_404(Job, pk=pk)
+    return render(request, "dashboard/partials/job_progress.html", {"job": job})
+
+
+def _start_job(request: HttpRequest, kind: str, **kwargs) -> Job | None:
+    try:
+        return jobs.start(kind, user=request.user, **kwargs)
+    except jobs.QueueUnavailable:
+        messages.warning(
+            request,
+            "The job queue is unavailable right now. The job is recorded and will start "
+            "when the queue is reachable again.",
+        )
+        return None

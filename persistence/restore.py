@@ -1,0 +1,535 @@
+"""Restore checkpoints: verify every tensor, run a restored graph, partial restore, make latest.
+
+* :func:`verify_checkpoint` reads every tensor. TensorFlow checks each tensor's CRC32C when it
+  reads it, so this is what catches a flipped byte in a ``.data`` shard; a corrupt checkpoint is
+  a result (status ``corrupt`` with TensorFlow's message), never an exception, because the worker
+  that found it must carry on with the next job.
+* :func:`restore_and_run` is the seed's restore: ``import_meta_graph(PREFIX.meta)`` then
+  ``saver.restore``, then tensors looked up by name (``probs:0``). The meta graph may belong to
+  another checkpoint (``write_meta_graph=False``). Graphs are programs: unsafe ops are refused
+  first (:mod:`persistence.graphsafety`).
+* :func:`partial_restore` is the transfer-learning case: a new graph, a subset of its variables
+  restored (optionally renamed), the rest initialised.
+* :func:`make_latest` rolls a run back by rewriting the state file's pointer atomically.
+
+TensorFlow is imported inside the functions (the web process imports this module for its
+dataclasses only).
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from persistence.graphsafety import check_graph, load_meta_graph_def, node_name
+
+VERIFIED = "verified"
+CORRUPT = "corrupt"
+INCOMPLETE = "incomplete"
+MISSING = "missing"
+
+ProgressCallback = Callable[[float, str], None]  # (percent 0-100, message), as JobContext.progress
+
+_SHARD = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
+
+
+def _import_tf() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    return tf
+
+
+def _report(on_progress: ProgressCallback | None, percent: float, message: str) -> None:
+    if on_progress is not None:
+        on_progress(percent, message)
+
+
+def _finite_or_none(value: float) -> float | None:
+    # JSON (and so the Job row) cannot hold NaN/inf; the counts say why the figure is missing.
+    return float(value) if math.isfinite(value) else None
+
+
+# --- verify ----------------------------------------------------------------------------------
+
+
+@dataclass
+class VariableStats:
+    name: str
+    shape: list[int]
+    dtype: str  # TensorFlow's name: "float32", "int64", "string", ...
+    nbytes: int
+    # Numeric tensors only (None otherwise); computed over finite values, so one NaN does not
+    # hide the range of the rest; None when there are no finite values.
+    min: float | None = None
+    max: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    nan_count: int = 0
+    inf_count: int = 0
+
+
+@dataclass
+class VerifyResult:
+    prefix: str
+    status: str  # VERIFIED | CORRUPT | INCOMPLETE | MISSING
+    message: str  # TensorFlow's error for a corrupt checkpoint, else a summary
+    variables: list[VariableStats] = field(default_factory=list)
+    failed_tensor: str | None = None  # the tensor whose read failed
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == VERIFIED
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _stats(name: str, value: Any, dtype_name: str) -> VariableStats:
+    array = np.asarray(value)
+    stats = VariableStats(name=name, shape=list(array.shape), dtype=dtype_name, nbytes=int(array.nbytes))
+    kind = array.dtype.kind
+    if kind == "b":
+        array = array.astype(np.uint8)
+    elif kind not in "iuf":
+        # bfloat16 / float8 (ml_dtypes) have kind "V"; strings "O"/"S"; complex has no order.
+        if array.dtype.names is None and dtype_name.startswith(("bfloat", "float8")):
+            array = array.astype(np.float32)
+        else:
+            return stats
+    if array.size == 0:
+        return stats
+    if array.dtype.kind == "f":
+        nan = np.isnan(array)
+        inf = np.isinf(array)
+        stats.nan_count = int(nan.sum())
+        stats.inf_count = int(inf.sum())
+        if stats.nan_count or stats.inf_count:
+            array = array[~(nan | inf)]
+            if array.size == 0:
+                return stats
+    stats.min = _finite_or_none(array.min())
+    stats.max = _finite_or_none(array.max())
+    stats.mean = _finite_or_none(array.mean(dtype=np.float64))
+    stats.std = _finite_or_none(array.std(dtype=np.float64))
+    return stats
+
+
+def _missing_shards(prefix: str) -> list[str] | None:
+    """Expected data shards that are absent; None when no shard at all is present."""
+    present = [path for path in glob.glob(glob.escape(prefix) + ".data-*-of-*") if _SHARD.search(path)]
+    if not present:
+        return None
+    total = int(_SHARD.search(present[0]).group(2))
+    names = {os.path.basename(p) for p in present}
+    base = os.path.basename(prefix)
+    expected = [f"{base}.data-{i:05d}-of-{total:05d}" for i in range(total)]
+    return [name for name in expected if name not in names]
+
+
+def verify_checkpoint(prefix_path: str, *, on_progress: ProgressCallback | None = None) -> VerifyResult:
+    """Read every tensor of the checkpoint at ``prefix_path`` and record per-variable statistics.
+
+    Never raises for a damaged checkpoint: status ``corrupt`` (bad CRC, truncated or garbage
+    index or data), ``incomplete`` (a data shard is missing) or ``missing`` (no ``.index``).
+    Tensors are read one at a time, so memory is bounded by the largest variable.
+    """
+    started = time.monotonic()
+    prefix = os.fspath(prefix_path)
+
+    def result(status: str, message: str, **kwargs: Any) -> VerifyResult:
+        return VerifyResult(prefix=prefix, status=status, message=message,
+                            seconds=time.monotonic() - started, **kwargs)
+
+    if not os.path.isfile(prefix + ".index"):
+        return result(MISSING, f"no index file {os.path.basename(prefix)}.index")
+    missing = _missing_shards(prefix)
+    if missing:
+        return result(INCOMPLETE, f"missing data shard(s): {', '.join(missing)}")
+
+    tf = _import_tf()
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the index is unusable
+        return result(CORRUPT, _tf_message(exc))
+    if missing is None and shapes:
+        return result(INCOMPLETE, "no data shard found")
+
+    names = sorted(shapes)
+    variables: list[VariableStats] = []
+    bytes_read = 0
+    for i, name in enumerate(names):
+        _report(on_progress, 100.0 * i / max(len(names), 1), f"reading {name}")
+        try:
+            value = reader.get_tensor(name)
+        except Exception as exc:  # noqa: BLE001 - DataLossError, OpError, IndexError (short read), ...
+            return result(CORRUPT, _tf_message(exc), variables=variables, failed_tensor=name,
+                          bytes_read=bytes_read)
+        stats = _stats(name, value, dtypes[name].name)
+        bytes_read += stats.nbytes
+        variables.append(stats)
+        del value
+    _report(on_progress, 100.0, f"verified {len(variables)} tensors")
+    return result(VERIFIED, f"read {len(variables)} tensors ({bytes_read} bytes), all checksums match",
+                  variables=variables, bytes_read=bytes_read)
+
+
+def _tf_message(exc: BaseException) -> str:
+    # OpError.message is TensorFlow's own text without the Python-side traceback decoration.
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {message}"
+
+
+# --- feeding ---------------------------------------------------------------------------------
+
+
+@dataclass
+class InputSpec:
+    name: str  # placeholder op name, e.g. "x"
+    dtype: str  # "float32", ...
+    shape: list[int | None] | None  # None dims are unknown; None for an unknown rank
+
+
+def placeholder_inputs(graph_def: Any) -> list[InputSpec]:
+    """The ``Placeholder`` ops of a GraphDef (not ``PlaceholderWithDefault``: those need no feed)."""
+    tf = _import_tf()
+    specs = []
+    for node in graph_def.node:
+        if node.op != "Placeholder":
+            continue
+        shape_proto = node.attr["shape"].shape
+        shape = None if shape_proto.unknown_rank else [d.size if d.size >= 0 else None for d in shape_proto.dim]
+        specs.append(InputSpec(name=node.name, dtype=tf.as_dtype(node.attr["dtype"].type).name, shape=shape))
+    return specs
+
+
+def zeros_for(spec: InputSpec) -> np.ndarray:
+    """A zero array for a placeholder: unknown dimensions become 1, an unknown rank a scalar."""
+    shape = tuple(1 if d is None else d for d in (spec.shape or []))
+    if spec.dtype == "string":
+        return np.full(shape, b"", dtype=object)
+    tf = _import_tf()
+    return np.zeros(shape, dtype=tf.as_dtype(spec.dtype).as_numpy_dtype)
+
+
+def build_feed(inputs: list[InputSpec], feed: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+    """Feed by tensor name: the given arrays, and zeros for every placeholder not given.
+
+    Keys may be ``"x"`` or ``"x:0"`` (or any other feedable tensor).
+    """
+    arrays = {tensor_name(k): np.asarray(v) for k, v in (feed or {}).items()}
+    for spec in inputs:
+        arrays.setdefault(spec.name + ":0", zeros_for(spec))
+    return arrays
+
+
+def tensor_name(name: str) -> str:
+    """``"probs"`` -> ``"probs:0"``; an explicit output index is kept."""
+    _, sep, index = name.rpartition(":")
+    return name if sep and index.isdigit() else name + ":0"
+
+
+@dataclass
+class OutputSummary:
+    name: str
+    shape: list[int]
+    dtype: str
+    min: float | None
+    max: float | None
+    mean: float | None
+    preview: list[Any]  # up to 10 leading values, for display
+
+
+def summarize_output(name: str, value: Any) -> OutputSummary:
+    array = np.asarray(value)
+    numeric = array.dtype.kind in "biuf" and array.size > 0
+    as_float = array.astype(np.float64) if numeric else None
+    preview = array.reshape(-1)[:10].tolist()
+    preview = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in preview]
+    return OutputSummary(
+        name=name,
+        shape=list(array.shape),
+        dtype=str(array.dtype),
+        min=_finite_or_none(np.nanmin(as_float)) if numeric and not np.isnan(as_float).all() else None,
+        max=_finite_or_none(np.nanmax(as_float)) if numeric and not np.isnan(as_float).all() else None,
+        mean=_finite_or_none(as_float.mean()) if numeric else None,
+        preview=preview,
+    )
+
+
+# --- restore and run -------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    prefix: str
+    meta_path: str
+    outputs: dict[str, np.ndarray]  # by the names asked for
+    summaries: list[OutputSummary]
+    inputs: list[InputSpec]  # placeholders of the graph that were fed
+    zero_filled: list[str]  # placeholders fed with zeros because no array was given
+    unsafe_ops_allowed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly (summaries instead of arrays), for a job's result."""
+        data = asdict(self)
+        data.pop("outputs")
+        return data
+
+
+def _restore_op_name(meta_graph_def: Any) -> list[str]:
+    name = meta_graph_def.saver_def.restore_op_name
+    return [name] if name else []
+
+
+def restore_and_run(
+    prefix_path: str,
+    meta_path: str,
+    *,
+    feed: Mapping[str, np.ndarray] | None,
+    outputs: list[str],
+    allow_unsafe: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Import ``meta_path`` into a fresh graph, restore ``prefix_path``, run ``outputs`` on ``feed``.
+
+    ``feed`` is by placeholder name; placeholders without an array get zeros (unknown dims -> 1).
+    Raises :class:`~persistence.graphsafety.UnsafeGraphError` before importing anything when the
+    graph has unsafe ops and ``allow_unsafe`` is false, and :class:`UnknownNameError` naming close
+    matches for an unknown output or feed name.
+    """
+    started = time.monotonic()
+    _report(on_progress, 5, "reading meta graph")
+    meta_graph_def = load_meta_graph_def(meta_path)
+    graph_def = meta_graph_def.graph_def
+    check_unknown_names(graph_def, outputs, what="output")
+    allowed = check_graph(meta_graph_def, fetches=[*outputs, *_restore_op_name(meta_graph_def)],
+                          allow_unsafe=allow_unsafe, source=os.path.basename(meta_path))
+    check_unknown_names(graph_def, list(feed or {}), what="feed")
+    inputs = placeholder_inputs(graph_def)
+    feed_arrays = build_feed(inputs, feed)
+    given = {node_name(k) for k in (feed or {})}
+
+    tf = _import_tf()
+    v1 = tf.compat.v1
+    with tf.Graph().as_default() as graph:
+        # Devices are cleared: a checkpoint trained on a GPU machine must run on a CPU worker.
+        saver = v1.train.import_meta_graph(meta_graph_def, clear_devices=True)
+        with v1.Session(graph=graph) as sess:
+            _report(on_progress, 30, "restoring variables")
+            if saver is not None:
+                saver.restore(sess, prefix_path)
+            _report(on_progress, 70, "running outputs")
+            fetches = [graph.get_tensor_by_name(tensor_name(name)) for name in outputs]
+            values = sess.run(fetches, feed_dict={graph.get_tensor_by_name(k): v
+                                                  for k, v in feed_arrays.items()})
+    _report(on_progress, 100, "done")
+    return RunResult(
+        prefix=os.fspath(prefix_path),
+        meta_path=os.fspath(meta_path),
+        outputs=dict(zip(outputs, values, strict=True)),
+        summaries=[summarize_output(name, value) for name, value in zip(outputs, values, strict=True)],
+        inputs=inputs,
+        zero_filled=[spec.name for spec in inputs if spec.name not in given],
+        unsafe_ops_allowed=allowed,
+        seconds=time.monotonic() - started,
+    )
+
+
+def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
+
+
+class UnknownNameError(ValueError):
+    """A node, tensor or variable name that the graph does not have (the message names close ones)."""
+
+
+def check_unknown_names(graph_def: Any, names: Iterable[str], *, what: str) -> None:
+    """Raise :class:`UnknownNameError` for names that are not nodes of ``graph_def``."""
+    existing = {node.name for node in graph_def.node}
+    unknown = [name for name in names if node_name(name) not in existing]
+    if unknown:
+        raise UnknownNameError(unknown_names_message(unknown, existing, what=what))
+
+
+def unknown_names_message(unknown: list[str], existing: Iterable[str], *, what: str) -> str:
+    existing = list(existing)
+    parts = []
+    for name in unknown:
+        matches = close_matches(node_name(name), existing)
+        hint = f" (closest: {', '.join(matches)})" if matches else " (no similar node names)"
+        parts.append(f"{name!r}{hint}")
+    return f"unknown {what} node(s) in the graph: {'; '.join(parts)}"
+
+
+# --- partial restore -------------------------------------------------------------------------
+
+
+@dataclass
+class VariableMismatch:
+    graph_name: str
+    checkpoint_name: str
+    graph_shape: list[int | None]
+    checkpoint_shape: list[int]
+    graph_dtype: str
+    checkpoint_dtype: str
+
+
+@dataclass
+class PartialRestoreResult:
+    prefix: str
+    restored: dict[str, str]  # graph variable name -> checkpoint name it was restored from
+    left_initialised: list[str]  # graph variables that kept their initial values
+    missing_in_checkpoint: list[str]  # requested graph variables whose checkpoint name is absent
+    shape_mismatch: list[VariableMismatch]  # requested but shape (or dtype) differs: not restored
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _variable_name(variable: Any) -> str:
+    return variable.op.name
+
+
+def partial_restore(
+    prefix_path: str,
+    build_graph: Callable[[], Any],
+    *,
+    name_map: Mapping[str, str] | None = None,
+    variables: list[str] | None = None,
+) -> PartialRestoreResult:
+    """Build a new graph with ``build_graph()`` and restore a subset of its variables.
+
+    ``variables`` (graph variable names; default: every global variable) are the ones to
+    restore; ``name_map`` maps a graph variable name to the checkpoint key it is read from (the
+    seed's ``Saver(var_list={checkpoint_name: variable})``). Requested variables that are absent
+    from the checkpoint or whose shape/dtype differs are reported and left initialised, like
+    every variable that was not requested. A corrupt checkpoint raises TensorFlow's error.
+    """
+    tf = _import_tf()
+    v1 = tf.compat.v1
+    name_map = dict(name_map or {})
+    reader = tf.train.load_checkpoint(prefix_path)
+    ckpt_shapes = reader.get_variable_to_shape_map()
+    ckpt_dtypes = reader.get_variable_to_dtype_map()
+
+    with tf.Graph().as_default() as graph:
+        build_graph()
+        all_vars = {_variable_name(v): v for v in v1.global_variables()}
+        unknown = [n for n in [*(variables or []), *name_map] if n not in all_vars]
+        if unknown:
+            raise UnknownNameError(unknown_names_message(unknown, all_vars, what="variable"))
+        wanted = list(variables) if variables is not None else list(all_vars)
+
+        var_list: dict[str, Any] = {}
+        restored: dict[str, str] = {}
+        missing: list[str] = []
+        mismatched: list[VariableMismatch] = []
+        for gname in wanted:
+            variable = all_vars[gname]
+            cname = name_map.get(gname, gname)
+            if cname not in ckpt_shapes:
+                missing.append(gname)
+                continue
+            graph_shape = variable.shape.as_list()
+            graph_dtype = variable.dtype.base_dtype
+            if (not variable.shape.is_compatible_with(ckpt_shapes[cname])
+                    or graph_dtype != ckpt_dtypes[cname]):
+                mismatched.append(VariableMismatch(gname, cname, graph_shape, list(ckpt_shapes[cname]),
+                                                   graph_dtype.name, ckpt_dtypes[cname].name))
+                continue
+            var_list[cname] = variable
+            restored[gname] = cname
+
+        rest = [v for name, v in all_vars.items() if name not in restored]
+        with v1.Session(graph=graph) as sess:
+            sess.run(v1.variables_initializer(rest))
+            if var_list:
+                v1.train.Saver(var_list=var_list).restore(sess, prefix_path)
+    return PartialRestoreResult(
+        prefix=os.fspath(prefix_path),
+        restored=restored,
+        left_initialised=[name for name in all_vars if name not in restored],
+        missing_in_checkpoint=missing,
+        shape_mismatch=mismatched,
+    )
+
+
+# --- make latest -----------------------------------------------------------------------------
+
+
+@dataclass
+class MakeLatestResult:
+    directory: str
+    state_file: str
+    latest: str
+    previous_latest: str | None
+    replaced_problem: str | None = None  # the state file was unreadable and was rewritten
+
+
+def make_latest(directory: str, prefix: str, *, state_file: str = "checkpoint") -> MakeLatestResult:
+    """Point ``directory/state_file``'s ``model_checkpoint_path`` at ``prefix`` (a rollback).
+
+    ``all_model_checkpoint_paths`` keeps its entries and order (``prefix`` is appended when
+    absent), timestamps and ``last_preserved_timestamp`` are kept, and the file is replaced
+    atomically, so ``tf.train.latest_checkpoint(directory)`` returns the prefix. A missing state
+    file is created; an unreadable one is replaced (TensorFlow's own ``Saver`` would overwrite it
+    too). Raises ``FileNotFoundError`` when ``prefix`` has no ``.index`` in ``directory``.
+    """
+    from persistence.statefile import StateFileError, prefix_base_name, read_state_file, write_state_file
+
+    base = prefix_base_name(os.fspath(prefix))
+    if base is None or (os.path.dirname(os.fspath(prefix))
+                        and os.path.realpath(os.path.dirname(os.fspath(prefix))) != os.path.realpath(directory)):
+        raise FileNotFoundError(f"{prefix} is not a checkpoint in {directory}")
+    index = os.path.join(directory, base + ".index")
+    if not os.path.isfile(index):
+        raise FileNotFoundError(f"no checkpoint {base} in {directory} ({base}.index does not exist)")
+
+    problem = None
+    all_prefixes: list[str] = []
+    timestamps: dict[str, float] = {}
+    last_preserved = None
+    previous = None
+    if os.path.exists(os.path.join(directory, state_file)):
+        try:
+            state = read_state_file(directory, state_file)
+        except StateFileError as exc:
+            problem = str(exc)
+        else:
+            previous = state.latest
+            all_prefixes = list(state.all_prefixes)
+            timestamps = dict(state.timestamps)
+            last_preserved = state.last_preserved_timestamp
+    if base not in all_prefixes:
+        all_prefixes.append(base)
+    if timestamps:
+        # TensorFlow rejects a state whose timestamps do not pair up with its paths: fill the gaps
+        # from the index files' mtimes (what discovery uses as saved_at without a timestamp).
+        for name in all_prefixes:
+            if name not in timestamps:
+                try:
+                    timestamps[name] = os.stat(os.path.join(directory, name + ".index")).st_mtime
+                except OSError:
+                    pass
+        if any(name not in timestamps for name in all_prefixes):
+            timestamps = {}
+    write_state_file(directory, state_file, latest=base, all_prefixes=all_prefixes,
+                     timestamps=timestamps or None, last_preserved_timestamp=last_preserved)
+    return MakeLatestResult(directory=os.fspath(directory), state_file=state_file, latest=base,
+                            previous_latest=previous, replaced_problem=problem)

@@ -1,0 +1,463 @@
+"""Read and write TensorFlow's checkpoint state files (``checkpoint`` and other ``latest_filename``s).
+
+A state file is a ``CheckpointState`` protocol buffer in text format, e.g.::
+
+    model_checkpoint_path: "/data/run/model.ckpt-400"
+    all_model_checkpoint_paths: "/data/run/model.ckpt-300"
+    all_model_checkpoint_paths: "/data/run/model.ckpt-400"
+    all_model_checkpoint_timestamps: 1732600000.5
+    last_preserved_timestamp: 1732590000.25
+
+The web process must read these without importing TensorFlow (DESIGN §2), so this module has its
+own small parser for exactly this message. It is strict: it accepts the subset of protobuf text
+format that can express a ``CheckpointState`` and rejects anything else, and wherever it accepts a
+file it reads the same values as ``google.protobuf.text_format.Merge`` (the tests check that
+against TensorFlow's own ``checkpoint_state_pb2``).
+
+Paths in a state file may be relative to its directory (``CheckpointManager``,
+``Saver(save_relative_paths=True)``) or absolute; absolute ones may come from another machine or
+from before the directory was moved. Every path is therefore resolved to a base name inside the
+directory (DESIGN §5). We always write base names, so the directory can move again freely.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+from persistence.files import atomic_write_text
+
+DEFAULT_STATE_FILE = "checkpoint"
+
+# A state file for 100,000 checkpoints is about 5 MB; anything far beyond that is not one, and
+# reading it whole would be the expensive mistake ``find_state_files`` exists to avoid.
+MAX_STATE_FILE_BYTES = 64 * 1024 * 1024
+# Files with other names are only sniffed when they are small: every run directory also holds
+# event files, exports and checkpoint data, and most of them are not state files.
+MAX_SNIFF_BYTES = 1024 * 1024
+
+_STRING_FIELDS = ("model_checkpoint_path", "all_model_checkpoint_paths")
+_FLOAT_FIELDS = ("all_model_checkpoint_timestamps", "last_preserved_timestamp")
+_REPEATED_FIELDS = ("all_model_checkpoint_paths", "all_model_checkpoint_timestamps")
+
+# Names that are never state files, so not even opened. TensorFlow's own atomic writes leave
+# ``NAME.tmp<32 hex>`` while in flight; ours carry persistence.files.TEMP_MARKER.
+_NEVER_STATE_FILE = re.compile(
+    r"""(?x)
+    \.index$ | \.meta$ | \.data-\d+-of-\d+$ | \.pb$
+    | \.tmp[0-9a-f]{32}$ | \.partial- | ^events\.out\.tfevents\.
+    """
+)
+
+
+class StateFileError(ValueError):
+    """A state file that cannot be read or is not a valid ``CheckpointState`` text proto."""
+
+
+@dataclass
+class StateFile:
+    name: str  # "checkpoint" or another latest_filename
+    latest: str | None  # prefix named by model_checkpoint_path (resolved to a base name)
+    all_prefixes: list[str]  # all_model_checkpoint_paths, resolved to base names
+    timestamps: dict[str, float]  # prefix -> all_model_checkpoint_timestamps entry
+    last_preserved_timestamp: float | None
+    problem: str | None = None  # set when the file could not be parsed or names missing files
+    # model_checkpoint_path exactly as written (e.g. an absolute path from another machine), for
+    # display; ``latest`` is what everything else should use.
+    raw_latest: str | None = None
+    # Where the absolute paths point (their directory), when that is not this directory: the run
+    # was moved or copied from there. None for relative paths.
+    written_in: str | None = None
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"""(?x)
+      (?P<skip>(?:\s+|\#[^\n]*)+)
+    | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+    | (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[fF]?(?![\w.+-]))
+    | (?P<ident>-?[A-Za-z_]\w*)
+    | (?P<punct>[:\[\],;])
+    """
+)
+_ESCAPE = re.compile(r"""\\(?:([abfnrtv\\'"])|([0-7]{1,3})|x([0-9a-fA-F]{1,2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8}))""")
+_SIMPLE_ESCAPES = {"a": b"\a", "b": b"\b", "f": b"\f", "n": b"\n", "r": b"\r", "t": b"\t", "v": b"\v",
+                   "\\": b"\\", "'": b"'", '"': b'"'}
+_FLOAT_WORD = re.compile(r"-?(?:inf(?:inity)?|nan)f?", re.IGNORECASE)
+_OCTAL_LOOKING = re.compile(r"[-+]?0\d")
+
+
+def _tokenize(text: str) -> list[tuple[str, str, int]]:
+    tokens = []
+    pos, end = 0, len(text)
+    while pos < end:
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise StateFileError(f"unexpected character {text[pos]!r} at {_where(text, pos)}")
+        kind = match.lastgroup
+        if kind != "skip":
+            tokens.append((kind, match.group(), pos))
+        pos = match.end()
+    return tokens
+
+
+def _where(text: str, pos: int) -> str:
+    line = text.count("\n", 0, pos) + 1
+    column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return f"line {line} column {column}"
+
+
+def _unescape(body: str) -> bytes:
+    """The bytes of one quoted string's body, with C escapes as protobuf's text format reads them.
+
+    Escapes protobuf's Python reader treats inconsistently (``\\?``, unknown letters) are refused
+    rather than guessed: a strict reader may reject what TensorFlow accepts, never disagree with it.
+    """
+    out = bytearray()
+    pos = 0
+    while True:
+        slash = body.find("\\", pos)
+        if slash < 0:
+            out += body[pos:].encode("utf-8")
+            return bytes(out)
+        out += body[pos:slash].encode("utf-8")
+        match = _ESCAPE.match(body, slash)
+        if match is None:
+            raise StateFileError(f"unsupported escape {body[slash:slash + 2]!r}")
+        simple, octal, hexa, u4, u8 = match.groups()
+        if simple:
+            out += _SIMPLE_ESCAPES[simple]
+        elif octal:
+            value = int(octal, 8)
+            if value > 0xFF:
+                raise StateFileError(f"octal escape out of range: \\{octal}")
+            out.append(value)
+        elif hexa:
+            out.append(int(hexa, 16))
+        else:
+            try:
+                out += chr(int(u4 or u8, 16)).encode("utf-8")
+            except (ValueError, UnicodeEncodeError) as exc:
+                raise StateFileError(f"invalid unicode escape {match.group()!r}") from exc
+        pos = match.end()
+
+
+def _parse_float(token: str, kind: str) -> float:
+    if kind == "ident":
+        if not _FLOAT_WORD.fullmatch(token):
+            raise StateFileError(f"expected a number, found {token!r}")
+        word = token.lower()
+        # An optional C-style "f" suffix, as in "inff"; "inf" itself ends in f and keeps it.
+        if word.endswith("ff") or word.endswith(("nanf", "infinityf")):
+            word = word[:-1]
+        return float(word)
+    if _OCTAL_LOOKING.match(token):
+        raise StateFileError(f"invalid number (leading zero): {token!r}")
+    return float(token.rstrip("fF"))
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens = _tokenize(text)
+        self.i = 0
+
+    def peek(self) -> tuple[str, str, int] | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self) -> tuple[str, str, int]:
+        token = self.peek()
+        if token is None:
+            raise StateFileError("unexpected end of file")
+        self.i += 1
+        return token
+
+    def try_punct(self, char: str) -> bool:
+        token = self.peek()
+        if token is not None and token[0] == "punct" and token[1] == char:
+            self.i += 1
+            return True
+        return False
+
+    def expect_punct(self, char: str) -> None:
+        if not self.try_punct(char):
+            token = self.peek()
+            found = "end of file" if token is None else f"{token[1]!r} at {_where(self.text, token[2])}"
+            raise StateFileError(f"expected {char!r}, found {found}")
+
+    def string_value(self) -> str:
+        kind, token, pos = self.take()
+        if kind != "string":
+            raise StateFileError(f"expected a string at {_where(self.text, pos)}, found {token!r}")
+        parts = [_unescape(token[1:-1])]
+        # Adjacent literals concatenate, as in C.
+        while (nxt := self.peek()) is not None and nxt[0] == "string":
+            self.i += 1
+            parts.append(_unescape(nxt[1][1:-1]))
+        try:
+            return b"".join(parts).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise StateFileError(f"string at {_where(self.text, pos)} is not valid UTF-8") from exc
+
+    def float_value(self) -> float:
+        kind, token, pos = self.take()
+        if kind not in ("number", "ident"):
+            raise StateFileError(f"expected a number at {_where(self.text, pos)}, found {token!r}")
+        try:
+            return _parse_float(token, kind)
+        except StateFileError as exc:
+            raise StateFileError(f"{exc} at {_where(self.text, pos)}") from None
+
+    def value(self, name: str) -> str | float:
+        return self.string_value() if name in _STRING_FIELDS else self.float_value()
+
+    def parse(self) -> dict[str, object]:
+        values: dict[str, object] = {name: [] for name in _REPEATED_FIELDS}
+        while self.peek() is not None:
+            kind, name, pos = self.take()
+            if kind != "ident" or name not in _STRING_FIELDS + _FLOAT_FIELDS:
+                raise StateFileError(f"unknown field {name!r} at {_where(self.text, pos)}")
+            self.expect_punct(":")
+            if name in _REPEATED_FIELDS:
+                target = values[name]
+                if self.try_punct("["):
+                    # Short repeated form: ``name: [a, b]``.
+                    if not self.try_punct("]"):
+                        target.append(self.value(name))
+                        while self.try_punct(","):
+                            target.append(self.value(name))
+                        self.expect_punct("]")
+                else:
+                    target.append(self.value(name))
+            else:
+                # Like text_format.Merge (what TensorFlow uses), a repeated singular field wins.
+                values[name] = self.value(name)
+            if not self.try_punct(","):
+                self.try_punct(";")
+        return values
+
+
+def parse_state_text(text: str, name: str = DEFAULT_STATE_FILE, directory: str | None = None) -> StateFile:
+    """Parse the text of a state file called ``name``; raise :class:`StateFileError` if invalid.
+
+    ``directory`` is only used to tell whether absolute paths point somewhere else.
+    """
+    values = _Parser(text).parse()
+    raw_latest = values.get("model_checkpoint_path")
+    if not raw_latest:
+        # TensorFlow's get_checkpoint_state raises "Invalid checkpoint state" for this too.
+        raise StateFileError("no model_checkpoint_path")
+    raw_paths: list[str] = values["all_model_checkpoint_paths"]  # type: ignore[assignment]
+    raw_stamps: list[float] = values["all_model_checkpoint_timestamps"]  # type: ignore[assignment]
+
+    problems = []
+    latest = prefix_base_name(raw_latest)
+    bases = [prefix_base_name(raw) for raw in raw_paths]
+    unique: dict[str, None] = {}  # ordered set: duplicates collapse, the first position counts
+    timestamps: dict[str, float] = {}
+    for raw, base in zip(raw_paths, bases, strict=True):
+        if base is None:
+            problems.append(f"unusable checkpoint path {raw!r}")
+        else:
+            unique[base] = None
+    all_prefixes = list(unique)
+    if latest is None:
+        problems.append(f"unusable model_checkpoint_path {raw_latest!r}")
+    if raw_stamps:
+        if len(raw_stamps) != len(raw_paths):
+            problems.append(f"{len(raw_stamps)} timestamps for {len(raw_paths)} checkpoint paths")
+        # Like CheckpointManager's recovery: zip() pairs them, a later duplicate's time wins.
+        for base, stamp in zip(bases, raw_stamps, strict=False):
+            if base is not None:
+                timestamps[base] = stamp
+    last_preserved = values.get("last_preserved_timestamp")
+    return StateFile(
+        name=name,
+        latest=latest,
+        all_prefixes=all_prefixes,
+        timestamps=timestamps,
+        # proto3 cannot tell 0.0 from unset, and TensorFlow never writes 0.0.
+        last_preserved_timestamp=float(last_preserved) if last_preserved else None,
+        problem="; ".join(problems) or None,
+        raw_latest=raw_latest,
+        written_in=_foreign_directory([raw_latest, *raw_paths], directory),
+    )
+
+
+def prefix_base_name(path: str) -> str | None:
+    """The last component of a checkpoint path written on any machine (``/`` or ``\\``)."""
+    base = re.split(r"[/\\]", path)[-1]
+    return None if base in ("", ".", "..") else base
+
+
+def _foreign_directory(paths: list[str], directory: str | None) -> str | None:
+    if directory is None:
+        return None
+    # Distinct directories only: realpath costs a system call per component, and a state file
+    # may list 100,000 paths that all share one directory.
+    theres = dict.fromkeys(os.path.dirname(p) for p in paths if os.path.isabs(p))
+    here = os.path.realpath(directory)
+    for there in theres:
+        if os.path.realpath(there) != here:
+            return there
+    return None
+
+
+def read_state_file(directory: str, name: str = DEFAULT_STATE_FILE) -> StateFile:
+    """Read ``directory/name``; raise :class:`StateFileError` if it is unreadable or not a state file.
+
+    A state file that parses but has unusable entries (e.g. timestamps that do not match the
+    paths) is returned with ``problem`` set.
+    """
+    path = os.path.join(directory, name)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_STATE_FILE_BYTES + 1)
+    except OSError as exc:
+        raise StateFileError(f"cannot read state file {name}: {exc.strerror or exc}") from exc
+    return _parse_bytes(data, name, directory)
+
+
+def _parse_bytes(data: bytes, name: str, directory: str) -> StateFile:
+    if len(data) > MAX_STATE_FILE_BYTES:
+        raise StateFileError(f"{name} is larger than {MAX_STATE_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StateFileError(f"{name} is not text (invalid UTF-8 at byte {exc.start})") from exc
+    try:
+        return parse_state_text(text, name, directory)
+    except StateFileError as exc:
+        raise StateFileError(f"{name} is not a valid checkpoint state file: {exc}") from None
+
+
+def could_be_state_file(name: str, size: int) -> bool:
+    """Cheap test on a directory entry: is it worth parsing ``name`` as a state file?"""
+    if name == DEFAULT_STATE_FILE:
+        return size <= MAX_STATE_FILE_BYTES
+    return size <= MAX_SNIFF_BYTES and _NEVER_STATE_FILE.search(name) is None
+
+
+def sniff_state_file(directory: str, name: str) -> StateFile | None:
+    """The state file ``directory/name`` if it is one, else None.
+
+    The default ``checkpoint`` name is always a state file: when it does not parse it comes back
+    with ``problem`` set (garbage to report). Any other name that does not parse is simply not a
+    state file. Never raises.
+    """
+    try:
+        return read_state_file(directory, name)
+    except StateFileError as exc:
+        if name == DEFAULT_STATE_FILE:
+            return StateFile(name=name, latest=None, all_prefixes=[], timestamps={},
+                             last_preserved_timestamp=None, problem=str(exc))
+        return None
+
+
+def find_state_files(directory: str) -> list[str]:
+    """Names of the files in ``directory`` that are state files, ``checkpoint`` first.
+
+    A ``checkpoint`` file that does not parse is included (it is a broken state file, not some
+    other file); see :func:`sniff_state_file`.
+    """
+    names = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_file() and could_be_state_file(entry.name, entry.stat().st_size):
+                    names.append(entry.name)
+    except OSError:
+        return []
+    return [name for name in order_state_file_names(names) if sniff_state_file(directory, name) is not None]
+
+
+def order_state_file_names(names: list[str]) -> list[str]:
+    """``checkpoint`` first, then the others by name: the order in which their timestamps count."""
+    return sorted(names, key=lambda n: (n != DEFAULT_STATE_FILE, n))
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+# protobuf's CEscape with as_utf8=True, which is what text_format.MessageToString (and so
+# TensorFlow) uses: non-ASCII text stays as it is.
+_WRITE_ESCAPES = {i: "\\%03o" % i for i in range(32)} | {127: "\\177"}
+_WRITE_ESCAPES |= {ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r", ord('"'): '\\"',
+                   ord("'"): "\\'", ord("\\"): "\\\\"}
+
+
+def format_state_text(
+    *,
+    latest: str,
+    all_prefixes: list[str],
+    timestamps: dict[str, float] | None = None,
+    last_preserved_timestamp: float | None = None,
+) -> str:
+    """The text TensorFlow writes for this state (``text_format.MessageToString``).
+
+    Like ``generate_checkpoint_state_proto``, ``latest`` is appended to ``all_prefixes`` when it
+    is missing. Unlike it, a ``latest`` that is already listed is not appended a second time, so
+    "make latest" on an older checkpoint keeps the list's order (oldest first, as retention reads
+    it). Timestamps are written only when every listed prefix has one, because TensorFlow rejects
+    a state whose timestamps do not match its paths.
+    """
+    for name in [latest, *all_prefixes]:
+        if not name or prefix_base_name(name) != name:
+            raise ValueError(f"state files hold base names only, got {name!r}")
+    if len(set(all_prefixes)) != len(all_prefixes):
+        raise ValueError("all_prefixes has duplicates")
+    paths = list(all_prefixes)
+    if latest not in paths:
+        paths.append(latest)
+    stamps: list[float] = []
+    if timestamps:
+        missing = [p for p in paths if p not in timestamps]
+        if missing:
+            raise ValueError(f"no timestamp for {', '.join(missing)}")
+        stamps = [float(timestamps[p]) for p in paths]
+
+    lines = [f'model_checkpoint_path: "{_escape(latest)}"']
+    lines += [f'all_model_checkpoint_paths: "{_escape(p)}"' for p in paths]
+    lines += [f"all_model_checkpoint_timestamps: {_format_double(s)}" for s in stamps]
+    # proto3 does not print a double that is 0.0, so neither do we.
+    if last_preserved_timestamp:
+        lines.append(f"last_preserved_timestamp: {_format_double(float(last_preserved_timestamp))}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _escape(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"checkpoint name is not valid UTF-8: {text!r}") from exc
+    return text.translate(_WRITE_ESCAPES)
+
+
+def _format_double(value: float) -> str:
+    # text_format prints doubles with str(): the shortest text that reads back to the same value.
+    return "nan" if math.isnan(value) else str(value)
+
+
+def write_state_file(
+    directory: str,
+    name: str = DEFAULT_STATE_FILE,
+    *,
+    latest: str,
+    all_prefixes: list[str],
+    timestamps: dict[str, float] | None = None,
+    last_preserved_timestamp: float | None = None,
+) -> None:
+    """Atomically (re)write ``directory/name`` with base-name paths, as TensorFlow would write it.
+
+    ``tf.train.latest_checkpoint`` / ``get_checkpoint_state`` read it back, and a new ``Saver`` or
+    ``CheckpointManager`` carries on in the directory. Used to prune (rewrite after deleting) and
+    to "make latest" (rollback). See :func:`format_state_text` for the rules.
+    """
+    if latest == name:
+        # TensorFlow refuses this too: the state file would overwrite the checkpoint's own name.
+        raise ValueError(f"checkpoint {latest!r} has the same name as the state file")
+    text = format_state_text(latest=latest, all_prefixes=all_prefixes, timestamps=timestamps,
+                             last_preserved_timestamp=last_preserved_timestamp)
+    atomic_write_text(os.path.join(directory, name), text)

