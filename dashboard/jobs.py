@@ -48,7 +48,9 @@ def rq_job_id(job_pk: int) -> str:
 def get_queue():
     import django_rq
 
-    return django_rq.get_queue(settings.JOB_QUEUE)
+    # Enqueue at once, not at the end of a surrounding transaction (django-rq's default): callers
+    # commit the Job row first, and a Redis outage must surface here, where it can be reported.
+    return django_rq.get_queue(settings.JOB_QUEUE, commit_mode="auto")
 
 
 def enqueue(job: Job) -> None:

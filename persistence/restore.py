@@ -397,6 +397,7 @@ class PartialRestoreResult:
     left_initialised: list[str]  # graph variables that kept their initial values
     missing_in_checkpoint: list[str]  # requested graph variables whose checkpoint name is absent
     shape_mismatch: list[VariableMismatch]  # requested but shape (or dtype) differs: not restored
+    saved_prefix: str | None = None  # the warm-start checkpoint written when save_prefix was given
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -412,6 +413,7 @@ def partial_restore(
     *,
     name_map: Mapping[str, str] | None = None,
     variables: list[str] | None = None,
+    save_prefix: str | None = None,
 ) -> PartialRestoreResult:
     """Build a new graph with ``build_graph()`` and restore a subset of its variables.
 
@@ -420,6 +422,10 @@ def partial_restore(
     seed's ``Saver(var_list={checkpoint_name: variable})``). Requested variables that are absent
     from the checkpoint or whose shape/dtype differs are reported and left initialised, like
     every variable that was not requested. A corrupt checkpoint raises TensorFlow's error.
+
+    With ``save_prefix`` the new graph's variables (restored + initialised) and its meta graph
+    are saved there: a warm-start checkpoint for the new model. The directory's state file is
+    not touched (use :func:`make_latest` for that).
     """
     tf = _import_tf()
     v1 = tf.compat.v1
@@ -461,12 +467,15 @@ def partial_restore(
             sess.run(v1.variables_initializer(rest))
             if var_list:
                 v1.train.Saver(var_list=var_list).restore(sess, prefix_path)
+            if save_prefix is not None:
+                v1.train.Saver().save(sess, save_prefix, write_state=False)
     return PartialRestoreResult(
         prefix=os.fspath(prefix_path),
         restored=restored,
         left_initialised=[name for name in all_vars if name not in restored],
         missing_in_checkpoint=missing,
         shape_mismatch=mismatched,
+        saved_prefix=os.fspath(save_prefix) if save_prefix is not None else None,
     )
 
 

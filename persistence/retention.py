@@ -252,7 +252,8 @@ def plan_retention(
     young_label = f"kept: younger than {_duration(policy.min_age_seconds)}"
     for f in ordered:
         why = reasons[f.prefix]
-        if now - f.saved_at < policy.min_age_seconds:
+        # A checkpoint from the future (clock skew) counts as young: it may well be in flight.
+        if policy.min_age_seconds and now - f.saved_at < policy.min_age_seconds:
             why.append(young_label)
         if f.status in GONE_STATUSES:
             continue

@@ -82,12 +82,18 @@ class SaverOptions:
     save_relative_paths: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prefix, str) or not self.prefix or os.path.basename(self.prefix) != self.prefix:
+        if (
+            not isinstance(self.prefix, str)
+            or not self.prefix
+            or os.path.basename(self.prefix) != self.prefix
+        ):
             raise TrainingError(f"prefix must be a plain file name without directories, got {self.prefix!r}")
         if self.prefix in (".", ".."):
             raise TrainingError(f"prefix {self.prefix!r} is not a file name")
         if self.max_to_keep is not None and (
-            isinstance(self.max_to_keep, bool) or not isinstance(self.max_to_keep, int) or self.max_to_keep < 0
+            isinstance(self.max_to_keep, bool)
+            or not isinstance(self.max_to_keep, int)
+            or self.max_to_keep < 0
         ):
             raise TrainingError(f"max_to_keep must be None or an integer >= 0, got {self.max_to_keep!r}")
         if not isinstance(self.keep_checkpoint_every_n_hours, int | float) or not (
@@ -252,7 +258,9 @@ def _resolve_restore_path(tf: Any, restore_from: str) -> str:
     return path
 
 
-def _plan_restore(tf: Any, restore_path: str, saved_names: dict[str, Any]) -> tuple[Any, list[str], list[str]]:
+def _plan_restore(
+    tf: Any, restore_path: str, saved_names: dict[str, Any]
+) -> tuple[Any, list[str], list[str]]:
     """A Saver loading every graph variable that ``restore_path`` holds, and (restored, fresh) names.
 
     A variable is looked up under the name this job saves it as (a var_list rename) and then under
@@ -307,6 +315,20 @@ def _recover_saver_state(tf: Any, saver: Any, directory: str, state_file: str) -
     saver.recover_last_checkpoints([p for p in paths if os.path.exists(p + ".index")])
 
 
+def _refuse_overwrite(directory: str, prefix: str, start_step: int, steps: int, save_every: int) -> None:
+    planned = [s for s in range(start_step + 1, start_step + steps + 1) if s % save_every == 0]
+    if not planned or planned[-1] != start_step + steps:
+        planned.append(start_step + steps)
+    clashes = [
+        f"{prefix}-{s}" for s in planned if os.path.exists(os.path.join(directory, f"{prefix}-{s}.index"))
+    ]
+    if clashes:
+        raise TrainingError(
+            f"{directory} already holds {', '.join(clashes[:5])}{' ...' if len(clashes) > 5 else ''}; "
+            "restore from the latest checkpoint to continue, use another prefix or directory, or overwrite"
+        )
+
+
 def _size(directory: str, names: Iterable[str]) -> int:
     total = 0
     for name in names:
@@ -329,6 +351,7 @@ def train(
     on_saved: Callable[[SavedCheckpoint], None] | None = None,
     on_progress: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train ``recipe`` for ``steps`` steps in a fresh graph, saving into ``directory``.
 
@@ -337,7 +360,9 @@ def train(
     checkpoint prefix, or a directory meaning its latest checkpoint) continues training: the global
     step goes on from the restored value. ``on_progress(done, steps, loss)`` is called about every
     1 % of the steps and after each save; ``should_stop()`` is checked before every step and stops
-    with :class:`TrainingCancelled` (no extra save).
+    with :class:`TrainingCancelled` (no extra save). A checkpoint that would be written over an
+    existing one of the same name is refused before training starts unless ``overwrite`` is true:
+    the dashboard has already recorded the old one's contents.
     """
     steps = _check_positive_int("steps", steps)
     save_every = _check_positive_int("save_every", save_every)
@@ -388,6 +413,8 @@ def train(
 
             eval_feed = _feed(handles, dataset.eval_inputs, dataset.eval_labels)
             start_step = int(sess.run(handles.global_step))
+            if not overwrite:
+                _refuse_overwrite(directory, options.prefix, start_step, steps, save_every)
             initial_metrics = _evaluate(sess, handles, eval_feed)
             result = TrainResult(
                 directory=directory,
@@ -421,7 +448,8 @@ def train(
                 rows = order[cursor : cursor + batch]
                 cursor += batch
                 _, loss = sess.run(
-                    [handles.train_op, handles.loss], _feed(handles, dataset.train_inputs, dataset.train_labels, rows)
+                    [handles.train_op, handles.loss],
+                    _feed(handles, dataset.train_inputs, dataset.train_labels, rows),
                 )
                 loss = float(loss)
                 expected_step = start_step + done
@@ -547,10 +575,12 @@ def _tf2_optimizer_keys(tf: Any, reader: Any) -> set[str]:
         model_nodes |= reach(
             [c.node_id for c in nodes[i].children if c.local_name == "_trainable_variables"], optimizers
         )
-    optimizer_nodes = reach(
-        [c.node_id for i in optimizers for c in nodes[i].children], set()
-    ) | optimizers | slot_nodes
-    keys = {a.checkpoint_key for i in (optimizer_nodes - model_nodes) | slot_nodes for a in nodes[i].attributes}
+    optimizer_nodes = (
+        reach([c.node_id for i in optimizers for c in nodes[i].children], set()) | optimizers | slot_nodes
+    )
+    keys = {
+        a.checkpoint_key for i in (optimizer_nodes - model_nodes) | slot_nodes for a in nodes[i].attributes
+    }
     return keys
 
 

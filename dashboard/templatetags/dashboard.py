@@ -8,6 +8,7 @@ from django import template
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 register = template.Library()
 
@@ -29,7 +30,7 @@ def size(num_bytes: int | None) -> str:
 def when(moment: dt.datetime | None) -> str:
     """'3 hours ago', with the exact local time on hover and in a machine-readable attribute."""
     if moment is None:
-        return format_html('<span class="muted">never</span>')
+        return mark_safe('<span class="muted">never</span>')
     local = timezone.localtime(moment)
     return format_html(
         '<time datetime="{}" title="{}">{}</time>',

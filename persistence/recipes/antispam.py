@@ -95,7 +95,9 @@ def generate_corpus(size: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
     return texts, labels
 
 
-def _dense_logits(tf: Any, x: Any, hidden_kernel: Any, hidden_bias: Any, out_kernel: Any, out_bias: Any) -> Any:
+def _dense_logits(
+    tf: Any, x: Any, hidden_kernel: Any, hidden_bias: Any, out_kernel: Any, out_bias: Any
+) -> Any:
     hidden = tf.nn.relu(tf.matmul(x, hidden_kernel) + hidden_bias)
     return tf.add(tf.matmul(hidden, out_kernel), out_bias, name="logits")
 

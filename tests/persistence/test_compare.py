@@ -51,8 +51,14 @@ def trained(tf, tmp_path_factory) -> dict[int, str]:
     with tf.Graph().as_default():
         x = tf.constant(rng.normal(size=(8, EMB_SHAPE[0])).astype(np.float32))
         y = tf.constant(rng.integers(0, 2, size=8))
-        emb = tf.compat.v1.get_variable("emb", shape=EMB_SHAPE, initializer=tf.compat.v1.glorot_uniform_initializer(seed=1))
-        w = tf.compat.v1.get_variable("dense/kernel", shape=(EMB_SHAPE[1], 2), initializer=tf.compat.v1.glorot_uniform_initializer(seed=2))
+        emb = tf.compat.v1.get_variable(
+            "emb", shape=EMB_SHAPE, initializer=tf.compat.v1.glorot_uniform_initializer(seed=1)
+        )
+        w = tf.compat.v1.get_variable(
+            "dense/kernel",
+            shape=(EMB_SHAPE[1], 2),
+            initializer=tf.compat.v1.glorot_uniform_initializer(seed=2),
+        )
         b = tf.compat.v1.get_variable("dense/bias", shape=(2,), initializer=tf.compat.v1.zeros_initializer())
         logits = tf.matmul(tf.tanh(tf.matmul(x, emb)), w) + b
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
@@ -97,7 +103,8 @@ def _reference(tf, prefix_a: str, prefix_b: str, name: str) -> dict:
         "l2_b": l2_b,
         "l2_diff": np.linalg.norm(d),
         "max_abs_diff": np.abs(d).max() if d.size else 0.0,
-        "relative_change": np.linalg.norm(d) / l2_a if l2_a else None,
+        # The documented definition when A is all zeros: 0 if nothing moved, else undefined.
+        "relative_change": np.linalg.norm(d) / l2_a if l2_a else (0.0 if not d.any() else None),
         "cosine": a @ b / (l2_a * l2_b) if l2_a and l2_b else None,
     }
 
@@ -195,12 +202,16 @@ def test_sliced_reading_gives_the_same_numbers_as_whole_tensors(tf, trained, sli
     for w, s in zip(whole.variables, sliced.variables, strict=True):
         assert (w.name, w.note, w.nan_a, w.inf_b) == (s.name, s.note, s.nan_a, s.inf_b)
         for key in ("l2_a", "l2_b", "l2_diff", "max_abs_diff", "relative_change", "cosine"):
-            np.testing.assert_allclose(getattr(s, key), getattr(w, key), rtol=1e-12, err_msg=f"{w.name}.{key}")
+            np.testing.assert_allclose(
+                getattr(s, key), getattr(w, key), rtol=1e-12, err_msg=f"{w.name}.{key}"
+            )
     _assert_matches_reference(tf, sliced, trained[1], trained[3])
 
 
 def test_variables_on_one_side_only_are_listed_with_their_side(tf, tmp_path):
-    a = _save_tf1(tf, tmp_path / "a", {"kept": np.ones(3, np.float32), "dropped": np.full(4, 2.0, np.float32)})
+    a = _save_tf1(
+        tf, tmp_path / "a", {"kept": np.ones(3, np.float32), "dropped": np.full(4, 2.0, np.float32)}
+    )
     b = _save_tf1(tf, tmp_path / "b", {"kept": np.ones(3, np.float32), "added": np.zeros((2, 2), np.float32)})
 
     result = compare_checkpoints(a, b)
@@ -389,11 +400,18 @@ def test_step_over_step_marks_variables_that_come_and_go(tf, tmp_path):
 
 
 def test_metric_deltas_subtract_real_numbers_only():
-    deltas = metric_deltas({"loss": 0.5, "accuracy": 0.0, "tag": "x", "gone": 1.0}, {"loss": 0.25, "accuracy": 0.5, "tag": "y"})
+    deltas = metric_deltas(
+        {"loss": 0.5, "accuracy": 0.0, "tag": "x", "gone": 1.0}, {"loss": 0.25, "accuracy": 0.5, "tag": "y"}
+    )
 
     assert deltas["loss"] == {"a": 0.5, "b": 0.25, "delta": -0.25, "relative": -0.5}
     assert deltas["accuracy"]["delta"] == 0.5 and deltas["accuracy"]["relative"] is None
-    assert deltas["tag"]["delta"] is None and deltas["gone"] == {"a": 1.0, "b": None, "delta": None, "relative": None}
+    assert deltas["tag"]["delta"] is None and deltas["gone"] == {
+        "a": 1.0,
+        "b": None,
+        "delta": None,
+        "relative": None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -153,12 +153,18 @@ def test_save_happens_at_the_last_step_off_the_schedule(tmp_path):
 def test_max_to_keep_keeps_the_newest_and_reports_deleted(tmp_path, tf):
     saved: list[SavedCheckpoint] = []
     train(
-        str(tmp_path), AntiSpamRecipe(), steps=150, save_every=25,
-        options=SaverOptions(max_to_keep=3), on_saved=saved.append,
+        str(tmp_path),
+        AntiSpamRecipe(),
+        steps=150,
+        save_every=25,
+        options=SaverOptions(max_to_keep=3),
+        on_saved=saved.append,
     )
     assert [s.deleted for s in saved] == [[], [], [], ["model.ckpt-25"], ["model.ckpt-50"], ["model.ckpt-75"]]
     assert saved[3].deleted_files == [
-        "model.ckpt-25.index", "model.ckpt-25.data-00000-of-00001", "model.ckpt-25.meta"
+        "model.ckpt-25.index",
+        "model.ckpt-25.data-00000-of-00001",
+        "model.ckpt-25.meta",
     ]
     assert _indexes(tmp_path) == ["model.ckpt-100", "model.ckpt-125", "model.ckpt-150"]
     state = tf.train.get_checkpoint_state(str(tmp_path))
@@ -169,8 +175,12 @@ def test_max_to_keep_deletes_the_only_meta_when_written_first_only(tmp_path):
     # The seed's trap, reproduced on purpose: TF removes model.ckpt-25.meta with model.ckpt-25.
     saved: list[SavedCheckpoint] = []
     train(
-        str(tmp_path), AntiSpamRecipe(), steps=100, save_every=25,
-        options=SaverOptions(max_to_keep=3, write_meta_graph="first"), on_saved=saved.append,
+        str(tmp_path),
+        AntiSpamRecipe(),
+        steps=100,
+        save_every=25,
+        options=SaverOptions(max_to_keep=3, write_meta_graph="first"),
+        on_saved=saved.append,
     )
     assert "model.ckpt-25.meta" in saved[3].deleted_files
     assert _metas(tmp_path) == []
@@ -181,8 +191,12 @@ def test_checkpoints_kept_by_hours_are_not_reported_deleted(tmp_path):
     # A tiny keep_checkpoint_every_n_hours makes TF keep every checkpoint that leaves the window.
     saved: list[SavedCheckpoint] = []
     train(
-        str(tmp_path), AntiSpamRecipe(), steps=100, save_every=25,
-        options=SaverOptions(max_to_keep=2, keep_checkpoint_every_n_hours=1e-9), on_saved=saved.append,
+        str(tmp_path),
+        AntiSpamRecipe(),
+        steps=100,
+        save_every=25,
+        options=SaverOptions(max_to_keep=2, keep_checkpoint_every_n_hours=1e-9),
+        on_saved=saved.append,
     )
     assert [s.deleted for s in saved] == [[], [], [], []]
     assert len(_indexes(tmp_path)) == 4
@@ -190,7 +204,10 @@ def test_checkpoints_kept_by_hours_are_not_reported_deleted(tmp_path):
 
 def test_latest_filename_names_the_state_file(tmp_path, tf):
     result = train(
-        str(tmp_path), AntiSpamRecipe(), steps=25, save_every=25,
+        str(tmp_path),
+        AntiSpamRecipe(),
+        steps=25,
+        save_every=25,
         options=SaverOptions(latest_filename="antispam_state", prefix="spam.ckpt"),
     )
     assert not (tmp_path / "checkpoint").exists()
@@ -204,7 +221,10 @@ def test_latest_filename_names_the_state_file(tmp_path, tf):
 
 def test_var_list_subset_saves_only_the_listed_variables(tmp_path, tf):
     result = train(
-        str(tmp_path), AntiSpamRecipe(), steps=25, save_every=25,
+        str(tmp_path),
+        AntiSpamRecipe(),
+        steps=25,
+        save_every=25,
         options=SaverOptions(var_list=["hidden/kernel", "output/bias:0", "global_step"]),
     )
     assert _names(tf, result.latest.path) == {"hidden/kernel", "output/bias", "global_step"}
@@ -213,8 +233,13 @@ def test_var_list_subset_saves_only_the_listed_variables(tmp_path, tf):
 
 def test_var_list_dict_renames_variables_in_the_file(tmp_path, tf):
     result = train(
-        str(tmp_path), AntiSpamRecipe(), steps=25, save_every=25,
-        options=SaverOptions(var_list={"spam/w1": "hidden/kernel", "spam/b1": "hidden/bias", "step": "global_step"}),
+        str(tmp_path),
+        AntiSpamRecipe(),
+        steps=25,
+        save_every=25,
+        options=SaverOptions(
+            var_list={"spam/w1": "hidden/kernel", "spam/b1": "hidden/bias", "step": "global_step"}
+        ),
     )
     assert _names(tf, result.latest.path) == {"spam/w1", "spam/b1", "step"}
     reader = tf.train.load_checkpoint(result.latest.path)
@@ -225,7 +250,10 @@ def test_var_list_dict_renames_variables_in_the_file(tmp_path, tf):
 def test_unknown_var_list_names_are_listed_with_the_valid_ones(tmp_path):
     with pytest.raises(TrainingError) as caught:
         train(
-            str(tmp_path), AntiSpamRecipe(), steps=5, save_every=5,
+            str(tmp_path),
+            AntiSpamRecipe(),
+            steps=5,
+            save_every=5,
             options=SaverOptions(var_list={"a": "hidden/kernal", "b": "nope"}),
         )
     message = str(caught.value)
@@ -241,8 +269,12 @@ def test_restore_from_continues_the_global_step(short_run, tmp_path, tf):
     _, first = short_run
     saved: list[SavedCheckpoint] = []
     result = train(
-        str(tmp_path), AntiSpamRecipe(), steps=30, save_every=25,
-        restore_from=first.latest.path, on_saved=saved.append,
+        str(tmp_path),
+        AntiSpamRecipe(),
+        steps=30,
+        save_every=25,
+        restore_from=first.latest.path,
+        on_saved=saved.append,
     )
     assert result.start_step == 50 and result.final_step == 80
     assert [s.step for s in saved] == [75, 80]
@@ -262,7 +294,11 @@ def test_continuing_in_the_same_directory_applies_max_to_keep_to_earlier_checkpo
     options = SaverOptions(max_to_keep=3)
     first = train(str(tmp_path), AntiSpamRecipe(), steps=75, save_every=25, options=options)
     second = train(
-        str(tmp_path), AntiSpamRecipe(), steps=50, save_every=25, options=options,
+        str(tmp_path),
+        AntiSpamRecipe(),
+        steps=50,
+        save_every=25,
+        options=options,
         restore_from=first.latest.path,
     )
     assert second.deleted == ["model.ckpt-25", "model.ckpt-50"]
@@ -274,7 +310,9 @@ def test_continuing_in_the_same_directory_applies_max_to_keep_to_earlier_checkpo
 def test_restore_from_a_slimmed_checkpoint_takes_the_step_from_its_name(short_run, tmp_path):
     _, first = short_run
     slim = resave_subset(
-        first.latest.path, str(tmp_path), "slim-50",
+        first.latest.path,
+        str(tmp_path),
+        "slim-50",
         variables=["hidden/kernel", "hidden/bias", "output/kernel", "output/bias"],
     )
     result = train(str(tmp_path / "next"), AntiSpamRecipe(), steps=5, save_every=5, restore_from=slim.path)
@@ -299,8 +337,12 @@ def test_should_stop_cancels_and_keeps_what_was_saved(tmp_path):
     saved: list[SavedCheckpoint] = []
     with pytest.raises(TrainingCancelled) as caught:
         train(
-            str(tmp_path), AntiSpamRecipe(), steps=300, save_every=25,
-            should_stop=should_stop, on_saved=saved.append,
+            str(tmp_path),
+            AntiSpamRecipe(),
+            steps=300,
+            save_every=25,
+            should_stop=should_stop,
+            on_saved=saved.append,
         )
     assert caught.value.step == 60
     assert [c.step for c in caught.value.result.checkpoints] == [25, 50] == [s.step for s in saved]
@@ -373,8 +415,11 @@ def test_resave_without_optimizer_slots_keeps_weights_exactly(short_run, tmp_pat
 def test_resave_subset_with_rename_stores_new_names(short_run, tmp_path, tf):
     _, first = short_run
     out = resave_subset(
-        first.latest.path, str(tmp_path), "encoder",
-        variables=["hidden/kernel", "hidden/bias"], rename={"hidden/kernel": "encoder/w"},
+        first.latest.path,
+        str(tmp_path),
+        "encoder",
+        variables=["hidden/kernel", "hidden/bias"],
+        rename={"hidden/kernel": "encoder/w"},
     )
     assert _names(tf, out.path) == {"encoder/w", "hidden/bias"}
     src, new = tf.train.load_checkpoint(first.latest.path), tf.train.load_checkpoint(out.path)
@@ -409,7 +454,9 @@ def test_optimizer_slots_of_tf1_adam_are_recognised(short_run):
     _, first = short_run
     slots = optimizer_slot_names(first.latest.path)
     assert slots == {
-        f"{v}/{s}" for v in ("hidden/kernel", "hidden/bias", "output/kernel", "output/bias") for s in ("Adam", "Adam_1")
+        f"{v}/{s}"
+        for v in ("hidden/kernel", "hidden/bias", "output/kernel", "output/bias")
+        for s in ("Adam", "Adam_1")
     } | {"beta1_power", "beta2_power"}
 
 
@@ -430,7 +477,48 @@ def test_optimizer_slots_of_a_tf2_object_checkpoint_are_recognised(tmp_path, tf)
 
     slim = resave_subset(prefix, str(tmp_path), "tf2-slim", drop_optimizer_slots=True)
     assert set(slim.variables) == {
-        "model/hidden/kernel/.ATTRIBUTES/VARIABLE_VALUE", "model/hidden/bias/.ATTRIBUTES/VARIABLE_VALUE",
-        "model/output/kernel/.ATTRIBUTES/VARIABLE_VALUE", "model/output/bias/.ATTRIBUTES/VARIABLE_VALUE",
-        "model/global_step/.ATTRIBUTES/VARIABLE_VALUE", "save_counter/.ATTRIBUTES/VARIABLE_VALUE",
+        "model/hidden/kernel/.ATTRIBUTES/VARIABLE_VALUE",
+        "model/hidden/bias/.ATTRIBUTES/VARIABLE_VALUE",
+        "model/output/kernel/.ATTRIBUTES/VARIABLE_VALUE",
+        "model/output/bias/.ATTRIBUTES/VARIABLE_VALUE",
+        "model/global_step/.ATTRIBUTES/VARIABLE_VALUE",
+        "save_counter/.ATTRIBUTES/VARIABLE_VALUE",
     }
+
+
+def test_keras3_optimizer_state_is_dropped_but_model_weights_stay(tmp_path, tf):
+    # Keras 3 tracks the model's weights under the optimizer too ("_trainable_variables"); only
+    # its own variables (iterations, learning rate, moments) are optimizer state.
+    keras = pytest.importorskip("keras")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense")])
+    optimizer = keras.optimizers.Adam()
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(np.ones((8, 4)), np.ones((8, 3)), verbose=0, epochs=1)
+    prefix = tf.train.Checkpoint(model=model, optimizer=optimizer).save(str(tmp_path / "k3" / "ckpt"))
+    kernel = next(n for n, shape in tf.train.list_variables(prefix) if shape == [4, 3] and "_trainable" in n)
+
+    slim = resave_subset(prefix, str(tmp_path), "k3-slim", drop_optimizer_slots=True)
+
+    assert kernel in slim.variables
+    assert len([n for n in slim.variables if "_trainable_variables" in n]) == 2  # kernel and bias
+    assert not any(
+        "_iterations" in n or "_variables/" in n.replace("_trainable_variables/", "") for n in slim.variables
+    )
+    src, new = tf.train.load_checkpoint(prefix), tf.train.load_checkpoint(slim.path)
+    assert np.array_equal(src.get_tensor(kernel), new.get_tensor(kernel))
+
+
+def test_training_refuses_to_overwrite_existing_checkpoints(short_run):
+    source_dir, first = short_run
+    mtime = os.path.getmtime(first.latest.path + ".index")
+    with pytest.raises(TrainingError, match="model.ckpt-25, model.ckpt-50"):
+        train(str(source_dir), AntiSpamRecipe(), steps=50, save_every=25)
+    assert os.path.getmtime(first.latest.path + ".index") == mtime
+
+
+def test_overwrite_replaces_checkpoints_of_the_same_name(tmp_path, tf):
+    train(str(tmp_path), AntiSpamRecipe(), steps=25, save_every=25, seed=1)
+    before = tf.train.load_checkpoint(str(tmp_path / "model.ckpt-25")).get_tensor("hidden/kernel")
+    train(str(tmp_path), AntiSpamRecipe(), steps=25, save_every=25, seed=2, overwrite=True)
+    after = tf.train.load_checkpoint(str(tmp_path / "model.ckpt-25")).get_tensor("hidden/kernel")
+    assert not np.array_equal(before, after)

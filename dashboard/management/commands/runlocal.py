@@ -91,13 +91,14 @@ class Command(BaseCommand):
         for child in children.values():
             if child.poll() is None:
                 os.killpg(child.pid, signal.SIGTERM)
-        # RQ treats the first SIGTERM as "finish the current job"; a second one makes the worker kill
-        # its work horse (which runs in a process group of its own) and leave now.
-        time.sleep(0.5)
+        # RQ treats the first SIGTERM as "finish the current job" and ignores a repeat within a
+        # second; a later second one makes the worker kill its work horse (which runs in a process
+        # group of its own) before it exits.
+        time.sleep(1.2)
         for name, child in children.items():
             if name.startswith("worker") and child.poll() is None:
                 os.killpg(child.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 5
         for child in children.values():
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))

@@ -1,4 +1,4 @@
-"""Pages. Each view loads, checks permission, acts and renders or redirects; behaviour lives in models."""
+"""Runs, their checkpoint history and checkpoint details."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from . import access, jobs
-from .forms import RegisterRunForm
-from .models import Checkpoint, Export, Job, Run
+from dashboard import access
+from dashboard.forms import RegisterRunForm
+from dashboard.models import Checkpoint, Export, Job, Run
+from dashboard.views.common import start_job
 
 HISTORY_PAGE_SIZE = 50
 HISTORY_SORTS = {
@@ -44,7 +45,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
         run = form.save(commit=False)
         run.created_by = request.user
         run.save()
-        _start_job(request, Job.SCAN, run=run)
+        start_job(request, Job.SCAN, run=run)
         messages.success(request, f"Run “{run.name}” registered; its first scan has started.")
         return redirect(run)
     return render(request, "dashboard/run_new.html", {"form": form})
@@ -98,7 +99,7 @@ def run_chart(request: HttpRequest, name: str) -> JsonResponse:
 @require_POST
 def run_scan(request: HttpRequest, name: str) -> HttpResponse:
     run = access.get_run_for_user(request, name, access.OPERATE)
-    if _start_job(request, Job.SCAN, run=run):
+    if start_job(request, Job.SCAN, run=run):
         messages.success(request, "Scan started.")
     return redirect(run)
 
@@ -117,46 +118,3 @@ def checkpoint_detail(request: HttpRequest, name: str, pk: int) -> HttpResponse:
             "jobs": list(checkpoint.jobs.order_by("-created_at")[:5]),
         },
     )
-
-
-def job_list(request: HttpRequest) -> HttpResponse:
-    access.require(request, "dashboard.view_job")
-    qs = Job.objects.select_related("run", "requested_by").order_by("-created_at")
-    filters = {k: request.GET.get(k, "") for k in ("kind", "status", "run")}
-    if filters["kind"]:
-        qs = qs.filter(kind=filters["kind"])
-    if filters["status"]:
-        qs = qs.filter(status=filters["status"])
-    if filters["run"]:
-        qs = qs.filter(run__name=filters["run"])
-    page = Paginator(qs, 50).get_page(request.GET.get("page"))
-    return render(
-        request,
-        "dashboard/job_list.html",
-        {"page": page, "filters": filters, "kinds": Job.KIND_CHOICES, "statuses": Job.STATUS_CHOICES},
-    )
-
-
-def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    access.require(request, "dashboard.view_job")
-    job = get_object_or_404(Job.objects.select_related("run", "checkpoint", "requested_by"), pk=pk)
-    return render(request, "dashboard/job_detail.html", {"job": job})
-
-
-def job_progress(request: HttpRequest, pk: int) -> HttpResponse:
-    """The progress partial alone, polled by htmx while the job runs."""
-    access.require(request, "dashboard.view_job")
-    job = get_object_or_404(Job, pk=pk)
-    return render(request, "dashboard/partials/job_progress.html", {"job": job})
-
-
-def _start_job(request: HttpRequest, kind: str, **kwargs) -> Job | None:
-    try:
-        return jobs.start(kind, user=request.user, **kwargs)
-    except jobs.QueueUnavailable:
-        messages.warning(
-            request,
-            "The job queue is unavailable right now. The job is recorded and will start "
-            "when the queue is reachable again.",
-        )
-        return None

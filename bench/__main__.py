@@ -1,0 +1,45 @@
+"""Run the benchmarks and write bench/results.json and bench/RESULTS.md.
+
+    python -m bench            # every group
+    python -m bench scan       # one group (results of the others are kept)
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+from bench import harness
+
+GROUPS = ["scan", "history"]
+
+
+def main(argv: list[str]) -> int:
+    groups = argv or GROUPS
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        print(f"unknown benchmark group(s): {', '.join(sorted(unknown))}; known: {', '.join(GROUPS)}")
+        return 2
+    work = harness.work_directory()
+    try:
+        harness.setup_django(work)
+        from bench import scan
+
+        new = {}
+        if "scan" in groups:
+            new.update(scan.run(work))
+        if "history" in groups:
+            new.update(scan.history_queries(work))
+        results = harness.write_results(new)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for name in new:
+        r = results[name]
+        print(f"{name}: value={r['value']:.4g} ratio={r['ratio'] if r['ratio'] is None else round(r['ratio'], 3)} "
+              f"target {r['target']} -> {'met' if r['met'] else 'NOT MET'}")
+    print(f"wrote {harness.RESULTS_JSON} and {harness.RESULTS_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,96 @@
+"""Discovery benchmarks: ``scan_vs_bare``, ``rescan_vs_scan``, ``history_page_100k_queries``."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from bench.harness import entry, timed
+
+N_SCAN = 10_000
+N_HISTORY = 100_000
+
+
+def bare_scan(directory: str) -> int:
+    """The baseline: what a person would write to list the checkpoints and their variables."""
+    import tensorflow as tf
+
+    count = 0
+    for item in os.scandir(directory):
+        if item.name.endswith(".index"):
+            tf.train.list_variables(os.path.join(directory, item.name[: -len(".index")]))
+            count += 1
+    return count
+
+
+def run(work: Path, n: int = N_SCAN) -> dict[str, dict]:
+    import tensorflow as tf  # noqa: F401  (import cost is not part of either measurement)
+    from django.core.management import call_command
+
+    from tests.checkpoint_factory import make_many_tiny_checkpoints
+
+    directory = work / "checkpoints" / "many"
+    made = make_many_tiny_checkpoints(directory, n)
+    assert bare_scan(str(directory)) == n  # warm the page cache for both sides alike
+
+    baseline = timed(lambda: bare_scan(str(directory)))
+    first = timed(lambda: call_command("scan", str(directory), "--name", "many", stdout=io.StringIO()))
+    rescan = timed(lambda: call_command("scan", str(directory), stdout=io.StringIO()))
+
+    from dashboard.models import Checkpoint
+
+    recorded = Checkpoint.objects.filter(run__name="many").count()
+    assert recorded == len(made.prefixes), (recorded, len(made.prefixes))
+    return {
+        "scan_vs_bare": entry(first, baseline, "s", "ratio <= 1.5", checkpoints=n),
+        "rescan_vs_scan": entry(rescan, first, "s", "ratio <= 0.1", checkpoints=n),
+    }
+
+
+def history_queries(work: Path, n: int = N_HISTORY) -> dict[str, dict]:
+    import datetime as dt
+
+    from django.contrib.auth.models import User
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from dashboard.models import Checkpoint, Run
+
+    directory = work / "checkpoints" / "history"
+    directory.mkdir(parents=True, exist_ok=True)
+    run = Run.objects.create(name="history-100k", directory=str(directory))
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    Checkpoint.objects.bulk_create(
+        (
+            Checkpoint(run=run, prefix=f"model.ckpt-{s}", step=s, saved_at=base + dt.timedelta(seconds=s),
+                       size_bytes=4096, metrics={"loss": 1 / s})
+            for s in range(1, n + 1)
+        ),
+        batch_size=5000,
+    )
+    user = User.objects.create_superuser("bench", password="bench-only")
+    # Django closes the connection around each request (CONN_MAX_AGE=0 on SQLite), which would
+    # also reset the query log being counted; the test client normally disables that the same way.
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    client = Client()
+    client.force_login(user)
+    url = run.get_absolute_url()
+    client.get(url)  # warm caches (templates, permissions) as a real server would be
+    from django.db import reset_queries
+
+    reset_queries()  # the query log is a bounded deque, already full after the bulk insert
+    with CaptureQueriesContext(connection) as ctx:
+        elapsed = timed(lambda: client.get(url))
+    response = client.get(url)
+    assert response.status_code == 200 and f"model.ckpt-{n}" in response.content.decode()
+    return {
+        "history_page_100k_queries": entry(
+            len(ctx.captured_queries), None, "queries", "value <= 12", checkpoints=n, seconds=elapsed
+        ),
+    }

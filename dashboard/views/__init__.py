@@ -1,0 +1,1 @@
+"""Views, one module per feature. Each view loads, checks permission, acts, and renders or redirects."""

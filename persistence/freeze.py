@@ -1,0 +1,518 @@
+"""Freeze a checkpoint into one ``.pb`` (variables as constants) and prove it computes the same thing.
+
+The seed's recipe: ``import_meta_graph`` + ``saver.restore`` + ``convert_variables_to_constants(sess,
+graph_def, output_node_names)``, then ``GraphDef.ParseFromString`` + ``import_graph_def`` to serve.
+Around those TensorFlow calls this module adds what a deployment pipeline needs (DESIGN §5):
+
+* refusals with a clear message before any work: missing meta graph, unknown output node (with
+  the closest names), unsafe ops (:mod:`persistence.graphsafety`), a result beyond protobuf's 2 GB;
+* an atomic write: the ``.pb`` is written to a temporary file beside the target, verified, fsynced
+  and only then renamed into place, so a crash or a failed verification leaves nothing at the
+  final path;
+* verification: the written bytes are read back, imported into a fresh graph and fed the same
+  sample as the restored checkpoint; the largest absolute difference is recorded.
+
+Cost matters for large models (a benchmark compares against the bare TensorFlow calls): there is
+no pass here that touches tensor bytes except those TensorFlow makes anyway, one SHA-256 of the
+serialized bytes and one read-back from the page cache. In particular the 2 GB check is computed
+from tensor shapes, because ``GraphDef.ByteSize()`` re-encodes the whole message (measured: slower
+than serializing it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from persistence.files import atomic_writer
+from persistence.graphsafety import (
+    SAVER_READ_OPS,
+    SAVER_WRITE_OPS,
+    check_graph,
+    load_meta_graph_def,
+    node_name,
+)
+from persistence.restore import (
+    InputSpec,
+    ProgressCallback,
+    UnknownNameError,
+    check_unknown_names,
+    placeholder_inputs,
+    tensor_name,
+    unknown_names_message,
+    zeros_for,
+)
+
+# protobuf refuses to serialize or parse a message of 2 GiB or more.
+PROTOBUF_LIMIT_BYTES = 2**31 - 1
+# A frozen graph is "verified" when every output matches the checkpoint's within this.
+VERIFY_TOLERANCE = 1e-6
+
+
+class FreezeError(Exception):
+    """Freezing was refused or failed; the message says why in terms a user can act on."""
+
+
+# --- suggesting output nodes -----------------------------------------------------------------
+
+_NOT_OUTPUT_OPS = frozenset({
+    "NoOp", "Const", "Placeholder", "PlaceholderWithDefault", "Variable", "VariableV2", "VarHandleOp",
+    "VarIsInitializedOp", "IsVariableInitialized", "ReadVariableOp", "Assign", "AssignAdd", "AssignSub",
+    "AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp", "ScatterUpdate", "ScatterAdd",
+    "Assert", "Print", "PrintV2", "ReportUninitializedVariables",
+    # Shape bookkeeping that loss functions leave dangling.
+    "Shape", "ShapeN", "Size", "Rank", "BroadcastGradientArgs", "ZerosLike",
+}) | SAVER_READ_OPS | SAVER_WRITE_OPS
+_NOT_OUTPUT_OP_PREFIXES = ("Apply", "ResourceApply", "SparseApply", "ResourceSparseApply")
+# First name component of scopes that hold saving, initialisation and training machinery.
+_NOT_OUTPUT_SCOPE = re.compile(
+    r"^(save|gradients|init|init_all_tables|report_uninitialized_variables|"
+    r"report_uninitialized_resources|global_step|summaries|group_deps)(_\d+)?$"
+)
+_OUTPUT_LIKE_OPS = frozenset({"Softmax", "LogSoftmax", "Sigmoid", "ArgMax", "ArgMin", "TopKV2", "TopK"})
+_OUTPUT_LIKE_NAME = re.compile(r"prob|pred|output|logit|score|class|embed|softmax|sigmoid|result", re.I)
+
+
+def _is_machinery(op: str) -> bool:
+    return op in _NOT_OUTPUT_OPS or op.startswith(_NOT_OUTPUT_OP_PREFIXES) or "Summary" in op
+
+
+def suggest_output_nodes(graph_or_meta: Any) -> list[str]:
+    """Likely output node names of a graph: best first.
+
+    Candidates are ops whose outputs nothing consumes, minus save/restore, initialisation,
+    training (optimizer scopes, ``gradients/``, ``Apply*``) and summary machinery and
+    constants/placeholders/variables. Softmax/sigmoid/argmax-like ops and names such as
+    ``probs``, ``predictions`` or ``output`` come first; the rest keep graph order.
+    """
+    graph_def = graph_or_meta.graph_def if hasattr(graph_or_meta, "meta_info_def") else graph_or_meta
+    consumed = {node_name(inp) for node in graph_def.node for inp in node.input}
+    # An optimizer's ops live in a scope named after it ("Adam", "train", ...): find the scopes
+    # holding Apply* updates and drop everything in them.
+    training_scopes = {node.name.split("/", 1)[0] for node in graph_def.node
+                       if node.op.startswith(_NOT_OUTPUT_OP_PREFIXES)}
+    candidates = []
+    for index, node in enumerate(graph_def.node):
+        scope = node.name.split("/", 1)[0]
+        if (node.name in consumed or _is_machinery(node.op) or _NOT_OUTPUT_SCOPE.match(scope)
+                or scope in training_scopes or "/Initializer/" in node.name):
+            continue
+        last = node.name.rsplit("/", 1)[-1]
+        score = (node.op in _OUTPUT_LIKE_OPS) + bool(_OUTPUT_LIKE_NAME.search(last))
+        candidates.append((-score, index, node.name))
+    return [name for _, _, name in sorted(candidates)]
+
+
+# --- size check ------------------------------------------------------------------------------
+
+# The repeated field that holds a tensor's values when they are not in tensor_content, by DataType.
+_VALUE_FIELD = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 5: "int_val", 6: "int_val",
+                8: "scomplex_val", 9: "int64_val", 10: "bool_val", 14: "half_val", 17: "int_val",
+                18: "dcomplex_val", 19: "half_val", 22: "uint32_val", 23: "uint64_val"}
+# Per-node bytes beyond names and tensor payload (op, device, dtype/shape attrs, framing); generous.
+_NODE_OVERHEAD = 128
+# Below this, a constant is counted at its full shape without looking closer.
+_SMALL_TENSOR = 64 * 1024
+
+
+def _tensor_payload_bytes(tensor: Any, itemsizes: dict[int, int | None]) -> int:
+    dtype = tensor.dtype
+    if dtype not in itemsizes:
+        tf = _import_tf()
+        try:
+            size = tf.as_dtype(dtype).size
+        except (TypeError, ValueError):
+            size = None
+        itemsizes[dtype] = size if dtype not in (7, 20, 21) else None  # string, resource, variant
+    itemsize = itemsizes[dtype]
+    if itemsize is None:
+        # Strings have no fixed width; they are small in practice, and measuring one tensor is cheap.
+        return tensor.ByteSize()
+    count = 1
+    for dim in tensor.tensor_shape.dim:
+        count *= max(dim.size, 0)
+    full = count * itemsize
+    if full > _SMALL_TENSOR:
+        # A splat constant (tf.zeros([10**9])) stores one value, not its full shape.
+        values = _VALUE_FIELD.get(dtype)
+        n = len(getattr(tensor, values)) if values else 0
+        if n:
+            return n * itemsize
+    return full
+
+
+def estimate_graph_def_bytes(graph_def: Any) -> int:
+    """An upper-bound-leaning estimate of ``graph_def``'s serialized size, without encoding it.
+
+    Constant tensors are counted from their dtype and shape (what dominates a frozen graph), plus
+    names, inputs and a fixed overhead per node; function library nodes count too.
+    """
+    itemsizes: dict[int, int | None] = {}
+    total = 0
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+    for node in nodes:
+        total += _NODE_OVERHEAD + len(node.name) + len(node.op) + sum(len(i) + 2 for i in node.input)
+        if node.op == "Const":
+            total += _tensor_payload_bytes(node.attr["value"].tensor, itemsizes)
+    return total
+
+
+def exceeds_protobuf_limit(graph_def: Any, limit: int = PROTOBUF_LIMIT_BYTES) -> bool:
+    """True when ``graph_def`` would be too large to serialize (protobuf's 2 GB limit by default)."""
+    return estimate_graph_def_bytes(graph_def) > limit
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class FreezeResult:
+    path: str
+    size_bytes: int
+    sha256: str
+    inputs: list[InputSpec]  # placeholders of the frozen graph
+    outputs: list[str]  # output node names of the frozen graph
+    node_count: int
+    op_histogram: dict[str, int]  # op type -> count, most frequent first
+    max_abs_diff: float  # max over outputs of |frozen - checkpoint| on the same input (inf if shapes differ)
+    verified: bool  # max_abs_diff <= VERIFY_TOLERANCE
+    source_prefix: str = ""
+    meta_path: str | None = None  # the meta graph used (TF1)
+    output_keys: dict[str, str] = field(default_factory=dict)  # TF2: structured output key -> node name
+    zero_filled: list[str] = field(default_factory=list)  # inputs fed zeros for verification
+    unsafe_ops_allowed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if not np.isfinite(self.max_abs_diff):
+            data["max_abs_diff"] = None  # JSON has no inf
+        return data
+
+
+def _import_tf() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    return tf
+
+
+def _report(on_progress: ProgressCallback | None, percent: float, message: str) -> None:
+    if on_progress is not None:
+        on_progress(percent, message)
+
+
+def _message(exc: BaseException) -> str:
+    return getattr(exc, "message", None) or str(exc)
+
+
+def max_abs_diff(a: Any, b: Any) -> float:
+    """Largest |a - b|; NaN matching NaN counts as equal; inf when shapes or non-numbers differ."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return float("inf")
+    if a.size == 0:
+        return 0.0
+    if a.dtype.kind not in "biuf" or b.dtype.kind not in "biuf":
+        return 0.0 if np.array_equal(a, b) else float("inf")
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        diff = np.where(a64 == b64, 0.0, np.abs(a64 - b64))
+    diff[np.isnan(a64) & np.isnan(b64)] = 0.0
+    diff[np.isnan(diff)] = np.inf
+    return float(diff.max())
+
+
+# --- writing and verifying (shared by TF1 and TF2) -------------------------------------------
+
+Reference = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def _read_back(fd: int, size: int) -> bytes:
+    parts, offset = [], 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            raise FreezeError(f"the written .pb is shorter than expected ({offset} of {size} bytes)")
+        parts.append(chunk)
+        offset += len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _write_and_verify(
+    frozen: Any,
+    output_path: str,
+    *,
+    output_tensors: list[str],
+    feed: dict[str, np.ndarray],
+    reference: Reference,
+    max_bytes: int,
+    on_progress: ProgressCallback | None,
+) -> dict[str, Any]:
+    tf = _import_tf()
+    v1 = tf.compat.v1
+    estimate = estimate_graph_def_bytes(frozen)
+    if estimate > max_bytes:
+        raise FreezeError(
+            f"the frozen graph would be about {estimate / 2**30:.2f} GiB, beyond protobuf's limit of "
+            f"{max_bytes / 2**30:.2f} GiB for one message: freeze fewer variables "
+            "(variables_allowlist/denylist) or export a SavedModel instead"
+        )
+    _report(on_progress, 60, "serializing")
+    try:
+        data = frozen.SerializeToString()
+    except Exception as exc:  # noqa: BLE001 - protobuf's encode errors have no common base
+        raise FreezeError(f"cannot serialize the frozen graph: {exc}") from exc
+    size = len(data)
+    sha256 = hashlib.sha256(data).hexdigest()
+
+    with atomic_writer(output_path) as handle:
+        _report(on_progress, 65, f"writing {size} bytes")
+        handle.write(data)
+        del data
+        handle.flush()
+        # Verify what is in the file (read back through the same descriptor, from the page cache)
+        # before it is renamed into place: a .pb that cannot be loaded never appears.
+        _report(on_progress, 75, "verifying: loading the written .pb")
+        loaded = v1.GraphDef()
+        loaded.ParseFromString(_read_back(handle.fileno(), size))
+        with tf.Graph().as_default() as graph:
+            v1.import_graph_def(loaded, name="")
+            del loaded
+            with v1.Session(graph=graph) as sess:
+                _report(on_progress, 85, "verifying: running the frozen graph")
+                frozen_values = sess.run(output_tensors, feed_dict=feed)
+        _report(on_progress, 90, "verifying: running the checkpoint")
+        reference_values = reference(feed)
+        diff = max((max_abs_diff(a, b) for a, b in zip(frozen_values, reference_values, strict=True)),
+                   default=0.0)
+    _report(on_progress, 100, "frozen and verified" if diff <= VERIFY_TOLERANCE else "frozen; outputs differ")
+    histogram = Counter(node.op for node in frozen.node)
+    return {
+        "path": os.fspath(output_path),
+        "size_bytes": size,
+        "sha256": sha256,
+        "node_count": len(frozen.node),
+        "op_histogram": dict(histogram.most_common()),
+        "max_abs_diff": diff,
+        "verified": bool(diff <= VERIFY_TOLERANCE),
+    }
+
+
+def _verification_feed(inputs: list[InputSpec], sample_feed: Mapping[str, Any] | None
+                       ) -> tuple[dict[str, np.ndarray], list[str]]:
+    given = {node_name(k): v for k, v in (sample_feed or {}).items()}
+    feed, zero_filled = {}, []
+    for spec in inputs:
+        zeros = zeros_for(spec)
+        if spec.name in given:
+            # The eager reference (TF2) does not cast like a Session feed does: float64 sample
+            # arrays would not match a float32 signature.
+            feed[spec.name + ":0"] = np.asarray(given[spec.name], dtype=zeros.dtype)
+        else:
+            feed[spec.name + ":0"] = zeros
+            zero_filled.append(spec.name)
+    return feed, zero_filled
+
+
+# --- TF1: checkpoint + meta graph ------------------------------------------------------------
+
+
+def freeze_checkpoint(
+    prefix_path: str,
+    meta_path: str,
+    output_path: str,
+    *,
+    outputs: list[str],
+    clear_devices: bool = True,
+    variables_allowlist: list[str] | None = None,
+    variables_denylist: list[str] | None = None,
+    sample_feed: Mapping[str, np.ndarray] | None = None,
+    allow_unsafe: bool = False,
+    max_bytes: int = PROTOBUF_LIMIT_BYTES,
+    on_progress: ProgressCallback | None = None,
+) -> FreezeResult:
+    """Freeze the TF1 checkpoint ``prefix_path`` with the graph in ``meta_path`` into ``output_path``.
+
+    ``meta_path`` may be another checkpoint's ``.meta`` (``write_meta_graph=False``). ``outputs``
+    are node names (``"probs"``; ``"probs:0"`` is accepted). ``sample_feed`` (by placeholder name)
+    is what both graphs are fed for verification; missing placeholders get zeros.
+    Raises :class:`FreezeError` (or :class:`~persistence.graphsafety.UnsafeGraphError`) before
+    writing anything; TensorFlow's errors from restoring a corrupt checkpoint propagate.
+    """
+    started = time.monotonic()
+    if not outputs:
+        raise FreezeError("no output nodes given")
+    if not os.path.isfile(meta_path):
+        raise FreezeError(
+            f"missing meta graph {meta_path}: the graph structure is needed to freeze; pick the "
+            ".meta of another checkpoint of the same run (written with write_meta_graph=True)"
+        )
+    if not os.path.isfile(os.fspath(prefix_path) + ".index"):
+        raise FreezeError(f"missing checkpoint {prefix_path} (no .index file)")
+
+    _report(on_progress, 2, "reading meta graph")
+    try:
+        meta_graph_def = load_meta_graph_def(meta_path)
+    except ValueError as exc:
+        raise FreezeError(str(exc)) from exc
+    graph_def = meta_graph_def.graph_def
+    try:
+        check_unknown_names(graph_def, outputs, what="output")
+        check_unknown_names(graph_def, list(sample_feed or {}), what="sample input")
+    except UnknownNameError as exc:
+        raise FreezeError(str(exc)) from None
+    output_nodes = list(dict.fromkeys(node_name(name) for name in outputs))
+    output_tensors = [tensor_name(name) for name in outputs]
+    restore_op = meta_graph_def.saver_def.restore_op_name
+    allowed = check_graph(meta_graph_def, fetches=[*outputs, *([restore_op] if restore_op else [])],
+                          allow_unsafe=allow_unsafe, source=os.path.basename(meta_path))
+
+    tf = _import_tf()
+    v1 = tf.compat.v1
+    with tf.Graph().as_default() as graph:
+        _report(on_progress, 5, "importing meta graph")
+        saver = v1.train.import_meta_graph(meta_graph_def, clear_devices=clear_devices)
+        del meta_graph_def, graph_def
+        for name in output_tensors:
+            try:
+                graph.get_tensor_by_name(name)
+            except (KeyError, ValueError) as exc:
+                raise FreezeError(f"output {name!r} is not a tensor: {exc}") from None
+        with v1.Session(graph=graph) as sess:
+            _report(on_progress, 15, "restoring variables")
+            if saver is not None:
+                saver.restore(sess, prefix_path)
+            _report(on_progress, 35, "converting variables to constants")
+            frozen = v1.graph_util.convert_variables_to_constants(
+                sess, graph.as_graph_def(), output_nodes,
+                variable_names_whitelist=variables_allowlist,
+                variable_names_blacklist=variables_denylist,
+            )
+            inputs = placeholder_inputs(frozen)
+            feed, zero_filled = _verification_feed(inputs, sample_feed)
+
+            def reference(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+                return sess.run(output_tensors, feed_dict=feed)
+
+            try:
+                written = _write_and_verify(frozen, output_path, output_tensors=output_tensors, feed=feed,
+                                            reference=reference, max_bytes=max_bytes, on_progress=on_progress)
+            except (tf.errors.OpError, ValueError) as exc:
+                raise FreezeError(f"verification run failed, nothing was written: {_message(exc)}") from exc
+    return FreezeResult(
+        **written,
+        inputs=inputs,
+        outputs=output_nodes,
+        source_prefix=os.fspath(prefix_path),
+        meta_path=os.fspath(meta_path),
+        zero_filled=zero_filled,
+        unsafe_ops_allowed=allowed,
+        seconds=time.monotonic() - started,
+    )
+
+
+# --- TF2: object checkpoint + a module's tf.function -----------------------------------------
+
+
+def freeze_tf2(
+    prefix_path: str,
+    output_path: str,
+    *,
+    build_module: Callable[[], Any],
+    checkpoint_key: str = "model",
+    function_name: str = "serve",
+    input_signature: Sequence[Any] | None = None,
+    sample_feed: Mapping[str, np.ndarray] | None = None,
+    max_bytes: int = PROTOBUF_LIMIT_BYTES,
+    on_progress: ProgressCallback | None = None,
+) -> FreezeResult:
+    """Freeze a TF2 object checkpoint through the module a recipe builds.
+
+    ``build_module()`` returns a fresh ``tf.Module`` (e.g. ``recipe.build_tf2_module``); the
+    checkpoint is read as ``tf.train.Checkpoint(**{checkpoint_key: module})``, the way it was
+    written (``Checkpoint(model=module)``). ``module.<function_name>`` is traced with its own
+    ``input_signature`` (or the one given), its variables are converted to constants
+    (``convert_variables_to_constants_v2``), and the result is written and verified like
+    :func:`freeze_checkpoint`, against the restored function run eagerly. Inputs are named after
+    the ``TensorSpec`` names; ``output_keys`` maps a dict output's keys to the frozen node names.
+    The module is our own code, so its graph is not screened for unsafe ops.
+    """
+    started = time.monotonic()
+    if not os.path.isfile(os.fspath(prefix_path) + ".index"):
+        raise FreezeError(f"missing checkpoint {prefix_path} (no .index file)")
+    tf = _import_tf()
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.util import nest  # has the path-aware flatten that tf.nest lacks
+
+    _report(on_progress, 5, "building module")
+    module = build_module()
+    function = getattr(module, function_name, None)
+    if function is None:
+        raise FreezeError(f"{type(module).__name__} has no function {function_name!r}")
+    if not hasattr(function, "get_concrete_function"):
+        function = tf.function(function)
+    _report(on_progress, 15, "restoring checkpoint")
+    status = tf.train.Checkpoint(**{checkpoint_key: module}).read(os.fspath(prefix_path))
+    try:
+        concrete = (function.get_concrete_function(*input_signature) if input_signature is not None
+                    else function.get_concrete_function())
+    except (TypeError, ValueError) as exc:
+        raise FreezeError(f"cannot trace {function_name}: {exc} (give input_signature)") from exc
+    try:
+        # After tracing, so that variables created on first call have been matched too.
+        status.assert_existing_objects_matched()
+    except AssertionError as exc:
+        status.expect_partial()
+        detail = str(exc).split(":", 1)[0]  # TensorFlow goes on to print every variable's value
+        raise FreezeError(
+            f"the checkpoint does not hold this module's variables under {checkpoint_key!r}: {detail}"
+        ) from None
+    # The rest of the checkpoint (save_counter, optimizer slots) is not part of the model.
+    status.expect_partial()
+
+    _report(on_progress, 35, "converting variables to constants")
+    frozen_function = convert_variables_to_constants_v2(concrete)
+    frozen = frozen_function.graph.as_graph_def()
+    input_names = [t.op.name for t in frozen_function.inputs]
+    output_tensors = [t.name for t in frozen_function.outputs]
+    flat_outputs = nest.flatten_with_joined_string_paths(concrete.structured_outputs)
+    output_keys = {path: node_name(t.name) for (path, _), t
+                   in zip(flat_outputs, frozen_function.outputs, strict=False) if path}
+
+    inputs = [spec for spec in placeholder_inputs(frozen) if spec.name in input_names]
+    inputs.sort(key=lambda spec: input_names.index(spec.name))
+    unknown = [k for k in (sample_feed or {}) if node_name(k) not in input_names]
+    if unknown:
+        raise FreezeError(unknown_names_message(unknown, input_names, what="sample input"))
+    feed, zero_filled = _verification_feed(inputs, sample_feed)
+
+    def reference(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        flat = [tf.constant(feed[name + ":0"]) for name in input_names]
+        args, kwargs = tf.nest.pack_sequence_as(concrete.structured_input_signature, flat)
+        return [np.asarray(t) for t in tf.nest.flatten(concrete(*args, **kwargs))]
+
+    try:
+        written = _write_and_verify(frozen, output_path, output_tensors=output_tensors, feed=feed,
+                                    reference=reference, max_bytes=max_bytes, on_progress=on_progress)
+    except (tf.errors.OpError, ValueError) as exc:
+        raise FreezeError(f"verification run failed, nothing was written: {_message(exc)}") from exc
+    return FreezeResult(
+        **written,
+        inputs=inputs,
+        outputs=[node_name(t) for t in output_tensors],
+        source_prefix=os.fspath(prefix_path),
+        output_keys=output_keys,
+        zero_filled=zero_filled,
+        seconds=time.monotonic() - started,
+    )

@@ -1,0 +1,138 @@
+"""Real processes for tests: an RQ worker (and a web server) sharing the test database and Redis.
+
+Tests that use these must be ``@pytest.mark.django_db(transaction=True)``: the worker is another
+process and only sees committed rows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def database_url() -> str:
+    """The URL of the database this test is using (pytest-django's test database)."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or ""
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    auth = f"{user}{password}@" if user else ""
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}{port}/{db['NAME']}"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a child process that must see the same database, Redis, queue and roots."""
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        JOB_QUEUE=settings.JOB_QUEUE,
+        CHECKPOINT_ROOTS=os.pathsep.join(str(r) for r in settings.CHECKPOINT_ROOTS),
+        EXPORT_ROOT=str(settings.EXPORT_ROOT),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.2, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
+
+
+class LiveWorker:
+    """``manage.py rqworker`` with the preloading worker class, in a subprocess of its own."""
+
+    def __init__(self, *, burst: bool = False, log_path: Path | None = None, **env: str):
+        self.burst = burst
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self) -> LiveWorker:
+        cmd = [
+            sys.executable, str(BASE_DIR / "manage.py"), "rqworker", settings.JOB_QUEUE,
+            "--worker-class", "dashboard.worker.PreloadingWorker",
+        ]
+        if self.burst:
+            cmd.append("--burst")
+        self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            cmd, cwd=BASE_DIR, env=subprocess_env(**self.env), stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def horse_pids(self) -> list[int]:
+        """Work horses are forked children of the worker (each in its own process group)."""
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            return [int(p) for p in children.read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        for pid in self.horse_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(timeout=10)
+        if self._log not in (None, subprocess.DEVNULL):
+            self._log.close()
+        self.process = None
+
+    def __enter__(self) -> LiveWorker:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run_jobs_to_completion(timeout: float = 120) -> None:
+    """Process everything queued so far with a burst worker (real process, real Redis)."""
+    worker = LiveWorker(burst=True).start()
+    try:
+        code = worker.wait(timeout)
+    finally:
+        worker.stop()
+    if code != 0:
+        raise RuntimeError(f"burst worker exited with code {code}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
