@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import AuditEvent, Checkpoint, Export, Job, Run
+from .models import AuditEvent, Checkpoint, Comparison, Export, Job, Run
 
 
 @admin.register(Run)
@@ -36,3 +36,9 @@ class JobAdmin(admin.ModelAdmin):
 class AuditEventAdmin(admin.ModelAdmin):
     list_display = ["at", "action", "actor", "run", "summary", "bytes_freed"]
     list_filter = ["action"]
+
+
+@admin.register(Comparison)
+class ComparisonAdmin(admin.ModelAdmin):
+    list_display = ["id", "a", "b", "created_at"]
+    raw_id_fields = ["a", "b", "job"]

@@ -23,9 +23,10 @@ through ``get_tensor`` and are CRC-checked as usual.
 
 Numbers. Sums of squares and dot products accumulate in float64 (float32 sums over hundreds of
 millions of elements lose several digits), one block of ``_BLOCK_ELEMENTS`` at a time so no full
-float64 copy of a large variable ever exists. ``l2_diff`` is the L2 norm of ``B - A`` where both
-sides hold the same value (including NaN at the same place, or the same infinity) counting as no
-difference, so a checkpoint compared with itself shows zero change even when it holds NaN.
+float64 copy of a large variable ever exists; within a block numpy sums pairwise (BLAS is avoided
+on purpose, see ``_dot``). ``l2_diff`` is the L2 norm of ``B - A`` where both sides hold the same
+value (including NaN at the same place, or the same infinity) counting as no difference, so a
+checkpoint compared with itself shows zero change even when it holds NaN.
 NaN anywhere else propagates into the norms, as numpy would; the ``nan_*``/``inf_*`` counts say why.
 
 ``relative_change`` is ``l2_diff / l2_a``. When ``l2_a == 0``: it is ``0.0`` if nothing changed
@@ -64,6 +65,10 @@ NOTE_ZERO_B = "B is all zeros"
 _BLOCK_ELEMENTS = 1 << 16
 
 ProgressCallback = Callable[[int, int, str], None]
+
+
+class CheckpointReadError(RuntimeError):
+    """A tensor could not be read (truncated shard, CRC mismatch, ...); names prefix and variable."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,7 +198,12 @@ class _Source:
         return self._raw.get(name)
 
     def full(self, name: str) -> np.ndarray:
-        return np.asarray(self.reader.get_tensor(name)).reshape(-1)
+        try:
+            return np.asarray(self.reader.get_tensor(name)).reshape(-1)
+        except Exception as exc:
+            # TensorFlow's reader turns some C++ errors into odd Python types (a truncated shard
+            # surfaces as IndexError "Read less bytes than requested"): give callers one type.
+            raise CheckpointReadError(f"cannot read {name!r} from {self.prefix}: {exc}") from exc
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -296,34 +306,33 @@ class _Handle:
         self.name = name
         self.meta = meta
         self._array: np.ndarray | None = None
-        self._file = None
         self._entry = source.raw_entry(name) if sliced else None
-        if self._entry is not None:
-            self._file = open(self._entry.path, "rb", buffering=0)  # closed in close()
 
     def read(self, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
         """Elements [start, stop) as a flat array; sliced reads land in ``buffer`` (bytes)."""
-        if self._file is None:
+        if self._entry is None:
             if self._array is None:
                 self._array = self.source.full(self.name)
             return self._array[start:stop]
         itemsize = self.meta.np_dtype.itemsize
         nbytes = (stop - start) * itemsize
         view = memoryview(buffer)[:nbytes]
-        self._file.seek(self._entry.offset + start * itemsize)
-        got = 0
-        while got < nbytes:
-            n = self._file.readinto(view[got:])
-            if not n:
-                raise OSError(f"{self._entry.path}: data shard ends early while reading {self.name!r}")
-            got += n
+        # Opened per slice: a step-over-step chain may span more checkpoints than we may hold
+        # file descriptors for, and an open() is nothing next to reading a slice.
+        with open(self._entry.path, "rb", buffering=0) as f:
+            f.seek(self._entry.offset + start * itemsize)
+            got = 0
+            while got < nbytes:
+                n = f.readinto(view[got:])
+                if not n:
+                    raise CheckpointReadError(
+                        f"cannot read {self.name!r} from {self.source.prefix}: {self._entry.path} ends early"
+                    )
+                got += n
         return buffer[:nbytes].view(self.meta.np_dtype)
 
     def close(self) -> None:
         self._array = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -616,8 +625,9 @@ def compare_checkpoints(
     """Compare every variable of checkpoint A with checkpoint B (prefix paths).
 
     Rows are sorted by name. ``on_progress(done, total, name)`` is called after each variable;
-    an exception raised from it aborts the comparison (a job's cancel). TensorFlow errors from
-    reading (missing files, ``DataLossError`` on a corrupt small tensor) propagate.
+    an exception raised from it aborts the comparison (a job's cancel). A prefix that does not
+    exist raises TensorFlow's ``NotFoundError``; a tensor that cannot be read (truncated shard,
+    CRC mismatch on the ``get_tensor`` path) raises ``CheckpointReadError``.
     """
     if slice_bytes < 1:
         raise ValueError("slice_bytes must be positive")

@@ -188,7 +188,7 @@ def _scan(directory: str, known: Mapping[str, str]) -> ScanResult:
             data, shard_problems = [found[0][2]], []  # the usual single shard: nothing to check
         else:
             data = sorted((info for _, _, info in found), key=lambda info: info.name)
-            shard_problems = _shard_problems(prefix, found)
+            shard_problems = _shard_problems(directory, prefix, found)
         meta = metas.get(prefix)
         files = [index, *data, meta] if meta is not None else [index, *data]
         checkpoints.append(_describe(directory, prefix, names[prefix][1], index, files, meta is not None,
@@ -329,12 +329,14 @@ def _describe(
     )
 
 
-def _shard_problems(prefix: str, shards: list[tuple[int, int, FileInfo]]) -> list[str]:
-    if not shards:
-        return [f"no data file: {prefix}.data-00000-of-NNNNN is missing"]
-    counts = {count for _, count, _ in shards}
-    # Two shard counts means files of two different saves under one prefix: judge by the larger.
-    expected = max(counts)
+def _shard_problems(directory: str, prefix: str, shards: list[tuple[int, int, FileInfo]]) -> list[str]:
+    if shards:
+        # Two shard counts means files of two different saves under one prefix: judge by the larger.
+        expected = max(count for _, count, _ in shards)
+    else:
+        expected = _index_shard_count(os.path.join(directory, prefix + ".index"))
+        if expected is None:
+            return [f"no data file: {prefix}.data-00000-of-NNNNN is missing"]
     present = {shard for shard, count, _ in shards if count == expected}
     problems = []
     missing = [f"{prefix}.data-{i:05d}-of-{expected:05d}" for i in range(expected) if i not in present]
@@ -345,6 +347,30 @@ def _shard_problems(prefix: str, shards: list[tuple[int, int, FileInfo]]) -> lis
     if stray:
         problems.append(f"unexpected data files: {', '.join(stray)}")
     return problems
+
+
+def _index_shard_count(index_path: str) -> int | None:
+    """``num_shards`` from an ``.index`` file's header, or None if it cannot be seen cheaply.
+
+    Only needed when no data file is left to tell the count. The index is an uncompressed table
+    whose first entry, at offset 0, has the empty key and the ``BundleHeaderProto`` as its value:
+    bytes ``00 00 LEN`` (shared key bytes, new key bytes, value length; varints), then the proto,
+    whose field 1 (tag ``08``) is ``num_shards``.
+    """
+    try:
+        with open(index_path, "rb") as handle:
+            head = handle.read(64)
+    except OSError:
+        return None
+    if len(head) < 5 or head[0] != 0 or head[1] != 0 or head[2] >= 0x80 or head[3] != 0x08:
+        return None
+    count, shift = 0, 0
+    for byte in head[4 : 3 + head[2]]:
+        count |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return count if count > 0 else None
+        shift += 7
+    return None
 
 
 def _digest(files: list[FileInfo]) -> str:

@@ -131,13 +131,19 @@ def _is_unsafe_node(node: Any) -> bool:
         return True
     if node.op == "PrintV2":
         # tf.print writes to a file when output_stream is "file://PATH"; stderr/stdout/log are fine.
-        return node.attr["output_stream"].s.startswith(b"file://")
+        return _string_attr(node, "output_stream").startswith(b"file://")
     if node.op in ("DecodeProtoV2", "EncodeProto"):
-        # descriptor_source may name a file of FileDescriptorSets; "local://" and inline
-        # "bytes://" read nothing.
-        source = node.attr["descriptor_source"].s
+        # descriptor_source may name a file of FileDescriptorSets; "local://" (the default) and
+        # inline "bytes://" read nothing.
+        source = _string_attr(node, "descriptor_source")
         return bool(source) and not source.startswith((b"local://", b"bytes://"))
     return False
+
+
+def _string_attr(node: Any, key: str) -> bytes:
+    # ``node.attr[key]`` would insert an empty entry (a map of messages) and so change the graph we
+    # go on to import; meta graphs may omit attributes that have their default value.
+    return node.attr[key].s if key in node.attr else b""
 
 
 def unsafe_ops(graph_or_meta: Any, *, fetches: Iterable[str] | None = None) -> list[str]:

@@ -95,33 +95,54 @@ class VerifyResult:
         return asdict(self)
 
 
+# Elements per pass when computing statistics: bounds the temporaries (float64 copies, masks) to a
+# few MB however large the variable, so verifying costs about one tensor of memory.
+_CHUNK = 1 << 20
+
+
 def _stats(name: str, value: Any, dtype_name: str) -> VariableStats:
     array = np.asarray(value)
-    stats = VariableStats(name=name, shape=list(array.shape), dtype=dtype_name, nbytes=int(array.nbytes))
+    nbytes = array.nbytes
+    if array.dtype.kind == "O":  # strings come back as an object array of bytes
+        nbytes = sum(len(v) for v in array.reshape(-1) if isinstance(v, bytes))
+    stats = VariableStats(name=name, shape=list(array.shape), dtype=dtype_name, nbytes=int(nbytes))
     kind = array.dtype.kind
-    if kind == "b":
-        array = array.astype(np.uint8)
-    elif kind not in "iuf":
-        # bfloat16 / float8 (ml_dtypes) have kind "V"; strings "O"/"S"; complex has no order.
-        if array.dtype.names is None and dtype_name.startswith(("bfloat", "float8")):
-            array = array.astype(np.float32)
-        else:
-            return stats
-    if array.size == 0:
+    # bfloat16 / float8 (ml_dtypes) have kind "V" and are widened per chunk; strings and complex
+    # numbers get no statistics.
+    widen = kind == "b" or (kind == "V" and dtype_name.startswith(("bfloat", "float8")))
+    if kind not in "iuf" and not widen:
         return stats
-    if array.dtype.kind == "f":
-        nan = np.isnan(array)
-        inf = np.isinf(array)
-        stats.nan_count = int(nan.sum())
-        stats.inf_count = int(inf.sum())
-        if stats.nan_count or stats.inf_count:
-            array = array[~(nan | inf)]
-            if array.size == 0:
-                return stats
-    stats.min = _finite_or_none(array.min())
-    stats.max = _finite_or_none(array.max())
-    stats.mean = _finite_or_none(array.mean(dtype=np.float64))
-    stats.std = _finite_or_none(array.std(dtype=np.float64))
+
+    count, mean, m2 = 0, 0.0, 0.0
+    low, high = math.inf, -math.inf
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start:start + _CHUNK]
+        if widen:
+            chunk = chunk.astype(np.float32)
+        if chunk.dtype.kind == "f":
+            finite = np.isfinite(chunk)
+            if not finite.all():
+                nans = int(np.isnan(chunk).sum())
+                stats.nan_count += nans
+                stats.inf_count += int(chunk.size - finite.sum()) - nans
+                chunk = chunk[finite]
+        n = chunk.size
+        if n == 0:
+            continue
+        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+        wide = chunk.astype(np.float64)
+        chunk_mean = float(wide.mean())
+        chunk_m2 = float(np.square(wide - chunk_mean).sum())
+        # Chan et al.'s pairwise combination: stable where a running sum of squares is not.
+        total = count + n
+        delta = chunk_mean - mean
+        mean += delta * n / total
+        m2 += chunk_m2 + delta * delta * count * n / total
+        count = total
+    if count:
+        stats.min, stats.max = _finite_or_none(low), _finite_or_none(high)
+        stats.mean, stats.std = _finite_or_none(mean), _finite_or_none(math.sqrt(m2 / count))
     return stats
 
 
@@ -209,8 +230,12 @@ def placeholder_inputs(graph_def: Any) -> list[InputSpec]:
     for node in graph_def.node:
         if node.op != "Placeholder":
             continue
-        shape_proto = node.attr["shape"].shape
-        shape = None if shape_proto.unknown_rank else [d.size if d.size >= 0 else None for d in shape_proto.dim]
+        # A meta graph may omit the shape attribute (its default: unknown rank). Indexing the attr
+        # map would insert an empty entry into the graph we are about to import, so test first.
+        if "shape" not in node.attr or node.attr["shape"].shape.unknown_rank:
+            shape = None
+        else:
+            shape = [d.size if d.size >= 0 else None for d in node.attr["shape"].shape.dim]
         specs.append(InputSpec(name=node.name, dtype=tf.as_dtype(node.attr["dtype"].type).name, shape=shape))
     return specs
 
@@ -309,7 +334,8 @@ def restore_and_run(
     ``feed`` is by placeholder name; placeholders without an array get zeros (unknown dims -> 1).
     Raises :class:`~persistence.graphsafety.UnsafeGraphError` before importing anything when the
     graph has unsafe ops and ``allow_unsafe`` is false, and :class:`UnknownNameError` naming close
-    matches for an unknown output or feed name.
+    matches for an unknown output or feed name. A corrupt checkpoint raises TensorFlow's error
+    (use :func:`verify_checkpoint` to classify damage without raising).
     """
     started = time.monotonic()
     _report(on_progress, 5, "reading meta graph")

@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from persistence.files import atomic_write_text
+from persistence.files import TEMP_MARKER, atomic_write_text
 
 DEFAULT_STATE_FILE = "checkpoint"
 
@@ -45,10 +45,8 @@ _REPEATED_FIELDS = ("all_model_checkpoint_paths", "all_model_checkpoint_timestam
 # Names that are never state files, so not even opened. TensorFlow's own atomic writes leave
 # ``NAME.tmp<32 hex>`` while in flight; ours carry persistence.files.TEMP_MARKER.
 _NEVER_STATE_FILE = re.compile(
-    r"""(?x)
-    \.index$ | \.meta$ | \.data-\d+-of-\d+$ | \.pb$
-    | \.tmp[0-9a-f]{32}$ | \.partial- | ^events\.out\.tfevents\.
-    """
+    r"\.index$|\.meta$|\.data-\d+-of-\d+$|\.pb$|\.tmp[0-9a-f]{32}$|^events\.out\.tfevents\."
+    + "|" + re.escape(TEMP_MARKER)
 )
 
 

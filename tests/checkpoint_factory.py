@@ -272,8 +272,8 @@ class MovedRun:
 def move_run(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> MovedRun:
     """Move a run directory so its state files keep stale absolute paths into ``src``.
 
-    TF1 savers already write absolute paths (``save_relative_paths=False``); relative state files
-    (``CheckpointManager``) are rewritten with TensorFlow's own ``generate_checkpoint_state_proto`` and
+    TF1 savers already write absolute paths (``save_relative_paths=False``); other state files
+    (``CheckpointManager``'s relative ones, or a copy's pointing elsewhere) are rewritten with TensorFlow's own ``generate_checkpoint_state_proto`` and
     absolute ``src`` paths first, so that the moved directory really holds paths from elsewhere.
     """
     from persistence.statefile import find_state_files, read_state_file
@@ -285,8 +285,8 @@ def move_run(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> MovedR
     names = find_state_files(src)
     for name in names:
         state = read_state_file(src, name)
-        if state.raw_latest and os.path.isabs(state.raw_latest):
-            continue
+        if state.raw_latest and os.path.dirname(state.raw_latest) == src:
+            continue  # already absolute paths into src, as TF1 savers write them
         paths = [os.path.join(src, p) for p in state.all_prefixes]
         stamps = [state.timestamps[p] for p in state.all_prefixes] if state.timestamps else None
         proto = tf.compat.v1.train.generate_checkpoint_state_proto(

@@ -57,11 +57,14 @@ def run_detail(request: HttpRequest, name: str) -> HttpResponse:
     if sort not in HISTORY_SORTS:
         sort = "-step"
     history = (
-        run.checkpoints.defer("variables", "files", "problems", "verification", "metrics")
+        run.checkpoints.defer("variables", "files", "problems", "verification")
         .annotate(has_export=Exists(Export.objects.filter(checkpoint=OuterRef("pk"))))
         .order_by(*HISTORY_SORTS[sort])
     )
     page = Paginator(history, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    metric_names = sorted({name for c in page for name in (c.metrics or {})})[:4]
+    for c in page:
+        c.metric_values = [(c.metrics or {}).get(name) for name in metric_names]
     summary = run.checkpoints.on_disk().aggregate(
         count=Count("id"), total_bytes=Sum("size_bytes"), latest_step=Max("step")
     )
@@ -69,7 +72,10 @@ def run_detail(request: HttpRequest, name: str) -> HttpResponse:
     return render(
         request,
         "dashboard/run_detail.html",
-        {"run": run, "page": page, "sort": sort, "summary": summary, "recent_jobs": recent_jobs},
+        {
+            "run": run, "page": page, "sort": sort, "summary": summary, "recent_jobs": recent_jobs,
+            "metric_names": metric_names,
+        },
     )
 
 

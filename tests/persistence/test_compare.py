@@ -23,6 +23,7 @@ from persistence.compare import (
     NOTE_ZERO_A,
     NOTE_ZERO_B,
     OBJECT_GRAPH_KEY,
+    CheckpointReadError,
     compare_checkpoints,
     metric_deltas,
     step_over_step,
@@ -397,6 +398,23 @@ def test_step_over_step_marks_variables_that_come_and_go(tf, tmp_path):
     assert table["notes"]["w"] == [None, NOTE_SHAPE_CHANGED]
     assert table["relative_change"]["late"] == [None, 0.0]
     assert table["notes"]["late"] == [NOTE_ONLY_B, None]
+
+
+def test_missing_checkpoint_raises_tensorflow_not_found(tf, trained, tmp_path):
+    with pytest.raises(tf.errors.NotFoundError):
+        compare_checkpoints(trained[1], str(tmp_path / "model.ckpt-404"))
+
+
+@pytest.mark.parametrize("slice_bytes", [4096, 1 << 30])
+def test_truncated_data_shard_is_an_error_not_a_silent_number(tf, trained, tmp_path, slice_bytes):
+    source = Path(trained[3])
+    for path in source.parent.glob(source.name + ".*"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    data = next(tmp_path.glob(source.name + ".data-*"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+
+    with pytest.raises(CheckpointReadError, match=str(tmp_path)):
+        compare_checkpoints(trained[1], str(tmp_path / source.name), slice_bytes=slice_bytes)
 
 
 def test_metric_deltas_subtract_real_numbers_only():

@@ -188,6 +188,33 @@ def test_failure_during_write_leaves_the_previous_file_untouched(run, tmp_path):
     assert _entries(tmp_path) == ["m.pb"]
 
 
+def test_variables_kept_from_freezing_are_refused_by_name(run, tmp_path):
+    first, last = run
+    with pytest.raises(FreezeError, match="kept from being frozen: dense/bias"):
+        freeze_checkpoint(last, first + ".meta", str(tmp_path / "m.pb"), outputs=["probs"],
+                          variables_denylist=["dense/bias"])
+    # An allowlist that covers what the outputs need is fine (Adam's slots are not needed).
+    result = freeze_checkpoint(last, first + ".meta", str(tmp_path / "m.pb"), outputs=["probs"],
+                               variables_allowlist=["dense/kernel", "dense/bias"])
+    assert result.verified
+
+
+def test_corrupt_checkpoint_is_a_freeze_error_naming_it(run, tmp_path):
+    import shutil
+
+    first, last = run
+    copy = tmp_path / "model.ckpt-3"
+    for suffix in (".index", ".data-00000-of-00001"):
+        shutil.copy(last + suffix, str(copy) + suffix)
+    data = tmp_path / "model.ckpt-3.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    data.write_bytes(bytes(raw))
+    with pytest.raises(FreezeError, match="cannot restore .*model.ckpt-3"):
+        freeze_checkpoint(str(copy), first + ".meta", str(tmp_path / "out" / "m.pb"), outputs=["probs"])
+    assert not (tmp_path / "out" / "m.pb").exists()
+
+
 def test_protobuf_limit_predicate_on_estimated_size(run, tmp_path):
     import tensorflow as tf
 

@@ -175,6 +175,36 @@ def test_nan_and_inf_are_counted_and_excluded_from_the_range(tmp_path):
     assert weird.mean == pytest.approx(-0.5)
     assert (stats["flag"].min, stats["flag"].max) == (0.0, 1.0)
     assert stats["names"].dtype == "string" and stats["names"].min is None
+    assert stats["names"].nbytes == 2
+
+
+def test_statistics_combine_exactly_across_chunks(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    import persistence.restore as restore
+
+    rng = np.random.default_rng(7)
+    values = rng.normal(1000.0, 3.0, size=(37, 11)).astype(np.float32)  # large mean, small spread
+    values[3, 4] = np.nan
+    values[20, 1] = -np.inf
+    v1 = tf.compat.v1
+    with tf.Graph().as_default():
+        v1.get_variable("w", initializer=values)
+        v1.get_variable("steps", initializer=np.arange(1000, dtype=np.int64))
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            prefix = v1.train.Saver().save(sess, str(tmp_path / "chunked"))
+    monkeypatch.setattr(restore, "_CHUNK", 10)  # 41 chunks for w: every combination step is exercised
+    stats = {v.name: v for v in verify_checkpoint(prefix).variables}
+    finite = values[np.isfinite(values)].astype(np.float64)
+    w = stats["w"]
+    assert (w.nan_count, w.inf_count) == (1, 1)
+    assert (w.min, w.max) == (float(finite.min()), float(finite.max()))
+    assert w.mean == pytest.approx(finite.mean(), rel=1e-12)
+    assert w.std == pytest.approx(finite.std(), rel=1e-9)
+    steps = stats["steps"]
+    assert (steps.min, steps.max, steps.mean) == (0.0, 999.0, 499.5)
+    assert steps.std == pytest.approx(np.arange(1000).std(), rel=1e-12)
 
 
 # --- restore and run -------------------------------------------------------------------------

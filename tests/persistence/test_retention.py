@@ -21,6 +21,7 @@ from persistence.retention import (
     plan_retention,
 )
 from persistence.statefile import read_state_file
+from tests.persistence.test_retention_vs_tensorflow import FakeClock, tensorflow_clock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -130,7 +131,7 @@ def test_anchor_from_the_future_is_clamped_to_now_like_tensorflow():
 
 
 def test_keep_every_n_steps_keeps_multiples_only():
-    p = plan([ckpt(s) for s in (500, 1000, 1500, 2000, 2100)] + [ckpt(None, age_hours=200)],
+    p = plan([ckpt(s) for s in (500, 1000, 1500, 2000, 2100)] + [ckpt(None, age_hours=20_000)],
              max_to_keep=1, keep_every_n_steps=1000)
     assert kept(p) == ["model.ckpt-1000", "model.ckpt-2000", "model.ckpt-2100"]
     assert reasons(p)["model.ckpt-1000"] == ["kept: every 1000 steps"]
@@ -561,17 +562,16 @@ def test_tf2_manager_carries_on_with_the_plans_anchor(tmp_path):
 
     directory = str(tmp_path)
     ckpt_object = tf.train.Checkpoint(v=tf.Variable(1.0))
-    manager = tf.train.CheckpointManager(ckpt_object, directory, max_to_keep=None)
-    for _ in range(6):
-        manager.save()
-    state = read_state_file(directory)
-    facts = facts_from_directory(directory, saved_at=state.timestamps)
-    # Pretend the saves were two hours apart (in the past: TensorFlow distrusts future anchors), and
-    # preserve one every 3 hours beyond the newest 2.
-    now = time.time()
-    facts = [CheckpointFacts(**{**f.__dict__, "saved_at": now - (6 - f.step) * 2 * HOUR}) for f in facts]
-    p = plan(facts, max_to_keep=2, keep_checkpoint_every_n_hours=3)
-    assert kept(p) == ["ckpt-3", "ckpt-5", "ckpt-6"]
+    # Six saves two hours apart, in the past (TensorFlow distrusts anchors from the future).
+    clock = FakeClock(time.time() - 12 * HOUR)
+    with tensorflow_clock(clock):
+        manager = tf.train.CheckpointManager(ckpt_object, directory, max_to_keep=None)
+        for _ in range(6):
+            manager.save()
+            clock.now += 2 * HOUR
+    facts = facts_from_directory(directory, saved_at=read_state_file(directory).timestamps)
+    p = plan(facts, now=time.time(), max_to_keep=2, keep_checkpoint_every_n_hours=3)
+    assert kept(p) == ["ckpt-3", "ckpt-5", "ckpt-6"]  # ckpt-3 is 3 h after the anchor, ckpt-4 only 2
     execute_plan(directory, p)
     assert read_state_file(directory).last_preserved_timestamp == p.last_preserved_timestamp == facts[2].saved_at
     assert read_state_file(directory).all_prefixes == ["ckpt-3", "ckpt-5", "ckpt-6"]
