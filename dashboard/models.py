@@ -193,12 +193,203 @@ class Run(models.Model):
         Checkpoint.objects.bulk_update(rows, ["metrics"], batch_size=2000)
         return len(rows)
 
+    # --- restore, freeze and make latest (issue 4) ---
+
+    def recipe_path(self) -> str:
+        """The dotted path of this run's recipe: its own, else the first registered one."""
+        return self.recipe or (settings.CHECKPOINT_RECIPES[0] if settings.CHECKPOINT_RECIPES else "")
+
+    def sample_feed(self, placeholders: list) -> dict:
+        """The recipe's sample input for those ``placeholders`` (``InputSpec``) it fits by name and shape.
+
+        Placeholders left out are fed zeros by the engines. A run trained with another model (or
+        a recipe that cannot be loaded) simply gets zeros: verification still compares like with like.
+        """
+        import numpy as np
+
+        from persistence.recipes import RecipeError, load_recipe
+
+        try:
+            sample = load_recipe(self.recipe_path()).sample_input()
+        except (RecipeError, NotImplementedError):
+            return {}
+        fits = {}
+        for spec in placeholders:
+            if spec.name not in sample:
+                continue
+            array = np.asarray(sample[spec.name])
+            if spec.shape is not None and (
+                len(spec.shape) != array.ndim
+                or any(d is not None and d != n for d, n in zip(spec.shape, array.shape, strict=True))
+            ):
+                continue
+            fits[spec.name] = array
+        return fits
+
+    def make_latest(self, checkpoint: Checkpoint, *, user=None, state_file: str = "checkpoint"):
+        """Point ``state_file`` at ``checkpoint`` (a rollback), update the rows' flags, audit it.
+
+        Pure Python (``persistence.statefile``): safe to call from a view. The run row is locked
+        for the duration so that a prune of the same run cannot interleave its state-file rewrite.
+        Raises ``ValueError`` with a message for users.
+        """
+        from dataclasses import asdict
+
+        from persistence import restore
+
+        if checkpoint.run_id != self.pk:
+            raise ValueError(f"{checkpoint.prefix} does not belong to run {self.name}.")
+        if checkpoint.status not in (Checkpoint.PRESENT, Checkpoint.VERIFIED):
+            raise ValueError(
+                f"{checkpoint.prefix} is {checkpoint.status}: only a present or verified checkpoint can be "
+                "made latest."
+            )
+        checkpoint_directory(self.directory)
+        with transaction.atomic():
+            Run.objects.select_for_update().filter(pk=self.pk).first()
+            try:
+                result = restore.make_latest(self.directory, checkpoint.prefix, state_file=state_file)
+            except FileNotFoundError as exc:
+                raise ValueError(str(exc)) from None
+            self.refresh_latest()
+            AuditEvent.record(
+                "make_latest",
+                f"{state_file} now names {checkpoint.prefix} as latest (was {result.previous_latest or 'nothing'})",
+                actor=user, run=self, checkpoint=checkpoint, details=asdict(result),
+            )
+        return result
+
+    def refresh_latest(self) -> None:
+        """Re-read the run's state files and update which rows are latest (no TensorFlow, no rescan)."""
+        from persistence import statefile
+
+        states = [statefile.sniff_state_file(self.directory, n) for n in statefile.find_state_files(self.directory)]
+        states = [s for s in states if s is not None]
+        latest_by_prefix: dict[str, list[str]] = {}
+        for state in states:
+            if state.latest:
+                latest_by_prefix.setdefault(state.latest, []).append(state.name)
+        default = next((s for s in states if s.name == statefile.DEFAULT_STATE_FILE), None)
+        with transaction.atomic():
+            self._mark_latest(latest_by_prefix)
+            self.latest_prefix = (default.latest or "") if default else ""
+            self.last_preserved_timestamp = default.last_preserved_timestamp if default else None
+            self.state_files = [{"name": s.name, "latest": s.latest, "problem": s.problem} for s in states]
+            self.save(update_fields=["latest_prefix", "last_preserved_timestamp", "state_files"])
+
     def known_fingerprints(self) -> dict[str, str]:
         return dict(
             self.checkpoints.exclude(status__in=[Checkpoint.MISSING, Checkpoint.PRUNED]).values_list(
                 "prefix", "fingerprint"
             )
         )
+
+    def record_saved(self, saved, *, source: Checkpoint | None = None, pruned_note: str = "", actor=None) -> Checkpoint:
+        """Record a checkpoint our own job has just written, the moment it is written.
+
+        ``saved`` is a ``persistence.training.SavedCheckpoint``. Rows of the checkpoints the
+        Saver's ``max_to_keep`` deleted in that save become ``pruned`` (with ``pruned_note``, and
+        an audit event). Reads the new ``.index`` (TensorFlow): call it from a worker.
+        """
+        found = discovery.describe_checkpoint(self.directory, saved.prefix, meta_source=saved.meta_source)
+        values = {**Checkpoint.discovery_values(found), "metrics": dict(saved.metrics), "recorded_at": timezone.now()}
+        with transaction.atomic():
+            if saved.meta_source:
+                values["meta_source_id"] = self.checkpoints.filter(prefix=saved.meta_source).values_list(
+                    "id", flat=True
+                ).first()
+            if source is not None:
+                values["source_id"] = source.pk
+            checkpoint, _ = Checkpoint.objects.update_or_create(run=self, prefix=saved.prefix, defaults=values)
+            gone = self.checkpoints.filter(prefix__in=saved.deleted).exclude(status=Checkpoint.PRUNED)
+            gone_rows = list(gone.values_list("id", "size_bytes")) if saved.deleted else []
+            if gone_rows:
+                note = pruned_note or "Deleted by TensorFlow's Saver (max_to_keep)."
+                Checkpoint.objects.filter(pk__in=[pk for pk, _ in gone_rows]).update(
+                    status=Checkpoint.PRUNED, problems=[note]
+                )
+                AuditEvent.record(
+                    "saver_pruned", f"Saver max_to_keep deleted {', '.join(saved.deleted)}", actor=actor, run=self,
+                    bytes_freed=sum(size for _, size in gone_rows),
+                    details={"deleted": saved.deleted, "files": saved.deleted_files, "by_save_of": saved.prefix},
+                )
+            if saved.state_file:
+                self._point_state_file(saved.state_file, checkpoint)
+        return checkpoint
+
+    def _point_state_file(self, state_file: str, checkpoint: Checkpoint) -> None:
+        # The Saver just rewrote ``state_file`` to name ``checkpoint`` as latest.
+        for row in self.checkpoints.exclude(latest_in=[]).exclude(pk=checkpoint.pk).only("id", "latest_in"):
+            if state_file in row.latest_in:
+                Checkpoint.objects.filter(pk=row.pk).update(latest_in=[n for n in row.latest_in if n != state_file])
+        checkpoint.latest_in = sorted({*checkpoint.latest_in, state_file})
+        Checkpoint.objects.filter(pk=checkpoint.pk).update(latest_in=checkpoint.latest_in)
+        if state_file == "checkpoint":
+            self.latest_prefix = checkpoint.prefix
+            self.save(update_fields=["latest_prefix"])
+
+    def step_over_step_checkpoints(self, last: int) -> list[Checkpoint]:
+        """The newest ``last`` readable checkpoints, oldest first: the columns of the heatmap.
+
+        Incomplete and corrupt checkpoints are left out: one unreadable file would fail the chain.
+        """
+        newest = self.checkpoints.filter(status__in=[Checkpoint.PRESENT, Checkpoint.VERIFIED]).order_by(
+            models.F("step").desc(nulls_last=True), "-saved_at"
+        )
+        return list(newest.only("id", "run_id", "prefix", "step", "fingerprint", "saved_at", "variables")[:last])[::-1]
+
+    def step_over_step(self, *, last: int = 50, on_progress=None) -> dict:
+        """Relative change of every variable between consecutive checkpoints (imports TensorFlow).
+
+        The result is what a finished step-over-step job stores as its ``result``.
+        Raises ``Comparison.CannotCompare`` when there is nothing to compare or a file is unreadable.
+        """
+        from persistence import compare as engine
+
+        try:
+            checkpoint_directory(self.directory)
+        except ValueError as exc:
+            raise Comparison.CannotCompare(f"run {self.name}: {exc}") from None
+        chosen = self.step_over_step_checkpoints(last)
+        for c in chosen:
+            c.run = self  # for c.path without one query per checkpoint
+        if len(chosen) < 2:
+            raise Comparison.CannotCompare("Step over step needs at least two readable checkpoints on disk.")
+        try:
+            data = engine.step_over_step([c.path for c in chosen], on_progress=on_progress)
+        except Exception as exc:
+            message = Comparison.read_error_message(exc)
+            if message is None:
+                raise
+            raise Comparison.CannotCompare(message) from exc
+        # The engine leaves both the value and the note empty for a pair whose numbers are not
+        # finite and for a variable absent from both checkpoints; the heatmap must tell them apart.
+        names = [{v["name"] for v in c.variables} for c in chosen]
+        for name, values in data["relative_change"].items():
+            notes = data["notes"][name]
+            for i, value in enumerate(values):
+                if value is None and notes[i] is None:
+                    both = name in names[i] and name in names[i + 1]
+                    notes[i] = Comparison.NOTE_NOT_FINITE if both else Comparison.NOTE_ABSENT
+        return {
+            "mode": "steps",
+            "last": last,
+            "checkpoints": [
+                {"id": c.pk, "step": c.step, "prefix": c.prefix, "fingerprint": c.fingerprint} for c in chosen
+            ],
+            "variables": data["variables"],
+            "relative_change": data["relative_change"],
+            "l2_diff": data["l2_diff"],
+            "notes": data["notes"],
+        }
+
+    def step_over_step_jobs(self) -> models.QuerySet[Job]:
+        """Step-over-step jobs of this run (compare jobs with ``mode: steps``), newest first."""
+        return self.jobs.filter(kind=Job.COMPARE, params__mode="steps").order_by("-created_at")
+
+    def latest_step_over_step(self) -> Job | None:
+        """The newest finished step-over-step job: its ``result`` holds the heatmap."""
+        return self.step_over_step_jobs().filter(status=Job.FINISHED).order_by("-ended_at").first()
 
 
 class CheckpointQuerySet(models.QuerySet):
@@ -350,6 +541,14 @@ class Checkpoint(models.Model):
         self.pinned, self.pin_reason = False, ""
         self.save(update_fields=["pinned", "pin_reason"])
 
+    @property
+    def on_disk(self) -> bool:
+        return self.status not in (self.PRUNED, self.MISSING)
+
+    def reference(self) -> dict:
+        """Which checkpoint, in the words ``manage.py compare --json`` uses for its sides."""
+        return {"id": self.pk, "run": self.run.name, "prefix": self.prefix, "step": self.step, "path": self.path}
+
 
 class Export(models.Model):
     FROZEN_PB = "frozen_pb"
@@ -418,6 +617,44 @@ class Job(models.Model):
     def is_ended(self) -> bool:
         return self.status in self.ENDED
 
+    @property
+    def can_cancel(self) -> bool:
+        return self.status in (self.QUEUED, self.RUNNING)
+
+    @property
+    def can_retry(self) -> bool:
+        return self.status in (self.FAILED, self.CANCELED)
+
+    def cancel(self) -> bool:
+        """Cancel a queued or running job; False when it had already ended.
+
+        The row is the truth: a queued job will not start, a running save stops between two
+        steps (``JobContext.should_stop``), and the reconciler stops a body that does not.
+        """
+        canceled = Job.objects.filter(pk=self.pk, status__in=[self.QUEUED, self.RUNNING]).update(
+            status=self.CANCELED, ended_at=timezone.now(), message="Canceled on request"
+        )
+        self.refresh_from_db()
+        if canceled:
+            from dashboard import jobs
+
+            jobs.withdraw(self)
+        return bool(canceled)
+
+    def retry(self, user=None) -> Job:
+        """Start a new job with the same parameters, linked to this one (``retry_of``).
+
+        Raises ``ValueError`` unless this job failed or was canceled, and
+        ``dashboard.jobs.QueueUnavailable`` (the new row exists) when Redis is down.
+        """
+        if not self.can_retry:
+            raise ValueError(f"Only failed or canceled jobs can be retried; this one is {self.status}.")
+        from dashboard import jobs
+
+        return jobs.start(
+            self.kind, run=self.run, checkpoint=self.checkpoint, params=self.params, user=user, retry_of=self
+        )
+
 
 class Comparison(models.Model):
     """A stored variable-by-variable comparison of two checkpoints (computed once by a job)."""
@@ -439,6 +676,143 @@ class Comparison(models.Model):
 
     def __str__(self) -> str:
         return f"{self.a} vs {self.b}"
+
+    class CannotCompare(Exception):
+        """The pair cannot be compared (files gone, unreadable, outside the roots); the message says why."""
+
+    # Besides values that moved, these notes count as "changed" for the changed-only filter.
+    STRUCTURAL_NOTES = ("only in A", "only in B", "shape changed", "dtype changed")
+    # Step over step only: why a heatmap cell has no value although the engine gave no note.
+    NOTE_NOT_FINITE, NOTE_ABSENT = "NaN or Inf", "absent"
+    SORT_KEYS = ("name", "relative_change", "l2_a", "l2_b", "l2_diff", "max_abs_diff", "cosine")
+    DEFAULT_SORT = "-relative_change"
+
+    def get_absolute_url(self) -> str:
+        return f"{reverse('compare')}?a={self.a_id}&b={self.b_id}"
+
+    @property
+    def is_fresh(self) -> bool:
+        """Both checkpoints still carry the fingerprints that were compared (nothing rewritten since)."""
+        return self.fingerprint_a == self.a.fingerprint and self.fingerprint_b == self.b.fingerprint
+
+    @classmethod
+    def for_pair(cls, a: Checkpoint, b: Checkpoint) -> Comparison | None:
+        """The stored comparison of A with B if it is still fresh, else None (compute it again)."""
+        found = cls.objects.filter(a=a, b=b).select_related("job").first()
+        if found is None:
+            return None
+        found.a, found.b = a, b  # the caller's rows carry the current fingerprints
+        return found if found.is_fresh else None
+
+    @classmethod
+    def jobs_for_pair(cls, a: Checkpoint, b: Checkpoint) -> models.QuerySet[Job]:
+        """Compare jobs asked for exactly this pair, newest first."""
+        return Job.objects.filter(kind=Job.COMPARE, params__a=a.pk, params__b=b.pk).order_by("-created_at")
+
+    @classmethod
+    def compute(cls, a: Checkpoint, b: Checkpoint, *, job: Job | None = None, on_progress=None) -> Comparison:
+        """Compare A with B now and store the result: the one code path of the compare job and command.
+
+        Reads both checkpoints through TensorFlow (the engine imports it lazily), so call this from a
+        worker or a management command, never from a view. Raises ``Comparison.CannotCompare`` with
+        a message fit for users; an exception raised by ``on_progress`` (a cancel) propagates as is.
+        """
+        from persistence import compare as engine
+
+        for side in (a, b):
+            if not side.on_disk:
+                raise cls.CannotCompare(f"checkpoint #{side.pk} ({side}) is {side.status}: its files are gone")
+            try:
+                checkpoint_directory(side.run.directory)  # the root list may have changed since
+            except ValueError as exc:
+                raise cls.CannotCompare(f"run {side.run.name}: {exc}") from None
+        # Recorded before reading: a rescan that changes a fingerprint meanwhile makes this stale.
+        fingerprint_a, fingerprint_b = a.fingerprint, b.fingerprint
+        started = timezone.now()
+        try:
+            result = engine.compare_checkpoints(a.path, b.path, on_progress=on_progress)
+        except Exception as exc:
+            message = cls.read_error_message(exc)
+            if message is None:
+                raise
+            raise cls.CannotCompare(message) from exc
+        summary = {
+            **result.summary,
+            "step_a": a.step,
+            "step_b": b.step,
+            "step_delta": b.step - a.step if a.step is not None and b.step is not None else None,
+            "size_a": a.size_bytes,
+            "size_b": b.size_bytes,
+            "size_delta": b.size_bytes - a.size_bytes,
+            "saved_at_a": a.saved_at.isoformat(),
+            "saved_at_b": b.saved_at.isoformat(),
+            "seconds_delta": (b.saved_at - a.saved_at).total_seconds(),
+            "elapsed_seconds": round((timezone.now() - started).total_seconds(), 3),
+        }
+        comparison, _ = cls.objects.update_or_create(
+            a=a,
+            b=b,
+            defaults={
+                "job": job,
+                "fingerprint_a": fingerprint_a,
+                "fingerprint_b": fingerprint_b,
+                "summary": summary,
+                "variables": [v.to_dict() for v in result.variables],
+                "metrics": engine.metric_deltas(a.metrics or {}, b.metrics or {}),
+                "created_at": timezone.now(),
+            },
+        )
+        return comparison
+
+    @staticmethod
+    def read_error_message(exc: BaseException) -> str | None:
+        """A user-facing message for a checkpoint that could not be read, or None for other errors."""
+        from persistence.compare import CheckpointReadError
+
+        if isinstance(exc, CheckpointReadError):
+            return str(exc)
+        # TensorFlow's errors (NotFoundError, DataLossError, ...), matched without importing it here.
+        if type(exc).__module__.startswith("tensorflow") and hasattr(exc, "message"):
+            return f"cannot read checkpoint: {exc.message}".strip()
+        return None
+
+    def as_json(self) -> dict:
+        """What ``manage.py compare --json`` prints."""
+        return {
+            "a": self.a.reference(),
+            "b": self.b.reference(),
+            "variables": self.variables,
+            "metrics": self.metrics,
+            "summary": self.summary,
+            "computed_at": self.created_at.isoformat(),
+        }
+
+    def rows(self, *, changed_only: bool = False, contains: str = "", sort: str = DEFAULT_SORT) -> list[dict]:
+        """Variables filtered and sorted for the table; rows without the sort value go last.
+
+        Sorting by relative change puts changed variables whose change has no finite ratio (A all
+        zeros, NaN/Inf appeared) first when descending: "did anything blow up" is the question.
+        """
+        key = sort.lstrip("-")
+        descending = sort.startswith("-")
+        if key not in self.SORT_KEYS:
+            key, descending = self.DEFAULT_SORT.lstrip("-"), True
+        needle = contains.strip().lower()
+        rows = [
+            r for r in sorted(self.variables, key=lambda r: r["name"])
+            if (not changed_only or r.get("changed") or r.get("note") in self.STRUCTURAL_NOTES)
+            and needle in r["name"].lower()
+        ]
+
+        def value(row: dict):
+            v = row.get(key)
+            if v is None and key == "relative_change" and row.get("changed"):
+                return float("inf")
+            return v
+
+        with_value = [r for r in rows if value(r) is not None]
+        with_value.sort(key=value, reverse=descending)
+        return with_value + [r for r in rows if value(r) is None]
 
 
 class AuditEvent(models.Model):

@@ -31,8 +31,9 @@ from persistence.statefile import (
 )
 
 __all__ = [
-    "CORRUPT", "INCOMPLETE", "PRESENT", "TF1", "TF2", "DiscoveredCheckpoint", "FileInfo", "ScanResult",
-    "StateFile", "StateFileError", "VariableInfo", "parse_step", "prefix_family", "scan_directory",
+    "CORRUPT", "INCOMPLETE", "OBJECT_GRAPH_KEY", "PRESENT", "TF1", "TF2", "UNKNOWN_FORMAT",
+    "DiscoveredCheckpoint", "FileInfo", "ScanResult", "StateFile", "StateFileError", "VariableInfo",
+    "describe_checkpoint", "parse_step", "prefix_family", "scan_directory",
 ]
 
 PRESENT = "present"
@@ -88,8 +89,8 @@ class DiscoveredCheckpoint:
 @dataclass
 class ScanResult:
     directory: str
-    format: str | None  # TF1 / TF2 / None when no checkpoints
-    checkpoints: list[DiscoveredCheckpoint]
+    format: str | None  # TF1 / TF2, the most common among readable checkpoints; None when none
+    checkpoints: list[DiscoveredCheckpoint]  # by family, then step
     state_files: list[StateFile]
     problems: list[str]
     # Checkpoint files without a ``.index``: data shards of a half-deleted checkpoint, or a
@@ -125,8 +126,9 @@ def _gc_paused() -> Iterator[None]:
 
     A scan of 10,000 checkpoints creates a few hundred thousand small objects; each time that
     triggers a full collection, the collector also walks every object TensorFlow's import left in
-    the process (hundreds of thousands), which measured as a third of a rescan. Nothing a scan
-    creates forms a reference cycle, so deferring collection frees nothing later than it would.
+    the process (hundreds of thousands), which measured as a third of a rescan. The objects a
+    scan creates hold no reference cycles (reference counting frees them as usual); cycles made
+    meanwhile by others, e.g. TensorFlow's first import, are collected once the scan is over.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -138,37 +140,22 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _scan(directory: str, known: Mapping[str, str]) -> ScanResult:
-    try:
-        with os.scandir(directory) as iterator:
-            entries = list(iterator)
-    except OSError as exc:
-        return ScanResult(directory=directory, format=None, checkpoints=[], state_files=[],
-                          problems=[f"cannot read directory {directory}: {exc.strerror or exc}"])
-
     indexes: dict[str, FileInfo] = {}
     metas: dict[str, FileInfo] = {}
     shards: dict[str, list[tuple[int, int, FileInfo]]] = {}  # prefix -> (shard, count, file)
     state_candidates: list[str] = []
-    for entry in entries:
-        name = entry.name
-        try:
-            # is_file() comes from the listing itself (d_type): it skips e.g. the PREFIX_temp/
-            # directory of a save in progress without a system call.
-            if not entry.is_file():
-                continue
-            if name.endswith(".index"):
-                indexes[name[:-6]] = _file_info(entry)
-            elif name.endswith(".meta"):
-                metas[name[:-5]] = _file_info(entry)
-            elif ".data-" in name and (match := _DATA_FILE.fullmatch(name)):
-                shard = (int(match["shard"]), int(match["count"]), _file_info(entry))
-                shards.setdefault(match["prefix"], []).append(shard)
-            elif could_be_state_file(name, entry.stat().st_size):
-                state_candidates.append(name)
-        except OSError:
-            # Deleted between the listing and the stat: a concurrent prune or save. The next
-            # scan sees the settled state.
-            continue
+    try:
+        with os.scandir(directory) as iterator:
+            for entry in iterator:
+                try:
+                    _sort_entry(entry, indexes, metas, shards, state_candidates)
+                except OSError:
+                    # Deleted between the listing and the stat: a concurrent prune or save.
+                    # The next scan sees the settled state.
+                    continue
+    except OSError as exc:
+        return ScanResult(directory=directory, format=None, checkpoints=[], state_files=[],
+                          problems=[f"cannot read directory {directory}: {exc.strerror or exc}"])
 
     problems: list[str] = []
     state_files = _read_state_files(directory, state_candidates, indexes, problems)
@@ -203,6 +190,28 @@ def _scan(directory: str, known: Mapping[str, str]) -> ScanResult:
         problems=problems,
         orphans=orphans,
     )
+
+
+def _sort_entry(
+    entry: os.DirEntry[str],
+    indexes: dict[str, FileInfo],
+    metas: dict[str, FileInfo],
+    shards: dict[str, list[tuple[int, int, FileInfo]]],
+    state_candidates: list[str],
+) -> None:
+    # is_file() comes from the listing itself (d_type): it skips e.g. the PREFIX_temp/ directory
+    # of a save in progress without a system call.
+    if not entry.is_file():
+        return
+    name = entry.name
+    if name.endswith(".index"):
+        indexes[name[:-6]] = _file_info(entry)
+    elif name.endswith(".meta"):
+        metas[name[:-5]] = _file_info(entry)
+    elif ".data-" in name and (match := _DATA_FILE.fullmatch(name)):
+        shards.setdefault(match["prefix"], []).append((int(match["shard"]), int(match["count"]), _file_info(entry)))
+    elif could_be_state_file(name, entry.stat().st_size):
+        state_candidates.append(name)
 
 
 def _file_info(entry: os.DirEntry[str]) -> FileInfo:
@@ -468,3 +477,42 @@ class _IndexReader:
 def _reader_message(exc: Exception) -> str:
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return " ".join(message.split())
+
+
+def describe_checkpoint(directory: str, prefix: str, *, meta_source: str | None = None) -> DiscoveredCheckpoint:
+    """Describe one checkpoint exactly as :func:`scan_directory` would, without listing the directory.
+
+    For a writer that knows what it just wrote (a save job recording each checkpoint the moment
+    the Saver returns): a few ``stat`` calls and one ``.index`` read, whatever the directory's
+    size. ``meta_source`` is the prefix whose ``.meta`` restores this one when the caller knows it
+    (its own ``.meta`` wins). The fingerprint matches a later scan's, so that scan skips it.
+    Raises ``FileNotFoundError`` when there is no ``PREFIX.index``.
+    """
+    import glob
+
+    def info(name: str) -> FileInfo:
+        stat = os.stat(os.path.join(directory, name))
+        return FileInfo(name, stat.st_size, stat.st_mtime_ns)
+
+    index = info(prefix + ".index")
+    shards = []
+    for path in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + ".data-*-of-*")):
+        name = os.path.basename(path)
+        match = _DATA_FILE.fullmatch(name)
+        if match and match["prefix"] == prefix:
+            try:
+                shards.append((int(match["shard"]), int(match["count"]), info(name)))
+            except FileNotFoundError:
+                continue
+    try:
+        meta = info(prefix + ".meta")
+    except FileNotFoundError:
+        meta = None
+    if len(shards) == 1 and shards[0][0] == 0 and shards[0][1] == 1:
+        data, problems = [shards[0][2]], []
+    else:
+        data = sorted((f for _, _, f in shards), key=lambda f: f.name)
+        problems = _shard_problems(directory, prefix, shards)
+    files = [index, *data, meta] if meta is not None else [index, *data]
+    return _describe(directory, prefix, _split_step(prefix)[1], index, files, meta is not None, problems, None,
+                     prefix if meta is not None else meta_source, {}, _IndexReader())

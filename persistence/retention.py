@@ -14,8 +14,10 @@ user exactly what will happen before anything is deleted.
   becomes ``last_preserved``. Hours are a float (0.5 works) and a falsy value (0/None) disables the
   rule. Sweeping after every save, as TensorFlow does, visits the same checkpoints in the same
   order with the same anchor as one walk over "all but the newest N", which is what we do.
-* A fresh manager's anchor is its construction time minus one second; a recovered one uses the
-  state file's ``last_preserved_timestamp``, clamped to the current clock when time went backwards.
+* A fresh manager's anchor is its construction time minus one second; we have no construction
+  time and use the oldest checkpoint's time minus one second (the same when the first save came at
+  once). A recovered manager uses the state file's ``last_preserved_timestamp``, clamped to the
+  current clock when time went backwards; pass it as ``last_preserved_timestamp``.
   Checkpoints at or before that anchor are never in a recovered manager's active set, so TensorFlow
   never deletes them again ("once preserved ... not deleted by any future CheckpointManager"); we
   keep them too, otherwise a checkpoint TensorFlow preserved (and dropped from the state file's
@@ -48,6 +50,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from persistence.files import fsync_directory, resolve_inside
+from persistence.statefile import StateFileError, read_state_file, write_state_file
 
 HEALTHY_STATUSES = frozenset({"present", "verified"})
 BROKEN_STATUSES = frozenset({"incomplete", "corrupt"})
@@ -421,13 +424,10 @@ def execute_plan(
     state before sweeping too): from then on they never name a checkpoint that is being deleted,
     so ``tf.train.latest_checkpoint`` never sees a half-deleted one, even if we are killed midway.
     """
-    from persistence.statefile import StateFileError, read_state_file, write_state_file
-
     # A plan may come back from JSON: its parts must still agree with each other.
     decided = sorted(name for d in plan.decisions if not d.keep for name in d.delete_files)
     if decided != sorted(plan.files_to_delete) or any(d.keep and d.delete_files for d in plan.decisions):
         raise ValueError("plan is inconsistent: files_to_delete does not match its decisions")
-    targets = []
     for name in plan.files_to_delete:
         if not name or os.path.basename(name) != name or name in (".", ".."):
             raise ValueError(f"plan names {name!r}, which is not a file name inside the run directory")
@@ -436,7 +436,6 @@ def execute_plan(
         # Checks where the name leads (a symlink out of the run is refused); the entry itself is
         # what gets unlinked, never the file a symlink points to.
         resolve_inside(os.path.join(directory, name), [directory])
-        targets.append(name)
 
     deleted_prefixes = plan.deleted_prefixes
     states = []
@@ -473,7 +472,7 @@ def execute_plan(
 
     deleted, gone, failed = [], [], {}
     freed = 0
-    ordered = _deletion_order(targets)
+    ordered = _deletion_order(plan.files_to_delete)
     step = max(1, len(ordered) // 100)
     for i, name in enumerate(ordered, 1):
         path = os.path.join(directory, name)

@@ -342,15 +342,15 @@ def read_state_file(directory: str, name: str = DEFAULT_STATE_FILE) -> StateFile
     path = os.path.join(directory, name)
     try:
         with open(path, "rb") as handle:
-            data = handle.read(MAX_STATE_FILE_BYTES + 1)
+            if os.fstat(handle.fileno()).st_size > MAX_STATE_FILE_BYTES:
+                raise StateFileError(f"{name} is larger than {MAX_STATE_FILE_BYTES} bytes: not a state file")
+            data = handle.read()
     except OSError as exc:
         raise StateFileError(f"cannot read state file {name}: {exc.strerror or exc}") from exc
     return _parse_bytes(data, name, directory)
 
 
 def _parse_bytes(data: bytes, name: str, directory: str) -> StateFile:
-    if len(data) > MAX_STATE_FILE_BYTES:
-        raise StateFileError(f"{name} is larger than {MAX_STATE_FILE_BYTES} bytes")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -362,9 +362,12 @@ def _parse_bytes(data: bytes, name: str, directory: str) -> StateFile:
 
 
 def could_be_state_file(name: str, size: int) -> bool:
-    """Cheap test on a directory entry: is it worth parsing ``name`` as a state file?"""
+    """Cheap test on a directory entry: is it worth parsing ``name`` as a state file?
+
+    ``checkpoint`` always is (if it turns out to be garbage, that is worth reporting).
+    """
     if name == DEFAULT_STATE_FILE:
-        return size <= MAX_STATE_FILE_BYTES
+        return True
     return size <= MAX_SNIFF_BYTES and _NEVER_STATE_FILE.search(name) is None
 
 

@@ -272,9 +272,10 @@ class MovedRun:
 def move_run(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> MovedRun:
     """Move a run directory so its state files keep stale absolute paths into ``src``.
 
-    TF1 savers already write absolute paths (``save_relative_paths=False``); other state files
-    (``CheckpointManager``'s relative ones, or a copy's pointing elsewhere) are rewritten with TensorFlow's own ``generate_checkpoint_state_proto`` and
-    absolute ``src`` paths first, so that the moved directory really holds paths from elsewhere.
+    TF1 savers already write absolute paths (``save_relative_paths=False``). Other state files
+    (``CheckpointManager``'s relative ones, or a copy's pointing elsewhere) are first rewritten
+    with TensorFlow's own ``generate_checkpoint_state_proto`` and absolute ``src`` paths, so that
+    the moved directory really holds paths from elsewhere (checked before returning).
     """
     from persistence.statefile import find_state_files, read_state_file
 

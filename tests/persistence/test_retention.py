@@ -92,7 +92,7 @@ def test_every_n_hours_preserves_one_checkpoint_per_period_outside_the_newest():
     # Saves every 30 minutes for 5 hours; the anchor is the first save minus one second.
     checkpoints = [ckpt(s, age_hours=(10 - s) * 0.5) for s in range(11)]
     p = plan(checkpoints, max_to_keep=2, keep_checkpoint_every_n_hours=2)
-    # step 0 (0 s - 2 h >= -1 s? no ... ) — TensorFlow preserves the first one 2 h after the anchor.
+    # Step 4 is the first save at least 2 h after the anchor, step 8 the first 2 h after step 4.
     assert kept(p) == ["model.ckpt-4", "model.ckpt-8", "model.ckpt-9", "model.ckpt-10"]
     assert reasons(p)["model.ckpt-4"] == ["kept: preserved every 2 h"]
     assert reasons(p)["model.ckpt-9"] == ["kept: newest 2"]

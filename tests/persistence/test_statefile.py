@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from persistence.statefile import (
     MAX_SNIFF_BYTES,
+    MAX_STATE_FILE_BYTES,
     StateFileError,
     find_state_files,
     format_state_text,
@@ -457,6 +458,15 @@ def test_find_state_files_does_not_open_large_or_checkpoint_files(tmp_path):
     (tmp_path / "huge_state").write_text(valid + "#" * MAX_SNIFF_BYTES)
     (tmp_path / "small_state").write_text(valid)
     assert find_state_files(str(tmp_path)) == ["small_state"]
+
+
+def test_oversized_checkpoint_file_is_garbage_without_being_read(tmp_path):
+    path = tmp_path / "checkpoint"
+    path.write_text(format_state_text(latest="ckpt-1", all_prefixes=[]))
+    os.truncate(path, MAX_STATE_FILE_BYTES + 1)  # sparse: costs no disk and no time
+    with pytest.raises(StateFileError, match="larger than"):
+        read_state_file(str(tmp_path))
+    assert find_state_files(str(tmp_path)) == ["checkpoint"]  # reported as a broken state file
 
 
 def test_find_state_files_of_missing_directory_is_empty(tmp_path):
