@@ -1,18 +1,39 @@
 """Periodic work, run by RQ's cron scheduler: ``python manage.py rqcron dashboard.cron``.
 
-Tracked runs are rescanned so that checkpoints written by trainers outside the dashboard appear
-by themselves.
+- Tracked runs are rescanned so that checkpoints written by trainers outside the dashboard appear
+  by themselves.
+- Jobs are reconciled with RQ (DESIGN §7): a job whose work horse or worker was killed turns
+  ``failed`` with the reason, and a job created while Redis was down is enqueued once it is back.
+  RQ declares a dead worker's job abandoned about 90 s after its last heartbeat (the worker's
+  60 s grace plus its 30 s monitoring interval); checking every 15 s keeps the whole path under
+  two minutes. A dead work horse under a live worker is seen at the next check.
+
+Cron only enqueues: a worker runs these. Each gets a short ``ttl`` so that, while every worker is
+busy with a long job, the runs that could not start in time expire instead of piling up.
 """
 
 from django.conf import settings
 from rq import cron
 
-from dashboard.jobs import scan_all_runs
+from dashboard.jobs import reconcile_jobs, scan_all_runs
+
+RECONCILE_INTERVAL_SECONDS = 15
 
 if settings.SCAN_INTERVAL_SECONDS:
+    interval = max(1, int(settings.SCAN_INTERVAL_SECONDS))
     cron.register(
         scan_all_runs,
         queue_name=settings.JOB_QUEUE,
-        interval=max(1, int(settings.SCAN_INTERVAL_SECONDS)),
+        interval=interval,
         job_timeout=30 * 60,
+        ttl=max(60, 2 * interval),
     )
+
+cron.register(
+    reconcile_jobs,
+    queue_name=settings.JOB_QUEUE,
+    interval=RECONCILE_INTERVAL_SECONDS,
+    job_timeout=120,
+    ttl=60,
+    result_ttl=600,
+)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 from django import forms
 from django.utils.text import slugify
 
@@ -282,15 +284,7 @@ class ResaveForm(forms.Form):
         self.checkpoint = checkpoint
         self.names = [v["name"] for v in checkpoint.variables or []]
         self.fields["variables"].choices = [(n, n) for n in self.names]
-        self.fields["new_prefix"].initial = self.default_prefix(checkpoint)
-
-    @staticmethod
-    def default_prefix(checkpoint) -> str:
-        from persistence.discovery import prefix_family
-
-        family = prefix_family(checkpoint.prefix)
-        # The step stays the last "-N" so that discovery files the copy under its step.
-        return f"{family}-slim-{checkpoint.step}" if checkpoint.step is not None else f"{checkpoint.prefix}-slim"
+        self.fields["new_prefix"].initial = checkpoint.slim_prefix
 
     def clean_new_prefix(self) -> str:
         from persistence.training import checkpoint_files
@@ -337,3 +331,244 @@ class ResaveForm(forms.Form):
             "drop_optimizer_slots": not choose,
             "rename": data["rename"],
         }
+
+
+# --- freeze and verify (issue 4) ------------------------------------------------------------
+# The freeze form suggests output nodes and checks names against the graph, in the web process,
+# which never imports TensorFlow. TensorFlow's generated MetaGraphDef class lives inside the
+# ``tensorflow`` package (importing it runs tensorflow/__init__), so the .meta file is parsed here
+# with a three-message schema built from protobuf alone: MetaGraphDef.graph_def (field 2) ->
+# GraphDef.node (1) -> NodeDef.name/op/input (1/2/3). Protobuf skips every other field, which is
+# all the suggestion rule (``persistence.freeze.suggest_output_nodes``) reads. Parsing is not
+# running: nothing of the graph executes here. The job checks everything again with TensorFlow.
+
+# Beyond this a .meta holds large constants; reading it on a page view is not worth it.
+MAX_OUTLINE_BYTES = 64 * 1024 * 1024
+SUGGESTIONS_SHOWN = 12
+_VARIABLE_OPS = frozenset({"Variable", "VariableV2", "VarHandleOp"})
+_outline_class = None
+
+
+def _outline_meta_class():
+    global _outline_class
+    if _outline_class is None:
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+        proto = descriptor_pb2.FileDescriptorProto(
+            name="dashboard_graph_outline.proto", package="dashboard_outline", syntax="proto3"
+        )
+        string, message, optional, repeated = 9, 11, 1, 3  # FieldDescriptorProto type/label numbers
+        node = proto.message_type.add(name="NodeDef")
+        node.field.add(name="name", number=1, type=string, label=optional)
+        node.field.add(name="op", number=2, type=string, label=optional)
+        node.field.add(name="input", number=3, type=string, label=repeated)
+        graph = proto.message_type.add(name="GraphDef")
+        graph.field.add(name="node", number=1, type=message, label=repeated, type_name=".dashboard_outline.NodeDef")
+        meta = proto.message_type.add(name="MetaGraphDef")
+        meta.field.add(name="graph_def", number=2, type=message, label=optional,
+                       type_name=".dashboard_outline.GraphDef")
+        pool = descriptor_pool.DescriptorPool()
+        pool.Add(proto)
+        _outline_class = message_factory.GetMessageClass(pool.FindMessageTypeByName("dashboard_outline.MetaGraphDef"))
+    return _outline_class
+
+
+class OutlineTooLarge(ValueError):
+    pass
+
+
+class GraphOutline:
+    """Node names and ops of a meta graph, and the suggested output nodes, read without TensorFlow."""
+
+    def __init__(self, graph_def) -> None:
+        from persistence.freeze import suggest_output_nodes
+
+        self.ops = {node.name: node.op for node in graph_def.node}
+        self.suggestions = suggest_output_nodes(graph_def)
+        self.placeholders = [name for name, op in self.ops.items() if op == "Placeholder"]
+        self.variables = [name for name, op in self.ops.items() if op in _VARIABLE_OPS]
+
+    @classmethod
+    def read(cls, meta_path: str) -> GraphOutline:
+        """Parse ``meta_path`` (binary, else text format). Raises ``ValueError`` / ``OSError``."""
+        from google.protobuf import message, text_format
+
+        with open(meta_path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size > MAX_OUTLINE_BYTES:
+                raise OutlineTooLarge(f"the meta graph is larger than {MAX_OUTLINE_BYTES // 2**20} MB")
+            data = handle.read()
+        meta = _outline_meta_class()()
+        try:
+            meta.ParseFromString(data)
+            if meta.HasField("graph_def"):
+                return cls(meta.graph_def)
+        except message.DecodeError:
+            pass
+        meta = _outline_meta_class()()
+        try:
+            text_format.Parse(data.decode("utf-8"), meta, allow_unknown_field=True)
+        except (UnicodeDecodeError, text_format.ParseError) as exc:
+            raise ValueError(f"not a meta graph (binary or text): {exc}") from None
+        return cls(meta.graph_def)
+
+    @classmethod
+    def for_checkpoint(cls, checkpoint) -> tuple[GraphOutline | None, str]:
+        """The outline of the meta graph ``checkpoint`` restores with, or None and why not.
+
+        An empty reason with no outline means the graph is too large to outline here: names are
+        then taken as typed and checked by the job.
+        """
+        from django.conf import settings
+
+        from persistence.files import PathOutsideRoots, resolve_inside
+
+        meta = checkpoint.meta_path()
+        if meta is None:
+            return None, (f"{checkpoint.prefix} has no meta graph, and no earlier checkpoint of this run provides "
+                          "one: there is no graph structure to freeze.")
+        try:
+            return cls.read(str(resolve_inside(meta, settings.CHECKPOINT_ROOTS))), ""
+        except PathOutsideRoots:
+            return None, "The meta graph is outside the checkpoint roots."
+        except OutlineTooLarge:
+            return None, ""
+        except FileNotFoundError:
+            return None, f"The meta graph {os.path.basename(meta)} is missing on disk."
+        except (OSError, ValueError) as exc:
+            return None, f"The meta graph {os.path.basename(meta)} cannot be read: {exc}"
+
+    def unknown_nodes_message(self, names: list[str]) -> str | None:
+        from persistence.restore import unknown_names_message
+
+        unknown = [n for n in names if _node(n) not in self.ops]
+        if not unknown:
+            return None
+        message = unknown_names_message(unknown, self.ops, what="output")
+        return message[0].upper() + message[1:] + "."
+
+    def unknown_variables_message(self, names: list[str]) -> str | None:
+        from persistence.restore import unknown_names_message
+
+        unknown = [n for n in names if n not in self.variables]
+        if not unknown:
+            return None
+        message = unknown_names_message(unknown, self.variables, what="variable")
+        return message[0].upper() + message[1:] + "."
+
+
+def _node(name: str) -> str:
+    from persistence.graphsafety import node_name
+
+    return node_name(name)
+
+
+def _split_names(text: str) -> list[str]:
+    """Names separated by commas, spaces or new lines, each once, in order."""
+    return list(dict.fromkeys(part for part in text.replace(",", " ").split() if part))
+
+
+class FreezeForm(forms.Form):
+    """Freeze a checkpoint: output nodes (suggested), clear devices, variables allow- and deny-list."""
+
+    outputs = forms.MultipleChoiceField(
+        required=False, widget=forms.CheckboxSelectMultiple, label="Suggested output nodes",
+        help_text="Ops whose outputs nothing consumes, without saver, initialisation and training machinery.",
+    )
+    other_outputs = forms.CharField(
+        required=False, label="Other output nodes",
+        help_text="Node names, separated by commas or spaces (e.g. scope/logits).",
+    )
+    clear_devices = forms.BooleanField(
+        required=False, initial=True, help_text="Drop device placements (a graph trained on GPUs must run anywhere)."
+    )
+    variables_allowlist = forms.CharField(
+        required=False, label="Only freeze these variables",
+        widget=forms.Textarea(attrs={"rows": 2}), help_text="Optional; variable names, separated by commas or lines.",
+    )
+    variables_denylist = forms.CharField(
+        required=False, label="Never freeze these variables",
+        widget=forms.Textarea(attrs={"rows": 2}), help_text="Optional; variable names, separated by commas or lines.",
+    )
+
+    def __init__(self, *args, checkpoint, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        from persistence.discovery import TF2
+
+        self.checkpoint = checkpoint
+        self.tf2 = checkpoint.format == TF2
+        self.outline, self.problem = (None, "") if self.tf2 else GraphOutline.for_checkpoint(checkpoint)
+        if self.tf2:
+            suggestions = self._recipe_outputs()
+            self.fields["outputs"].label = "Outputs of the recipe's serve function"
+            self.fields["outputs"].help_text = "TF2 checkpoints are frozen through the run's recipe; all its outputs are kept."
+            for name in ("other_outputs", "clear_devices", "variables_allowlist", "variables_denylist"):
+                del self.fields[name]
+        else:
+            suggestions = self.outline.suggestions[:SUGGESTIONS_SHOWN] if self.outline else []
+        self.fields["outputs"].choices = [(name, name) for name in suggestions]
+        if suggestions and not self.is_bound:
+            self.initial["outputs"] = suggestions[:1] if not self.tf2 else suggestions
+
+    def _recipe_outputs(self) -> list[str]:
+        from persistence.recipes import RecipeError, load_recipe
+
+        try:
+            return list(load_recipe(self.checkpoint.run.recipe_path()).output_names)
+        except RecipeError as exc:
+            self.problem = f"TF2 checkpoints are frozen through the run's recipe, which cannot be loaded: {exc}"
+            return []
+
+    @property
+    def can_freeze(self) -> bool:
+        return not self.problem
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if self.problem:
+            raise forms.ValidationError(self.problem)
+        outputs = list(dict.fromkeys([*(cleaned.get("outputs") or []), *_split_names(cleaned.get("other_outputs", ""))]))
+        if not outputs and not self.tf2:
+            self.add_error("other_outputs", "Choose at least one output node.")
+        elif self.outline is not None and (problem := self.outline.unknown_nodes_message(outputs)):
+            self.add_error("other_outputs", problem)
+        for field in ("variables_allowlist", "variables_denylist"):
+            names = [_node(n) for n in _split_names(cleaned.get(field, ""))]
+            cleaned[field] = names
+            if self.outline is not None and (problem := self.outline.unknown_variables_message(names)):
+                self.add_error(field, problem)
+        if set(cleaned.get("variables_allowlist") or []) & set(cleaned.get("variables_denylist") or []):
+            self.add_error("variables_denylist", "A variable cannot be both allowed and denied.")
+        cleaned["all_outputs"] = outputs
+        return cleaned
+
+    def job_params(self) -> dict:
+        data = self.cleaned_data
+        return {
+            "outputs": data["all_outputs"],
+            "clear_devices": bool(data.get("clear_devices", True)),
+            "variables_allowlist": data.get("variables_allowlist") or [],
+            "variables_denylist": data.get("variables_denylist") or [],
+        }
+
+
+class VerifyForm(forms.Form):
+    """Verify a checkpoint; optionally run one output after restoring it."""
+
+    output = forms.CharField(required=False, max_length=500)
+
+    def __init__(self, *args, checkpoint, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.checkpoint = checkpoint
+
+    def clean_output(self) -> str:
+        output = self.cleaned_data.get("output", "").strip()
+        if output:
+            outline, problem = GraphOutline.for_checkpoint(self.checkpoint)
+            if problem:
+                raise forms.ValidationError(f"Cannot run {output}: {problem}")
+            if outline is not None and (message := outline.unknown_nodes_message([output])):
+                raise forms.ValidationError(message)
+        return output
+
+    def job_params(self) -> dict:
+        return {"output": self.cleaned_data["output"]} if self.cleaned_data.get("output") else {}

@@ -7,7 +7,6 @@ our own save jobs the moment they write); RQ's own job records expire, our ``Job
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import os
 from pathlib import Path
 
@@ -56,6 +55,9 @@ class Run(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     last_scanned_at = models.DateTimeField(null=True, blank=True)
+    directory_stamp = models.CharField(
+        max_length=100, blank=True, help_text="Directory change token at the last full scan (see discovery)."
+    )
     latest_prefix = models.CharField(max_length=512, blank=True, help_text="Named by the default state file.")
     last_preserved_timestamp = models.FloatField(null=True, blank=True)
     state_files = models.JSONField(default=list, blank=True)
@@ -93,13 +95,31 @@ class Run(models.Model):
         except ValueError as exc:
             raise ValidationError({"directory": str(exc)}) from None
 
-    def scan(self, *, now: dt.datetime | None = None) -> tuple[dict[str, int], discovery.ScanResult]:
-        """Rescan the directory (incrementally) and record what was found. Imports TensorFlow."""
-        checkpoint_directory(self.directory)  # the root list may have changed since registration
-        result = discovery.scan_directory(self.directory, known=self.known_fingerprints())
-        return self.apply_scan(result, now=now), result
+    def scan(self, *, full: bool = False, now: dt.datetime | None = None) -> dict:
+        """Rescan the directory and record what was found; return counts of what changed.
 
-    def apply_scan(self, result: discovery.ScanResult, *, now: dt.datetime | None = None) -> dict[str, int]:
+        When the directory has not changed since the last scan (see ``discovery.directory_stamp``)
+        nothing is listed or read, unless ``full``. Imports TensorFlow when an index must be read.
+        """
+        checkpoint_directory(self.directory)  # the root list may have changed since registration
+        stamp = discovery.directory_stamp(self.directory)
+        if stamp and stamp == self.directory_stamp and not full:
+            self.last_scanned_at = now or timezone.now()
+            self.save(update_fields=["last_scanned_at"])
+            return {
+                "created": 0, "updated": 0, "missing": 0, "unchanged_directory": True,
+                "checkpoints": self.checkpoints.on_disk().count(), "problems": list(self.scan_problems),
+            }
+        result = discovery.scan_directory(self.directory, known={} if full else self.known_fingerprints())
+        counts = self.apply_scan(result, now=now, stamp=stamp or "")
+        return {
+            **counts, "unchanged_directory": False,
+            "checkpoints": len(result.checkpoints), "problems": list(result.problems),
+        }
+
+    def apply_scan(
+        self, result: discovery.ScanResult, *, now: dt.datetime | None = None, stamp: str = ""
+    ) -> dict[str, int]:
         """Reconcile a scan of this run's directory into rows; return counts of what changed.
 
         Unchanged checkpoints (same fingerprint) are not touched, which keeps a rescan of a large
@@ -122,10 +142,14 @@ class Run(models.Model):
             }
             created, updated = [], []
             created_at = timezone.now()
+            shared: dict = {}  # identical variable lists become one object (encoded once on insert)
             for prefix, found_ckpt in found.items():
                 known = existing.get(prefix)
                 if known is None:
-                    values = Checkpoint.discovery_values(found_ckpt)
+                    values = Checkpoint.discovery_values(found_ckpt, shared=shared)
+                    source = found_ckpt.meta_source
+                    if source in existing:
+                        values["meta_source_id"] = existing[source][0]
                     created.append({**values, "run_id": self.pk, "prefix": prefix, "recorded_at": created_at})
                 elif not found_ckpt.unchanged:
                     # Missing and pruned rows are left out of ``known_fingerprints``, so every row
@@ -133,7 +157,7 @@ class Run(models.Model):
                     updated.append(
                         Checkpoint(pk=known[0], run=self, prefix=prefix, **Checkpoint.discovery_values(found_ckpt))
                     )
-            Checkpoint.objects.insert_many(created)
+            self._insert_linked(created, found)
             detail_fields = [
                 "step", "status", "format", "files", "has_own_meta", "size_bytes", "saved_at",
                 "variables", "variable_count", "fingerprint", "problems",
@@ -144,7 +168,7 @@ class Run(models.Model):
             missing = self.checkpoints.filter(prefix__in=gone).exclude(status=Checkpoint.MISSING)
             missing_count = missing.update(status=Checkpoint.MISSING) if gone else 0
 
-            self._link_meta_sources(found, touched={r["prefix"] for r in created} | {r.prefix for r in updated})
+            self._link_meta_sources(found, touched={r.prefix for r in updated})
             self._mark_latest(latest_by_prefix)
 
             self.format = result.format or self.format
@@ -155,13 +179,35 @@ class Run(models.Model):
             ]
             self.scan_problems = list(result.problems)
             self.last_scanned_at = now
+            self.directory_stamp = stamp
             self.save(
                 update_fields=[
                     "format", "latest_prefix", "last_preserved_timestamp", "state_files",
-                    "scan_problems", "last_scanned_at",
+                    "scan_problems", "last_scanned_at", "directory_stamp",
                 ]
             )
         return {"created": len(created), "updated": len(updated), "missing": missing_count}
+
+    def _insert_linked(self, rows: list[dict], found: dict[str, discovery.DiscoveredCheckpoint]) -> None:
+        """Insert new rows with their ``meta_source`` set, sources first.
+
+        Setting the link at insert time saves an UPDATE of every dependent row (all checkpoints
+        of a ``write_meta_graph=False`` run depend on the first one).
+        """
+        new_sources = {found[r["prefix"]].meta_source for r in rows if "meta_source_id" not in r} - {None}
+        first = [r for r in rows if r["prefix"] in new_sources]
+        Checkpoint.objects.insert_many(first)
+        ids = dict(self.checkpoints.filter(prefix__in=list(new_sources)).values_list("prefix", "id"))
+        rest = []
+        for row in rows:
+            if "meta_source_id" not in row:
+                row["meta_source_id"] = ids.get(found[row["prefix"]].meta_source)
+            if row["prefix"] not in new_sources:
+                rest.append(row)
+        Checkpoint.objects.insert_many(rest)
+        # A checkpoint with its own .meta is its own meta source.
+        for prefix in new_sources & {r["prefix"] for r in first}:
+            self.checkpoints.filter(pk=ids[prefix]).update(meta_source_id=ids[prefix])
 
     def _link_meta_sources(self, found: dict[str, discovery.DiscoveredCheckpoint], touched: set[str]) -> None:
         # One UPDATE per distinct meta source (usually a single first checkpoint), not one per row.
@@ -392,6 +438,30 @@ class Run(models.Model):
         return self.step_over_step_jobs().filter(status=Job.FINISHED).order_by("-ended_at").first()
 
 
+def _cached_adapter(adapt_value):
+    """Adapt values, each distinct object (and each kind of empty container) once.
+
+    Rows of one scan share many values: empty lists and dicts, one insert time, and the variable
+    list of every checkpoint of the same model (see ``Run.apply_scan``).
+    """
+    cache: dict[object, tuple[object, object]] = {}
+
+    def adapt(value):
+        if isinstance(value, list | dict) and not value:
+            hit = cache.get(type(value))
+            if hit is None:
+                hit = cache[type(value)] = (value, adapt_value(value))
+            return hit[1]
+        hit = cache.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        adapted = adapt_value(value)
+        cache[id(value)] = (value, adapted)  # keeps ``value`` alive, so its id is not reused
+        return adapted
+
+    return adapt
+
+
 class CheckpointQuerySet(models.QuerySet):
     def on_disk(self) -> CheckpointQuerySet:
         return self.exclude(status__in=[Checkpoint.PRUNED, Checkpoint.MISSING])
@@ -412,9 +482,9 @@ class CheckpointQuerySet(models.QuerySet):
         columns = []
         for field in fields:
             if isinstance(field, models.JSONField):
-                adapt = functools.partial(ops.adapt_json_value, encoder=None)
+                adapt = _cached_adapter(lambda value: ops.adapt_json_value(value, None))
             elif isinstance(field, models.DateTimeField):
-                adapt = ops.adapt_datetimefield_value
+                adapt = _cached_adapter(ops.adapt_datetimefield_value)
             else:
                 adapt = None
             columns.append((field.attname, field.get_default(), adapt))
@@ -495,8 +565,11 @@ class Checkpoint(models.Model):
         return f"{self.run.directory.rstrip('/')}/{self.prefix}"
 
     @staticmethod
-    def discovery_values(found: discovery.DiscoveredCheckpoint) -> dict:
-        """Field values (by attname) for what discovery found on disk."""
+    def discovery_values(found: discovery.DiscoveredCheckpoint, *, shared: dict | None = None) -> dict:
+        """Field values (by attname) for what discovery found on disk.
+
+        With ``shared``, equal variable lists are returned as one object across calls.
+        """
         values = {
             "step": found.step,
             "status": found.status,
@@ -509,10 +582,16 @@ class Checkpoint(models.Model):
             "problems": list(found.problems),
         }
         if not found.unchanged:
-            values["variables"] = [
-                {"name": v.name, "shape": list(v.shape), "dtype": v.dtype, "bytes": v.nbytes}
-                for v in found.variables
-            ]
+            key = tuple(found.variables)
+            variables = shared.get(key) if shared is not None else None
+            if variables is None:
+                variables = [
+                    {"name": v.name, "shape": list(v.shape), "dtype": v.dtype, "bytes": v.nbytes}
+                    for v in found.variables
+                ]
+                if shared is not None:
+                    shared[key] = variables
+            values["variables"] = variables
             values["variable_count"] = len(found.variables)
         return values
 
@@ -540,6 +619,213 @@ class Checkpoint(models.Model):
     def unpin(self) -> None:
         self.pinned, self.pin_reason = False, ""
         self.save(update_fields=["pinned", "pin_reason"])
+
+    @property
+    def slim_prefix(self) -> str:
+        """Default prefix for a re-saved copy; the step stays the last "-N" so discovery files it there."""
+        family = discovery.prefix_family(self.prefix)
+        return f"{family}-slim-{self.step}" if self.step is not None else f"{self.prefix}-slim"
+
+    # --- restore / verify / freeze (issue 4) ---
+    # ``verify`` and ``freeze`` import TensorFlow (lazily, through ``persistence``): they are the one
+    # code path of the jobs and of ``manage.py verify`` / ``freeze``, never called from a view.
+
+    def meta_path(self) -> str | None:
+        """The ``.meta`` this checkpoint restores with: its own, else its meta source's (None: neither)."""
+        if self.has_own_meta:
+            return self.path + ".meta"
+        if self.meta_source_id:
+            return self.meta_source.path + ".meta"
+        return None
+
+    @property
+    def freeze_in_progress(self) -> bool:
+        return self.jobs.filter(kind=Job.FREEZE, status__in=[Job.QUEUED, Job.RUNNING]).exists()
+
+    @staticmethod
+    def export_name(outputs: list[str]) -> str:
+        """A file-name-safe name for a freeze of ``outputs`` (``probs`` -> ``probs``; scopes -> ``_``)."""
+        import re
+
+        from persistence.graphsafety import node_name
+
+        text = "-".join(node_name(o) for o in outputs)
+        return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_-")[:80] or "frozen"
+
+    def export_path(self, name: str) -> Path:
+        """``EXPORT_ROOT/<run>/<step>/<name>.pb``, resolved; raises ``PathOutsideRoots`` if it escapes."""
+        import re
+
+        root = Path(settings.EXPORT_ROOT)
+        step = str(self.step) if self.step is not None else re.sub(r"[^A-Za-z0-9_-]+", "_", self.prefix)
+        return files.resolve_inside(root / self.run.name / step / f"{name}.pb", [root])
+
+    @staticmethod
+    def _progress_span(on_progress, start: float, end: float):
+        # The engines report 0-100 for their own part; a job shows one bar for all of its parts.
+        if on_progress is None:
+            return None
+        return lambda percent, message: on_progress(start + (end - start) * percent / 100, message)
+
+    def verify(self, *, output: str = "", on_progress=None) -> dict:
+        """Read every tensor (TensorFlow checks CRCs), store per-variable statistics and the status.
+
+        A damaged checkpoint is a result (``corrupt``/``incomplete``/``missing`` with TensorFlow's
+        message), not an exception. A sound TF1 checkpoint is then restored into its meta graph (its
+        own ``.meta`` or its meta source's) in a fresh graph and, when ``output`` is given, that
+        tensor is run on the recipe's sample input (zeros for placeholders it does not fit).
+        Returns what is stored on ``verification``.
+        """
+        from dataclasses import asdict
+
+        from persistence import restore
+
+        if self.status == self.PRUNED:
+            raise ValueError(f"{self.prefix} was pruned: its files are gone")
+        checkpoint_directory(self.run.directory)
+        result = restore.verify_checkpoint(self.path, on_progress=self._progress_span(on_progress, 0, 80))
+        verification = {
+            "status": result.status,
+            "message": result.message,
+            "failed_tensor": result.failed_tensor,
+            "bytes_read": result.bytes_read,
+            "seconds": round(result.seconds, 3),
+            "checked_at": timezone.now().isoformat(),
+            "variables": [asdict(v) for v in result.variables],
+        }
+        if result.ok:
+            verification["restore"] = self._restore_check(output, self._progress_span(on_progress, 80, 100))
+        # restore's statuses are named like ours: verified, corrupt, incomplete, missing.
+        self.status, self.verification = result.status, verification
+        self.save(update_fields=["status", "verification"])
+        return verification
+
+    def _restore_check(self, output: str, on_progress) -> dict:
+        from dataclasses import asdict
+
+        from persistence import restore
+        from persistence.graphsafety import UnsafeGraphError, load_meta_graph_def
+
+        if self.format == discovery.TF2:
+            return {"ok": None, "note": "TF2 object checkpoint: there is no meta graph to restore into."}
+        meta = self.meta_path()
+        if meta is None or not os.path.isfile(meta):
+            return {"ok": False, "error": "No meta graph: neither this checkpoint nor an earlier one has a .meta."}
+        check: dict = {"meta": os.path.basename(meta), "output": output or None}
+        try:
+            placeholders = restore.placeholder_inputs(load_meta_graph_def(meta).graph_def)
+            feed = self.run.sample_feed(placeholders)
+            ran = restore.restore_and_run(
+                self.path, meta, feed=feed, outputs=[output] if output else [],
+                allow_unsafe=self.run.trusted, on_progress=on_progress,
+            )
+        except (UnsafeGraphError, ValueError, OSError) as exc:  # UnknownNameError is a ValueError
+            return {**check, "ok": False, "error": str(exc)}
+        except Exception as exc:
+            # TensorFlow's OpErrors (a graph that does not match the checkpoint), matched by module
+            # so that this file does not import TensorFlow.
+            if not type(exc).__module__.startswith("tensorflow"):
+                raise
+            return {**check, "ok": False, "error": f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"}
+        return {
+            **check, "ok": True, "fed": sorted(feed), "zero_filled": ran.zero_filled,
+            "outputs": [asdict(s) for s in ran.summaries], "seconds": round(ran.seconds, 3),
+        }
+
+    def freeze(self, *, outputs: list[str], clear_devices: bool = True, variables_allowlist: list[str] | None = None,
+               variables_denylist: list[str] | None = None, user=None, on_progress=None) -> Export:
+        """Freeze into ``EXPORT_ROOT/<run>/<step>/<name>.pb``, verify it against the checkpoint, record it.
+
+        TF1: ``outputs`` are node names of the meta graph (own or meta source's); the recipe's sample
+        input is fed where it fits, zeros elsewhere; unsafe ops are refused unless the run is
+        trusted. TF2: the run's recipe module is traced (``outputs`` must be among its outputs).
+        Raises ``persistence.freeze.FreezeError`` or ``UnsafeGraphError`` with a message for users;
+        nothing is written at the final path then. Re-freezing the same outputs replaces the file
+        and updates its ``Export`` row (downloads keep their id).
+        """
+        from persistence import freeze as engine
+        from persistence.graphsafety import load_meta_graph_def, node_name
+        from persistence.recipes import RecipeError, load_recipe
+        from persistence.restore import placeholder_inputs
+
+        if self.status in (self.PRUNED, self.MISSING):
+            raise engine.FreezeError(f"{self.prefix} is {self.status}: its files are gone")
+        try:
+            checkpoint_directory(self.run.directory)
+        except ValueError as exc:
+            raise engine.FreezeError(f"run {self.run.name}: {exc}") from None
+        outputs = list(dict.fromkeys(o.strip() for o in outputs if o and o.strip()))
+        tf2 = self.format == discovery.TF2
+        if tf2:
+            try:
+                recipe = load_recipe(self.run.recipe_path())
+            except RecipeError as exc:
+                raise engine.FreezeError(f"TF2 checkpoints are frozen through the run's recipe: {exc}") from None
+            unknown = [o for o in outputs if node_name(o) not in recipe.output_names]
+            if unknown:
+                raise engine.FreezeError(
+                    f"unknown output(s) {', '.join(unknown)}: recipe {recipe.name} serves "
+                    f"{', '.join(recipe.output_names) or 'nothing'}"
+                )
+            name = "serve"
+        elif not outputs:
+            raise engine.FreezeError("choose at least one output node")
+        else:
+            name = self.export_name(outputs)
+        try:
+            target = self.export_path(name)
+        except files.PathOutsideRoots as exc:
+            raise engine.FreezeError(f"export path refused: {exc}") from None
+        # A freeze killed mid-write (kill -9) leaves its temporary file beside the target; nothing
+        # else would ever remove it.
+        stale = files.remove_stale_temp_files(target.parent)
+        meta = None
+        if tf2:
+            sample = recipe.sample_input()
+            result = engine.freeze_tf2(self.path, str(target), build_module=recipe.build_tf2_module,
+                                       sample_feed=sample, on_progress=on_progress)
+        else:
+            meta = self.meta_path()
+            if meta is None:
+                raise engine.FreezeError(
+                    f"missing meta graph: {self.prefix} has no .meta and no earlier checkpoint of run "
+                    f"{self.run.name} provides one, so there is no graph structure to freeze"
+                )
+            try:
+                sample = self.run.sample_feed(placeholder_inputs(load_meta_graph_def(meta).graph_def))
+            except (OSError, ValueError):
+                sample = {}  # freeze_checkpoint says what is wrong with the meta graph
+            result = engine.freeze_checkpoint(
+                self.path, meta, str(target), outputs=outputs, clear_devices=clear_devices,
+                variables_allowlist=variables_allowlist or None, variables_denylist=variables_denylist or None,
+                sample_feed=sample, allow_unsafe=self.run.trusted, on_progress=on_progress,
+            )
+        data = result.to_dict()
+        verification = {
+            "tolerance": engine.VERIFY_TOLERANCE,
+            "sample_inputs": sorted(sample),
+            "zero_filled": data["zero_filled"],
+            "output_keys": data["output_keys"],
+            "meta": os.path.basename(meta) if meta else None,
+            "clear_devices": clear_devices,
+            "variables_allowlist": variables_allowlist or [],
+            "variables_denylist": variables_denylist or [],
+            "unsafe_ops_allowed": data["unsafe_ops_allowed"],
+            "stale_temp_files_removed": stale,
+            "seconds": round(data["seconds"], 3),
+        }
+        export, _ = Export.objects.update_or_create(
+            checkpoint=self,
+            path=str(target),
+            defaults={
+                "kind": Export.FROZEN_PB, "size_bytes": data["size_bytes"], "sha256": data["sha256"],
+                "inputs": data["inputs"], "outputs": data["outputs"], "node_count": data["node_count"],
+                "op_histogram": data["op_histogram"], "max_abs_diff": data["max_abs_diff"],
+                "verified": data["verified"], "verification": verification, "created_at": timezone.now(),
+                "created_by": user if getattr(user, "is_authenticated", False) else None,
+            },
+        )
+        return export
 
     @property
     def on_disk(self) -> bool:
@@ -574,6 +860,33 @@ class Export(models.Model):
 
     def __str__(self) -> str:
         return f"{self.checkpoint} → {self.path}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("export", args=[self.pk])
+
+    @property
+    def display_name(self) -> str:
+        """The export's name within its step directory (``probs`` for ``.../300/probs.pb``)."""
+        return Path(self.path).stem
+
+    def file_path(self) -> Path:
+        """The file, resolved with symlinks; raises ``files.PathOutsideRoots`` unless inside ``EXPORT_ROOT``."""
+        return files.resolve_inside(self.path, [settings.EXPORT_ROOT])
+
+    def download_filename(self) -> str:
+        """``<run>-step<step>-<name>.pb``: chosen by the server, never taken from the request."""
+        import re
+
+        step = f"step{self.checkpoint.step}" if self.checkpoint.step is not None else "nostep"
+        name = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{self.checkpoint.run.name}-{step}-{self.display_name}")
+        return f"{name.strip('_') or 'export'}.pb"
+
+    def as_json(self) -> dict:
+        """What ``manage.py freeze --json`` prints (and a freeze job stores) for the export."""
+        return {
+            "id": self.pk, "path": self.path, "sha256": self.sha256, "size_bytes": self.size_bytes,
+            "outputs": self.outputs, "max_abs_diff": self.max_abs_diff, "verified": self.verified,
+        }
 
 
 class Job(models.Model):

@@ -80,6 +80,14 @@ for _root in CHECKPOINT_ROOTS:
 
 EXPORT_ROOT = _env_path("EXPORT_ROOT", VAR_DIR / "exports")
 
+# Hand export downloads to nginx: the URL prefix of an ``internal`` location whose alias is
+# EXPORT_ROOT (e.g. "/protected-exports/"). Empty: Django streams the file itself (Range included).
+DOWNLOAD_X_ACCEL_REDIRECT = os.environ.get("DOWNLOAD_X_ACCEL_REDIRECT", "").strip()
+if DOWNLOAD_X_ACCEL_REDIRECT and not (DOWNLOAD_X_ACCEL_REDIRECT.startswith("/") and DOWNLOAD_X_ACCEL_REDIRECT.endswith("/")):
+    raise ImproperlyConfigured(
+        f"DOWNLOAD_X_ACCEL_REDIRECT must be a URL path starting and ending with '/', not {DOWNLOAD_X_ACCEL_REDIRECT!r}"
+    )
+
 # How often the worker rescans every tracked run, so checkpoints written by trainers outside the
 # dashboard appear by themselves. 0 turns the periodic rescan off.
 SCAN_INTERVAL_SECONDS = _env_float("SCAN_INTERVAL_SECONDS", 60.0)

@@ -2,7 +2,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from dashboard.views import jobs, runs
+from dashboard.views import checkpoints as checkpoint_actions
+from dashboard.views import compare, exports, jobs, runs, saves
 
 urlpatterns = [
     path("", runs.runs, name="runs"),
@@ -11,9 +12,29 @@ urlpatterns = [
     path("runs/<slug:name>/chart.json", runs.run_chart, name="run-chart"),
     path("runs/<slug:name>/scan/", runs.run_scan, name="run-scan"),
     path("runs/<slug:name>/checkpoints/<int:pk>/", runs.checkpoint_detail, name="checkpoint"),
+    path("runs/<slug:name>/checkpoints/<int:pk>/verify/", checkpoint_actions.checkpoint_verify,
+         name="checkpoint-verify"),
+    path("runs/<slug:name>/checkpoints/<int:pk>/freeze/", checkpoint_actions.checkpoint_freeze,
+         name="checkpoint-freeze"),
+    path("runs/<slug:name>/checkpoints/<int:pk>/make-latest/", checkpoint_actions.checkpoint_make_latest,
+         name="checkpoint-make-latest"),
+    path("runs/<slug:name>/checkpoints/<int:pk>/exports/", checkpoint_actions.checkpoint_exports,
+         name="checkpoint-exports"),
+    path("exports/", exports.export_list, name="exports"),
+    path("exports/<int:pk>/", exports.export_detail, name="export"),
+    path("exports/<int:pk>/download/", exports.export_download, name="export-download"),
+    path("runs/<slug:name>/save/", saves.save_new, name="run-save"),
+    path("runs/<slug:name>/checkpoints/<int:pk>/resave/", saves.resave_new, name="checkpoint-resave"),
+    path("runs/<slug:name>/steps/", compare.step_over_step, name="run-steps"),
+    path("runs/<slug:name>/steps/start/", compare.step_over_step_start, name="run-steps-start"),
+    path("compare/", compare.compare, name="compare"),
+    path("compare/start/", compare.compare_start, name="compare-start"),
+    path("compare/jobs/<int:pk>/status/", compare.compare_status, name="compare-status"),
     path("jobs/", jobs.job_list, name="jobs"),
     path("jobs/<int:pk>/", jobs.job_detail, name="job"),
     path("jobs/<int:pk>/progress/", jobs.job_progress, name="job-progress"),
+    path("jobs/<int:pk>/cancel/", jobs.job_cancel, name="job-cancel"),
+    path("jobs/<int:pk>/retry/", jobs.job_retry, name="job-retry"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/django-rq/", include("django_rq.urls")),

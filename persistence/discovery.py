@@ -17,6 +17,7 @@ import gc
 import hashlib
 import os
 import re
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ from persistence.statefile import (
 __all__ = [
     "CORRUPT", "INCOMPLETE", "OBJECT_GRAPH_KEY", "PRESENT", "TF1", "TF2", "UNKNOWN_FORMAT",
     "DiscoveredCheckpoint", "FileInfo", "ScanResult", "StateFile", "StateFileError", "VariableInfo",
-    "describe_checkpoint", "parse_step", "prefix_family", "scan_directory",
+    "describe_checkpoint", "directory_stamp", "parse_step", "prefix_family", "scan_directory",
 ]
 
 PRESENT = "present"
@@ -106,6 +107,23 @@ def parse_step(prefix: str) -> int | None:
 def prefix_family(prefix: str) -> str:
     """The prefix without its step: the checkpoints one saver wrote (``model.ckpt-1000`` → ``model.ckpt``)."""
     return _split_step(prefix)[0]
+
+
+def directory_stamp(directory: str, *, now: float | None = None, settle_seconds: float = 1.0) -> str | None:
+    """A token that changes whenever an entry of ``directory`` is added, removed or renamed.
+
+    TensorFlow writes every checkpoint file and state file through a rename, and deleting one
+    removes an entry, so an unchanged stamp means a rescan would find nothing new. (Rewriting a
+    file in place does not change it: verification, not scanning, is what catches damaged files.)
+    Returns None while the directory changed within ``settle_seconds`` of ``now``: on file
+    systems with coarse timestamps a change in the same tick could otherwise go unnoticed. Take
+    the stamp *before* listing the directory, so that a change during the scan is seen next time.
+    """
+    stat = os.stat(directory)
+    now = time.time() if now is None else now
+    if now - stat.st_mtime < settle_seconds:
+        return None
+    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_mtime_ns}"
 
 
 def scan_directory(directory: str, *, known: Mapping[str, str] | None = None) -> ScanResult:

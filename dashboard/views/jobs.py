@@ -1,41 +1,81 @@
-"""The jobs list, a job's page, and the progress partial that htmx polls."""
+"""The jobs list, a job's page, the progress partial that htmx polls, and cancel / retry."""
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
-from dashboard import access
-from dashboard.models import Job
+from dashboard import access, jobs
+from dashboard.models import Job, Run
 
 
 def job_list(request: HttpRequest) -> HttpResponse:
     access.require(request, "dashboard.view_job")
-    qs = Job.objects.select_related("run", "requested_by").order_by("-created_at")
-    filters = {k: request.GET.get(k, "") for k in ("kind", "status", "run")}
+    qs = Job.objects.select_related("run", "requested_by").defer("log", "traceback", "result", "params")
+    filters = {k: request.GET.get(k, "").strip() for k in ("kind", "status", "run")}
     if filters["kind"]:
         qs = qs.filter(kind=filters["kind"])
     if filters["status"]:
         qs = qs.filter(status=filters["status"])
     if filters["run"]:
         qs = qs.filter(run__name=filters["run"])
-    page = Paginator(qs, 50).get_page(request.GET.get("page"))
+    page = Paginator(qs.order_by("-created_at"), 50).get_page(request.GET.get("page"))
     return render(
         request,
         "dashboard/job_list.html",
-        {"page": page, "filters": filters, "kinds": Job.KIND_CHOICES, "statuses": Job.STATUS_CHOICES},
+        {
+            "page": page, "filters": filters, "kinds": Job.KIND_CHOICES, "statuses": Job.STATUS_CHOICES,
+            "run_names": list(Run.objects.order_by("name").values_list("name", flat=True)[:500]),
+        },
     )
 
 
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     access.require(request, "dashboard.view_job")
-    job = get_object_or_404(Job.objects.select_related("run", "checkpoint", "requested_by"), pk=pk)
-    return render(request, "dashboard/job_detail.html", {"job": job})
+    job = get_object_or_404(Job.objects.select_related("run", "checkpoint", "requested_by", "retry_of"), pk=pk)
+    return render(request, "dashboard/job_detail.html", {"job": job, "retries": list(job.retries.order_by("pk"))})
 
 
 def job_progress(request: HttpRequest, pk: int) -> HttpResponse:
     """The progress partial alone, polled by htmx while the job runs."""
     access.require(request, "dashboard.view_job")
+    job = get_object_or_404(Job.objects.defer("log", "traceback", "result", "params"), pk=pk)
+    reload_on_end = bool(request.GET.get("reload"))
+    response = render(
+        request, "dashboard/partials/job_progress.html", {"job": job, "reload_on_end": reload_on_end}
+    )
+    if reload_on_end and job.is_ended:
+        # The job page shows the result, log and error only once the job has ended: reload it.
+        response["HX-Refresh"] = "true"
+    return response
+
+
+@require_POST
+def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    access.require(request, access.OPERATE)
     job = get_object_or_404(Job, pk=pk)
-    return render(request, "dashboard/partials/job_progress.html", {"job": job})
+    if job.cancel():
+        messages.success(request, f"{job.kind.capitalize()} job #{job.pk} canceled.")
+    else:
+        messages.error(request, f"Job #{job.pk} has already ended ({job.status}); there is nothing to cancel.")
+    return redirect(job)
+
+
+@require_POST
+def job_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    access.require(request, access.OPERATE)
+    job = get_object_or_404(Job, pk=pk)
+    try:
+        retry = job.retry(request.user)
+    except ValueError as exc:
+        messages.error(request, str(exc))
+        return redirect(job)
+    except jobs.QueueUnavailable as exc:
+        messages.warning(request, exc.user_message)
+        retry = exc.job
+    else:
+        messages.success(request, f"Retrying as job #{retry.pk}.")
+    return redirect(retry)

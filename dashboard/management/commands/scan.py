@@ -24,22 +24,25 @@ class Command(BaseCommand):
         parser.add_argument("--name", help="Run name for a new directory (default: the directory's name).")
         parser.add_argument("--all", action="store_true", help="Rescan every tracked run.")
         parser.add_argument("--json", action="store_true", help="Print one JSON object to stdout.")
+        parser.add_argument(
+            "--full", action="store_true", help="Re-read every checkpoint, even if the directory looks unchanged."
+        )
 
     def handle(self, *args, **options) -> None:
         if options["all"]:
             if options["directory"]:
                 raise CommandError("Give either a directory or --all, not both.")
-            self._scan_all(as_json=options["json"])
+            self._scan_all(as_json=options["json"], full=options["full"])
             return
         if not options["directory"]:
             raise CommandError("Give a directory to scan, or --all.")
         run = self._get_or_register(options["directory"], options["name"])
-        _, result = run.scan()
+        counts = run.scan(full=options["full"])
         if options["json"]:
-            self.stdout.write(json.dumps(self._report(run, result.problems)))
+            self.stdout.write(json.dumps(self._report(run, counts["problems"])))
         else:
-            self.stdout.write(f"{run.name}: {len(result.checkpoints)} checkpoints in {run.directory}")
-            for problem in result.problems:
+            self.stdout.write(f"{run.name}: {counts['checkpoints']} checkpoints in {run.directory}")
+            for problem in counts["problems"]:
                 self.stdout.write(f"  problem: {problem}")
 
     def _get_or_register(self, directory: str, name: str | None) -> Run:
@@ -61,12 +64,11 @@ class Command(BaseCommand):
         run.save()
         return run
 
-    def _scan_all(self, *, as_json: bool) -> None:
+    def _scan_all(self, *, as_json: bool, full: bool) -> None:
         report = {}
         for run in Run.objects.all():
             try:
-                counts, result = run.scan()
-                report[run.name] = {**counts, "checkpoints": len(result.checkpoints), "problems": result.problems}
+                report[run.name] = run.scan(full=full)
             except ValueError as exc:  # directory no longer inside the roots, or gone
                 report[run.name] = {"error": str(exc)}
         if as_json:
