@@ -6,6 +6,7 @@ save/restore/freeze/scan/compare jobs, maintainers also prune, pin, make latest 
 
 from __future__ import annotations
 
+from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
@@ -19,6 +20,28 @@ VIEW = "dashboard.view_run"
 OPERATE = "dashboard.operate_run"
 MAINTAIN = "dashboard.maintain_run"
 
+
+
+# What each role's group holds. Migration 0002 created the groups with this list; `ensure_roles`
+# restores them (a test database flush, or an administrator deleting one, removes them).
+ROLE_PERMISSIONS = {
+    VIEWER: ["view_run", "view_checkpoint", "view_export", "view_job", "view_auditevent"],
+    OPERATOR: ["view_run", "view_checkpoint", "view_export", "view_job", "view_auditevent", "operate_run"],
+    MAINTAINER: [
+        "view_run", "view_checkpoint", "view_export", "view_job", "view_auditevent",
+        "operate_run", "maintain_run",
+    ],
+}
+
+
+def ensure_roles() -> dict[str, Group]:
+    """Create the role groups if missing and give each exactly its permissions."""
+    groups = {}
+    for role, codenames in ROLE_PERMISSIONS.items():
+        group, _ = Group.objects.get_or_create(name=role)
+        group.permissions.set(Permission.objects.filter(content_type__app_label="dashboard", codename__in=codenames))
+        groups[role] = group
+    return groups
 
 
 def require(request: HttpRequest, perm: str) -> None:

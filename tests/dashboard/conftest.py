@@ -3,15 +3,16 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 
+from dashboard.access import ensure_roles
 from dashboard.models import Checkpoint, Run
 
 
 def make_user(username: str, role: str | None) -> User:
     user = User.objects.create_user(username, password="pw-for-tests-only")
     if role:
-        user.groups.add(Group.objects.get(name=role))
+        user.groups.add(ensure_roles()[role])
     return user
 
 

@@ -111,12 +111,12 @@ def save_params(recipe: str = SLOW, *, steps: int = 20, save_every: int = 10, **
     }
 
 
-def start_worker(root, log_path, **env):
-    """A real (non-burst) worker for a test module, accepting the test recipes, writing under ``root``."""
+def start_worker(root, log_path, *, burst: bool = False, **env):
+    """A real worker process accepting the test recipes and writing under ``root``."""
     from tests.live import LiveWorker
 
     return LiveWorker(
-        log_path=log_path, CHECKPOINT_ROOTS=str(root), **RECIPES_ENV,
+        burst=burst, log_path=log_path, CHECKPOINT_ROOTS=str(root), **RECIPES_ENV,
         **{FLAKY_MARKER_ENV: str(root / "flaky.marker")}, **env,
     ).start()
 

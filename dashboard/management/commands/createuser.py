@@ -11,12 +11,11 @@ import secrets
 import sys
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from dashboard.access import ROLES
+from dashboard.access import ROLES, ensure_roles
 
 
 class Command(BaseCommand):
@@ -46,7 +45,7 @@ class Command(BaseCommand):
             raise CommandError(" ".join(exc.messages)) from None
         user.set_password(password)
         user.save()
-        user.groups.add(Group.objects.get(name=options["role"]))
+        user.groups.add(ensure_roles()[options["role"]])
         self.stdout.write(self.style.SUCCESS(f"Created {options['role']} {username!r}."))
         if generated:
             self.stdout.write(f"Password (shown once): {password}")

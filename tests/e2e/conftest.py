@@ -1,0 +1,162 @@
+"""Browser tests: Playwright driving Debian's Chromium against a live server, a real worker and Redis.
+
+On a machine without Chromium these tests are skipped with a message; in CI (``E2E_REQUIRED=1``)
+a missing browser fails the run instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.live import LiveWorker
+
+# Playwright's sync API keeps an event loop running in the test thread; Django would then refuse
+# the test's own (synchronous) database calls as if they came from async code.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+PASSWORD = "e2e-password-not-secret"
+LAUNCH_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.path.exists(CHROMIUM):
+        return
+    if os.environ.get("E2E_REQUIRED") == "1":
+        raise pytest.UsageError(f"E2E_REQUIRED=1 but no Chromium at {CHROMIUM}: apt-get install chromium chromium-driver")
+    skip = pytest.mark.skip(
+        reason=f"browser tests need Chromium at {CHROMIUM}: `apt-get install chromium chromium-driver` (Debian) "
+        "or set CHROMIUM_PATH"
+    )
+    for item in items:
+        if "tests/e2e/" in str(item.fspath):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def e2e_roots(tmp_path_factory):
+    """Checkpoint and export roots for the whole browser session (the worker is started with them)."""
+    from django.conf import settings
+
+    base = tmp_path_factory.mktemp("e2e")
+    saved = settings.CHECKPOINT_ROOTS, settings.EXPORT_ROOT
+    settings.CHECKPOINT_ROOTS = [(base / "checkpoints").resolve()]
+    settings.EXPORT_ROOT = (base / "exports").resolve()
+    settings.CHECKPOINT_ROOTS[0].mkdir()
+    settings.EXPORT_ROOT.mkdir()
+    yield settings.CHECKPOINT_ROOTS[0]
+    settings.CHECKPOINT_ROOTS, settings.EXPORT_ROOT = saved
+
+
+@pytest.fixture(scope="session")
+def e2e_worker(django_db_setup, django_db_blocker, e2e_roots, tmp_path_factory):
+    """One real RQ worker for the browser session, sharing the test database and Redis."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with django_db_blocker.unblock():
+        worker = LiveWorker(log_path=log).start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield browser
+        browser.close()
+
+
+class Tracked:
+    """A page plus everything that went wrong on it: console errors and failed requests."""
+
+    def __init__(self, page, base_url: str):
+        self.page = page
+        self.base_url = base_url
+        self.problems: list[str] = []
+        page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        page.on("requestfailed", self._request_failed)
+        page.on("response", self._response)
+
+    def _request_failed(self, request) -> None:
+        # A download that the test saves itself is reported as "aborted" by Chromium.
+        if "net::ERR_ABORTED" not in (request.failure or ""):
+            self.problems.append(f"request failed: {request.url} {request.failure}")
+
+    def _response(self, response) -> None:
+        if response.status >= 500 or (response.status >= 400 and response.status not in self.expected_statuses):
+            self.problems.append(f"HTTP {response.status}: {response.url}")
+
+    expected_statuses: set[int] = set()
+
+    def goto(self, path: str):
+        return self.page.goto(self.base_url + path)
+
+    def shot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(exist_ok=True)
+        self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+    def login(self, username: str, password: str = PASSWORD) -> None:
+        self.goto("/accounts/login/")
+        self.page.fill("input[name=username]", username)
+        self.page.fill("input[name=password]", password)
+        self.page.click("button[type=submit]")
+        self.page.wait_for_url(re.compile(r".*/$"))
+
+
+@pytest.fixture
+def tracked(browser, live_server, e2e_roots):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    tracked = Tracked(page, live_server.url)
+    yield tracked
+    context.close()
+    assert not tracked.problems, "\n".join(tracked.problems)
+
+
+@pytest.fixture
+def e2e_maintainer(transactional_db):
+    from django.contrib.auth.models import User
+
+    from dashboard.access import MAINTAINER, ensure_roles
+
+    user = User.objects.create_user("mia", password=PASSWORD)
+    user.groups.add(ensure_roles()[MAINTAINER])
+    return user
+
+
+@pytest.fixture(scope="session")
+def demo_directory(e2e_roots):
+    """A real trained run: the anti-spam recipe, 60 checkpoints (two history pages)."""
+    from persistence.training import make_demo_run
+
+    directory = e2e_roots / "antispam"
+    result = make_demo_run(str(directory), steps=300, save_every=5)
+    return directory, result
+
+
+@pytest.fixture
+def demo_run(transactional_db, demo_directory):
+    from dashboard.models import Run
+
+    directory, result = demo_directory
+    run = Run.objects.create(name="antispam", directory=str(directory), recipe=result.recipe)
+    run.scan(full=True)
+    run.record_metrics({c.prefix: c.metrics for c in result.checkpoints})
+    return run
+
+
+def clean_screenshots() -> None:
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
