@@ -11,7 +11,7 @@ import sys
 
 from bench import harness
 
-GROUPS = ["scan", "history"]
+GROUPS = ["scan", "history", "compare", "jobs", "exports"]
 
 
 def main(argv: list[str]) -> int:
@@ -30,6 +30,18 @@ def main(argv: list[str]) -> int:
             new.update(scan.run(work))
         if "history" in groups:
             new.update(scan.history_queries(work))
+        if "compare" in groups:
+            from bench import compare
+
+            new.update(compare.run(work))
+        if "jobs" in groups:
+            from bench import jobs
+
+            new.update(jobs.run(work))
+        if "exports" in groups:
+            from bench import exports
+
+            new.update(exports.run(work))
         results = harness.write_results(new)
     finally:
         shutil.rmtree(work, ignore_errors=True)

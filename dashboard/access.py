@@ -36,6 +36,11 @@ ROLE_PERMISSIONS = {
 
 def ensure_roles() -> dict[str, Group]:
     """Create the role groups if missing and give each exactly its permissions."""
+    from django.apps import apps
+    from django.contrib.auth.management import create_permissions
+
+    # Permissions themselves are created after migrations; a flushed database may lack them.
+    create_permissions(apps.get_app_config("dashboard"), verbosity=0)
     groups = {}
     for role, codenames in ROLE_PERMISSIONS.items():
         group, _ = Group.objects.get_or_create(name=role)

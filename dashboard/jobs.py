@@ -324,6 +324,7 @@ def scan_job(job: Job, ctx: JobContext) -> dict:
     ctx.progress(5, f"Scanning {run.directory}", force=True)
     counts = run.scan(full=bool(job.params.get("full")))
     ctx.progress(100, f"{counts['checkpoints']} checkpoints found", force=True)
+    start_auto_prune(run, counts)
     return counts
 
 
@@ -338,6 +339,7 @@ def scan_all_runs() -> dict:
     for run in Run.objects.all():
         try:
             summary[run.name] = run.scan()
+            start_auto_prune(run, summary[run.name])
         except Exception as exc:  # one broken run must not stop the others being rescanned
             log.exception("periodic scan of %s failed", run.name)
             summary[run.name] = {"error": str(exc)}
@@ -560,14 +562,24 @@ def _dead_worker_reason(rq_job, connection) -> str | None:
     if worker is None:
         return "Its worker stopped sending heartbeats and is gone (killed, or lost its connection)."
     # Same machine: a dead process is certain at once, no need to wait for heartbeats to expire.
-    if worker.hostname == socket.gethostname() and worker.pid:
-        try:
-            os.kill(worker.pid, 0)
-        except ProcessLookupError:
-            return f"Its worker process ({worker.pid}) died."
-        except PermissionError:
-            return None
+    if worker.hostname == socket.gethostname() and worker.pid and not _process_alive(worker.pid):
+        return f"Its worker process ({worker.pid}) died."
     return None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    try:
+        # A killed process whose parent has not reaped it yet still answers kill(0): a zombie.
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _failure_reason(rq_job) -> str:
@@ -815,3 +827,59 @@ def freeze_job(job: Job, ctx: JobContext) -> dict:
 
 JOB_FUNCTIONS[Job.RESTORE] = verify_job
 JOB_FUNCTIONS[Job.FREEZE] = freeze_job
+
+
+# --- prune (issue 5) ---------------------------------------------------------------------------
+
+
+def _prune_progress(ctx: JobContext) -> Callable[[int, int, str], None]:
+    delay = getattr(settings, "PRUNE_PROGRESS_DELAY_SECONDS", 0)
+
+    def on_progress(done: int, total: int, message: str) -> None:
+        ctx.progress(2 + 96 * done / max(total, 1), message, force=done == total)
+        if delay:
+            # Fault-injection tests only (settings.PRUNE_PROGRESS_DELAY_SECONDS, 0 in use): slow
+            # enough for a test to kill the work horse in the middle of a prune.
+            time.sleep(delay)
+
+    return on_progress
+
+
+@job_body
+def prune_job(job: Job, ctx: JobContext) -> dict:
+    """Execute a retention plan (``Run.prune``): exactly the previewed one, or for an auto-prune the
+    stored policy's; a retry of a killed attempt finishes that attempt's plan."""
+    run = Run.objects.get(pk=job.run_id)
+    ctx.progress(1, f"Planning the prune of {run.name}", force=True)
+    result = run.prune(job, on_progress=_prune_progress(ctx))
+    if result.get("resumed_from"):
+        ctx.log(f"Finished the plan prune #{result['resumed_from']} had started")
+    ctx.progress(100, f"{result['checkpoints_deleted']} checkpoints deleted, {result['kept']} kept", force=True)
+    return result
+
+
+def start_auto_prune(run: Run, report: dict | None = None) -> int | None:
+    """After a scan: start a prune job for a run with ``auto_prune`` on whose policy deletes something.
+
+    Nothing is started while a prune of the run is queued or running, nor when the plan deletes
+    nothing (the periodic rescan would otherwise start an empty prune every minute). The job plans
+    again when it runs; ``min_age_seconds`` keeps what a live trainer may still be writing.
+    """
+    if not run.auto_prune or run.jobs.filter(kind=Job.PRUNE, status__in=[Job.QUEUED, Job.RUNNING]).exists():
+        return None
+    try:
+        if not run.plan_retention().files_to_delete:
+            return None
+    except ValueError as exc:  # a policy stored before validation existed, or edited in the admin
+        log.warning("auto-prune of %s skipped: %s", run.name, exc)
+        return None
+    try:
+        job = start(Job.PRUNE, run=run, params={"auto": True})
+    except QueueUnavailable as exc:
+        job = exc.job  # recorded; the reconciler enqueues it once Redis answers
+    if report is not None:
+        report["auto_prune_job"] = job.pk
+    return job.pk
+
+
+JOB_FUNCTIONS[Job.PRUNE] = prune_job

@@ -84,6 +84,11 @@ class Run(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args, **kwargs) -> None:
+        if self._state.adding:
+            self.apply_default_retention()  # settings.DEFAULT_RETENTION (issue 5)
+        super().save(*args, **kwargs)
+
     def get_absolute_url(self) -> str:
         return reverse("run", args=[self.name])
 
@@ -293,6 +298,7 @@ class Run(models.Model):
         checkpoint_directory(self.directory)
         with transaction.atomic():
             Run.objects.select_for_update().filter(pk=self.pk).first()
+            self._check_no_prune_running("make a checkpoint latest")
             try:
                 result = restore.make_latest(self.directory, checkpoint.prefix, state_file=state_file)
             except FileNotFoundError as exc:
@@ -436,6 +442,347 @@ class Run(models.Model):
     def latest_step_over_step(self) -> Job | None:
         """The newest finished step-over-step job: its ``result`` holds the heatmap."""
         return self.step_over_step_jobs().filter(status=Job.FINISHED).order_by("-ended_at").first()
+
+    # --- retention (issue 5, DESIGN §5 and §7) ---
+
+    RETENTION_FIELDS = (
+        "max_to_keep", "keep_checkpoint_every_n_hours", "keep_every_n_steps", "keep_best_n", "best_metric",
+        "best_mode", "min_age_seconds", "protect_exported", "auto_prune",
+    )
+
+    class PruneRefused(Exception):  # noqa: N818 - reads as what happened
+        """A prune that must not run (another one holds the run, or the run changed); says why."""
+
+    def apply_default_retention(self) -> None:
+        """Give a new run ``settings.DEFAULT_RETENTION`` for every policy field left at the model default."""
+        for name, value in getattr(settings, "DEFAULT_RETENTION", {}).items():
+            field = self._meta.get_field(name)
+            if getattr(self, name) == field.get_default():
+                setattr(self, name, value)
+
+    def retention_values(self) -> dict:
+        return {name: getattr(self, name) for name in self.RETENTION_FIELDS}
+
+    def retention_policy(self, **overrides):
+        """This run's policy as ``persistence.retention`` takes it; ``overrides`` replace single rules
+        (``manage.py prune --max-to-keep 3`` …) without changing the stored policy."""
+        from persistence.retention import RetentionPolicy
+
+        values = {k: v for k, v in self.retention_values().items() if k != "auto_prune"}
+        unknown = sorted(set(overrides) - set(values))
+        if unknown:
+            raise ValueError(f"unknown retention rule(s): {', '.join(unknown)}")
+        values.update(overrides)
+        values["best_metric"] = values["best_metric"] or None
+        return RetentionPolicy(**values)
+
+    def update_retention(self, values: dict, *, actor=None) -> dict:
+        """Store a new policy (already validated by ``RetentionPolicyForm``) and audit what changed.
+
+        Returns ``{field: [old, new]}`` for the fields that changed (empty: nothing saved).
+        """
+        with transaction.atomic():
+            before = Run.objects.select_for_update().filter(pk=self.pk).values(*self.RETENTION_FIELDS).get()
+            changes = {
+                name: [before[name], values[name]]
+                for name in self.RETENTION_FIELDS
+                if name in values and values[name] != before[name]
+            }
+            for name, (_, new) in changes.items():
+                setattr(self, name, new)
+            if changes:
+                self.save(update_fields=list(changes))
+                text = ", ".join(f"{name} {_shown(old)} → {_shown(new)}" for name, (old, new) in changes.items())
+                AuditEvent.record(
+                    "retention_policy", f"Retention policy of {self.name}: {text}"[:500], actor=actor, run=self,
+                    details={"changes": changes, "policy": self.retention_values()},
+                )
+        return changes
+
+    def retention_facts(self) -> list:
+        """Every recorded checkpoint of the run as ``CheckpointFacts``: what the planner sees.
+
+        One query for the rows and one for exports. Pruned and missing rows count only through
+        files of theirs still on disk (typically a ``.meta`` kept for later checkpoints), so only
+        for them is the disk looked at. Times come from the database, which keeps microseconds;
+        where a state file records the checkpoint's time (``CheckpointManager``) its exact value is
+        used, so that the hours rule compares exactly what TensorFlow compares.
+        """
+        from persistence.retention import GONE_STATUSES, CheckpointFacts
+
+        rows = list(
+            self.checkpoints.values_list(
+                "id", "prefix", "step", "saved_at", "size_bytes", "files", "meta_source_id", "metrics",
+                "pinned", "pin_reason", "latest_in", "status",
+            )
+        )
+        exported = set(Export.objects.filter(checkpoint__run=self).values_list("checkpoint_id", flat=True))
+        prefix_of = {row[0]: row[1] for row in rows}
+        exact = self._state_file_timestamps()
+        facts = []
+        for pk, prefix, step, saved_at, size, files_, source_id, metrics, pinned, reason, latest_in, status in rows:
+            sizes = {f["name"]: f["size"] for f in files_ or []}
+            if status in GONE_STATUSES and sizes:
+                sizes = {n: s for n, s in sizes.items() if os.path.lexists(os.path.join(self.directory, n))}
+                size = sum(sizes.values())
+            when = saved_at.timestamp()
+            recorded = exact.get(prefix)
+            if recorded is not None and abs(recorded - when) <= 1e-6:
+                when = recorded
+            meta = f"{prefix}.meta"
+            facts.append(
+                CheckpointFacts(
+                    prefix=prefix, step=step, saved_at=when, size_bytes=size, files=tuple(sizes),
+                    meta_file=meta if meta in sizes else None, meta_source=prefix_of.get(source_id),
+                    metrics=metrics or {}, pinned=pinned, pin_reason=reason, is_latest=False,
+                    has_export=pk in exported, status=status, file_sizes=sizes,
+                )
+            )
+        return facts
+
+    def _state_file_timestamps(self) -> dict[str, float]:
+        from persistence.statefile import DEFAULT_STATE_FILE, StateFileError, read_state_file
+
+        names = sorted((s.get("name") for s in self.state_files or [] if s.get("name")),
+                       key=lambda n: n != DEFAULT_STATE_FILE, reverse=True)
+        exact: dict[str, float] = {}
+        for name in names:  # the default state file last, so that its times win (as in discovery)
+            try:
+                exact.update(read_state_file(self.directory, name).timestamps)
+            except (StateFileError, OSError):
+                continue
+        return exact
+
+    def plan_retention(self, *, now: float | None = None, policy=None, facts: list | None = None):
+        """Plan a prune from the rows (pure Python: safe in the web process). ``ValueError`` for a bad policy.
+
+        ``facts``: ``retention_facts()`` already read (the preview shows them next to the plan).
+        """
+        import time
+
+        from persistence.retention import plan_retention
+
+        return plan_retention(
+            self.retention_facts() if facts is None else facts, policy or self.retention_policy(),
+            now=time.time() if now is None else now, last_preserved_timestamp=self.last_preserved_timestamp,
+        )
+
+    def running_prune(self, *, exclude: Job | None = None) -> Job | None:
+        """The prune job that holds this run now, if any (DESIGN §7: one prune per run at a time).
+
+        A prune holds its run from its claim (``claim_prune``) until it releases it, however it
+        ends. A holder whose process is gone (``kill -9``: same machine, process no longer there)
+        holds nothing, and its job, if still ``running``, is marked failed on the way; one on another
+        machine holds the run until the reconciler fails its job.
+        """
+        # A canceled prune's process may still be deleting for the moment it takes to stop it.
+        recent = timezone.now() - dt.timedelta(minutes=10)
+        jobs_ = self.jobs.filter(kind=Job.PRUNE).filter(
+            models.Q(status=Job.RUNNING) | models.Q(status=Job.CANCELED, ended_at__gte=recent)
+        )
+        if exclude is not None:
+            jobs_ = jobs_.exclude(pk=exclude.pk)
+        for job in jobs_.only("id", "status", "result"):
+            holder = (job.result or {}).get("holder") or {}
+            if holder.get("released"):
+                continue
+            alive = _process_alive(holder)
+            if alive is False:
+                Job.objects.filter(pk=job.pk, status=Job.RUNNING).update(
+                    status=Job.FAILED, ended_at=timezone.now(),
+                    error="The process running this prune died (killed?) before it finished; retry it to "
+                          "finish the plan.",
+                )
+                continue
+            if alive is None and job.status != Job.RUNNING:
+                continue  # another machine's: trust the row, which the reconciler keeps honest
+            return job
+        return None
+
+    def claim_prune(self, job: Job) -> None:
+        """Make ``job`` the one prune of this run, or raise ``Run.PruneRefused``.
+
+        The check and the claim happen under the run's row lock (``select_for_update`` on
+        PostgreSQL; on SQLite the IMMEDIATE transaction holds the database's write lock), so two
+        prunes can never both see the run free. Only the claim is locked, not the whole prune: a
+        long transaction would hide the job's progress and, on SQLite, stop every other writer.
+        """
+        with transaction.atomic():
+            Run.objects.select_for_update().filter(pk=self.pk).first()
+            other = self.running_prune(exclude=job)
+            if other is not None:
+                raise Run.PruneRefused(
+                    f"Another prune of run {self.name} is running (job #{other.pk}); wait for it to finish."
+                )
+            job.result = {**(job.result or {}), "holder": _this_process()}
+            Job.objects.filter(pk=job.pk).update(result=job.result)
+
+    def release_prune(self, job: Job) -> None:
+        holder = (job.result or {}).get("holder")
+        if holder and not holder.get("released"):
+            job.result = {**job.result, "holder": {**holder, "released": True}}
+            Job.objects.filter(pk=job.pk).update(result=job.result)
+
+    def _check_no_prune_running(self, action: str) -> None:
+        # Call under the run's row lock, like claim_prune.
+        running = self.running_prune()
+        if running is not None:
+            raise ValueError(f"A prune of run {self.name} is running (job #{running.pk}); {action} when it has finished.")
+
+    def prune(self, job: Job, *, on_progress=None) -> dict:
+        """The body of a prune job (and of ``manage.py prune``): claim the run, plan, execute, record.
+
+        ``job.params``: ``fingerprint`` (the previewed plan: refuse unless the run still plans to
+        exactly that), ``overrides`` (rules replacing the stored policy for this prune), ``auto``
+        (auto-prune after a scan: no preview to match). A retry of an attempt that recorded its plan
+        but did not finish (killed mid-way) finishes that very plan. Raises ``Run.PruneRefused``.
+        """
+        from dataclasses import asdict
+
+        from persistence.retention import Plan
+
+        self.claim_prune(job)
+        try:
+            params = job.params or {}
+            policy = self.retention_policy(**(params.get("overrides") or {}))
+            unfinished = _unfinished_plan(job)
+            if unfinished is not None:
+                attempt = unfinished
+                plan = Plan.from_dict(attempt.result["plan"])
+                policy_used = attempt.result.get("policy")
+                self._check_still_deletable(plan)
+                resumed_from = attempt.pk
+            else:
+                plan = self.plan_retention(policy=policy)
+                wanted = params.get("fingerprint")
+                if wanted and wanted != plan.fingerprint:
+                    raise Run.PruneRefused("The run changed since the preview — preview again.")
+                policy_used, resumed_from = asdict(policy), None
+            # Recorded before anything is deleted: a retry of this job finishes exactly this plan.
+            job.result = {
+                **(job.result or {}), "plan": plan.to_dict(), "policy": policy_used, "resumed_from": resumed_from,
+            }
+            Job.objects.filter(pk=job.pk).update(result=job.result)
+            outcome = self.apply_plan(
+                plan, actor=job.requested_by, job=job, policy=policy_used, on_progress=on_progress,
+                auto=bool(params.get("auto")), resumed_from=resumed_from,
+            )
+        finally:
+            self.release_prune(job)
+        return {**job.result, **outcome}
+
+    def _check_still_deletable(self, plan) -> None:
+        # A plan finished after a crash was checked when it started; what the user protected since
+        # (pinned, made latest, exported) must still stop it.
+        doomed = plan.deleted_prefixes
+        protected = (
+            self.checkpoints.filter(prefix__in=doomed)
+            .filter(models.Q(pinned=True) | ~models.Q(latest_in=[]) | models.Q(exports__isnull=False))
+            .values_list("prefix", flat=True)
+        )
+        names = sorted(set(protected))
+        if names:
+            raise Run.PruneRefused(
+                f"The unfinished plan deletes {', '.join(names[:5])}, which is now pinned, latest or exported; "
+                "preview again."
+            )
+
+    def apply_plan(self, plan, *, actor=None, job: Job | None = None, policy: dict | None = None,
+                   on_progress=None, auto: bool = False, resumed_from: int | None = None) -> dict:
+        """Execute ``plan`` on this run's directory and record it: rows, state files, audit.
+
+        Every file the plan deletes must be a file of a recorded checkpoint of this run, and the
+        directory must still be inside ``CHECKPOINT_ROOTS``; the engine refuses anything outside
+        the directory and rewrites the state files atomically before deleting. Rows of deleted
+        checkpoints become ``pruned``, their ``files`` listing only what stayed on disk (a ``.meta``
+        kept for later checkpoints). Files that could not be deleted are reported by raising
+        ``ValueError`` after recording what was done; running the plan again finishes it.
+        """
+        from persistence import retention, statefile
+
+        directory = str(checkpoint_directory(self.directory))
+        self._check_plan_files(plan)
+        result = retention.execute_plan(
+            directory, plan, state_files=statefile.find_state_files(directory), on_progress=on_progress
+        )
+        gone = set(result.deleted) | set(result.already_gone)
+        with transaction.atomic():
+            pruned = self._mark_pruned(plan, gone, job)
+            self.refresh_latest()
+            # The plan's figure once it is done (part of it may have been done by a killed attempt);
+            # what this run measured when some files are left.
+            freed = result.bytes_freed if result.failed else plan.bytes_freed
+            execution = {
+                "deleted_files": len(result.deleted), "already_gone": result.already_gone,
+                "failed": result.failed, "measured_bytes_freed": result.bytes_freed,
+                "state_files": result.state_files, "problems": result.problems,
+            }
+            event = None
+            if plan.files_to_delete or not auto:
+                who = "Auto-prune" if auto else "Prune"
+                event = AuditEvent.record(
+                    "prune",
+                    f"{who} of {self.name}: {pruned} checkpoint{'s' if pruned != 1 else ''} deleted, "
+                    f"{plan.kept_count} kept",
+                    actor=actor, run=self, bytes_freed=freed,
+                    details={
+                        "job": job.pk if job else None, "fingerprint": plan.fingerprint, "auto": auto,
+                        "resumed_from": resumed_from, "policy": policy,
+                        "plan": plan.to_dict(), "execution": execution,
+                    },
+                )
+        if result.failed:
+            names = ", ".join(f"{n} ({why})" for n, why in list(result.failed.items())[:5])
+            raise ValueError(f"{len(result.failed)} file(s) could not be deleted: {names}. Run the prune again "
+                             "once that is fixed; it finishes the plan.")
+        return {
+            "fingerprint": plan.fingerprint, "checkpoints_deleted": pruned, "kept": plan.kept_count,
+            "bytes_freed": freed, "execution": execution, "audit_event": event.pk if event else None,
+        }
+
+    def _check_plan_files(self, plan) -> None:
+        # Never delete a file that belongs to no recorded checkpoint (a plan read back from a job's
+        # JSON is only as good as that JSON).
+        recorded = {f["name"] for files_ in self.checkpoints.values_list("files", flat=True) for f in files_ or []}
+        stray = [name for name in plan.files_to_delete if name not in recorded]
+        if stray:
+            raise ValueError(f"The plan names {len(stray)} file(s) no recorded checkpoint of {self.name} has, "
+                             f"e.g. {stray[0]}; refusing to delete anything.")
+
+    def _mark_pruned(self, plan, gone: set[str], job: Job | None) -> int:
+        """Rows whose ``.index`` is gone become ``pruned``; each keeps only its files still on disk."""
+        ids = dict(self.checkpoints.values_list("prefix", "id"))
+        when = timezone.now().strftime("%Y-%m-%d %H:%M UTC")
+        by_job = f" (job #{job.pk})" if job else ""
+        emptied: dict[tuple, list[int]] = {}
+        pruned = 0
+        for decision in plan.decisions:
+            if decision.keep or not decision.delete_files or decision.prefix not in ids:
+                continue
+            removed = [name for name in decision.delete_files if name in gone]
+            if f"{decision.prefix}.index" in removed:
+                pruned += 1
+            why = "; ".join(r for r in decision.reasons if r.startswith("deleted: "))
+            note = f"Deleted by a prune on {when}{by_job}: {why}"
+            if decision.keep_meta_only or len(removed) < len(decision.delete_files):
+                # Rare (a kept-alive .meta, a file that could not be deleted): one row at a time.
+                row = Checkpoint.objects.only("id", "files", "status").get(pk=ids[decision.prefix])
+                left = [f for f in row.files if f["name"] not in removed]
+                if decision.keep_meta_only:
+                    note += "; its .meta stays: a kept checkpoint restores with it"
+                values = {"files": left, "problems": [note]}
+                if f"{decision.prefix}.index" not in {f["name"] for f in left}:
+                    values.update(status=Checkpoint.PRUNED, latest_in=[])
+                Checkpoint.objects.filter(pk=row.pk).update(**values)
+            else:
+                emptied.setdefault((note,), []).append(ids[decision.prefix])
+        for (note,), pks in emptied.items():
+            # One UPDATE per distinct note (usually one), in chunks SQLite accepts.
+            for start in range(0, len(pks), 5000):
+                Checkpoint.objects.filter(pk__in=pks[start : start + 5000]).update(
+                    status=Checkpoint.PRUNED, files=[], latest_in=[], problems=[note]
+                )
+        return pruned
 
 
 def _cached_adapter(adapt_value):
@@ -612,13 +959,26 @@ class Checkpoint(models.Model):
             "problems": self.problems,
         }
 
-    def pin(self, reason: str = "") -> None:
-        self.pinned, self.pin_reason = True, reason.strip()
-        self.save(update_fields=["pinned", "pin_reason"])
+    def pin(self, reason: str = "", *, actor=None) -> None:
+        """Keep this checkpoint whatever the retention policy says (audited). ``ValueError`` for users."""
+        if not self.on_disk:
+            raise ValueError(f"{self.prefix} is {self.status}: only a checkpoint on disk can be pinned.")
+        self._set_pin(True, reason.strip(), actor=actor, summary=f"Pinned {self.prefix}: {reason.strip()}")
 
-    def unpin(self) -> None:
-        self.pinned, self.pin_reason = False, ""
-        self.save(update_fields=["pinned", "pin_reason"])
+    def unpin(self, reason: str = "", *, actor=None) -> None:
+        was = self.pin_reason
+        why = f" ({reason.strip()})" if reason.strip() else ""
+        self._set_pin(False, "", actor=actor, summary=f"Unpinned {self.prefix}{why}; it was pinned for: {was or '—'}")
+
+    def _set_pin(self, pinned: bool, reason: str, *, actor, summary: str) -> None:
+        with transaction.atomic():
+            # Under the run's row lock: a prune that already planned must not delete what is pinned now.
+            Run.objects.select_for_update().filter(pk=self.run_id).first()
+            self.run._check_no_prune_running("pin or unpin")
+            self.pinned, self.pin_reason = pinned, reason
+            self.save(update_fields=["pinned", "pin_reason"])
+            AuditEvent.record("pin" if pinned else "unpin", summary[:500], actor=actor, run=self.run, checkpoint=self,
+                              details={"reason": reason})
 
     @property
     def slim_prefix(self) -> str:
@@ -1152,3 +1512,52 @@ class AuditEvent(models.Model):
             run=run, checkpoint=checkpoint, bytes_freed=bytes_freed, details=details or {},
         )
 
+
+def _shown(value) -> str:
+    return "—" if value in (None, "") else str(value)
+
+
+def _process_start(pid: int) -> str | None:
+    # The start time (clock ticks since boot) tells a process from a later one that reused its pid.
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _this_process() -> dict:
+    import socket
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid())}
+
+
+def _process_alive(holder: dict) -> bool | None:
+    """Whether the process in ``holder`` still runs: True/False on this machine, None elsewhere."""
+    import socket
+
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = holder.get("started")
+    return started is None or _process_start(pid) == started
+
+
+def _unfinished_plan(job: Job) -> Job | None:
+    """The earlier attempt of this prune (its ``retry_of`` chain) that recorded a plan and did not finish it."""
+    seen, current = set(), job.retry_of
+    while current is not None and current.pk not in seen:
+        seen.add(current.pk)
+        result = current.result or {}
+        if "execution" in result:
+            return None  # that attempt finished its plan: this retry plans afresh
+        if "plan" in result:
+            return current
+        current = current.retry_of
+    return None

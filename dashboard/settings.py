@@ -99,6 +99,52 @@ CHECKPOINT_RECIPES = [
     if r.strip()
 ]
 
+
+def _env_retention(name: str) -> dict:
+    """The retention policy new runs start with: the model's defaults, updated from JSON in ``name``.
+
+    e.g. ``DEFAULT_RETENTION='{"max_to_keep": 5, "keep_checkpoint_every_n_hours": 2}'``. Keys are
+    the run's policy fields (DESIGN §5); a value that cannot be a policy stops start-up.
+    """
+    import json
+
+    from persistence.retention import RetentionPolicy
+
+    policy = {
+        "max_to_keep": None, "keep_checkpoint_every_n_hours": None, "keep_every_n_steps": None,
+        "keep_best_n": None, "best_metric": "", "best_mode": "min", "min_age_seconds": 600,
+        "protect_exported": True, "auto_prune": False,
+    }
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return policy
+    try:
+        given = json.loads(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a JSON object: {exc}") from None
+    if not isinstance(given, dict):
+        raise ImproperlyConfigured(f"{name} must be a JSON object, not {raw!r}")
+    unknown = sorted(set(given) - set(policy))
+    if unknown:
+        raise ImproperlyConfigured(f"{name}: unknown keys {', '.join(unknown)}; known: {', '.join(policy)}")
+    policy.update(given)
+    if not isinstance(policy["auto_prune"], bool) or not isinstance(policy["best_metric"] or "", str):
+        raise ImproperlyConfigured(f"{name}: auto_prune must be true/false and best_metric a string")
+    if isinstance(policy["min_age_seconds"], bool) or not isinstance(policy["min_age_seconds"], int):
+        raise ImproperlyConfigured(f"{name}: min_age_seconds must be a whole number of seconds")
+    rules = {k: v for k, v in policy.items() if k != "auto_prune"}
+    errors = RetentionPolicy(**{**rules, "best_metric": rules["best_metric"] or None}).validate()
+    if errors:
+        raise ImproperlyConfigured(f"{name}: {' '.join(errors)}")
+    return policy
+
+
+# Retention policy given to every new run (DESIGN §5); maintainers change it per run.
+DEFAULT_RETENTION = _env_retention("DEFAULT_RETENTION")
+# Fault-injection tests only (tests/faults): seconds a prune job sleeps at each progress report
+# (about 100 per prune), so that a worker can be killed in the middle of one. Always 0 in use.
+PRUNE_PROGRESS_DELAY_SECONDS = _env_float("PRUNE_PROGRESS_DELAY_SECONDS", 0.0)
+
 # --- Django ---------------------------------------------------------------------------------
 
 INSTALLED_APPS = [
@@ -156,7 +202,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     # A file, not memory: worker processes started by the tests must see the same test database.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    # One per test session (pid), so that concurrent sessions never share one.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
+else:
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from dashboard.views import checkpoints as checkpoint_actions
-from dashboard.views import compare, exports, jobs, runs, saves
+from dashboard.views import compare, exports, jobs, retention, runs, saves
 
 urlpatterns = [
     path("", runs.runs, name="runs"),
@@ -30,6 +30,11 @@ urlpatterns = [
     path("compare/", compare.compare, name="compare"),
     path("compare/start/", compare.compare_start, name="compare-start"),
     path("compare/jobs/<int:pk>/status/", compare.compare_status, name="compare-status"),
+    path("runs/<slug:name>/retention/", retention.retention_policy, name="run-retention"),
+    path("runs/<slug:name>/prune/", retention.prune_preview, name="run-prune"),
+    path("runs/<slug:name>/prune/now/", retention.prune_now, name="run-prune-now"),
+    path("runs/<slug:name>/checkpoints/<int:pk>/pin/", retention.checkpoint_pin, name="checkpoint-pin"),
+    path("audit/", retention.audit, name="audit"),
     path("jobs/", jobs.job_list, name="jobs"),
     path("jobs/<int:pk>/", jobs.job_detail, name="job"),
     path("jobs/<int:pk>/progress/", jobs.job_progress, name="job-progress"),

@@ -39,7 +39,7 @@ def checkpoint_verify(request: HttpRequest, name: str, pk: int) -> HttpResponse:
 
 def checkpoint_freeze(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     checkpoint = _checkpoint(request, name, pk, access.OPERATE)
-    form = FreezeForm(request.POST or None, checkpoint=checkpoint)
+    form = FreezeForm(request.POST if request.method == "POST" else None, checkpoint=checkpoint)
     if request.method == "POST" and form.is_valid():
         params = form.job_params()
         if start_job(request, Job.FREEZE, run=checkpoint.run, checkpoint=checkpoint, params=params):

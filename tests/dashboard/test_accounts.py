@@ -40,7 +40,8 @@ def test_createuser_refuses_weak_passwords_and_duplicates(monkeypatch):
 
 
 def _check_deploy(**env: str) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "ALLOWED_HOSTS")}
+    unset = ("DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DJANGO_ALLOW_ASYNC_UNSAFE")
+    base = {k: v for k, v in os.environ.items() if k not in unset}
     return subprocess.run(
         [sys.executable, str(BASE_DIR / "manage.py"), "check", "--deploy", "--fail-level", "WARNING"],
         cwd=BASE_DIR, env={**base, **env}, capture_output=True, text=True, timeout=120,

@@ -261,7 +261,7 @@ def test_freeze_form_suggests_probs_and_shows_inputs_and_meta_source(client, ope
     assert 'value="probs"' in html and 'value="probs" id="id_outputs_0" checked' in html
     assert html.index('value="probs"') < html.index('value="loss"')  # best guess first
     assert "model.ckpt-25.meta" in html and "<code>x</code>" in html
-    assert '<input type="checkbox" name="clear_devices" id="id_clear_devices" checked>' in html
+    assert 'name="clear_devices" aria-describedby="id_clear_devices_helptext" id="id_clear_devices" checked' in html
 
 
 def test_freeze_form_rejects_unknown_names_inline_and_starts_nothing(client, operator, page_run):

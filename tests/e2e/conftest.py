@@ -15,10 +15,6 @@ import pytest
 
 from tests.live import LiveWorker
 
-# Playwright's sync API keeps an event loop running in the test thread; Django would then refuse
-# the test's own (synchronous) database calls as if they came from async code.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 PASSWORD = "e2e-password-not-secret"
@@ -71,6 +67,9 @@ def e2e_worker(django_db_setup, django_db_blocker, e2e_roots, tmp_path_factory):
 def browser():
     from playwright.sync_api import sync_playwright
 
+    # Playwright's sync API keeps an event loop running in the test thread; Django would then refuse
+    # the test's own (synchronous) database calls as if they came from async code.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
         yield browser

@@ -1,0 +1,375 @@
+"""Export benchmarks: ``freeze_vs_bare``, ``download_vs_cat``, ``download_rss_growth_mb``.
+
+``freeze_vs_bare``: a freeze job through the whole system (enqueue → our ``Job`` row
+``finished``, a warm worker that has TensorFlow imported) against the same TensorFlow calls in a
+bare script, on a TF1 checkpoint with 105 MB of variables. The bare script is what a careful
+engineer does by hand, timed after ``import tensorflow`` (the preloading worker has paid that
+before the fork):
+
+1. ``import_meta_graph(PREFIX.meta, clear_devices=True)`` in a fresh graph, a ``Session``,
+   ``saver.restore(sess, PREFIX)``;
+2. ``convert_variables_to_constants(sess, graph_def, ["probs"])``;
+3. ``SerializeToString`` and write the ``.pb`` (``write`` + ``fsync``: it is a deployment artifact);
+4. read it back, ``GraphDef.ParseFromString``, ``import_graph_def`` into a fresh graph, run
+   ``probs`` on a sample batch and compare with the restored checkpoint's ``probs`` (max abs diff).
+
+Step 4 uses the session config the freeze engine uses (Grappler's meta optimizer off), so that the
+two sides make the same TensorFlow calls and the ratio measures what the system adds (queue, rows,
+graph safety check, SHA-256, temp file + rename, progress writes). The bare script with TensorFlow's
+default config is timed too and reported as ``bare_default_config_seconds`` (Grappler copies every
+constant of the frozen graph, which makes the hand-made baseline slower, not faster).
+
+``download_vs_cat``: a 1 GiB export (random bytes: a download does not parse the graph) fetched
+by ``curl -o /dev/null`` with a logged-in session cookie from gunicorn serving ``dashboard.wsgi``
+with ``DEBUG=0`` (2 sync workers), against ``cat FILE > /dev/null``; both from the page cache.
+``download_rss_growth_mb``: the server's resident memory (master + workers, sampled every 20 ms
+during the download) over its value just before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from bench.harness import entry
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+REPEAT = 3
+INPUT_DIM, HIDDEN = 1024, 12_800  # kernels [1024, 12800] and [12800, 1024]: 104.9 MB of float32
+DOWNLOAD_BYTES = 2**30
+
+BARE_SCRIPT = """
+import json, os, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf  # not timed: the preloading worker has it imported before the fork
+
+prefix, output_path, default_config = sys.argv[1], sys.argv[2], sys.argv[3] == "default"
+v1 = tf.compat.v1
+sample = np.random.default_rng(0).random((4, __DIM__), dtype=np.float32)
+start = time.perf_counter()
+with tf.Graph().as_default() as graph:
+    saver = v1.train.import_meta_graph(prefix + ".meta", clear_devices=True)
+    with v1.Session(graph=graph) as sess:
+        saver.restore(sess, prefix)
+        frozen = v1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), ["probs"])
+        with open(output_path, "wb") as handle:
+            handle.write(frozen.SerializeToString())
+            handle.flush()
+            os.fsync(handle.fileno())
+        expected = sess.run("probs:0", {"x:0": sample})
+loaded = v1.GraphDef()
+with open(output_path, "rb") as handle:
+    loaded.ParseFromString(handle.read())
+with tf.Graph().as_default() as fresh:
+    v1.import_graph_def(loaded, name="")
+    config = v1.ConfigProto()
+    if not default_config:
+        config.graph_options.rewrite_options.disable_meta_optimizer = True
+    with v1.Session(graph=fresh, config=config) as sess:
+        got = sess.run("probs:0", {"x:0": sample})
+diff = float(np.max(np.abs(got - expected)))
+print(json.dumps({"seconds": time.perf_counter() - start, "max_abs_diff": diff}))
+""".replace("__DIM__", str(INPUT_DIM))
+
+
+def make_large_checkpoint(directory: Path) -> int:
+    """A two-layer TF1 model with 105 MB of float32 variables, saved once; returns the variable bytes."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    directory.mkdir(parents=True)
+    with tf.Graph().as_default():
+        x = v1.placeholder(tf.float32, [None, INPUT_DIM], name="x")
+        # Initializer ops, not constants: the .meta stays small, as a trained model's does.
+        init = v1.random_uniform_initializer(-0.01, 0.01, seed=1)
+        hidden_kernel = v1.get_variable("hidden/kernel", [INPUT_DIM, HIDDEN], initializer=init)
+        hidden_bias = v1.get_variable("hidden/bias", [HIDDEN], initializer=v1.zeros_initializer())
+        out_kernel = v1.get_variable("output/kernel", [HIDDEN, INPUT_DIM], initializer=init)
+        out_bias = v1.get_variable("output/bias", [INPUT_DIM], initializer=v1.zeros_initializer())
+        hidden = tf.nn.relu(tf.matmul(x, hidden_kernel) + hidden_bias)
+        tf.nn.softmax(tf.matmul(hidden, out_kernel) + out_bias, name="probs")
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            v1.train.Saver().save(sess, str(directory / "model.ckpt"), global_step=1000)
+    return 4 * (2 * INPUT_DIM * HIDDEN + HIDDEN + INPUT_DIM)
+
+
+def bare_once(prefix: str, output: Path, config: str) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", BARE_SCRIPT, prefix, str(output), config], cwd=BASE_DIR, capture_output=True,
+        text=True, check=True, env={**os.environ, "PYTHONPATH": str(BASE_DIR)},
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    if report["max_abs_diff"] > 1e-6:
+        raise RuntimeError(f"bare freeze does not match its checkpoint: {report}")
+    return float(report["seconds"])
+
+
+def _database_url() -> str:
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    return os.environ["DATABASE_URL"]
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    from django.conf import settings
+
+    return {
+        **os.environ, "DATABASE_URL": _database_url(), "REDIS_URL": settings.REDIS_URL,
+        "CHECKPOINT_ROOTS": os.pathsep.join(str(r) for r in settings.CHECKPOINT_ROOTS),
+        "EXPORT_ROOT": str(settings.EXPORT_ROOT), "VAR_DIR": str(settings.VAR_DIR),
+        "TF_CPP_MIN_LOG_LEVEL": "2", "SCAN_INTERVAL_SECONDS": "0", **extra,
+    }
+
+
+def freeze_vs_bare(work: Path, repeat: int = REPEAT) -> dict[str, dict]:
+    from django.conf import settings
+
+    from dashboard import jobs
+    from dashboard.localredis import PrivateRedis
+    from dashboard.models import Export, Job, Run
+
+    root = Path(settings.CHECKPOINT_ROOTS[0])
+    variable_bytes = make_large_checkpoint(root / "large")
+    run = Run.objects.create(name="large", directory=str(root / "large"))
+    run.scan()
+    checkpoint = run.checkpoints.get()
+
+    private = None
+    if not os.environ.get("REDIS_URL"):
+        private = PrivateRedis(settings.VAR_DIR / "redis.sock").start()
+    # A queue of its own: a development worker on the same Redis must not take these jobs.
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    settings.JOB_QUEUE = queue
+    settings.RQ_QUEUES = {**settings.RQ_QUEUES, queue: {**settings.RQ_QUEUES["default"]}}
+    log = open(work / "freeze-worker.log", "wb")  # noqa: SIM115 - closed with the worker below
+    worker = subprocess.Popen(
+        [sys.executable, str(BASE_DIR / "manage.py"), "rqworker", queue,
+         "--worker-class", "dashboard.worker.PreloadingWorker"],
+        cwd=BASE_DIR, env=_child_env(JOB_QUEUE=queue), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def through_queue() -> float:
+        started = time.perf_counter()
+        job = jobs.start(Job.FREEZE, run=run, checkpoint=checkpoint, params={"outputs": ["probs"]})
+        ended = Job.objects.filter(pk=job.pk, status__in=Job.ENDED)
+        while not ended.exists():
+            if worker.poll() is not None or time.perf_counter() - started > 600:
+                tail = (work / "freeze-worker.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"job #{job.pk} did not finish (worker exit {worker.poll()}):\n{tail}")
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - started
+        job.refresh_from_db()
+        if job.status != Job.FINISHED:
+            raise RuntimeError(f"job #{job.pk} {job.status}: {job.error}")
+        return elapsed
+
+    bare_dir = work / "bare"
+    bare_dir.mkdir()
+    try:
+        through_queue()  # warm: worker started, TensorFlow imported, checkpoint in the page cache
+        bare_once(checkpoint.path, bare_dir / "probs.pb", "same")
+        queued, bare = [], []
+        for _ in range(repeat):  # interleaved, so that drift in the machine's load hits both sides
+            queued.append(through_queue())
+            bare.append(bare_once(checkpoint.path, bare_dir / "probs.pb", "same"))
+        bare_default = statistics.median(
+            bare_once(checkpoint.path, bare_dir / "probs.pb", "default") for _ in range(repeat)
+        )
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
+        if private is not None:
+            private.stop()
+    export = Export.objects.get(checkpoint=checkpoint)
+    assert export.verified, export.max_abs_diff
+    size = export.size_bytes
+    for path in (Path(export.path), bare_dir / "probs.pb"):
+        path.unlink(missing_ok=True)
+    for item in (root / "large").iterdir():
+        item.unlink()
+    return {
+        "freeze_vs_bare": entry(
+            statistics.median(queued), statistics.median(bare), "s", "ratio <= 1.15",
+            variable_bytes=variable_bytes, pb_bytes=size, repeats=repeat,
+            bare_default_config_seconds=bare_default,
+        ),
+    }
+
+
+# --- download ---------------------------------------------------------------------------------
+
+
+def _write_random_file(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    chunk = os.urandom(16 * 2**20)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        for offset in range(0, size, len(chunk)):
+            # Vary the chunk a little so the file is not one repeated block (no dedup anywhere).
+            part = offset.to_bytes(8, "little") + chunk[8:min(len(chunk), size - offset)]
+            digest.update(part)
+            handle.write(part)
+    return digest.hexdigest()
+
+
+def _server_pids(master: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except FileNotFoundError:
+        children = []
+    return [master, *map(int, children)]
+
+
+def _rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total / 1024
+
+
+def _session_cookie() -> str:
+    from django.conf import settings
+    from django.contrib.auth.models import User
+    from django.contrib.sessions.backends.db import SessionStore
+
+    user = User.objects.create_superuser(f"bench-{uuid.uuid4().hex[:6]}", password=secrets.token_hex(16))
+    session = SessionStore()
+    session["_auth_user_id"] = str(user.pk)
+    session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+    session["_auth_user_hash"] = user.get_session_auth_hash()
+    session.create()
+    return f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
+
+
+def _wait_for_port(port: int, server: subprocess.Popen, log: Path) -> None:
+    import socket
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"gunicorn exited ({server.returncode}):\n{log.read_text()[-3000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("gunicorn did not start listening")
+
+
+def download_vs_cat(work: Path, repeat: int = REPEAT) -> dict[str, dict]:
+    import socket
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from dashboard.models import Checkpoint, Export, Run
+
+    run_dir = Path(settings.CHECKPOINT_ROOTS[0]) / "download"
+    run_dir.mkdir()
+    run = Run.objects.create(name="download", directory=str(run_dir))
+    checkpoint = Checkpoint.objects.create(run=run, prefix="model.ckpt-1000", step=1000, saved_at=timezone.now())
+    path = Path(settings.EXPORT_ROOT) / "download" / "1000" / "big.pb"
+    sha = _write_random_file(path, DOWNLOAD_BYTES)
+    export = Export.objects.create(checkpoint=checkpoint, path=str(path),
+                                   size_bytes=DOWNLOAD_BYTES, sha256=sha, outputs=["probs"], verified=True)
+    cookie = _session_cookie()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log_path = work / "gunicorn.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed with the server below
+    env = _child_env(DEBUG="0", SECRET_KEY=secrets.token_hex(32), ALLOWED_HOSTS="127.0.0.1",
+                     SECURE_COOKIES="0", STATIC_ROOT=str(work / "static"))
+    server = subprocess.Popen(
+        [str(BASE_DIR / ".venv" / "bin" / "gunicorn"), "dashboard.wsgi", "--bind", f"127.0.0.1:{port}",
+         "--workers", "2", "--timeout", "300"],
+        cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/exports/{export.pk}/download/"
+
+    def curl(*extra: str) -> tuple[float, str]:
+        started = time.perf_counter()
+        done = subprocess.run(["curl", "--silent", "--show-error", "-o", "/dev/null", "--cookie", cookie,
+                               "-w", "%{http_code} %{size_download}", *extra, url],
+                              capture_output=True, text=True, timeout=600)
+        return time.perf_counter() - started, done.stdout
+
+    def cat() -> float:
+        started = time.perf_counter()
+        subprocess.run(f"cat '{path}' > /dev/null", shell=True, check=True)  # noqa: S602 - our own path
+        return time.perf_counter() - started
+
+    try:
+        _wait_for_port(port, server, log_path)
+        # Warm both workers (imports, first query) and the page cache, like a server in service.
+        for _ in range(4):
+            _, status = curl("--range", "0-0")
+            if not status.startswith("206"):
+                raise RuntimeError(f"warm-up request answered {status}:\n{log_path.read_text()[-3000:]}")
+        cat()
+        pids = _server_pids(server.pid)
+        before = _rss_mb(pids)
+        peak = [before]
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.is_set():
+                peak[0] = max(peak[0], _rss_mb(pids))
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        downloads, cats = [], []
+        for _ in range(repeat):
+            seconds, status = curl()
+            if status != f"200 {DOWNLOAD_BYTES}":
+                raise RuntimeError(f"download answered {status!r}")
+            downloads.append(seconds)
+            cats.append(cat())
+        sampling.set()
+        sampler.join()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+        path.unlink(missing_ok=True)
+    mb = DOWNLOAD_BYTES / 1e6
+    download_rate, cat_rate = mb / statistics.median(downloads), mb / statistics.median(cats)
+    return {
+        "download_vs_cat": entry(download_rate, cat_rate, "MB/s", "ratio >= 0.8", bytes=DOWNLOAD_BYTES,
+                                 repeats=repeat, server="gunicorn 2 sync workers, DEBUG=0"),
+        "download_rss_growth_mb": entry(peak[0] - before, None, "MB", "value <= 50", rss_before_mb=before,
+                                        rss_peak_mb=peak[0]),
+    }
+
+
+def run(work: Path) -> dict[str, dict]:
+    return {**freeze_vs_bare(work), **download_vs_cat(work)}

@@ -1,0 +1,178 @@
+"""Retention (issue 5): a run's policy, the prune preview and "Prune now", pins, and the audit log.
+
+Planning is pure Python (``persistence.retention``) and runs here, in the web process; deleting
+runs in a prune job, which plans again and refuses unless it arrives at the previewed plan.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db.models.fields.json import KT
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from dashboard import access
+from dashboard.forms import PinForm, RetentionPolicyForm
+from dashboard.models import AuditEvent, Checkpoint, Job, Run
+from dashboard.views.common import start_job
+
+PLAN_PAGE_SIZE = 100
+AUDIT_PAGE_SIZE = 50
+TIMELINE_MAX_POINTS = 1500  # per series; a run of 100,000 checkpoints still draws at once
+SHOW_CHOICES = ("all", "delete", "keep")
+
+
+def retention_policy(request: HttpRequest, name: str) -> HttpResponse:
+    run = access.get_run_for_user(request, name)
+    if request.method == "POST":
+        access.require(request, access.MAINTAIN)
+    form = RetentionPolicyForm.for_run(
+        run, request.POST if request.method == "POST" else None, metric_names=_metric_names(run)
+    )
+    if request.method == "POST" and form.is_valid():
+        changes = run.update_retention(form.cleaned_data, actor=request.user)
+        messages.success(request, "Retention policy saved; this is what it would prune." if changes else "Nothing changed.")
+        return redirect("run-prune", run.name)
+    return render(request, "dashboard/retention_policy.html", {"run": run, "form": form})
+
+
+def prune_preview(request: HttpRequest, name: str) -> HttpResponse:
+    run = access.get_run_for_user(request, name)
+    show = request.GET.get("show") if request.GET.get("show") in SHOW_CHOICES else "all"
+    facts = run.retention_facts()
+    try:
+        plan = run.plan_retention(facts=facts)
+    except ValueError as exc:
+        return render(request, "dashboard/prune_preview.html", {"run": run, "policy_error": str(exc)})
+    rows = _plan_rows(run, plan, facts)
+    shown = [r for r in rows if show == "all" or (r["keep"] == (show == "keep"))]
+    return render(
+        request,
+        "dashboard/prune_preview.html",
+        {
+            "run": run, "plan": plan, "policy": run.retention_policy(), "show": show,
+            "page": Paginator(shown, PLAN_PAGE_SIZE).get_page(request.GET.get("page")),
+            "timeline": _timeline(rows), "running": run.running_prune(),
+            "recent_prunes": list(run.jobs.filter(kind=Job.PRUNE).order_by("-created_at")[:3]),
+        },
+    )
+
+
+@require_POST
+def prune_now(request: HttpRequest, name: str) -> HttpResponse:
+    """Start a prune job that executes exactly the previewed plan (the form carries its fingerprint)."""
+    run = access.get_run_for_user(request, name, access.MAINTAIN)
+    running = run.running_prune()
+    if running is not None:
+        messages.warning(request, f"A prune of this run is already running (job #{running.pk}).")
+        return redirect(running)
+    try:
+        plan = run.plan_retention()
+    except ValueError as exc:
+        messages.error(request, str(exc))
+        return redirect("run-prune", run.name)
+    if plan.fingerprint != request.POST.get("fingerprint"):
+        messages.warning(request, "The run changed since the preview — preview again.")
+        return redirect("run-prune", run.name)
+    if not plan.files_to_delete:
+        messages.info(request, "This plan deletes nothing.")
+        return redirect("run-prune", run.name)
+    params = {"fingerprint": plan.fingerprint, "policy": asdict(run.retention_policy())}
+    job = start_job(request, Job.PRUNE, run=run, params=params)
+    if job is None:
+        return redirect("run-prune", run.name)
+    messages.success(request, f"Prune started: {plan.deleted_count} checkpoint(s) to delete.")
+    return redirect(job)
+
+
+@require_POST
+def checkpoint_pin(request: HttpRequest, name: str, pk: int) -> HttpResponse:
+    run = access.get_run_for_user(request, name, access.MAINTAIN)
+    checkpoint = get_object_or_404(Checkpoint, run=run, pk=pk)
+    checkpoint.run = run
+    form = PinForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, " ".join(e for errors in form.errors.values() for e in errors))
+    else:
+        reason, pin = form.cleaned_data["reason"], form.cleaned_data["action"] == "pin"
+        try:
+            if pin:
+                checkpoint.pin(reason, actor=request.user)
+            else:
+                checkpoint.unpin(reason, actor=request.user)
+        except ValueError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"{'Pinned' if pin else 'Unpinned'} {checkpoint.prefix}.")
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        target = checkpoint.get_absolute_url()
+    return redirect(target)
+
+
+def audit(request: HttpRequest) -> HttpResponse:
+    access.require(request, access.VIEW)
+    filters = {k: request.GET.get(k, "").strip() for k in ("run", "action")}
+    # Details (a whole plan for a prune) stay in the database; the list needs only the job's id.
+    events = AuditEvent.objects.select_related("actor", "run", "checkpoint").defer("details").annotate(
+        job_id=KT("details__job")
+    )
+    if filters["run"]:
+        events = events.filter(run__name=filters["run"])
+    if filters["action"]:
+        events = events.filter(action=filters["action"])
+    page = Paginator(events.order_by("-at", "-pk"), AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "dashboard/audit.html",
+        {
+            "page": page, "filters": filters,
+            "run_names": list(Run.objects.order_by("name").values_list("name", flat=True)),
+            "actions": list(AuditEvent.objects.order_by("action").values_list("action", flat=True).distinct()),
+        },
+    )
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _metric_names(run: Run) -> list[str]:
+    # The newest checkpoints say which metrics training records; enough for the form's suggestions.
+    recent = run.checkpoints.order_by("-saved_at").values_list("metrics", flat=True)[:200]
+    return sorted({name for metrics in recent for name in (metrics or {})})
+
+
+def _plan_rows(run: Run, plan, facts) -> list[dict]:
+    """One row per decision, oldest first, with what the table shows next to it."""
+    by_prefix = {f.prefix: f for f in facts}
+    ids = dict(run.checkpoints.values_list("prefix", "id"))
+    rows = []
+    for d in plan.decisions:
+        f = by_prefix[d.prefix]
+        rows.append({
+            "id": ids.get(d.prefix), "prefix": d.prefix, "step": d.step, "status": f.status,
+            "saved_at": dt.datetime.fromtimestamp(f.saved_at, tz=dt.UTC), "size": f.size_bytes,
+            "keep": d.keep, "meta_only": d.keep_meta_only, "reasons": d.reasons, "bytes": d.bytes,
+            "files": len(d.delete_files),
+        })
+    return rows
+
+
+def _timeline(rows: list[dict]) -> dict:
+    """Kept and deleted checkpoints as (time in ms, step) points, each series thinned evenly."""
+    series: dict[str, list] = {"kept": [], "deleted": []}
+    for i, r in enumerate(rows):
+        if r["keep"] or r["files"]:
+            point = [int(r["saved_at"].timestamp() * 1000), r["step"] if r["step"] is not None else i]
+            series["kept" if r["keep"] else "deleted"].append(point)
+    total = {k: len(v) for k, v in series.items()}
+    for key, points in series.items():
+        stride = max(1, -(-len(points) // TIMELINE_MAX_POINTS))
+        series[key] = points[::stride]
+    return {**series, "total": total}
