@@ -227,10 +227,14 @@ class JobContext:
         pct = max(0, min(100, int(percent)))
         Job.objects.filter(pk=self.job.pk).update(progress=pct, message=message[:500])
 
-    def log(self, line: str) -> None:
+    def log(self, line: str, **partial_result: Any) -> None:
+        """Append a log line; keyword arguments also update the partial result, in the same write."""
         self.job.log.append(f"{timezone.now():%H:%M:%S} {line}")
         del self.job.log[:-LOG_LINES_KEPT]
-        Job.objects.filter(pk=self.job.pk).update(log=self.job.log)
+        fields: dict[str, Any] = {"log": self.job.log}
+        if partial_result:
+            self.job.result = fields["result"] = {**(self.job.result or {}), **partial_result}
+        Job.objects.filter(pk=self.job.pk).update(**fields)
 
     def partial_result(self, **values: Any) -> None:
         """Store part of the result while the job runs (what a retry needs if this one dies)."""
@@ -283,7 +287,7 @@ def job_body(func: Callable[[Job, JobContext], dict[str, Any] | None]) -> Callab
     def run(job_pk: int) -> dict:
         close_old_connections()
         claimed = Job.objects.filter(pk=job_pk, status=Job.QUEUED).update(
-            status=Job.RUNNING, started_at=timezone.now(), error="", traceback="", message="Starting"
+            status=Job.RUNNING, started_at=timezone.now(), error="", traceback="", message="Started"
         )
         if not claimed:
             # Canceled before it started, or a duplicate delivery of a row that already ran.
@@ -396,9 +400,10 @@ def save_job(job: Job, ctx: JobContext) -> dict:
     options = SaverOptions.from_dict(params.get("options") or {})
     recipe = load_recipe(recipe_path)
 
-    # Rows first agree with the disk: an earlier attempt killed inside Saver.save may have left
-    # rows of checkpoints the Saver had already deleted.
-    run.scan()
+    if job.retry_of_id:
+        # Rows first agree with the disk: an earlier attempt killed inside Saver.save may have
+        # left rows of checkpoints the Saver had already deleted.
+        run.scan()
 
     restore_from = None
     if params.get("restore_from"):
@@ -420,7 +425,6 @@ def save_job(job: Job, ctx: JobContext) -> dict:
     done_before = (resume.step - first_step) if resume is not None else 0
     steps = total - done_before
     saved_rows: list[dict] = list(_saved_by_attempts(job)) if resume is not None else []
-    ctx.partial_result(saved=[], target_step=target_step)
     if steps <= 0:
         ctx.log("Nothing left to do: an earlier attempt reached the last step")
         return {"saved": [], "final_step": resume.step, "target_step": target_step, "resumed_from": resume.prefix}
@@ -437,16 +441,16 @@ def save_job(job: Job, ctx: JobContext) -> dict:
         entry = {"prefix": saved.prefix, "step": saved.step, "id": checkpoint.pk, **saved.metrics}
         own_saved.append(entry)
         pruned.extend(saved.deleted)
-        ctx.partial_result(saved=own_saved)
-        ctx.log(f"Saved {saved.prefix} ({_metric_text(saved.metrics)})")
+        line = f"Saved {saved.prefix} ({_metric_text(saved.metrics)})"
         if saved.deleted:
-            ctx.log(f"Saver max_to_keep deleted {', '.join(saved.deleted)}")
+            line += f"; the Saver's max_to_keep deleted {', '.join(saved.deleted)}"
+        # What a retry continues from: stored the moment the row exists.
+        ctx.log(line, saved=own_saved, target_step=target_step)
 
     def on_progress(done: int, of: int, loss: float) -> None:
         overall = done_before + done
         ctx.progress(100 * overall / total, f"Step {overall}/{total} · loss {loss:.4f}")
 
-    ctx.progress(0, f"Step 0/{total}" if not done_before else f"Step {done_before}/{total}", force=True)
     try:
         result = train(
             directory,
@@ -469,7 +473,8 @@ def save_job(job: Job, ctx: JobContext) -> dict:
             "pruned_by_saver": pruned,
         }
     last = own_saved[-1] if own_saved else None
-    ctx.progress(100, f"Step {total}/{total} · loss {result.final_metrics.get('loss', float('nan')):.4f}", force=True)
+    loss = result.final_metrics.get("loss", float("nan"))
+    ctx.progress(100, f"Step {total}/{total} · loss {loss:.4f}", force=True)
     return {
         "directory": directory,
         "recipe": recipe_path,
@@ -695,6 +700,7 @@ def reconcile_jobs(*, now: dt.datetime | None = None) -> dict:
 # Bodies that check ``should_stop`` between steps; the others are stopped through RQ on cancel.
 COOPERATIVE_KINDS = {Job.SAVE}
 
+
 def save_kind_job(job_pk: int) -> dict:
     """Run a ``save`` job: training (``save_job``) or re-saving a subset (``resave_job``).
 
@@ -717,8 +723,7 @@ JOB_FUNCTIONS: dict[str, Callable[[int], dict]] = {
 __all__ = [
     "CANCEL_GRACE_SECONDS", "JOB_FUNCTIONS", "TIMEOUTS", "JobCanceled", "JobContext", "QueueUnavailable",
     "enqueue", "get_queue", "job_body", "reconcile_jobs", "redis_connection", "resave_job", "save_job",
-    "save_kind_job",
-    "scan_all_runs", "scan_job", "start", "timeout_for", "withdraw",
+    "save_kind_job", "scan_all_runs", "scan_job", "start", "timeout_for", "withdraw",
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from django.conf import settings
@@ -115,12 +116,15 @@ class Run(models.Model):
                 "created": 0, "updated": 0, "missing": 0, "unchanged_directory": True,
                 "checkpoints": self.checkpoints.on_disk().count(), "problems": list(self.scan_problems),
             }
-        result = discovery.scan_directory(self.directory, known={} if full else self.known_fingerprints())
-        counts = self.apply_scan(result, now=now, stamp=stamp or "")
-        return {
-            **counts, "unchanged_directory": False,
-            "checkpoints": len(result.checkpoints), "problems": list(result.problems),
-        }
+        listing = discovery.list_directory(self.directory)
+        known = {} if full else self.known_fingerprints()
+        # Meta sources first: the checkpoints that restore with them are then inserted linked.
+        sources = set(listing.meta_sources.values())
+        order = [p for p in listing.prefixes if p in sources] + [p for p in listing.prefixes if p not in sources]
+        # A large scan stores each chunk while a forked child reads the next (see describe_chunks).
+        chunks = discovery.describe_chunks(listing, order, known=known)
+        counts, found = self._record_scan(chunks, listing.state_files, listing.problems, now=now, stamp=stamp or "")
+        return {**counts, "unchanged_directory": False, "checkpoints": found, "problems": list(listing.problems)}
 
     def apply_scan(
         self, result: discovery.ScanResult, *, now: dt.datetime | None = None, stamp: str = ""
@@ -131,13 +135,27 @@ class Run(models.Model):
         run to a handful of queries. Rows whose files vanished become ``missing``; rows we pruned
         stay ``pruned``.
         """
+        counts, _ = self._record_scan([result.checkpoints], result.state_files, result.problems, now=now, stamp=stamp)
+        return counts
+
+    def _record_scan(
+        self,
+        chunks: Iterable[list[discovery.DiscoveredCheckpoint]],
+        state_files: list[discovery.StateFile],
+        problems: list[str],
+        *,
+        now: dt.datetime | None,
+        stamp: str,
+    ) -> tuple[dict[str, int], int]:
+        """``apply_scan`` for checkpoints that arrive in chunks (each stored as it comes); also
+        returns how many checkpoints were found. ``chunks`` must hold every checkpoint on disk."""
         now = now or timezone.now()
         latest_by_prefix: dict[str, list[str]] = {}
-        for state in result.state_files:
+        for state in state_files:
             if state.latest:
                 latest_by_prefix.setdefault(state.latest, []).append(state.name)
-        default_state = next((s for s in result.state_files if s.name == "checkpoint"), None)
-        found = {c.prefix: c for c in result.checkpoints}
+        default_state = next((s for s in state_files if s.name == "checkpoint"), None)
+        found: dict[str, discovery.DiscoveredCheckpoint] = {}
 
         with transaction.atomic():
             # Plain tuples, not model instances: a rescan of a large run must stay a few queries.
@@ -145,24 +163,35 @@ class Run(models.Model):
                 prefix: (pk, status)
                 for pk, prefix, status in self.checkpoints.values_list("id", "prefix", "status")
             }
-            created, updated = [], []
+            ids = {prefix: pk for prefix, (pk, _) in existing.items()}  # and of new rows once inserted
+            unlinked: dict[str, list[str]] = {}  # meta source -> new rows inserted before it
+            created, updated = 0, []
             created_at = timezone.now()
-            shared: dict = {}  # identical variable lists become one object (encoded once on insert)
-            for prefix, found_ckpt in found.items():
-                known = existing.get(prefix)
-                if known is None:
-                    values = Checkpoint.discovery_values(found_ckpt, shared=shared)
-                    source = found_ckpt.meta_source
-                    if source in existing:
-                        values["meta_source_id"] = existing[source][0]
-                    created.append({**values, "run_id": self.pk, "prefix": prefix, "recorded_at": created_at})
-                elif not found_ckpt.unchanged:
-                    # Missing and pruned rows are left out of ``known_fingerprints``, so every row
-                    # here was re-read by discovery and all its fields are fresh.
-                    updated.append(
-                        Checkpoint(pk=known[0], run=self, prefix=prefix, **Checkpoint.discovery_values(found_ckpt))
-                    )
-            self._insert_linked(created, found)
+            shared: dict = {}  # identical variable lists are encoded once
+            for chunk in chunks:
+                rows = []
+                for found_ckpt in chunk:
+                    prefix = found_ckpt.prefix
+                    found[prefix] = found_ckpt
+                    known = existing.get(prefix)
+                    if known is None:
+                        values = Checkpoint.discovery_values(found_ckpt, shared=shared)
+                        values.update(run_id=self.pk, prefix=prefix, recorded_at=created_at)
+                        rows.append(values)
+                    elif not found_ckpt.unchanged:
+                        # Missing and pruned rows are left out of ``known_fingerprints``, so every row
+                        # here was re-read by discovery and all its fields are fresh.
+                        updated.append(
+                            Checkpoint(pk=known[0], run=self, prefix=prefix, **Checkpoint.discovery_values(found_ckpt))
+                        )
+                created += len(rows)
+                self._insert_linked(rows, found, ids, unlinked)
+            for source, prefixes in unlinked.items():
+                if source in ids:
+                    for start in range(0, len(prefixes), 5000):
+                        self.checkpoints.filter(prefix__in=prefixes[start : start + 5000]).update(
+                            meta_source_id=ids[source]
+                        )
             detail_fields = [
                 "step", "status", "format", "files", "has_own_meta", "size_bytes", "saved_at",
                 "variables", "variable_count", "fingerprint", "problems",
@@ -176,13 +205,11 @@ class Run(models.Model):
             self._link_meta_sources(found, touched={r.prefix for r in updated})
             self._mark_latest(latest_by_prefix)
 
-            self.format = result.format or self.format
+            self.format = discovery.directory_format(found.values()) or self.format
             self.latest_prefix = (default_state.latest or "") if default_state else ""
             self.last_preserved_timestamp = default_state.last_preserved_timestamp if default_state else None
-            self.state_files = [
-                {"name": s.name, "latest": s.latest, "problem": s.problem} for s in result.state_files
-            ]
-            self.scan_problems = list(result.problems)
+            self.state_files = [{"name": s.name, "latest": s.latest, "problem": s.problem} for s in state_files]
+            self.scan_problems = list(problems)
             self.last_scanned_at = now
             self.directory_stamp = stamp
             self.save(
@@ -191,28 +218,38 @@ class Run(models.Model):
                     "scan_problems", "last_scanned_at", "directory_stamp",
                 ]
             )
-        return {"created": len(created), "updated": len(updated), "missing": missing_count}
+        return {"created": created, "updated": len(updated), "missing": missing_count}, len(found)
 
-    def _insert_linked(self, rows: list[dict], found: dict[str, discovery.DiscoveredCheckpoint]) -> None:
+    def _insert_linked(
+        self, rows: list[dict], found: dict[str, discovery.DiscoveredCheckpoint], ids: dict[str, int],
+        unlinked: dict[str, list[str]],
+    ) -> None:
         """Insert new rows with their ``meta_source`` set, sources first.
 
         Setting the link at insert time saves an UPDATE of every dependent row (all checkpoints
-        of a ``write_meta_graph=False`` run depend on the first one).
+        of a ``write_meta_graph=False`` run depend on the first one). ``ids`` maps the prefixes of
+        rows already stored to their ids and learns those of new sources; a row whose source is
+        not stored yet is noted in ``unlinked`` (source -> prefixes) for the caller to link later.
         """
-        new_sources = {found[r["prefix"]].meta_source for r in rows if "meta_source_id" not in r} - {None}
+        new_sources = {found[r["prefix"]].meta_source for r in rows} - ids.keys() - {None}
         first = [r for r in rows if r["prefix"] in new_sources]
-        Checkpoint.objects.insert_many(first)
-        ids = dict(self.checkpoints.filter(prefix__in=list(new_sources)).values_list("prefix", "id"))
+        if first:
+            Checkpoint.objects.insert_many(first)
+            stored = self.checkpoints.filter(prefix__in=[r["prefix"] for r in first])
+            ids.update(stored.values_list("prefix", "id"))
+            # A checkpoint with its own .meta (every source has one) is its own meta source.
+            stored.update(meta_source_id=models.F("id"))
         rest = []
         for row in rows:
-            if "meta_source_id" not in row:
-                row["meta_source_id"] = ids.get(found[row["prefix"]].meta_source)
-            if row["prefix"] not in new_sources:
-                rest.append(row)
+            if row["prefix"] in new_sources:
+                continue
+            source = found[row["prefix"]].meta_source
+            if source is not None:
+                row["meta_source_id"] = ids.get(source)
+                if row["meta_source_id"] is None:
+                    unlinked.setdefault(source, []).append(row["prefix"])
+            rest.append(row)
         Checkpoint.objects.insert_many(rest)
-        # A checkpoint with its own .meta is its own meta source.
-        for prefix in new_sources & {r["prefix"] for r in first}:
-            self.checkpoints.filter(pk=ids[prefix]).update(meta_source_id=ids[prefix])
 
     def _link_meta_sources(self, found: dict[str, discovery.DiscoveredCheckpoint], touched: set[str]) -> None:
         # One UPDATE per distinct meta source (usually a single first checkpoint), not one per row.
@@ -534,7 +571,7 @@ class Run(models.Model):
                 CheckpointFacts(
                     prefix=prefix, step=step, saved_at=when, size_bytes=size, files=tuple(sizes),
                     meta_file=meta if meta in sizes else None, meta_source=prefix_of.get(source_id),
-                    metrics=metrics or {}, pinned=pinned, pin_reason=reason, is_latest=False,
+                    metrics=metrics or {}, pinned=pinned, pin_reason=reason, is_latest=bool(latest_in),
                     has_export=pk in exported, status=status, file_sizes=sizes,
                 )
             )
@@ -915,7 +952,8 @@ class Checkpoint(models.Model):
     def discovery_values(found: discovery.DiscoveredCheckpoint, *, shared: dict | None = None) -> dict:
         """Field values (by attname) for what discovery found on disk.
 
-        With ``shared``, equal variable lists are returned as one object across calls.
+        With ``shared``, the rows of checkpoints that share one variable list (discovery hands out
+        one list object per distinct list) share one encoded list too.
         """
         values = {
             "step": found.step,
@@ -929,15 +967,16 @@ class Checkpoint(models.Model):
             "problems": list(found.problems),
         }
         if not found.unchanged:
-            key = tuple(found.variables)
-            variables = shared.get(key) if shared is not None else None
-            if variables is None:
+            hit = shared.get(id(found.variables)) if shared is not None else None
+            if hit is not None and hit[0] is found.variables:
+                variables = hit[1]
+            else:
                 variables = [
                     {"name": v.name, "shape": list(v.shape), "dtype": v.dtype, "bytes": v.nbytes}
                     for v in found.variables
                 ]
-                if shared is not None:
-                    shared[key] = variables
+                if shared is not None:  # keeps the list alive, so that its id is not reused
+                    shared[id(found.variables)] = (found.variables, variables)
             values["variables"] = variables
             values["variable_count"] = len(found.variables)
         return values

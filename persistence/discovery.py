@@ -365,7 +365,18 @@ def _describe_forked(
         fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 1 << 20)
     except (ImportError, AttributeError, OSError):
         pass
-    pid = os.fork()
+    # While the child lives, every page either process writes to is copied (copy-on-write), at
+    # several microseconds a page on this kind of machine. A collection of the oldest generation
+    # writes to every tracked object, TensorFlow's included: it measured as a full second of
+    # copying in the parent. Frozen objects are left out of collections until unfrozen.
+    gc.freeze()
+    try:
+        pid = os.fork()
+    except BaseException:
+        gc.unfreeze()
+        os.close(read_end)
+        os.close(write_end)
+        raise
     if pid == 0:  # the child: never returns
         os.close(read_end)
         _child_main(listing, prefixes, known, chunk_size, reader, write_end)
@@ -391,6 +402,7 @@ def _describe_forked(
                 yield chunk
     finally:
         _end_child(pid, kill=not finished)
+        gc.unfreeze()
     if not finished:
         # Whatever killed it (the OOM killer, a crash in a native library), the rest is read here;
         # if it fails again, it fails in the caller's process with a traceback.

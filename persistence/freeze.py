@@ -390,7 +390,11 @@ def freeze_checkpoint(
     v1 = tf.compat.v1
     with tf.Graph().as_default() as graph:
         _report(on_progress, 5, "importing meta graph")
-        saver = v1.train.import_meta_graph(meta_graph_def, clear_devices=clear_devices)
+        try:
+            saver = v1.train.import_meta_graph(meta_graph_def, clear_devices=clear_devices)
+        except (ValueError, KeyError, tf.errors.OpError) as exc:
+            # A damaged .meta can parse as a protobuf yet describe a graph TensorFlow rejects.
+            raise FreezeError(f"the meta graph {os.path.basename(meta_path)} cannot be imported: {exc}") from None
         del meta_graph_def, graph_def
         for name in output_tensors:
             try:

@@ -52,3 +52,23 @@ def checkpoint_root(tmp_path, settings):
     settings.CHECKPOINT_ROOTS = [root.resolve()]
     settings.EXPORT_ROOT = (tmp_path / "exports").resolve()
     return root.resolve()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Say how many fault cases (corruptions, traversal attempts, kills) were tried, per module."""
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", "")
+            if nodeid.startswith("tests/faults/") and getattr(report, "when", "call") in ("call", "setup"):
+                if outcome == "passed" and report.when != "call":
+                    continue
+                module = nodeid.split("::")[0].removeprefix("tests/faults/")
+                counts.setdefault(module, {}).setdefault(outcome, 0)
+                counts[module][outcome] += 1
+    if counts:
+        terminalreporter.section("fault suite")
+        for module, by_outcome in sorted(counts.items()):
+            tried = sum(by_outcome.values())
+            detail = ", ".join(f"{n} {o}" for o, n in sorted(by_outcome.items()))
+            terminalreporter.write_line(f"{module}: {tried} cases tried ({detail})")

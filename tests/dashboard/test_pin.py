@@ -1,0 +1,116 @@
+"""Pin and unpin (with a reason) from the history table and the checkpoint page; audited; maintainers only."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from django.urls import reverse
+
+from dashboard.models import AuditEvent, Checkpoint, Job
+from dashboard.models import _this_process as this_process
+from tests.dashboard.test_prune_plan import fake_run
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def run(checkpoint_root):
+    return fake_run(checkpoint_root / "r", "r", [1, 2, 3, 4], max_to_keep=1)
+
+
+def pin_url(checkpoint: Checkpoint) -> str:
+    return reverse("checkpoint-pin", args=[checkpoint.run.name, checkpoint.pk])
+
+
+def test_pin_from_the_history_table_keeps_it_through_a_prune(client, maintainer, run):
+    second = run.checkpoints.get(step=2)
+    client.force_login(maintainer)
+    history = client.get(reverse("run", args=["r"])).content.decode()
+    assert pin_url(second) in history  # every row on disk has its pin form
+
+    response = client.post(pin_url(second), {"action": "pin", "reason": "shipped as v3", "next": "/runs/r/?page=1"})
+
+    assert response.status_code == 302 and response["Location"] == "/runs/r/?page=1"
+    second.refresh_from_db()
+    assert (second.pinned, second.pin_reason) == (True, "shipped as v3")
+    event = AuditEvent.objects.get(action="pin")
+    assert (event.actor, event.checkpoint, event.run) == (maintainer, second, run)
+    assert event.summary == "Pinned model.ckpt-2: shipped as v3"
+
+    decision = next(d for d in run.plan_retention().decisions if d.prefix == "model.ckpt-2")
+    assert decision.keep and decision.reasons == ["kept: pinned (shipped as v3)"]
+    run.apply_plan(run.plan_retention())
+    assert os.path.exists(os.path.join(run.directory, "model.ckpt-2.index"))
+    assert run.checkpoints.get(step=3).status == Checkpoint.PRUNED
+
+
+def test_unpin_from_the_checkpoint_page_is_audited_with_what_it_was_pinned_for(client, maintainer, run):
+    first = run.checkpoints.get(step=1)
+    first.pin("baseline", actor=maintainer)
+    client.force_login(maintainer)
+    page = client.get(first.get_absolute_url()).content.decode()
+    assert "pinned: baseline" in page and ">Unpin</button>" in page
+
+    response = client.post(pin_url(first), {"action": "unpin", "reason": "superseded"})
+
+    assert response["Location"] == first.get_absolute_url()
+    first.refresh_from_db()
+    assert (first.pinned, first.pin_reason) == (False, "")
+    event = AuditEvent.objects.get(action="unpin")
+    assert event.summary == "Unpinned model.ckpt-1 (superseded); it was pinned for: baseline"
+
+
+def test_a_pin_needs_a_reason(client, maintainer, run):
+    checkpoint = run.checkpoints.get(step=2)
+    client.force_login(maintainer)
+    response = client.post(pin_url(checkpoint), {"action": "pin", "reason": "   "}, follow=True)
+    assert "Say why this checkpoint is pinned" in response.content.decode()
+    checkpoint.refresh_from_db()
+    assert not checkpoint.pinned and not AuditEvent.objects.exists()
+
+
+def test_viewers_and_operators_cannot_pin_and_see_no_pin_buttons(client, viewer, operator, run):
+    checkpoint = run.checkpoints.get(step=2)
+    for user in (viewer, operator):
+        client.force_login(user)
+        assert pin_url(checkpoint) not in client.get(reverse("run", args=["r"])).content.decode()
+        assert pin_url(checkpoint) not in client.get(checkpoint.get_absolute_url()).content.decode()
+        assert client.post(pin_url(checkpoint), {"action": "pin", "reason": "mine"}).status_code == 403
+    checkpoint.refresh_from_db()
+    assert not checkpoint.pinned
+
+
+def test_only_a_checkpoint_on_disk_can_be_pinned(client, maintainer, run):
+    gone = run.checkpoints.get(step=1)
+    Checkpoint.objects.filter(pk=gone.pk).update(status=Checkpoint.PRUNED)
+    client.force_login(maintainer)
+    response = client.post(pin_url(gone), {"action": "pin", "reason": "too late"}, follow=True)
+    assert "only a checkpoint on disk can be pinned" in response.content.decode()
+    assert not Checkpoint.objects.get(pk=gone.pk).pinned
+
+
+def test_a_pin_never_leaves_the_site(client, maintainer, run):
+    checkpoint = run.checkpoints.get(step=2)
+    client.force_login(maintainer)
+    response = client.post(pin_url(checkpoint), {"action": "pin", "reason": "x", "next": "https://evil.example/"})
+    assert response["Location"] == checkpoint.get_absolute_url()
+
+
+def test_pin_and_make_latest_wait_for_a_running_prune(client, maintainer, run):
+    # A prune that has planned must not delete what is pinned (or made latest) after it planned.
+    holder = Job.objects.create(kind=Job.PRUNE, run=run, status=Job.RUNNING, result={"holder": this_process()})
+    checkpoint = run.checkpoints.get(step=2)
+    client.force_login(maintainer)
+    response = client.post(pin_url(checkpoint), {"action": "pin", "reason": "x"}, follow=True)
+    assert f"A prune of run r is running (job #{holder.pk})" in response.content.decode()
+    assert not Checkpoint.objects.get(pk=checkpoint.pk).pinned
+    with pytest.raises(ValueError, match="A prune of run r is running"):
+        run.make_latest(checkpoint, user=maintainer)
+
+    # A holder whose process is gone (kill -9) holds nothing; its job is failed on the way.
+    Job.objects.filter(pk=holder.pk).update(result={"holder": {**this_process(), "pid": 2**22 + 12345}})
+    checkpoint.pin("now it can", actor=maintainer)
+    assert Checkpoint.objects.get(pk=checkpoint.pk).pinned
+    holder.refresh_from_db()
+    assert holder.status == Job.FAILED and "died" in holder.error
