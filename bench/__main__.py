@@ -11,7 +11,7 @@ import sys
 
 from bench import harness
 
-GROUPS = ["scan", "history", "compare", "jobs", "exports"]
+GROUPS = ["scan", "history", "compare", "jobs", "exports", "retention"]
 
 
 def main(argv: list[str]) -> int:
@@ -42,6 +42,10 @@ def main(argv: list[str]) -> int:
             from bench import exports
 
             new.update(exports.run(work))
+        if "retention" in groups:
+            from bench import retention
+
+            new.update(retention.run(work))
         results = harness.write_results(new)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -8,7 +8,6 @@ preloading worker imports it once, before forking), then the calls once, in a fr
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess

@@ -180,8 +180,8 @@ class SaveJobForm(forms.Form):
         prefix = self.cleaned_data["prefix"].strip()
         try:
             SaverOptions(prefix=prefix)
-        except TrainingError as exc:
-            raise forms.ValidationError(str(exc)) from None
+        except TrainingError:
+            raise forms.ValidationError("Enter a plain file name, without directories.") from None
         if prefix == "checkpoint":
             raise forms.ValidationError("“checkpoint” is the state file's name; choose another prefix.")
         return prefix
@@ -654,3 +654,59 @@ class PinForm(forms.Form):
         if cleaned.get("action") == "pin" and not cleaned["reason"]:
             self.add_error("reason", "Say why this checkpoint is pinned (e.g. “shipped as v3”).")
         return cleaned
+
+
+class PartialRestoreForm(forms.Form):
+    """Restore some of a checkpoint's variables into a recipe's fresh graph (the seed's transfer learning)."""
+
+    recipe = forms.ChoiceField(help_text="The graph to restore into (a registered recipe).")
+    variables = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 3}), label="Graph variables to restore",
+        help_text="Separated by commas or lines; blank restores every variable the checkpoint has.",
+    )
+    name_map = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 3}), label="Read from other names",
+        help_text="One graph_variable=checkpoint_name per line, like Saver(var_list={checkpoint_name: variable}).",
+    )
+
+    def __init__(self, *args, checkpoint, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        from django.conf import settings
+
+        self.checkpoint = checkpoint
+        self.fields["recipe"].choices = [(path, path.rsplit(".", 1)[-1]) for path in settings.CHECKPOINT_RECIPES]
+        self.fields["recipe"].initial = checkpoint.run.recipe_path()
+
+    def clean_variables(self) -> list[str]:
+        return [_node(n) for n in _split_names(self.cleaned_data.get("variables", ""))]
+
+    def clean_name_map(self) -> dict[str, str]:
+        from persistence.restore import unknown_names_message
+
+        mapping, problems = {}, []
+        for number, raw in enumerate(self.cleaned_data.get("name_map", "").splitlines(), start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            graph_name, sep, checkpoint_name = (_node(p.strip()) for p in line.partition("="))
+            if not sep or not graph_name or not checkpoint_name:
+                problems.append(f"Line {number} is not graph_variable=checkpoint_name.")
+            else:
+                mapping[graph_name] = checkpoint_name
+        # Checkpoint keys are known without TensorFlow (the scan recorded them); graph names are
+        # checked by the job, which builds the graph.
+        recorded = {v["name"] for v in self.checkpoint.variables or []}
+        unknown = [name for name in mapping.values() if recorded and name not in recorded]
+        if unknown:
+            message = unknown_names_message(unknown, recorded, what="checkpoint variable")
+            problems.append(message[0].upper() + message[1:] + ".")
+        if problems:
+            raise forms.ValidationError(problems)
+        return mapping
+
+    def job_params(self) -> dict:
+        from dashboard.jobs import PARTIAL_RESTORE_MODE
+
+        data = self.cleaned_data
+        return {"mode": PARTIAL_RESTORE_MODE, "recipe": data["recipe"], "variables": data["variables"],
+                "name_map": data["name_map"]}

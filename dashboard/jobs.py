@@ -109,8 +109,8 @@ def redis_connection():
     config = settings.RQ_QUEUES[settings.JOB_QUEUE]
     return redis.Redis.from_url(
         config["URL"],
-        socket_connect_timeout=config.get("SOCKET_CONNECT_TIMEOUT", REDIS_CONNECT_TIMEOUT),
-        socket_timeout=config.get("SOCKET_TIMEOUT", REDIS_SOCKET_TIMEOUT),
+        socket_connect_timeout=min(config.get("SOCKET_CONNECT_TIMEOUT") or REDIS_CONNECT_TIMEOUT, REDIS_CONNECT_TIMEOUT),
+        socket_timeout=min(config.get("SOCKET_TIMEOUT") or REDIS_SOCKET_TIMEOUT, REDIS_SOCKET_TIMEOUT),
         retry=Retry(NoBackoff(), REDIS_RETRIES),
     )
 
@@ -697,8 +697,9 @@ def reconcile_jobs(*, now: dt.datetime | None = None) -> dict:
     return {k: v for k, v in summary.items() if v}
 
 
-# Bodies that check ``should_stop`` between steps; the others are stopped through RQ on cancel.
-COOPERATIVE_KINDS = {Job.SAVE}
+# Kinds whose bodies check ``should_stop`` between steps (and stop without leaving a half-written
+# file); the others have their work horse stopped through RQ as soon as they are canceled.
+COOPERATIVE_KINDS = {Job.SAVE, Job.COMPARE}
 
 
 def save_kind_job(job_pk: int) -> dict:
@@ -830,7 +831,28 @@ def freeze_job(job: Job, ctx: JobContext) -> dict:
     return {"export": export.as_json()}
 
 
-JOB_FUNCTIONS[Job.RESTORE] = verify_job
+PARTIAL_RESTORE_MODE = "partial"
+
+
+@job_body
+def partial_restore_job(job: Job, ctx: JobContext) -> dict:
+    """Restore ``params["variables"]`` (renamed by ``params["name_map"]``) into ``params["recipe"]``'s graph."""
+    params = job.params or {}
+    checkpoint = Checkpoint.objects.select_related("run").get(pk=job.checkpoint_id)
+    ctx.progress(5, f"Restoring part of {checkpoint.prefix} into {params.get('recipe')}", force=True)
+    return checkpoint.partial_restore(recipe_path=params.get("recipe", ""), variables=params.get("variables"),
+                                      name_map=params.get("name_map"))
+
+
+def restore_kind_job(job_pk: int) -> dict:
+    """Run a ``restore`` job: verify (``verify_job``) or partial restore (``partial_restore_job``)."""
+    close_old_connections()
+    params = Job.objects.filter(pk=job_pk).values_list("params", flat=True).first() or {}
+    body = partial_restore_job if params.get("mode") == PARTIAL_RESTORE_MODE else verify_job
+    return body(job_pk)
+
+
+JOB_FUNCTIONS[Job.RESTORE] = restore_kind_job
 JOB_FUNCTIONS[Job.FREEZE] = freeze_job
 
 

@@ -132,6 +132,7 @@ def _env_retention(name: str) -> dict:
         raise ImproperlyConfigured(f"{name}: auto_prune must be true/false and best_metric a string")
     if isinstance(policy["min_age_seconds"], bool) or not isinstance(policy["min_age_seconds"], int):
         raise ImproperlyConfigured(f"{name}: min_age_seconds must be a whole number of seconds")
+    policy["best_metric"] = policy["best_metric"] or ""  # the run's field is text, never null
     rules = {k: v for k, v in policy.items() if k != "auto_prune"}
     errors = RetentionPolicy(**{**rules, "best_metric": rules["best_metric"] or None}).validate()
     if errors:

@@ -16,6 +16,8 @@ urlpatterns = [
          name="checkpoint-verify"),
     path("runs/<slug:name>/checkpoints/<int:pk>/freeze/", checkpoint_actions.checkpoint_freeze,
          name="checkpoint-freeze"),
+    path("runs/<slug:name>/checkpoints/<int:pk>/partial-restore/", checkpoint_actions.checkpoint_partial_restore,
+         name="checkpoint-partial-restore"),
     path("runs/<slug:name>/checkpoints/<int:pk>/make-latest/", checkpoint_actions.checkpoint_make_latest,
          name="checkpoint-make-latest"),
     path("runs/<slug:name>/checkpoints/<int:pk>/exports/", checkpoint_actions.checkpoint_exports,

@@ -44,8 +44,8 @@ from persistence.statefile import (
 __all__ = [
     "CORRUPT", "FORK_FROM", "INCOMPLETE", "OBJECT_GRAPH_KEY", "PRESENT", "TF1", "TF2", "UNKNOWN_FORMAT",
     "DiscoveredCheckpoint", "FileInfo", "Listing", "ScanResult", "StateFile", "StateFileError", "VariableInfo",
-    "describe", "describe_checkpoint", "describe_chunks", "directory_format", "directory_stamp", "list_directory",
-    "parse_step", "prefix_family", "scan_directory", "scan_result",
+    "describe", "describe_checkpoint", "describe_chunks", "directory_format", "directory_stamp", "gc_paused",
+    "list_directory", "parse_step", "prefix_family", "scan_directory", "scan_result",
 ]
 
 PRESENT = "present"
@@ -71,14 +71,14 @@ FORK_FROM = 2000
 CHUNK_SIZE = 500
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileInfo:
     name: str  # base name inside the run directory
     size: int
     mtime_ns: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VariableInfo:
     name: str
     shape: tuple[int, ...]
@@ -127,10 +127,11 @@ class Listing:
     problems: list[str]  # about the directory and its state files (per-checkpoint ones come with each)
     orphans: list[FileInfo]  # as in ScanResult
     meta_sources: dict[str, str]  # prefix -> the prefix whose .meta it restores with, where there is one
-    # What describing a checkpoint takes from the listing: each file's stat, step, state-file time.
-    indexes: dict[str, FileInfo] = field(default_factory=dict, repr=False)
-    metas: dict[str, FileInfo] = field(default_factory=dict, repr=False)
-    shards: dict[str, list[tuple[int, int, FileInfo]]] = field(default_factory=dict, repr=False)
+    # What describing a checkpoint takes from the listing: its files' entries (not yet stat'ed:
+    # that is part of describing, which may run in another process), step, state-file time.
+    indexes: dict[str, os.DirEntry[str]] = field(default_factory=dict, repr=False)
+    metas: dict[str, os.DirEntry[str]] = field(default_factory=dict, repr=False)
+    shards: dict[str, list[tuple[int, int, os.DirEntry[str]]]] = field(default_factory=dict, repr=False)
     steps: dict[str, int | None] = field(default_factory=dict, repr=False)
     timestamps: dict[str, float] = field(default_factory=dict, repr=False)
 
@@ -170,18 +171,19 @@ def scan_directory(directory: str, *, known: Mapping[str, str] | None = None) ->
     ``variables`` are empty (keep the ones recorded before), everything else is filled in.
     Never raises for anything found on disk; what is wrong is reported in ``problems``.
     """
-    with _gc_paused():
+    with gc_paused():
         listing = list_directory(directory)
         return _result(listing, _describe_many(listing, listing.prefixes, known or {}, _IndexReader()))
 
 
 def list_directory(directory: str) -> Listing:
-    """The cheap phase of a scan: one ``os.scandir`` pass (a ``stat`` per checkpoint file) and the state files.
+    """The cheap phase of a scan: one ``os.scandir`` pass and the state files.
 
-    Reads no index and never imports TensorFlow. Never raises for anything found on disk: a
-    directory that cannot be read comes back empty with the reason in ``problems``.
+    Reads no index, does not ``stat`` checkpoint files (describing them does) and never imports
+    TensorFlow. Never raises for anything found on disk: a directory that cannot be read comes
+    back empty with the reason in ``problems``.
     """
-    with _gc_paused():
+    with gc_paused():
         return _list(directory)
 
 
@@ -193,7 +195,7 @@ def describe(
     Each comes out exactly as :func:`scan_directory` would describe it; ``known`` as there.
     """
     chosen = listing.prefixes if prefixes is None else list(prefixes)
-    with _gc_paused():
+    with gc_paused():
         return _describe_many(listing, chosen, known or {}, _IndexReader())
 
 
@@ -239,8 +241,10 @@ def directory_format(checkpoints: Iterable[DiscoveredCheckpoint]) -> str | None:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a scan allocates its (acyclic) results.
+
+    Also for callers that turn a large scan into rows (``Run.scan``), for the same reason.
 
     A scan of 10,000 checkpoints creates a few hundred thousand small objects; each time that
     triggers a full collection, the collector also walks every object TensorFlow's import left in
@@ -258,9 +262,9 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _list(directory: str) -> Listing:
-    indexes: dict[str, FileInfo] = {}
-    metas: dict[str, FileInfo] = {}
-    shards: dict[str, list[tuple[int, int, FileInfo]]] = {}  # prefix -> (shard, count, file)
+    indexes: dict[str, os.DirEntry[str]] = {}
+    metas: dict[str, os.DirEntry[str]] = {}
+    shards: dict[str, list[tuple[int, int, os.DirEntry[str]]]] = {}  # prefix -> (shard, count, entry)
     state_candidates: list[str] = []
     try:
         with os.scandir(directory) as iterator:
@@ -278,14 +282,23 @@ def _list(directory: str) -> Listing:
     problems: list[str] = []
     state_files = _read_state_files(directory, state_candidates, indexes, problems)
 
-    orphans = [info for prefix, found in shards.items() if prefix not in indexes for _, _, info in found]
-    orphans += [info for prefix, info in metas.items() if prefix not in indexes]
+    orphans = []
+    for entry in [e for prefix, found in shards.items() if prefix not in indexes for _, _, e in found] + [
+        e for prefix, e in metas.items() if prefix not in indexes
+    ]:
+        try:
+            orphans.append(_file_info(entry))
+        except OSError:
+            continue  # gone meanwhile: a concurrent prune
     orphans.sort(key=lambda info: info.name)
 
-    names = {prefix: _split_step(prefix) for prefix in indexes.keys() | metas.keys()}
+    names = {prefix: _split_step(prefix) for prefix in indexes}
+    names.update((prefix, _split_step(prefix)) for prefix in metas if prefix not in names)
+    order = {prefix: (names[prefix][0], -1 if names[prefix][1] is None else names[prefix][1], prefix)
+             for prefix in indexes}
     return Listing(
         directory=directory,
-        prefixes=sorted(indexes, key=lambda prefix: _sort_key(prefix, names)),
+        prefixes=sorted(indexes, key=order.__getitem__),
         state_files=state_files,
         problems=problems,
         orphans=orphans,
@@ -312,22 +325,60 @@ def _result(listing: Listing, checkpoints: list[DiscoveredCheckpoint]) -> ScanRe
 def _describe_many(
     listing: Listing, prefixes: Sequence[str], known: Mapping[str, str], reader: _IndexReader
 ) -> list[DiscoveredCheckpoint]:
-    directory, shards, metas, indexes = listing.directory, listing.shards, listing.metas, listing.indexes
-    steps, meta_sources, timestamps = listing.steps, listing.meta_sources, listing.timestamps
+    directory, steps, meta_sources, timestamps = listing.directory, listing.steps, listing.meta_sources, listing.timestamps
+    base = os.path.join(directory, "")
     checkpoints = []
     for prefix in prefixes:
-        found = shards.get(prefix, ())
+        stated = _stat_files(listing, prefix)
+        if stated is None:
+            continue  # its index was deleted since the listing: a concurrent prune
+        index, found, meta = stated
         if len(found) == 1 and found[0][0] == 0 and found[0][1] == 1:
             data, shard_problems = [found[0][2]], []  # the usual single shard: nothing to check
         else:
-            data = sorted((info for _, _, info in found), key=lambda info: info.name)
+            data = [info for _, _, info in found]
             shard_problems = _shard_problems(directory, prefix, found)
-        index, meta = indexes[prefix], metas.get(prefix)
         files = [index, *data, meta] if meta is not None else [index, *data]
-        checkpoints.append(_describe(directory, prefix, steps[prefix], index, files, meta is not None,
+        checkpoints.append(_describe(base, prefix, steps[prefix], index, files, meta is not None,
                                      shard_problems, known.get(prefix), meta_sources.get(prefix),
                                      timestamps, reader))
     return checkpoints
+
+
+def _listed_files(
+    listing: Listing, prefix: str
+) -> tuple[os.DirEntry[str], list[tuple[int, int, os.DirEntry[str]]], os.DirEntry[str] | None]:
+    """A checkpoint's entries: index, data shards (by name), own .meta: the order of its ``files``."""
+    found = listing.shards.get(prefix, [])
+    if len(found) > 1:
+        found = sorted(found, key=lambda item: item[2].name)
+    return listing.indexes[prefix], found, listing.metas.get(prefix)
+
+
+def _stat_files(
+    listing: Listing, prefix: str
+) -> tuple[FileInfo, list[tuple[int, int, FileInfo]], FileInfo | None] | None:
+    """``_listed_files`` stat'ed; files deleted since the listing are left out (None: the index)."""
+    index_entry, found, meta_entry = _listed_files(listing, prefix)
+    try:
+        stat = index_entry.stat()
+    except OSError:
+        return None
+    index = FileInfo(index_entry.name, stat.st_size, stat.st_mtime_ns)
+    shards = []
+    for shard, count, entry in found:
+        try:
+            stat = entry.stat()
+        except OSError:
+            continue
+        shards.append((shard, count, FileInfo(entry.name, stat.st_size, stat.st_mtime_ns)))
+    meta = None
+    if meta_entry is not None:
+        try:
+            meta = _file_info(meta_entry)
+        except OSError:
+            pass
+    return index, shards, meta
 
 
 def _describe_in_process(
@@ -335,7 +386,7 @@ def _describe_in_process(
 ) -> Iterator[list[DiscoveredCheckpoint]]:
     reader = _IndexReader()
     for start in range(0, len(prefixes), chunk_size):
-        with _gc_paused():
+        with gc_paused():
             chunk = _describe_many(listing, prefixes[start : start + chunk_size], known, reader)
         yield chunk
 
@@ -343,11 +394,11 @@ def _describe_in_process(
 # --- describing in a forked child ------------------------------------------------------------------
 #
 # The child sends one frame per chunk: 8 bytes of length, then a pickle of ``(variables, rows)``.
-# ``rows`` hold each checkpoint's fields except ``files`` (the parent has those FileInfo objects
-# in its listing already) and ``variables``, which is an id: checkpoints of one model share one
-# variable list, sent once as ``variables[id]``. Unpickling 10,000 full dataclasses measured
-# three times as long as this. A zero length ends the stream; end of file before it means the
-# child died.
+# ``rows`` hold each checkpoint's fields as plain values: ``files`` as their sizes and times only
+# (the parent has their names in its listing), ``variables`` as an id: checkpoints of one model
+# share one variable list, sent once as ``variables[id]``. Unpickling 10,000 full dataclasses
+# measured three times as long as this. A zero length ends the stream; end of file before it
+# means the child died.
 
 _FRAME_HEADER = 8
 
@@ -396,7 +447,7 @@ def _describe_forked(
                 payload = stream.read(size)
                 if len(payload) < size:
                     break
-                with _gc_paused():
+                with gc_paused():
                     chunk = _decode_chunk(listing, pickle.loads(payload), variables)
                 handed_over += len(chunk)
                 yield chunk
@@ -423,7 +474,7 @@ def _child_main(
         with os.fdopen(write_end, "wb") as out:
             for start in range(0, len(prefixes), chunk_size):
                 chunk = _describe_many(listing, prefixes[start : start + chunk_size], known, reader)
-                payload = pickle.dumps(_encode_chunk(chunk, variable_ids, keep), pickle.HIGHEST_PROTOCOL)
+                payload = pickle.dumps(_encode_chunk(listing, chunk, variable_ids, keep), pickle.HIGHEST_PROTOCOL)
                 out.write(len(payload).to_bytes(_FRAME_HEADER, "little"))
                 out.write(payload)
                 out.flush()
@@ -437,10 +488,12 @@ def _child_main(
 
 
 def _encode_chunk(
-    chunk: list[DiscoveredCheckpoint], variable_ids: dict[int, int], keep: list[list[VariableInfo]]
+    listing: Listing, chunk: list[DiscoveredCheckpoint], variable_ids: dict[int, int],
+    keep: list[list[VariableInfo]],
 ) -> tuple[dict[int, list[VariableInfo]], list[tuple]]:
     new_variables = {}
     rows = []
+    shards, metas = listing.shards, listing.metas
     for c in chunk:
         key = id(c.variables)
         number = variable_ids.get(key)
@@ -448,8 +501,12 @@ def _encode_chunk(
             number = variable_ids[key] = len(keep)
             keep.append(c.variables)
             new_variables[number] = c.variables
-        rows.append((c.prefix, c.status, c.format, c.size_bytes, c.saved_at, number, c.fingerprint, c.unchanged,
-                     c.problems or None))
+        stats = tuple([value for info in c.files for value in (info.size, info.mtime_ns)])
+        # Files are only ever missing from what was listed (deleted meanwhile): then say which are left.
+        listed = 1 + len(shards.get(c.prefix, ())) + (c.prefix in metas)
+        names = None if len(c.files) == listed else tuple(info.name for info in c.files)
+        rows.append((c.prefix, c.status, c.format, c.has_own_meta, c.size_bytes, c.saved_at, number, c.fingerprint,
+                     c.unchanged, c.problems or None, stats, names))
     return new_variables, rows
 
 
@@ -459,22 +516,20 @@ def _decode_chunk(
 ) -> list[DiscoveredCheckpoint]:
     new_variables, rows = message
     variables.update(new_variables)
-    shards, metas, indexes = listing.shards, listing.metas, listing.indexes
     steps, meta_sources = listing.steps, listing.meta_sources
     chunk = []
-    for prefix, status, fmt, size_bytes, saved_at, number, fingerprint, unchanged, problems in rows:
-        found = shards.get(prefix, ())
-        if len(found) == 1:
-            data = [found[0][2]]
-        else:
-            data = sorted((info for _, _, info in found), key=lambda info: info.name)
-        meta = metas.get(prefix)
-        files = [indexes[prefix], *data, meta] if meta is not None else [indexes[prefix], *data]
+    for (prefix, status, fmt, has_own_meta, size_bytes, saved_at, number, fingerprint, unchanged, problems, stats,
+         names) in rows:
+        if names is None:
+            index, found, meta = _listed_files(listing, prefix)
+            names = [index.name, *[entry.name for _, _, entry in found]]
+            if meta is not None:
+                names.append(meta.name)
+        files = list(map(FileInfo, names, stats[0::2], stats[1::2]))
+        # Positional: a third of the cost of keywords, 10,000 times over (field order as declared).
         chunk.append(DiscoveredCheckpoint(
-            prefix=prefix, step=steps[prefix], status=status, format=fmt, files=files,
-            has_own_meta=meta is not None, meta_source=meta_sources.get(prefix), size_bytes=size_bytes,
-            saved_at=saved_at, variables=variables[number], fingerprint=fingerprint, unchanged=unchanged,
-            problems=problems or [],
+            prefix, steps[prefix], status, fmt, files, has_own_meta, meta_sources.get(prefix), size_bytes,
+            saved_at, variables[number], fingerprint, unchanged, problems or [],
         ))
     return chunk
 
@@ -493,9 +548,9 @@ def _end_child(pid: int, *, kill: bool) -> None:
 
 def _sort_entry(
     entry: os.DirEntry[str],
-    indexes: dict[str, FileInfo],
-    metas: dict[str, FileInfo],
-    shards: dict[str, list[tuple[int, int, FileInfo]]],
+    indexes: dict[str, os.DirEntry[str]],
+    metas: dict[str, os.DirEntry[str]],
+    shards: dict[str, list[tuple[int, int, os.DirEntry[str]]]],
     state_candidates: list[str],
 ) -> None:
     # is_file() comes from the listing itself (d_type): it skips e.g. the PREFIX_temp/ directory
@@ -504,28 +559,34 @@ def _sort_entry(
         return
     name = entry.name
     if name.endswith(".index"):
-        indexes[name[:-6]] = _file_info(entry)
+        indexes[name[:-6]] = entry
+    elif name.endswith(_SINGLE_SHARD) and len(name) > len(_SINGLE_SHARD):
+        # What _DATA_FILE would find in the usual name, without the regular expression.
+        shards.setdefault(name[: -len(_SINGLE_SHARD)], []).append((0, 1, entry))
     elif name.endswith(".meta"):
-        metas[name[:-5]] = _file_info(entry)
+        metas[name[:-5]] = entry
     elif ".data-" in name and (match := _DATA_FILE.fullmatch(name)):
-        shards.setdefault(match["prefix"], []).append((int(match["shard"]), int(match["count"]), _file_info(entry)))
+        shards.setdefault(match["prefix"], []).append((int(match["shard"]), int(match["count"]), entry))
     elif could_be_state_file(name, entry.stat().st_size):
         state_candidates.append(name)
 
 
+_SINGLE_SHARD = ".data-00000-of-00001"
+
+
 def _file_info(entry: os.DirEntry[str]) -> FileInfo:
-    stat = entry.stat()  # cached on the DirEntry: one system call per file
+    stat = entry.stat()  # one system call per file (the result is cached on the entry)
     return FileInfo(entry.name, stat.st_size, stat.st_mtime_ns)
 
 
 def _split_step(prefix: str) -> tuple[str, int | None]:
-    match = _STEP.fullmatch(prefix)
-    return (match["family"], int(match["step"])) if match else (prefix, None)
-
-
-def _sort_key(prefix: str, names: Mapping[str, tuple[str, int | None]]) -> tuple[str, int, str]:
-    family, step = names[prefix]
-    return family, -1 if step is None else step, prefix
+    # _STEP.fullmatch without the regular expression (a third of the cost): the step is what
+    # follows the last "-" when that is all digits ("\d" is str.isdecimal), and "." in the
+    # pattern does not match a newline.
+    family, dash, digits = prefix.rpartition("-")
+    if dash and digits.isdecimal() and "\n" not in family:
+        return family, int(digits)
+    return prefix, None
 
 
 def _read_state_files(
@@ -589,7 +650,7 @@ def _meta_sources(
 
 
 def _describe(
-    directory: str,
+    base: str,  # the run directory with a trailing separator
     prefix: str,
     step: int | None,
     index: FileInfo,
@@ -609,7 +670,7 @@ def _describe(
         fmt = cached
     else:
         try:
-            fmt, variables = reader.read(os.path.join(directory, prefix))
+            fmt, variables = reader.read(base + prefix)
         except _UnreadableIndex as exc:
             fmt = UNKNOWN_FORMAT
             problems.insert(0, f"cannot read {index.name}: {exc}")
@@ -620,20 +681,13 @@ def _describe(
     else:
         status = INCOMPLETE if problems else PRESENT
 
+    size_bytes = 0
+    for info in files:
+        size_bytes += info.size
+    # Positional: a third of the cost of keywords, 10,000 times over (field order as declared).
     return DiscoveredCheckpoint(
-        prefix=prefix,
-        step=step,
-        status=status,
-        format=fmt,
-        files=files,
-        has_own_meta=has_own_meta,
-        meta_source=meta_source,
-        size_bytes=sum(info.size for info in files),
-        saved_at=timestamps.get(prefix, index.mtime_ns / 1e9),
-        variables=variables,
-        fingerprint=f"{fmt}:{digest}",
-        unchanged=unchanged,
-        problems=problems,
+        prefix, step, status, fmt, files, has_own_meta, meta_source, size_bytes,
+        timestamps.get(prefix, index.mtime_ns / 1e9), variables, f"{fmt}:{digest}", unchanged, problems,
     )
 
 
@@ -682,7 +736,11 @@ def _index_shard_count(index_path: str) -> int | None:
 
 
 def _digest(files: list[FileInfo]) -> str:
-    text = "\n".join([f"{info.name}\t{info.size}\t{info.mtime_ns}" for info in files])
+    if len(files) == 2:  # the usual index and one data file: the same text, built faster
+        a, b = files
+        text = f"{a.name}\t{a.size}\t{a.mtime_ns}\n{b.name}\t{b.size}\t{b.mtime_ns}"
+    else:
+        text = "\n".join([f"{info.name}\t{info.size}\t{info.mtime_ns}" for info in files])
     return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
 
 
@@ -710,6 +768,7 @@ class _IndexReader:
 
     def __init__(self) -> None:
         self._open = None
+        self._open_bytes = False
         self._raw_dtypes = False
         self._dtype_facts: dict[object, tuple[str, int]] = {}
         self._as_dtype = None
@@ -724,7 +783,15 @@ class _IndexReader:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
 
-        self._open = tf.compat.v1.train.NewCheckpointReader
+        # NewCheckpointReader is this class called with the path's UTF-8 bytes, plus a translation
+        # of RuntimeError into OpError with the same message (all we keep). Calling it directly
+        # saves a tenth of the reading time; fall back to the public call if it goes away.
+        try:
+            from tensorflow.python.util._pywrap_checkpoint_reader import CheckpointReader
+
+            self._open, self._open_bytes = CheckpointReader, True
+        except ImportError:
+            self._open, self._open_bytes = tf.compat.v1.train.NewCheckpointReader, False
         self._as_dtype = tf.dtypes.as_dtype
         # The public get_variable_to_dtype_map() wraps every enum in a new DType object; on
         # 10,000 one-variable checkpoints that is a third of the reading time. The enum map
@@ -740,7 +807,7 @@ class _IndexReader:
         if self._open is None:
             self.load()
         try:
-            reader = self._open(path_prefix)
+            reader = self._open(path_prefix.encode("utf-8") if self._open_bytes else path_prefix)
             shapes = reader.get_variable_to_shape_map()
             if self._raw_dtypes:
                 dtypes = reader._GetVariableToDataTypeMap()  # noqa: SLF001 - see load
@@ -814,5 +881,5 @@ def describe_checkpoint(directory: str, prefix: str, *, meta_source: str | None 
         data = sorted((f for _, _, f in shards), key=lambda f: f.name)
         problems = _shard_problems(directory, prefix, shards)
     files = [index, *data, meta] if meta is not None else [index, *data]
-    return _describe(directory, prefix, _split_step(prefix)[1], index, files, meta is not None, problems, None,
-                     prefix if meta is not None else meta_source, {}, _IndexReader())
+    return _describe(os.path.join(directory, ""), prefix, _split_step(prefix)[1], index, files, meta is not None,
+                     problems, None, prefix if meta is not None else meta_source, {}, _IndexReader())

@@ -1,4 +1,4 @@
-"""Actions on one checkpoint: verify (operators), freeze (operators), make latest (maintainers).
+"""Actions on one checkpoint: verify, partial restore and freeze (operators), make latest (maintainers).
 
 Verify and freeze run as jobs (they import TensorFlow); make latest rewrites the state file inline,
 because ``persistence.statefile`` is pure Python.
@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from dashboard import access
-from dashboard.forms import FreezeForm, VerifyForm
+from dashboard.forms import FreezeForm, PartialRestoreForm, VerifyForm
 from dashboard.models import Checkpoint, Job
 from dashboard.views.common import start_job
 
@@ -46,6 +46,19 @@ def checkpoint_freeze(request: HttpRequest, name: str, pk: int) -> HttpResponse:
             messages.success(request, f"Freezing {checkpoint.prefix}: the export appears below once it is verified.")
         return redirect(checkpoint)
     return render(request, "dashboard/freeze_form.html", {"run": checkpoint.run, "checkpoint": checkpoint, "form": form})
+
+
+def checkpoint_partial_restore(request: HttpRequest, name: str, pk: int) -> HttpResponse:
+    checkpoint = _checkpoint(request, name, pk, access.OPERATE)
+    form = PartialRestoreForm(request.POST if request.method == "POST" else None, checkpoint=checkpoint)
+    if request.method == "POST" and form.is_valid():
+        job = start_job(request, Job.RESTORE, run=checkpoint.run, checkpoint=checkpoint, params=form.job_params())
+        if job:
+            messages.success(request, f"Partial restore of {checkpoint.prefix} started.")
+            return redirect(job)
+        return redirect(checkpoint)
+    return render(request, "dashboard/partial_restore_form.html",
+                  {"run": checkpoint.run, "checkpoint": checkpoint, "form": form})
 
 
 @require_POST

@@ -122,11 +122,21 @@ def start_worker(root, log_path, *, burst: bool = False, **env):
 
 
 def ensure_roles() -> None:
-    """Recreate the role groups: transactional tests flush what the data migration created."""
+    """Recreate the role groups: transactional tests flush what the data migration created.
+
+    Permissions themselves come back after a flush (Django re-runs ``post_migrate``); the groups
+    are rebuilt here from the migration's table, without running the migration function (it
+    toggles ``models_module`` on the app configs it is given: fine for migration state, not for
+    the live app registry).
+    """
     import importlib
 
-    from django.apps import apps
-    from django.contrib.auth.models import Group
+    from django.contrib.auth.models import Group, Permission
 
-    if not Group.objects.filter(name="operator").exists():
-        importlib.import_module("dashboard.migrations.0002_roles").create_roles(apps, None)
+    roles = importlib.import_module("dashboard.migrations.0002_roles").ROLE_PERMISSIONS
+    for role, codenames in roles.items():
+        group, created = Group.objects.get_or_create(name=role)
+        if created:
+            group.permissions.set(
+                Permission.objects.filter(content_type__app_label="dashboard", codename__in=codenames)
+            )

@@ -223,9 +223,15 @@ def test_tf2_checkpoint_freezes_through_the_runs_recipe(roots, worker):
     run.scan()
     checkpoint = run.checkpoints.get()
     assert checkpoint.format == "tf2"
+    client = Client()
+    client.force_login(role_user("tina", "operator"))
+    freeze_url = reverse("checkpoint-freeze", args=[run.name, checkpoint.pk])
+    form = client.get(freeze_url).content.decode()
+    assert "traced through the run's recipe" in form and 'value="probs"' in form
+    assert 'name="other_outputs"' not in form  # a TF2 freeze serves the recipe's outputs
 
-    job = wait_for_job(jobs.start(Job.FREEZE, run=run, checkpoint=checkpoint, params={"outputs": ["probs"]}),
-                       worker)
+    assert client.post(freeze_url, {"outputs": ["probs"]}).status_code == 302
+    job = wait_for_job(Job.objects.get(kind=Job.FREEZE), worker)
 
     assert job.status == Job.FINISHED, job.error
     export = Export.objects.get()

@@ -316,6 +316,26 @@ def test_resave_chosen_variables_with_a_rename_map(worker, demo_run, operator_cl
     assert demo_run.checkpoints.get(prefix="transfer-25").source == source
 
 
+def test_retried_resave_records_the_copy_an_earlier_attempt_wrote_instead_of_failing(worker, demo_run):
+    from persistence.training import resave_subset
+
+    source = demo_run.checkpoints.get(step=50)
+    params = {"mode": "resave", "new_prefix": "slim-50", "variables": None, "drop_optimizer_slots": True,
+              "rename": {}}
+    killed = Job.objects.create(kind=Job.SAVE, run=demo_run, checkpoint=source, params=params,
+                                status=Job.FAILED, error="killed")
+    # What the killed attempt got done: the files, but not the row.
+    resave_subset(source.path, demo_run.directory, "slim-50", drop_optimizer_slots=True)
+    assert not demo_run.checkpoints.filter(prefix="slim-50").exists()
+
+    retry = recipes.wait_for_job(killed.retry(), [Job.FINISHED, Job.FAILED])
+
+    assert retry.status == Job.FINISHED, retry.error
+    assert "already written by an earlier attempt" in retry.log[-1]
+    slim = demo_run.checkpoints.get(prefix="slim-50")
+    assert slim.source == source and slim.variable_count == 5
+
+
 def test_resave_form_errors_are_inline(operator_client, run):
     source = Checkpoint.objects.create(
         run=run, prefix="model.ckpt-5", step=5, saved_at="2026-01-01T00:00Z",

@@ -196,3 +196,55 @@ def test_checkpoint_page_shows_the_verification(client, viewer, page_run):
     html = client.get(checkpoint.get_absolute_url()).content.decode()
     assert "Checksum does not match" in html and 'class="badge bad">corrupt' in html
 
+
+
+# --- partial restore -------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_partial_restore_reports_restored_initialised_and_mismatched_variables(roots, demo_template, worker):
+    run = register(roots / "checkpoints", demo_template)
+    checkpoint = run.checkpoints.get(step=50)
+    recipe = "persistence.recipes.antispam.AntiSpamRecipe"
+    params = {"mode": "partial", "recipe": recipe, "variables": ["hidden/kernel", "hidden/bias", "output/bias"],
+              "name_map": {"output/bias": "hidden/bias"}}  # a [32] checkpoint tensor for a [2] variable
+    job = jobs.start(Job.RESTORE, run=run, checkpoint=checkpoint, params=params)
+    unknown = jobs.start(Job.RESTORE, run=run, checkpoint=checkpoint,
+                         params={**params, "variables": ["hidden/kernal"], "name_map": {}})
+    wait_for_jobs(worker, job, unknown)
+
+    assert job.status == Job.FINISHED, job.error
+    assert job.result["restored"] == {"hidden/kernel": "hidden/kernel", "hidden/bias": "hidden/bias"}
+    assert [m["graph_name"] for m in job.result["shape_mismatch"]] == ["output/bias"]
+    assert job.result["shape_mismatch"][0]["checkpoint_shape"] == [32]
+    assert {"output/kernel", "output/bias", "global_step"} <= set(job.result["left_initialised"])
+    assert "hidden/kernel" not in job.result["left_initialised"]
+    checkpoint.refresh_from_db()
+    assert checkpoint.status == Checkpoint.PRESENT  # a partial restore is no verification
+    assert unknown.status == Job.FAILED and "closest: hidden/kernel" in unknown.error
+
+
+def test_partial_restore_form_checks_checkpoint_names_and_starts_the_job(client, operator, page_run):
+    checkpoint = page_run.checkpoints.get(step=50)
+    client.force_login(operator)
+    url = reverse("checkpoint-partial-restore", args=["demo", checkpoint.pk])
+    assert "persistence.recipes.antispam.AntiSpamRecipe" in client.get(url).content.decode()
+    recipe = "persistence.recipes.antispam.AntiSpamRecipe"
+    bad = client.post(url, {"recipe": recipe, "name_map": "output/bias=hiden/bias\nnot a mapping"})
+    html = bad.content.decode()
+    assert "closest: hidden/bias" in html and "Line 2 is not graph_variable=checkpoint_name." in html
+    assert not Job.objects.exists()
+    response = client.post(url, {"recipe": recipe, "variables": "hidden/kernel, hidden/bias",
+                                 "name_map": "output/bias = hidden/bias"})
+    job = Job.objects.get()
+    assert response.status_code == 302 and response["Location"] == job.get_absolute_url()
+    assert job.kind == Job.RESTORE and job.params == {
+        "mode": "partial", "recipe": recipe, "variables": ["hidden/kernel", "hidden/bias"],
+        "name_map": {"output/bias": "hidden/bias"},
+    }
+
+
+def test_viewers_cannot_partially_restore(client, viewer, page_run):
+    client.force_login(viewer)
+    url = reverse("checkpoint-partial-restore", args=["demo", page_run.checkpoints.get(step=50).pk])
+    assert client.get(url).status_code == 403

@@ -22,6 +22,33 @@ LAUNCH_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
+# The demo run's recipe by dotted path (what ``Run.recipe`` holds and ``load_recipe`` accepts): freeze
+# jobs feed its sample input, save jobs train it.
+DEMO_RECIPE = "persistence.recipes.antispam.AntiSpamRecipe"
+
+# Installed with ``Tracked.watch()``: every page load and every value a <progress> bar shows, kept
+# in sessionStorage so that they survive the page reloading itself (htmx's HX-Refresh). That is how
+# a test proves a page updated by itself (no new load) and that a bar moved.
+ACTIVITY_SCRIPT = """
+(() => {
+  const append = (key, item) => {
+    const items = JSON.parse(sessionStorage.getItem(key) || "[]");
+    items.push(item);
+    sessionStorage.setItem(key, JSON.stringify(items));
+  };
+  append("e2e-loads", location.pathname + location.search);
+  const last = {};
+  const record = () => document.querySelectorAll("progress[aria-label]").forEach((bar) => {
+    const label = bar.getAttribute("aria-label");
+    const value = Number(bar.getAttribute("value"));
+    if (last[label] !== value) { last[label] = value; append("e2e-progress", [label, value]); }
+  });
+  document.addEventListener("DOMContentLoaded", () => {
+    record();
+    new MutationObserver(record).observe(document.body, { childList: true, subtree: true, attributes: true });
+  });
+})();
+"""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -83,10 +110,20 @@ class Tracked:
         self.page = page
         self.base_url = base_url
         self.problems: list[str] = []
-        page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
+        page.on("console", self._console)
         page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
         page.on("requestfailed", self._request_failed)
         page.on("response", self._response)
+
+    def _console(self, message) -> None:
+        if message.type != "error":
+            return
+        # Chromium also logs every HTTP error response; a status the test expects is not a problem
+        # (an unexpected one is reported by ``_response`` already).
+        status = re.match(r"Failed to load resource: the server responded with a status of (\d+)", message.text)
+        if status and int(status.group(1)) in self.expected_statuses:
+            return
+        self.problems.append(f"console: {message.text}")
 
     def _request_failed(self, request) -> None:
         # A download that the test saves itself is reported as "aborted" by Chromium.
@@ -105,6 +142,19 @@ class Tracked:
     def shot(self, name: str) -> None:
         SCREENSHOTS.mkdir(exist_ok=True)
         self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+    def watch(self) -> None:
+        """Record page loads and progress bar values from now on (see ``ACTIVITY_SCRIPT``)."""
+        self.page.add_init_script(ACTIVITY_SCRIPT)
+
+    def loads(self) -> list[str]:
+        """Path and query of every page load since ``watch()``, oldest first."""
+        return self.page.evaluate("JSON.parse(sessionStorage.getItem('e2e-loads') || '[]')")
+
+    def progress_values(self, label_start: str) -> list[int]:
+        """Successive values of the progress bars whose aria-label starts with ``label_start``."""
+        seen = self.page.evaluate("JSON.parse(sessionStorage.getItem('e2e-progress') || '[]')")
+        return [value for label, value in seen if label.startswith(label_start)]
 
     def login(self, username: str, password: str = PASSWORD) -> None:
         self.goto("/accounts/login/")
@@ -125,15 +175,35 @@ def tracked(browser, live_server, e2e_roots):
     assert not tracked.problems, "\n".join(tracked.problems)
 
 
-@pytest.fixture
-def e2e_maintainer(transactional_db):
+def _user_with_role(username: str, role: str):
     from django.contrib.auth.models import User
 
-    from dashboard.access import MAINTAINER, ensure_roles
+    from dashboard.access import ensure_roles
 
-    user = User.objects.create_user("mia", password=PASSWORD)
-    user.groups.add(ensure_roles()[MAINTAINER])
+    user = User.objects.create_user(username, password=PASSWORD)
+    user.groups.add(ensure_roles()[role])
     return user
+
+
+@pytest.fixture
+def e2e_maintainer(transactional_db):
+    from dashboard.access import MAINTAINER
+
+    return _user_with_role("mia", MAINTAINER)
+
+
+@pytest.fixture
+def e2e_operator(transactional_db):
+    from dashboard.access import OPERATOR
+
+    return _user_with_role("otto", OPERATOR)
+
+
+@pytest.fixture
+def e2e_viewer(transactional_db):
+    from dashboard.access import VIEWER
+
+    return _user_with_role("vic", VIEWER)
 
 
 @pytest.fixture(scope="session")
@@ -151,10 +221,37 @@ def demo_run(transactional_db, demo_directory):
     from dashboard.models import Run
 
     directory, result = demo_directory
-    run = Run.objects.create(name="antispam", directory=str(directory), recipe=result.recipe)
+    # Not ``result.recipe`` (the recipe's short name "antispam"): Run.recipe is a dotted path.
+    run = Run.objects.create(name="antispam", directory=str(directory), recipe=DEMO_RECIPE)
     run.scan(full=True)
     run.record_metrics({c.prefix: c.metrics for c in result.checkpoints})
     return run
+
+
+@pytest.fixture
+def make_run(transactional_db, demo_directory, e2e_roots):
+    """``make_run(name, copy_demo=...)``: a run of the test's own, in a new directory under the root.
+
+    For flows that delete or add checkpoints: the session's demo directory stays untouched.
+    ``copy_demo=True`` copies it (mtimes included, so saved times and ages are the demo's),
+    then scans and records the training metrics; otherwise the directory starts empty.
+    """
+    from dashboard.models import Run
+
+    def make(name: str, *, copy_demo: bool = False) -> Run:
+        directory = e2e_roots / name
+        shutil.rmtree(directory, ignore_errors=True)
+        if copy_demo:
+            shutil.copytree(demo_directory[0], directory)
+        else:
+            directory.mkdir()
+        run = Run.objects.create(name=name, directory=str(directory), recipe=DEMO_RECIPE)
+        if copy_demo:
+            run.scan(full=True)
+            run.record_metrics({c.prefix: c.metrics for c in demo_directory[1].checkpoints})
+        return run
+
+    return make
 
 
 def clean_screenshots() -> None:

@@ -16,7 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from persistence import discovery
 from persistence.discovery import (
     CORRUPT,
     INCOMPLETE,
@@ -26,9 +29,13 @@ from persistence.discovery import (
     UNKNOWN_FORMAT,
     StateFile,
     VariableInfo,
+    describe,
+    describe_chunks,
+    list_directory,
     parse_step,
     prefix_family,
     scan_directory,
+    scan_result,
 )
 from tests import checkpoint_factory as factory
 
@@ -446,3 +453,198 @@ def test_many_tiny_checkpoints_hardlinked(tmp_path):
     index = Path(many.directory, many.prefixes[-1] + ".index")
     assert index.stat().st_nlink == 5
     assert all(c.status == PRESENT for c in scan_directory(many.directory).checkpoints)
+
+
+@given(st.text(alphabet="ab.-07\n\u0663\u00b2", max_size=12))
+def test_step_parsing_agrees_with_the_documented_pattern(prefix):
+    # parse_step avoids the regular expression for speed; it must read every name the same way.
+    match = discovery._STEP.fullmatch(prefix)
+    expected = (match["family"], int(match["step"])) if match else (prefix, None)
+    assert (prefix_family(prefix), parse_step(prefix)) == expected
+
+
+# --- the two phases, and describing in a forked child ---------------------------------------------
+#
+# Run.scan lists a directory, then stores checkpoints chunk by chunk while a forked child reads
+# the next ones (describe_chunks). Whatever the path, the result must be exactly scan_directory's.
+
+
+@pytest.fixture(scope="module")
+def mixed(seed, managed, sharded, tmp_path_factory):
+    """One directory with a bit of everything: TF1 with a meta chain, TF2 object checkpoints, two
+    data shards, a truncated index, a missing shard, garbage that is no checkpoint at all, an
+    orphaned .meta, and two state files."""
+    directory = tmp_path_factory.mktemp("mixed") / "run"
+    shutil.copytree(seed.directory, directory)
+    for other in (managed.directory, sharded.directory):
+        for name in os.listdir(other):
+            if name != "checkpoint":
+                shutil.copy2(os.path.join(other, name), directory / name)
+    factory.truncate_index(directory / seed.prefixes[2])
+    factory.delete_data_shard(directory / seed.prefixes[1])
+    (directory / "ckpt-99.index").write_bytes(b"garbage")
+    shutil.copy2(directory / f"{seed.meta_prefix}.meta", directory / "model.ckpt-50.meta")
+    return str(directory)
+
+
+@pytest.fixture
+def forks(monkeypatch):
+    """The pids of the children describe_chunks forks (os.fork still forks)."""
+    pids = []
+    real_fork = os.fork
+
+    def fork():
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    return pids
+
+
+def _assert_reaped(pid):
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _flat(chunks):
+    return [c for chunk in chunks for c in chunk]
+
+
+def test_mixed_directory_covers_what_the_fork_must_carry(mixed):
+    result = scan_directory(mixed)
+    statuses = {c.status for c in result.checkpoints}
+    assert statuses == {PRESENT, INCOMPLETE, CORRUPT}
+    assert {c.format for c in result.checkpoints} == {TF1, TF2, UNKNOWN_FORMAT}
+    assert any(len(c.files) == 4 for c in result.checkpoints)  # two shards and a .meta
+    assert [f.name for f in result.orphans] == ["model.ckpt-50.meta"]
+    assert [s.name for s in result.state_files] == ["checkpoint", "subset_checkpoint"]
+
+
+def test_listing_then_describing_is_the_scan(mixed):
+    listing = list_directory(mixed)
+    assert scan_result(listing, describe(listing)) == scan_directory(mixed)
+    assert listing.prefixes == [c.prefix for c in scan_directory(mixed).checkpoints]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 500])
+@pytest.mark.parametrize("forked", [True, False], ids=["forked", "in_process"])
+def test_chunks_forked_or_not_give_exactly_the_scan(mixed, forks, chunk_size, forked):
+    listing = list_directory(mixed)
+    chunks = list(describe_chunks(listing, chunk_size=chunk_size, fork_from=0 if forked else None))
+    assert all(0 < len(chunk) <= chunk_size for chunk in chunks)
+    assert scan_result(listing, _flat(chunks)) == scan_directory(mixed)
+    assert len(forks) == (1 if forked else 0)
+    for pid in forks:
+        _assert_reaped(pid)
+
+
+def test_forked_rescan_with_known_fingerprints_is_the_scan(mixed, forks):
+    known = {c.prefix: c.fingerprint for c in scan_directory(mixed).checkpoints}
+    prefixes = sorted(known)
+    del known[prefixes[0]]
+    known[prefixes[1]] = "tf1:stale"
+    expected = scan_directory(mixed, known=known)
+    assert sum(c.unchanged for c in expected.checkpoints) == len(prefixes) - 2
+    listing = list_directory(mixed)
+    assert scan_result(listing, _flat(describe_chunks(listing, known=known, fork_from=0))) == expected
+    assert len(forks) == 1
+
+
+def test_forks_only_when_enough_indexes_must_be_read(mixed, forks):
+    listing = list_directory(mixed)
+    count = len(listing.prefixes)
+    _flat(describe_chunks(listing, fork_from=count + 1))
+    known = {c.prefix: c.fingerprint for c in scan_directory(mixed).checkpoints}
+    _flat(describe_chunks(listing, known=known, fork_from=1))  # nothing new: nothing to read
+    assert forks == []
+    _flat(describe_chunks(listing, fork_from=count))
+    assert len(forks) == 1
+
+
+def test_chunks_come_in_the_order_asked_for(mixed):
+    listing = list_directory(mixed)
+    wanted = list(reversed(listing.prefixes))
+    assert [c.prefix for c in _flat(describe_chunks(listing, wanted, fork_from=0, chunk_size=3))] == wanted
+    assert [c.prefix for c in describe(listing, wanted[:2])] == wanted[:2]
+
+
+def test_a_child_that_dies_midway_is_replaced_by_reading_here(mixed, forks, monkeypatch):
+    listing = list_directory(mixed)
+    parent, victim = os.getpid(), listing.prefixes[len(listing.prefixes) // 2]
+    real_read = discovery._IndexReader.read
+
+    def read(self, path_prefix):
+        if os.getpid() != parent and os.path.basename(path_prefix) == victim:
+            os._exit(3)  # as the OOM killer or a crash in a native library would end it
+        return real_read(self, path_prefix)
+
+    monkeypatch.setattr(discovery._IndexReader, "read", read)
+    chunks = list(describe_chunks(listing, fork_from=0, chunk_size=2))
+    assert scan_result(listing, _flat(chunks)) == scan_directory(mixed)
+    (pid,) = forks
+    _assert_reaped(pid)
+
+
+def test_an_exception_in_the_child_never_reaches_the_callers_cleanup(mixed, monkeypatch, tmp_path):
+    """The fork happens inside the caller's frames (Run.scan's transaction): an exception climbing
+    out of the child would run their ``finally`` blocks there, e.g. a rollback on a shared socket."""
+    listing = list_directory(mixed)
+    parent, cleanups = os.getpid(), tmp_path / "cleanups"
+    real_read = discovery._IndexReader.read
+
+    def read(self, path_prefix):
+        if os.getpid() != parent:
+            raise KeyboardInterrupt
+        return real_read(self, path_prefix)
+
+    monkeypatch.setattr(discovery._IndexReader, "read", read)
+    try:
+        described = _flat(describe_chunks(listing, fork_from=0))
+    finally:
+        with open(cleanups, "a") as out:
+            out.write(f"{os.getpid()}\n")
+    assert cleanups.read_text().split() == [str(parent)]
+    assert scan_result(listing, described) == scan_directory(mixed)
+
+
+def test_stopping_early_ends_the_child(mixed, forks):
+    chunks = describe_chunks(list_directory(mixed), fork_from=0, chunk_size=1)
+    assert len(next(chunks)) == 1
+    (pid,) = forks
+    chunks.close()
+    _assert_reaped(pid)
+
+
+def test_a_child_killed_from_outside_is_replaced(mixed, forks):
+    listing = list_directory(mixed)
+    chunks = describe_chunks(listing, fork_from=0, chunk_size=1)
+    described = next(chunks)
+    os.kill(forks[0], 9)
+    described += _flat(chunks)
+    assert scan_result(listing, described) == scan_directory(mixed)
+    _assert_reaped(forks[0])
+
+
+@pytest.mark.parametrize("forked", [True, False], ids=["forked", "in_process"])
+def test_files_deleted_after_the_listing(seed_copy, seed, forked):
+    """Describing stats the files: one deleted since the listing (a concurrent prune) is not there."""
+    listing = list_directory(seed_copy)
+    gone, thinned = seed.prefixes[0], seed.prefixes[1]
+    os.unlink(os.path.join(seed_copy, gone + ".index"))
+    factory.delete_data_shard(os.path.join(seed_copy, thinned))
+    found = _by_prefix(scan_result(listing, _flat(describe_chunks(listing, fork_from=0 if forked else None))))
+    assert gone not in found
+    assert found[thinned].status == INCOMPLETE
+    assert [f.name for f in found[thinned].files] == [f"{thinned}.index"]
+    assert found[thinned].problems == [f"missing data shard: {thinned}.data-00000-of-00001"]
+    assert found[seed.latest].status == PRESENT
+
+
+def test_many_tiny_checkpoints_forked_share_one_variable_list(tmp_path):
+    many = factory.make_many_tiny_checkpoints(tmp_path / "many", 40)
+    listing = list_directory(many.directory)
+    described = _flat(describe_chunks(listing, fork_from=0, chunk_size=7))
+    assert scan_result(listing, described) == scan_directory(many.directory)
+    assert len({id(c.variables) for c in described}) == 1  # sent once, shared by every row

@@ -34,7 +34,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--addr", default="127.0.0.1:8000", help="Address for the web server.")
-        parser.add_argument("--workers", type=int, default=1, help="Number of RQ workers.")
+        parser.add_argument(
+            "--workers", type=int, default=2,
+            help="Number of RQ workers (two, so rescans and reconciling go on during a long save).",
+        )
 
     def handle(self, *args, **options) -> None:
         for directory in [settings.VAR_DIR, *settings.CHECKPOINT_ROOTS, settings.EXPORT_ROOT]:

@@ -6,7 +6,12 @@
   const source = document.getElementById("prune-timeline-data");
   if (!canvas || !source || typeof Chart === "undefined") return;
   const data = JSON.parse(source.textContent);
-  const when = (ms) => new Date(ms).toISOString().slice(0, 16).replace("T", " ");
+  // Ticks as precise as the span needs: seconds for a quick run, dates for a long one.
+  const all = data.kept.concat(data.deleted).map(([x]) => x);
+  const span = all.length ? Math.max(...all) - Math.min(...all) : 0;
+  const [from, to] = span < 2 * 3600e3 ? [11, 19] : span < 3 * 86400e3 ? [5, 16] : [0, 10];
+  const when = (ms) => new Date(ms).toISOString().replace("T", " ").slice(from, to);
+  const exact = (ms) => new Date(ms).toISOString().replace("T", " ").slice(0, 19);
   const points = (pairs) => pairs.map(([x, y]) => ({ x, y }));
   const label = (name, key) =>
     data[key].length < data.total[key] ? `${name} (${data.total[key]}, ${data[key].length} shown)` : `${name} (${data.total[key]})`;
@@ -25,7 +30,7 @@
         x: { type: "linear", title: { display: true, text: "saved at (UTC)" }, ticks: { callback: (v) => when(v), maxTicksLimit: 6 } },
         y: { title: { display: true, text: "step" } },
       },
-      plugins: { tooltip: { callbacks: { label: (ctx) => `${ctx.dataset.label.split(" ")[0]}: step ${ctx.parsed.y} · ${when(ctx.parsed.x)}` } } },
+      plugins: { tooltip: { callbacks: { label: (ctx) => `${ctx.dataset.label.split(" ")[0]}: step ${ctx.parsed.y} · ${exact(ctx.parsed.x)} UTC` } } },
     },
   });
 })();
