@@ -26,6 +26,7 @@ import hashlib
 import os
 import pickle
 import re
+import select
 import signal
 import time
 from collections import Counter, defaultdict
@@ -401,6 +402,10 @@ def _describe_in_process(
 # means the child died.
 
 _FRAME_HEADER = 8
+# A child that hands over nothing for this long is taken for stuck (forking a process with
+# threads can leave a lock held forever in the child) and ended; its work is done here instead.
+# A chunk normally takes milliseconds; even 500 huge checkpoints on slow storage take far less.
+STALL_SECONDS = 120.0
 
 
 def _describe_forked(
@@ -434,30 +439,52 @@ def _describe_forked(
     os.close(write_end)
     handed_over, finished = 0, False
     try:
-        with os.fdopen(read_end, "rb") as stream:
-            variables: dict[int, list[VariableInfo]] = {}
-            while True:
-                header = stream.read(_FRAME_HEADER)
-                if len(header) < _FRAME_HEADER:
-                    break  # the child died
-                size = int.from_bytes(header, "little")
-                if size == 0:
-                    finished = True
-                    break
-                payload = stream.read(size)
-                if len(payload) < size:
-                    break
-                with gc_paused():
-                    chunk = _decode_chunk(listing, pickle.loads(payload), variables)
-                handed_over += len(chunk)
-                yield chunk
+        frames = _Frames(read_end)
+        variables: dict[int, list[VariableInfo]] = {}
+        while True:
+            header = frames.read(_FRAME_HEADER)
+            if header is None:
+                break  # the child died, or is stuck
+            size = int.from_bytes(header, "little")
+            if size == 0:
+                finished = True
+                break
+            payload = frames.read(size)
+            if payload is None:
+                break
+            with gc_paused():
+                chunk = _decode_chunk(listing, pickle.loads(payload), variables)
+            handed_over += len(chunk)
+            yield chunk
     finally:
+        os.close(read_end)
         _end_child(pid, kill=not finished)
         gc.unfreeze()
     if not finished:
-        # Whatever killed it (the OOM killer, a crash in a native library), the rest is read here;
+        # Whatever ended it (the OOM killer, a crash in a native library), the rest is read here;
         # if it fails again, it fails in the caller's process with a traceback.
         yield from _describe_in_process(listing, prefixes[handed_over:], known, chunk_size)
+
+
+class _Frames:
+    """Reads exact byte counts from the child's pipe; None at end of file or after a stall."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+
+    def read(self, size: int) -> bytes | None:
+        while len(self._buffer) < size:
+            ready, _, _ = select.select([self._fd], [], [], STALL_SECONDS)
+            if not ready:
+                return None
+            data = os.read(self._fd, max(size - len(self._buffer), 1 << 16))
+            if not data:
+                return None
+            self._buffer += data
+        out = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return out
 
 
 def _child_main(

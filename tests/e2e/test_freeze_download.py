@@ -40,7 +40,7 @@ def test_freeze_a_step_watch_it_verify_then_download_the_same_bytes(
 
     page.get_by_role("button", name="Start freeze job").click()
     page.wait_for_selector(f"h1 >> text=model.ckpt-{STEP}")
-    expect(page.get_by_text(f"Freezing model.ckpt-{STEP}")).to_be_visible()  # the flash message
+    expect(page.locator(".messages")).to_contain_text(f"Freezing model.ckpt-{STEP}: the export appears below")
     loads_after_submit = tracked.loads()
     progress = page.locator(".job-progress", has_text="freeze #")
     # The page was rendered while the job waited or ran: what follows is htmx polling, not a reload.

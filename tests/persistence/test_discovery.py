@@ -609,6 +609,29 @@ def test_an_exception_in_the_child_never_reaches_the_callers_cleanup(mixed, monk
     assert scan_result(listing, described) == scan_directory(mixed)
 
 
+def test_a_stuck_child_is_ended_and_replaced(mixed, forks, monkeypatch):
+    """Forking a process that has threads can leave a lock taken forever in the child: a child
+    that hands over nothing for STALL_SECONDS is ended and its work done here."""
+    import time
+
+    listing = list_directory(mixed)
+    parent = os.getpid()
+    real_read = discovery._IndexReader.read
+
+    def read(self, path_prefix):
+        if os.getpid() != parent:
+            time.sleep(60)  # stuck
+        return real_read(self, path_prefix)
+
+    monkeypatch.setattr(discovery._IndexReader, "read", read)
+    monkeypatch.setattr(discovery, "STALL_SECONDS", 0.5)
+    started = time.monotonic()
+    described = _flat(describe_chunks(listing, fork_from=0))
+    assert time.monotonic() - started < 20
+    assert scan_result(listing, described) == scan_directory(mixed)
+    _assert_reaped(forks[0])
+
+
 def test_stopping_early_ends_the_child(mixed, forks):
     chunks = describe_chunks(list_directory(mixed), fork_from=0, chunk_size=1)
     assert len(next(chunks)) == 1
