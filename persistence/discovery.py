@@ -67,9 +67,9 @@ _STEP = re.compile(r"(?P<family>.*)-(?P<step>\d+)")
 # describe_chunks() reads in a forked child from this many indexes to read. Below it the fork
 # (about 10-20 ms with TensorFlow loaded) and the hand-over cost more than they save.
 FORK_FROM = 2000
-# Checkpoints per chunk: small enough that the caller starts early and waits little for the last
-# one, large enough that per-chunk costs (a pickle, a round of INSERTs) stay in the noise.
-CHUNK_SIZE = 500
+# Checkpoints per chunk: small enough that the two processes end close together, large enough
+# that per-chunk costs (a pickle, a round of INSERTs) stay in the noise.
+CHUNK_SIZE = 250
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,15 +208,17 @@ def describe_chunks(
     chunk_size: int = CHUNK_SIZE,
     fork_from: int | None = FORK_FROM,
 ) -> Iterator[list[DiscoveredCheckpoint]]:
-    """Describe ``prefixes`` like :func:`describe`, handing them out in chunks, in the order given.
+    """Describe ``prefixes`` like :func:`describe`, handing them out in chunks of ``chunk_size``.
 
-    When at least ``fork_from`` of them must be read (not in ``known``; None: never), a forked
-    child process reads them and streams the results, so that the caller's work on one chunk
-    (storing it) overlaps the reading of the next. The child only reads files and writes to a
-    pipe: it runs no cleanup of the parent's (it leaves with ``os._exit``), so database or Redis
-    connections inherited from the parent are never used or closed by it. If the child dies, the
-    checkpoints it did not hand over are described here instead; a caller that stops early
-    (closes the generator) ends the child. Results are the same as :func:`describe`'s.
+    In this process the chunks come in the order given. When at least ``fork_from`` of them must
+    be read (not in ``known``; None: never), a child process forked at the first ``next()``
+    describes them from the front while this one, between handing out the child's chunks (the
+    caller stores each meanwhile), describes chunks from the back: the first chunk comes first,
+    the others in any order; each holds its prefixes in the order given. The child only reads
+    files and writes to a pipe: it runs no cleanup of the parent's (it leaves with ``os._exit``),
+    so database or Redis connections inherited from the parent are never used or closed by it.
+    Whatever a child that dies or gets stuck did not hand over is described here; a caller that
+    stops early (closes the generator) ends the child. Results are the same as :func:`describe`'s.
     """
     chosen = listing.prefixes if prefixes is None else list(prefixes)
     known = known or {}
@@ -394,25 +396,39 @@ def _describe_in_process(
 
 # --- describing in a forked child ------------------------------------------------------------------
 #
-# The child sends one frame per chunk: 8 bytes of length, then a pickle of ``(variables, rows)``.
-# ``rows`` hold each checkpoint's fields as plain values: ``files`` as their sizes and times only
-# (the parent has their names in its listing), ``variables`` as an id: checkpoints of one model
-# share one variable list, sent once as ``variables[id]``. Unpickling 10,000 full dataclasses
-# measured three times as long as this. A zero length ends the stream; end of file before it
-# means the child died.
+# The prefixes are cut into numbered chunks. The parent describes the first itself (it is wanted
+# first, and waiting for the child to deliver it would idle the parent); the child describes the
+# others from the front; the parent, whenever it has no chunk of the child's to hand out,
+# describes one from the back, so that neither process idles while the other still has work,
+# whatever the split between describing and storing, and however the machine's other load starves
+# one of them. Two shared counters say how far each has come: the child stops where the parent's
+# chunks begin. In the rare race where both take the same chunk, the parent keeps one copy; and
+# whatever chunk the child did not hand over (it died, or was stuck) the parent describes too.
+#
+# The child sends one frame per chunk: 8 bytes of length, then a pickle of ``(number, variables,
+# rows)``. ``rows`` hold each checkpoint's fields as plain values: ``files`` as their sizes and
+# times only (the parent has their names in its listing), ``variables`` as an id: checkpoints of
+# one model share one variable list, sent once as ``variables[id]``. Unpickling 10,000 full
+# dataclasses measured three times as long as this. A zero length ends the stream; end of file
+# before it means the child died.
 
 _FRAME_HEADER = 8
 # A child that hands over nothing for this long is taken for stuck (forking a process with
 # threads can leave a lock held forever in the child) and ended; its work is done here instead.
 # A chunk normally takes milliseconds; even 500 huge checkpoints on slow storage take far less.
 STALL_SECONDS = 120.0
+_CHILD_NEXT, _PARENT_LOW = 0, 1  # the shared counters: chunk numbers
 
 
 def _describe_forked(
     listing: Listing, prefixes: list[str], known: Mapping[str, str], chunk_size: int
 ) -> Iterator[list[DiscoveredCheckpoint]]:
+    from multiprocessing.sharedctypes import RawArray
+
     reader = _IndexReader()
     reader.load()  # import TensorFlow here, before the fork, so that the child inherits it
+    parts = [prefixes[start : start + chunk_size] for start in range(0, len(prefixes), chunk_size)]
+    counters = RawArray("q", [1, len(parts)])  # shared memory, aligned 64-bit counters
     read_end, write_end = os.pipe()
     try:
         import fcntl
@@ -435,60 +451,80 @@ def _describe_forked(
         raise
     if pid == 0:  # the child: never returns
         os.close(read_end)
-        _child_main(listing, prefixes, known, chunk_size, reader, write_end)
+        _child_main(listing, parts, known, reader, counters, write_end)
     os.close(write_end)
-    handed_over, finished = 0, False
+    done: set[int] = set()
     try:
+        with gc_paused():
+            chunk = _describe_many(listing, parts[0], known, reader)
+        done.add(0)
+        yield chunk
         frames = _Frames(read_end)
         variables: dict[int, list[VariableInfo]] = {}
-        while True:
-            header = frames.read(_FRAME_HEADER)
-            if header is None:
-                break  # the child died, or is stuck
-            size = int.from_bytes(header, "little")
-            if size == 0:
-                finished = True
+        while len(done) < len(parts):
+            low = counters[_PARENT_LOW] - 1
+            helping = low >= counters[_CHILD_NEXT]  # chunks are left that the child has not begun
+            payload = frames.take(timeout=0 if helping else STALL_SECONDS)
+            if payload is _Frames.NOT_YET:
+                counters[_PARENT_LOW] = low
+                with gc_paused():
+                    chunk = _describe_many(listing, parts[low], known, reader)
+                done.add(low)
+                yield chunk
+                continue
+            if not payload:  # the end (b""), or None: the child died or is stuck
                 break
-            payload = frames.read(size)
-            if payload is None:
-                break
+            number, new_variables, rows = pickle.loads(payload)
+            if number in done:
+                continue  # the parent took it too (a race on the counters)
             with gc_paused():
-                chunk = _decode_chunk(listing, pickle.loads(payload), variables)
-            handed_over += len(chunk)
+                chunk = _decode_chunk(listing, new_variables, rows, variables)
+            done.add(number)
             yield chunk
     finally:
+        # Closing the pipe first makes a child still writing fail at once; whatever it was
+        # doing, nothing of it is wanted any more.
         os.close(read_end)
-        _end_child(pid, kill=not finished)
+        _end_child(pid)
         gc.unfreeze()
-    if not finished:
-        # Whatever ended it (the OOM killer, a crash in a native library), the rest is read here;
-        # if it fails again, it fails in the caller's process with a traceback.
-        yield from _describe_in_process(listing, prefixes[handed_over:], known, chunk_size)
+    # Whatever the child did not hand over (the OOM killer or a crash in a native library ended
+    # it, or it was stuck) is read here; if that fails again, it fails in the caller's process.
+    for number, part in enumerate(parts):
+        if number not in done:
+            with gc_paused():
+                chunk = _describe_many(listing, part, known, reader)
+            yield chunk
 
 
 class _Frames:
-    """Reads exact byte counts from the child's pipe; None at end of file or after a stall."""
+    """The child's frames, from its pipe: payload, ``b""`` at the end marker, ``NOT_YET`` when
+    none is complete within ``timeout``, None at end of file or after ``STALL_SECONDS``."""
+
+    NOT_YET = object()
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._buffer = bytearray()
 
-    def read(self, size: int) -> bytes | None:
-        while len(self._buffer) < size:
-            ready, _, _ = select.select([self._fd], [], [], STALL_SECONDS)
+    def take(self, *, timeout: float) -> bytes | object | None:
+        while True:
+            if len(self._buffer) >= _FRAME_HEADER:
+                size = int.from_bytes(self._buffer[:_FRAME_HEADER], "little")
+                if len(self._buffer) >= _FRAME_HEADER + size:
+                    payload = bytes(self._buffer[_FRAME_HEADER : _FRAME_HEADER + size])
+                    del self._buffer[: _FRAME_HEADER + size]
+                    return payload
+            ready, _, _ = select.select([self._fd], [], [], timeout)
             if not ready:
-                return None
-            data = os.read(self._fd, max(size - len(self._buffer), 1 << 16))
+                return self.NOT_YET if timeout < STALL_SECONDS else None
+            data = os.read(self._fd, 1 << 20)
             if not data:
                 return None
             self._buffer += data
-        out = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return out
 
 
 def _child_main(
-    listing: Listing, prefixes: list[str], known: Mapping[str, str], chunk_size: int, reader: _IndexReader,
+    listing: Listing, parts: list[list[str]], known: Mapping[str, str], reader: _IndexReader, counters,
     write_end: int,
 ) -> None:
     code = 1
@@ -499,9 +535,13 @@ def _child_main(
         variable_ids: dict[int, int] = {}
         keep: list[list[VariableInfo]] = []  # keeps id()s of sent lists from being reused
         with os.fdopen(write_end, "wb") as out:
-            for start in range(0, len(prefixes), chunk_size):
-                chunk = _describe_many(listing, prefixes[start : start + chunk_size], known, reader)
-                payload = pickle.dumps(_encode_chunk(listing, chunk, variable_ids, keep), pickle.HIGHEST_PROTOCOL)
+            for number in range(1, len(parts)):
+                if number >= counters[_PARENT_LOW]:
+                    break  # the parent has taken the rest
+                counters[_CHILD_NEXT] = number + 1
+                chunk = _describe_many(listing, parts[number], known, reader)
+                message = (number, *_encode_chunk(listing, chunk, variable_ids, keep))
+                payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
                 out.write(len(payload).to_bytes(_FRAME_HEADER, "little"))
                 out.write(payload)
                 out.flush()
@@ -538,10 +578,9 @@ def _encode_chunk(
 
 
 def _decode_chunk(
-    listing: Listing, message: tuple[dict[int, list[VariableInfo]], list[tuple]],
+    listing: Listing, new_variables: dict[int, list[VariableInfo]], rows: list[tuple],
     variables: dict[int, list[VariableInfo]],
 ) -> list[DiscoveredCheckpoint]:
-    new_variables, rows = message
     variables.update(new_variables)
     steps, meta_sources = listing.steps, listing.meta_sources
     chunk = []
@@ -561,12 +600,11 @@ def _decode_chunk(
     return chunk
 
 
-def _end_child(pid: int, *, kill: bool) -> None:
-    if kill:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def _end_child(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     try:
         os.waitpid(pid, 0)
     except ChildProcessError:  # already reaped (SIGCHLD ignored)

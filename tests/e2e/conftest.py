@@ -1,5 +1,8 @@
 """Browser tests: Playwright driving Debian's Chromium against a live server, a real worker and Redis.
 
+The worker, the roots and the browser are package-scoped: they end with the last browser test, so
+the worker never picks up jobs that later tests enqueue for workers of their own.
+
 On a machine without Chromium these tests are skipped with a message; in CI (``E2E_REQUIRED=1``)
 a missing browser fails the run instead.
 """
@@ -65,7 +68,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_roots(tmp_path_factory):
     """Checkpoint and export roots for the whole browser session (the worker is started with them)."""
     from django.conf import settings
@@ -80,7 +83,7 @@ def e2e_roots(tmp_path_factory):
     settings.CHECKPOINT_ROOTS, settings.EXPORT_ROOT = saved
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_worker(django_db_setup, django_db_blocker, e2e_roots, tmp_path_factory):
     """One real RQ worker for the browser session, sharing the test database and Redis."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
@@ -90,7 +93,7 @@ def e2e_worker(django_db_setup, django_db_blocker, e2e_roots, tmp_path_factory):
     worker.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -206,7 +209,7 @@ def e2e_viewer(transactional_db):
     return _user_with_role("vic", VIEWER)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def demo_directory(e2e_roots):
     """A real trained run: the anti-spam recipe, 60 checkpoints (two history pages)."""
     from persistence.training import make_demo_run

@@ -563,25 +563,63 @@ def test_forks_only_when_enough_indexes_must_be_read(mixed, forks):
     assert len(forks) == 1
 
 
-def test_chunks_come_in_the_order_asked_for(mixed):
+def test_chunks_follow_the_order_asked_for(mixed):
     listing = list_directory(mixed)
     wanted = list(reversed(listing.prefixes))
-    assert [c.prefix for c in _flat(describe_chunks(listing, wanted, fork_from=0, chunk_size=3))] == wanted
+    assert [c.prefix for c in _flat(describe_chunks(listing, wanted, fork_from=None, chunk_size=3))] == wanted
     assert [c.prefix for c in describe(listing, wanted[:2])] == wanted[:2]
+    # Forked, the first chunk comes first and each chunk keeps the order; chunks may interleave.
+    chunks = [[c.prefix for c in chunk] for chunk in describe_chunks(listing, wanted, fork_from=0, chunk_size=3)]
+    assert chunks[0] == wanted[:3]
+    assert sorted(chunks) == sorted(wanted[i : i + 3] for i in range(0, len(wanted), 3))
 
 
-def test_a_child_that_dies_midway_is_replaced_by_reading_here(mixed, forks, monkeypatch):
+def test_the_parent_describes_from_the_back_while_the_child_is_slow(mixed, forks, monkeypatch):
+    import time
+
     listing = list_directory(mixed)
-    parent, victim = os.getpid(), listing.prefixes[len(listing.prefixes) // 2]
+    parent = os.getpid()
     real_read = discovery._IndexReader.read
+    here = []
 
     def read(self, path_prefix):
-        if os.getpid() != parent and os.path.basename(path_prefix) == victim:
-            os._exit(3)  # as the OOM killer or a crash in a native library would end it
+        if os.getpid() == parent:
+            here.append(os.path.basename(path_prefix))
+        else:
+            time.sleep(0.2)
         return real_read(self, path_prefix)
 
     monkeypatch.setattr(discovery._IndexReader, "read", read)
     chunks = list(describe_chunks(listing, fork_from=0, chunk_size=2))
+    # The parent reads the first chunk, then from the back while the child is slow (how far it
+    # gets depends on when the machine runs the child).
+    assert {listing.prefixes[0], listing.prefixes[-1]} <= set(here)
+    assert scan_result(listing, _flat(chunks)) == scan_directory(mixed)
+    _assert_reaped(forks[0])
+
+
+def test_a_child_that_dies_midway_is_replaced_by_reading_here(mixed, forks, monkeypatch):
+    import time
+
+    listing = list_directory(mixed)
+    parent = os.getpid()
+    real_read = discovery._IndexReader.read
+    in_child, here = [], []
+
+    def read(self, path_prefix):
+        if os.getpid() == parent:
+            here.append(os.path.basename(path_prefix))
+            time.sleep(0.05)  # a slow parent leaves the middle chunks to the child
+        else:
+            in_child.append(path_prefix)
+            if len(in_child) == 3:  # its first chunk (of two) is out: die in the next
+                os._exit(3)  # as the OOM killer or a crash in a native library would end it
+        return real_read(self, path_prefix)
+
+    monkeypatch.setattr(discovery._IndexReader, "read", read)
+    chunks = list(describe_chunks(listing, fork_from=0, chunk_size=2))
+    # The chunk it died in (the third: the parent reads the first) was read here.
+    assert listing.prefixes[4] in here
     assert scan_result(listing, _flat(chunks)) == scan_directory(mixed)
     (pid,) = forks
     _assert_reaped(pid)
@@ -670,4 +708,5 @@ def test_many_tiny_checkpoints_forked_share_one_variable_list(tmp_path):
     listing = list_directory(many.directory)
     described = _flat(describe_chunks(listing, fork_from=0, chunk_size=7))
     assert scan_result(listing, described) == scan_directory(many.directory)
-    assert len({id(c.variables) for c in described}) == 1  # sent once, shared by every row
+    # Sent once, shared by every row: one list from the child, one for the chunks read here.
+    assert len({id(c.variables) for c in described}) <= 2
