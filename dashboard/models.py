@@ -107,6 +107,9 @@ class Run(models.Model):
 
         When the directory has not changed since the last scan (see ``discovery.directory_stamp``)
         nothing is listed or read, unless ``full``. Imports TensorFlow when an index must be read.
+        Checkpoints are stored chunk by chunk as discovery describes them; with thousands to read
+        and a processor to spare, discovery reads in a forked child meanwhile (it never touches
+        this process's database connection; see ``discovery.describe_chunks``).
         """
         checkpoint_directory(self.directory)  # the root list may have changed since registration
         stamp = discovery.directory_stamp(self.directory)
@@ -122,7 +125,6 @@ class Run(models.Model):
         # Meta sources first: the checkpoints that restore with them are then inserted linked.
         sources = set(listing.meta_sources.values())
         order = [p for p in listing.prefixes if p in sources] + [p for p in listing.prefixes if p not in sources]
-        # A large scan stores each chunk while a forked child reads the next (see describe_chunks).
         chunks = discovery.describe_chunks(listing, order, known=known)
         with discovery.gc_paused():
             counts, found = self._record_scan(

@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from persistence.files import fsync_directory, resolve_inside
+from persistence.files import fsync_directory, resolve, resolve_inside
 from persistence.statefile import StateFileError, read_state_file, write_state_file
 
 HEALTHY_STATUSES = frozenset({"present", "verified"})
@@ -425,6 +425,7 @@ def execute_plan(
     so ``tf.train.latest_checkpoint`` never sees a half-deleted one, even if we are killed midway.
     """
     # A plan may come back from JSON: its parts must still agree with each other.
+    real_directory = resolve(directory)
     decided = sorted(name for d in plan.decisions if not d.keep for name in d.delete_files)
     if decided != sorted(plan.files_to_delete) or any(d.keep and d.delete_files for d in plan.decisions):
         raise ValueError("plan is inconsistent: files_to_delete does not match its decisions")
@@ -433,9 +434,12 @@ def execute_plan(
             raise ValueError(f"plan names {name!r}, which is not a file name inside the run directory")
         if name in state_files:
             raise ValueError(f"plan deletes the state file {name}")
-        # Checks where the name leads (a symlink out of the run is refused); the entry itself is
-        # what gets unlinked, never the file a symlink points to.
-        resolve_inside(os.path.join(directory, name), [directory])
+        # A plain name inside the resolved directory can only lead elsewhere through a symlink: only
+        # those are resolved (a full resolve per file was most of a large prune's time). A symlink
+        # out of the run is refused; the entry itself is what gets unlinked, never its target.
+        path = os.path.join(real_directory, name)
+        if os.path.islink(path):
+            resolve_inside(path, [real_directory])
 
     deleted_prefixes = plan.deleted_prefixes
     states = []

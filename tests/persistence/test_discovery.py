@@ -512,6 +512,11 @@ def _flat(chunks):
     return [c for chunk in chunks for c in chunk]
 
 
+def _chunks(listing, prefixes=None, **options):
+    # Whether the machine running the tests is busy must not decide which path a test takes.
+    return describe_chunks(listing, prefixes, only_when_idle=False, **options)
+
+
 def test_mixed_directory_covers_what_the_fork_must_carry(mixed):
     result = scan_directory(mixed)
     statuses = {c.status for c in result.checkpoints}
@@ -532,7 +537,7 @@ def test_listing_then_describing_is_the_scan(mixed):
 @pytest.mark.parametrize("forked", [True, False], ids=["forked", "in_process"])
 def test_chunks_forked_or_not_give_exactly_the_scan(mixed, forks, chunk_size, forked):
     listing = list_directory(mixed)
-    chunks = list(describe_chunks(listing, chunk_size=chunk_size, fork_from=0 if forked else None))
+    chunks = list(_chunks(listing, chunk_size=chunk_size, fork_from=0 if forked else None))
     assert all(0 < len(chunk) <= chunk_size for chunk in chunks)
     assert scan_result(listing, _flat(chunks)) == scan_directory(mixed)
     assert len(forks) == (1 if forked else 0)
@@ -548,28 +553,39 @@ def test_forked_rescan_with_known_fingerprints_is_the_scan(mixed, forks):
     expected = scan_directory(mixed, known=known)
     assert sum(c.unchanged for c in expected.checkpoints) == len(prefixes) - 2
     listing = list_directory(mixed)
-    assert scan_result(listing, _flat(describe_chunks(listing, known=known, fork_from=0))) == expected
+    assert scan_result(listing, _flat(_chunks(listing, known=known, fork_from=0))) == expected
     assert len(forks) == 1
 
 
 def test_forks_only_when_enough_indexes_must_be_read(mixed, forks):
     listing = list_directory(mixed)
     count = len(listing.prefixes)
-    _flat(describe_chunks(listing, fork_from=count + 1))
+    _flat(_chunks(listing, fork_from=count + 1))
     known = {c.prefix: c.fingerprint for c in scan_directory(mixed).checkpoints}
-    _flat(describe_chunks(listing, known=known, fork_from=1))  # nothing new: nothing to read
+    _flat(_chunks(listing, known=known, fork_from=1))  # nothing new: nothing to read
     assert forks == []
-    _flat(describe_chunks(listing, fork_from=count))
+    _flat(_chunks(listing, fork_from=count))
     assert len(forks) == 1
+
+
+@pytest.mark.parametrize(
+    ("cpus", "load", "forked"), [(2, 0.3, True), (2, 1.2, True), (2, 1.8, False), (1, 0.0, False), (8, 6.0, True)]
+)
+def test_forks_only_with_a_processor_to_spare(mixed, forks, monkeypatch, cpus, load, forked):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    listing = list_directory(mixed)
+    assert scan_result(listing, _flat(describe_chunks(listing, fork_from=1))) == scan_directory(mixed)
+    assert len(forks) == (1 if forked else 0)
 
 
 def test_chunks_follow_the_order_asked_for(mixed):
     listing = list_directory(mixed)
     wanted = list(reversed(listing.prefixes))
-    assert [c.prefix for c in _flat(describe_chunks(listing, wanted, fork_from=None, chunk_size=3))] == wanted
+    assert [c.prefix for c in _flat(_chunks(listing, wanted, fork_from=None, chunk_size=3))] == wanted
     assert [c.prefix for c in describe(listing, wanted[:2])] == wanted[:2]
     # Forked, the first chunk comes first and each chunk keeps the order; chunks may interleave.
-    chunks = [[c.prefix for c in chunk] for chunk in describe_chunks(listing, wanted, fork_from=0, chunk_size=3)]
+    chunks = [[c.prefix for c in chunk] for chunk in _chunks(listing, wanted, fork_from=0, chunk_size=3)]
     assert chunks[0] == wanted[:3]
     assert sorted(chunks) == sorted(wanted[i : i + 3] for i in range(0, len(wanted), 3))
 
@@ -590,7 +606,7 @@ def test_the_parent_describes_from_the_back_while_the_child_is_slow(mixed, forks
         return real_read(self, path_prefix)
 
     monkeypatch.setattr(discovery._IndexReader, "read", read)
-    chunks = list(describe_chunks(listing, fork_from=0, chunk_size=2))
+    chunks = list(_chunks(listing, fork_from=0, chunk_size=2))
     # The parent reads the first chunk, then from the back while the child is slow (how far it
     # gets depends on when the machine runs the child).
     assert {listing.prefixes[0], listing.prefixes[-1]} <= set(here)
@@ -617,7 +633,7 @@ def test_a_child_that_dies_midway_is_replaced_by_reading_here(mixed, forks, monk
         return real_read(self, path_prefix)
 
     monkeypatch.setattr(discovery._IndexReader, "read", read)
-    chunks = list(describe_chunks(listing, fork_from=0, chunk_size=2))
+    chunks = list(_chunks(listing, fork_from=0, chunk_size=2))
     # The chunk it died in (the third: the parent reads the first) was read here.
     assert listing.prefixes[4] in here
     assert scan_result(listing, _flat(chunks)) == scan_directory(mixed)
@@ -639,7 +655,7 @@ def test_an_exception_in_the_child_never_reaches_the_callers_cleanup(mixed, monk
 
     monkeypatch.setattr(discovery._IndexReader, "read", read)
     try:
-        described = _flat(describe_chunks(listing, fork_from=0))
+        described = _flat(_chunks(listing, fork_from=0))
     finally:
         with open(cleanups, "a") as out:
             out.write(f"{os.getpid()}\n")
@@ -664,14 +680,14 @@ def test_a_stuck_child_is_ended_and_replaced(mixed, forks, monkeypatch):
     monkeypatch.setattr(discovery._IndexReader, "read", read)
     monkeypatch.setattr(discovery, "STALL_SECONDS", 0.5)
     started = time.monotonic()
-    described = _flat(describe_chunks(listing, fork_from=0))
+    described = _flat(_chunks(listing, fork_from=0))
     assert time.monotonic() - started < 20
     assert scan_result(listing, described) == scan_directory(mixed)
     _assert_reaped(forks[0])
 
 
 def test_stopping_early_ends_the_child(mixed, forks):
-    chunks = describe_chunks(list_directory(mixed), fork_from=0, chunk_size=1)
+    chunks = _chunks(list_directory(mixed), fork_from=0, chunk_size=1)
     assert len(next(chunks)) == 1
     (pid,) = forks
     chunks.close()
@@ -680,7 +696,7 @@ def test_stopping_early_ends_the_child(mixed, forks):
 
 def test_a_child_killed_from_outside_is_replaced(mixed, forks):
     listing = list_directory(mixed)
-    chunks = describe_chunks(listing, fork_from=0, chunk_size=1)
+    chunks = _chunks(listing, fork_from=0, chunk_size=1)
     described = next(chunks)
     os.kill(forks[0], 9)
     described += _flat(chunks)
@@ -695,7 +711,7 @@ def test_files_deleted_after_the_listing(seed_copy, seed, forked):
     gone, thinned = seed.prefixes[0], seed.prefixes[1]
     os.unlink(os.path.join(seed_copy, gone + ".index"))
     factory.delete_data_shard(os.path.join(seed_copy, thinned))
-    found = _by_prefix(scan_result(listing, _flat(describe_chunks(listing, fork_from=0 if forked else None))))
+    found = _by_prefix(scan_result(listing, _flat(_chunks(listing, fork_from=0 if forked else None))))
     assert gone not in found
     assert found[thinned].status == INCOMPLETE
     assert [f.name for f in found[thinned].files] == [f"{thinned}.index"]
@@ -706,7 +722,7 @@ def test_files_deleted_after_the_listing(seed_copy, seed, forked):
 def test_many_tiny_checkpoints_forked_share_one_variable_list(tmp_path):
     many = factory.make_many_tiny_checkpoints(tmp_path / "many", 40)
     listing = list_directory(many.directory)
-    described = _flat(describe_chunks(listing, fork_from=0, chunk_size=7))
+    described = _flat(_chunks(listing, fork_from=0, chunk_size=7))
     assert scan_result(listing, described) == scan_directory(many.directory)
     # Sent once, shared by every row: one list from the child, one for the chunks read here.
     assert len({id(c.variables) for c in described}) <= 2
