@@ -282,6 +282,18 @@ class Run(models.Model):
         for prefix, names in latest_by_prefix.items():
             self.checkpoints.filter(prefix=prefix).update(latest_in=sorted(names))
 
+    def set_trusted(self, trusted: bool, *, actor=None) -> None:
+        """Allow (or forbid again) restoring and freezing graphs with file-system or Python ops."""
+        if self.trusted == trusted:
+            return
+        self.trusted = trusted
+        self.save(update_fields=["trusted"])
+        AuditEvent.record(
+            "trust" if trusted else "distrust",
+            f"{'Trusted' if trusted else 'Stopped trusting'} the graphs of {self.name}",
+            actor=actor, run=self,
+        )
+
     def record_metrics(self, metrics_by_prefix: dict[str, dict[str, float]]) -> int:
         """Attach training metrics (loss, accuracy, …) to checkpoints by prefix; return rows updated."""
         rows = list(self.checkpoints.filter(prefix__in=metrics_by_prefix).only("id", "prefix", "metrics"))

@@ -11,6 +11,7 @@ urlpatterns = [
     path("runs/<slug:name>/", runs.run_detail, name="run"),
     path("runs/<slug:name>/chart.json", runs.run_chart, name="run-chart"),
     path("runs/<slug:name>/scan/", runs.run_scan, name="run-scan"),
+    path("runs/<slug:name>/trust/", runs.run_trust, name="run-trust"),
     path("runs/<slug:name>/checkpoints/<int:pk>/", runs.checkpoint_detail, name="checkpoint"),
     path("runs/<slug:name>/checkpoints/<int:pk>/verify/", checkpoint_actions.checkpoint_verify,
          name="checkpoint-verify"),

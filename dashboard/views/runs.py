@@ -110,6 +110,19 @@ def run_scan(request: HttpRequest, name: str) -> HttpResponse:
     return redirect(run)
 
 
+@require_POST
+def run_trust(request: HttpRequest, name: str) -> HttpResponse:
+    """Maintainers decide whether this run's graphs may use file-system or Python ops (DESIGN §6)."""
+    run = access.get_run_for_user(request, name, access.MAINTAIN)
+    run.set_trusted(request.POST.get("trusted") == "1", actor=request.user)
+    messages.success(
+        request,
+        "Graphs of this run may now use file-system and Python ops when restored or frozen."
+        if run.trusted else "Graphs of this run are checked for file-system and Python ops again.",
+    )
+    return redirect(run)
+
+
 def checkpoint_detail(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     run = access.get_run_for_user(request, name)
     checkpoint = get_object_or_404(Checkpoint.objects.select_related("meta_source", "source"), run=run, pk=pk)
