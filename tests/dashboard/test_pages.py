@@ -160,3 +160,11 @@ def test_viewer_cannot_register_or_scan(client, viewer, demo_rows):
     assert client.post(reverse("run-scan", args=["rows"])).status_code == 403
     html = client.get(reverse("run", args=["rows"])).content.decode()
     assert "Scan now" not in html
+
+
+@pytest.mark.parametrize("url", ["/jobs/?run=%00", "/exports/?run=a%00b", "/audit/?run=%00", "/runs/rows/?sort=%00"])
+def test_a_nul_byte_in_a_request_is_a_bad_request(client, viewer, demo_rows, url):
+    client.force_login(viewer)
+    response = client.get(url)
+    assert response.status_code == 400
+    assert b"NUL" in response.content
