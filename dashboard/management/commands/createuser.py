@@ -2,11 +2,13 @@
 
     python manage.py createuser NAME --role viewer|operator|maintainer [--password-stdin]
 
-Without --password-stdin a strong password is generated and printed once.
+On a terminal it asks for the password (empty: generate one); otherwise, and without
+--password-stdin, a strong password is generated and printed once.
 """
 
 from __future__ import annotations
 
+import getpass
 import secrets
 import sys
 
@@ -36,8 +38,16 @@ class Command(BaseCommand):
             raise CommandError("The username must not be empty.")
         if users.filter(username=username).exists():
             raise CommandError(f"A user named {username!r} exists already.")
-        generated = not options["password_stdin"]
-        password = secrets.token_urlsafe(15) if generated else sys.stdin.readline().rstrip("\n")
+        password = ""
+        if options["password_stdin"]:
+            password = sys.stdin.readline().rstrip("\n")
+        elif sys.stdin.isatty():
+            password = getpass.getpass("Password (empty: generate one): ")
+            if password and getpass.getpass("Password again: ") != password:
+                raise CommandError("The passwords differ.")
+        generated = not password
+        if generated:
+            password = secrets.token_urlsafe(15)
         user = users.model(username=username, email=options["email"])
         try:
             validate_password(password, user)
