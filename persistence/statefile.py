@@ -397,6 +397,10 @@ def find_state_files(directory: str) -> list[str]:
     try:
         with os.scandir(directory) as entries:
             for entry in entries:
+                # Names first: a run directory holds thousands of checkpoint files, and only the
+                # few names that could be state files are worth a stat.
+                if entry.name != DEFAULT_STATE_FILE and _NEVER_STATE_FILE.search(entry.name) is not None:
+                    continue
                 if entry.is_file() and could_be_state_file(entry.name, entry.stat().st_size):
                     names.append(entry.name)
     except OSError:
