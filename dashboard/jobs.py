@@ -389,6 +389,7 @@ def save_job(job: Job, ctx: JobContext) -> dict:
     from persistence.recipes import load_recipe
     from persistence.training import SaverOptions, TrainingCancelled, TrainingError, train
 
+    from . import saving
     from .models import checkpoint_directory
 
     params = job.params
@@ -431,6 +432,11 @@ def save_job(job: Job, ctx: JobContext) -> dict:
 
     own_saved: list[dict] = []
     pruned: list[str] = []
+    kept_from_rotation: dict[str, str] = {}
+    # max_to_keep may only rotate out what this job (or an earlier attempt of it) wrote, and
+    # never a checkpoint a protection rule keeps; the guard reads `written` at every question.
+    written = {s["prefix"] for s in _saved_by_attempts(job)}
+    guard = saving.rotation_guard(run, own=written, state_file=options.state_file)
 
     def on_saved(saved) -> None:
         note = (
@@ -438,14 +444,19 @@ def save_job(job: Job, ctx: JobContext) -> dict:
             f"#{job.pk} wrote {saved.prefix}."
         )
         checkpoint = run.record_saved(saved, pruned_note=note, actor=job.requested_by)
+        written.add(saved.prefix)
         entry = {"prefix": saved.prefix, "step": saved.step, "id": checkpoint.pk, **saved.metrics}
         own_saved.append(entry)
         pruned.extend(saved.deleted)
+        kept_from_rotation.update(saved.kept_from_rotation)
         line = f"Saved {saved.prefix} ({_metric_text(saved.metrics)})"
         if saved.deleted:
             line += f"; the Saver's max_to_keep deleted {', '.join(saved.deleted)}"
+        if saved.kept_from_rotation:
+            kept = "; ".join(f"{p} ({why})" for p, why in saved.kept_from_rotation.items())
+            line += f"; kept out of max_to_keep's rotation: {kept}"
         # What a retry continues from: stored the moment the row exists.
-        ctx.log(line, saved=own_saved, target_step=target_step)
+        ctx.log(line, saved=own_saved, target_step=target_step, kept_from_rotation=kept_from_rotation)
 
     def on_progress(done: int, of: int, loss: float) -> None:
         overall = done_before + done
@@ -465,12 +476,13 @@ def save_job(job: Job, ctx: JobContext) -> dict:
             should_stop=ctx.should_stop,
             # A retry rewrites what a killed attempt may have left after its last recorded save.
             overwrite=job.retry_of_id is not None,
+            rotation_guard=guard,
         )
     except TrainingCancelled as exc:
         ctx.log(f"Stopped at step {exc.step} on request")
         return {
             "canceled": True, "saved": own_saved, "stopped_at_step": exc.step, "target_step": target_step,
-            "pruned_by_saver": pruned,
+            "pruned_by_saver": pruned, "kept_from_rotation": kept_from_rotation,
         }
     last = own_saved[-1] if own_saved else None
     loss = result.final_metrics.get("loss", float("nan"))
@@ -486,6 +498,7 @@ def save_job(job: Job, ctx: JobContext) -> dict:
         "all_attempts_saved": [s["prefix"] for s in saved_rows] + [s["prefix"] for s in own_saved],
         "latest": last["prefix"] if last else None,
         "pruned_by_saver": pruned,
+        "kept_from_rotation": kept_from_rotation,
         "initial_metrics": result.initial_metrics,
         "final_metrics": result.final_metrics,
         "restored_from": os.path.basename(result.restored_from) if result.restored_from else None,

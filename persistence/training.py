@@ -4,12 +4,16 @@ The worker that runs save jobs calls :func:`train` with callbacks and records ev
 moment ``on_saved`` reports it, so the dashboard never waits for the next scan to show a save job's
 output. Nothing here knows about Django, RQ or the database: callbacks in, dataclasses out.
 
-TensorFlow's Saver is used as is, traps included. In particular, with ``max_to_keep`` set and
-``write_meta_graph`` only on the first save, TensorFlow deletes the first checkpoint's ``.meta``
-together with its index and data once that checkpoint falls out of the window, leaving every
-remaining checkpoint without a meta graph. :func:`train` does not paper over that; it reports
-exactly which files the Saver removed (``deleted`` / ``deleted_files``) so that the dashboard's
-retention engine, which protects meta sources, sees the truth.
+TensorFlow's Saver writes every file and keeps its own ``max_to_keep`` window. Left alone it
+deletes whatever falls out of that window: with ``write_meta_graph`` only on the first save, the
+first checkpoint's ``.meta`` goes with its index and data, leaving every later checkpoint without a
+meta graph, and a continued run loses checkpoints an earlier trainer wrote. A caller that must not
+lose some checkpoints passes a ``rotation_guard``: before each save it is asked about the checkpoint
+the Saver is about to rotate out, and a checkpoint it vouches for is taken out of the Saver's window
+(as TensorFlow itself does with one kept by ``keep_checkpoint_every_n_hours``), so the Saver never
+deletes it and the state file simply stops listing it. Either way :func:`train` reports exactly
+which files the Saver removed (``deleted`` / ``deleted_files``) and which it was kept from removing
+(``kept_from_rotation``).
 
 TensorFlow is imported lazily inside the functions: the web process imports this module for its
 dataclasses and must not pay for TensorFlow.
@@ -48,6 +52,10 @@ _TF1_SLOT = re.compile(
     r"ProximalGradientDescent|Nadam|Adamax)(_\d+)?$"
 )
 _TF1_OPTIMIZER_SCALAR = re.compile(r"^(beta1_power|beta2_power)(_\d+)?$")
+
+
+RotationGuard = Callable[[str], str | None]
+"""Asked with the prefix the Saver's ``max_to_keep`` is about to delete; answers why it must stay, or None."""
 
 
 class TrainingError(ValueError):
@@ -147,6 +155,8 @@ class SavedCheckpoint:
     saved_at: float = 0.0  # POSIX seconds: the .index mtime (TF1 state files carry no timestamps)
     size_bytes: int = 0  # sum of ``files``
     variables: list[str] = field(default_factory=list)  # names as stored in the file
+    # prefix -> reason, for checkpoints the rotation guard kept out of this save's max_to_keep rotation
+    kept_from_rotation: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -315,10 +325,65 @@ def _recover_saver_state(tf: Any, saver: Any, directory: str, state_file: str) -
     saver.recover_last_checkpoints([p for p in paths if os.path.exists(p + ".index")])
 
 
-def _refuse_overwrite(directory: str, prefix: str, start_step: int, steps: int, save_every: int) -> None:
+def planned_save_steps(start_step: int, steps: int, save_every: int) -> list[int]:
+    """The global steps :func:`train` saves at: multiples of ``save_every``, and the last step."""
     planned = [s for s in range(start_step + 1, start_step + steps + 1) if s % save_every == 0]
     if not planned or planned[-1] != start_step + steps:
         planned.append(start_step + steps)
+    return planned
+
+
+def preview_rotation(
+    listed: Iterable[str],
+    planned: Iterable[str],
+    max_to_keep: int | None,
+    must_stay: Callable[[str], bool] = lambda prefix: False,
+) -> list[str]:
+    """The prefixes the Saver's ``max_to_keep`` would delete over a whole job, in order.
+
+    ``listed`` are the prefixes the state file lists (what the Saver's window starts with),
+    ``planned`` the prefixes the job will write, ``must_stay`` what a rotation guard would keep.
+    Mirrors :func:`train`: the window drops its front while it is full and the front must stay,
+    then the Saver pops one checkpoint per save. ``keep_checkpoint_every_n_hours`` is left out:
+    it can only keep more.
+    """
+    if not max_to_keep:
+        return []
+    window, rotated = list(dict.fromkeys(listed)), []
+    for new in planned:
+        window = [p for p in window if p != new]
+        while window and len(window) + 1 > max_to_keep and must_stay(window[0]):
+            window.pop(0)
+        window.append(new)
+        if len(window) > max_to_keep:
+            rotated.append(window.pop(0))
+    return rotated
+
+
+def _keep_out_of_rotation(saver: Any, new_path: str, max_to_keep: int, guard: RotationGuard) -> dict[str, str]:
+    """Take the checkpoints ``guard`` vouches for out of the Saver's window before it rotates.
+
+    ``Saver.save`` appends ``new_path`` to its window and, when the window is then over
+    ``max_to_keep``, deletes the oldest entry. Only that entry is ever at risk in one save, so
+    only it is asked about; while the one asked about must stay it leaves the window and the next
+    oldest is asked. The window is put back with ``recover_last_checkpoints`` (public API; the
+    times come from the files, as when TensorFlow recovers a crashed trainer).
+    """
+    window = list(saver.last_checkpoints)
+    pending = [p for p in window if p != new_path]
+    kept: dict[str, str] = {}
+    while pending and len(pending) + 1 > max_to_keep:
+        reason = guard(os.path.basename(pending[0]))
+        if reason is None:
+            break
+        kept[os.path.basename(pending.pop(0))] = reason
+    if kept:
+        saver.recover_last_checkpoints([p for p in window if os.path.basename(p) not in kept])
+    return kept
+
+
+def _refuse_overwrite(directory: str, prefix: str, start_step: int, steps: int, save_every: int) -> None:
+    planned = planned_save_steps(start_step, steps, save_every)
     clashes = [
         f"{prefix}-{s}" for s in planned if os.path.exists(os.path.join(directory, f"{prefix}-{s}.index"))
     ]
@@ -352,6 +417,7 @@ def train(
     on_progress: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     overwrite: bool = False,
+    rotation_guard: RotationGuard | None = None,
 ) -> TrainResult:
     """Train ``recipe`` for ``steps`` steps in a fresh graph, saving into ``directory``.
 
@@ -362,7 +428,9 @@ def train(
     1 % of the steps and after each save; ``should_stop()`` is checked before every step and stops
     with :class:`TrainingCancelled` (no extra save). A checkpoint that would be written over an
     existing one of the same name is refused before training starts unless ``overwrite`` is true:
-    the dashboard has already recorded the old one's contents.
+    the dashboard has already recorded the old one's contents. ``rotation_guard`` (see the module
+    docstring) keeps checkpoints out of the Saver's ``max_to_keep`` deletions; without it the
+    Saver rotates exactly as TensorFlow does.
     """
     steps = _check_positive_int("steps", steps)
     save_every = _check_positive_int("save_every", save_every)
@@ -468,7 +536,8 @@ def train(
                     metrics = _evaluate(sess, handles, eval_feed)
                     metrics["train_loss"] = loss
                     saved = _save(
-                        saver, sess, directory, options, step, write_meta, metrics, sorted(saved_names)
+                        saver, sess, directory, options, step, write_meta, metrics, sorted(saved_names),
+                        rotation_guard,
                     )
                     if saved.has_meta:
                         meta_source = saved.prefix
@@ -495,7 +564,12 @@ def _save(
     write_meta: bool,
     metrics: dict[str, float],
     variable_names: list[str],
+    rotation_guard: RotationGuard | None = None,
 ) -> SavedCheckpoint:
+    target = os.path.join(directory, options.prefix)
+    kept: dict[str, str] = {}
+    if rotation_guard is not None and options.max_to_keep:
+        kept = _keep_out_of_rotation(saver, f"{target}-{step}", options.max_to_keep, rotation_guard)
     # The Saver drops at most the oldest entry of its window per save; remember what those
     # candidates had on disk so that `deleted` names exactly what disappeared (a checkpoint kept by
     # keep_checkpoint_every_n_hours leaves the window but keeps its files).
@@ -503,7 +577,7 @@ def _save(
     before_files = {p: checkpoint_files(directory, os.path.basename(p)) for p in before_window}
     path = saver.save(
         sess,
-        os.path.join(directory, options.prefix),
+        target,
         global_step=step,
         write_meta_graph=write_meta,
         latest_filename=options.state_file,
@@ -534,6 +608,7 @@ def _save(
         saved_at=os.path.getmtime(index_path),
         size_bytes=_size(directory, files),
         variables=variable_names,
+        kept_from_rotation=kept,
     )
 
 
@@ -726,6 +801,7 @@ def make_demo_run(directory: str, steps: int = 300, save_every: int = 25, seed: 
 
 __all__ = [
     "SavedCheckpoint",
+    "RotationGuard",
     "SaverOptions",
     "TrainResult",
     "TrainingCancelled",
@@ -733,6 +809,8 @@ __all__ = [
     "checkpoint_files",
     "make_demo_run",
     "optimizer_slot_names",
+    "planned_save_steps",
+    "preview_rotation",
     "resave_subset",
     "step_from_prefix",
     "train",

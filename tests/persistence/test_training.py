@@ -16,6 +16,8 @@ from persistence.training import (
     TrainingError,
     make_demo_run,
     optimizer_slot_names,
+    planned_save_steps,
+    preview_rotation,
     resave_subset,
     train,
 )
@@ -522,3 +524,74 @@ def test_overwrite_replaces_checkpoints_of_the_same_name(tmp_path, tf):
     train(str(tmp_path), AntiSpamRecipe(), steps=25, save_every=25, seed=2, overwrite=True)
     after = tf.train.load_checkpoint(str(tmp_path / "model.ckpt-25")).get_tensor("hidden/kernel")
     assert not np.array_equal(before, after)
+
+
+# --- rotation guard: what max_to_keep may delete ----------------------------------------------
+
+
+def test_rotation_guard_keeps_vouched_checkpoints_and_tensorflow_agrees(tmp_path, tf):
+    asked: list[str] = []
+
+    def guard(prefix: str) -> str | None:
+        asked.append(prefix)
+        return "pinned" if prefix == "model.ckpt-50" else None
+
+    saved: list[SavedCheckpoint] = []
+    train(
+        str(tmp_path), AntiSpamRecipe(), steps=150, save_every=25, options=SaverOptions(max_to_keep=2),
+        on_saved=saved.append, rotation_guard=guard,
+    )
+    assert asked == ["model.ckpt-25", "model.ckpt-50", "model.ckpt-75", "model.ckpt-100"]
+    assert [s.deleted for s in saved] == [[], [], ["model.ckpt-25"], [], ["model.ckpt-75"], ["model.ckpt-100"]]
+    assert saved[3].kept_from_rotation == {"model.ckpt-50": "pinned"}
+    assert _indexes(tmp_path) == ["model.ckpt-125", "model.ckpt-150", "model.ckpt-50"]
+    assert _metas(tmp_path) == ["model.ckpt-125.meta", "model.ckpt-150.meta", "model.ckpt-50.meta"]
+    # The kept checkpoint left the Saver's window: the state file lists only what is on disk.
+    state = tf.train.get_checkpoint_state(str(tmp_path))
+    listed = [os.path.basename(p) for p in state.all_model_checkpoint_paths]
+    assert listed == ["model.ckpt-125", "model.ckpt-150"]
+    assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "model.ckpt-150")
+    assert tf.train.load_checkpoint(str(tmp_path / "model.ckpt-50")).get_tensor("global_step") == 50
+
+
+def test_rotation_guard_keeps_the_only_meta_and_earlier_checkpoints(tmp_path, tf):
+    # The seed's trap again, now with a guard that keeps the meta source and what it did not write.
+    first = train(str(tmp_path), AntiSpamRecipe(), steps=50, save_every=25, options=SaverOptions(max_to_keep=3))
+    mine: set[str] = set()
+    options = SaverOptions(max_to_keep=2, write_meta_graph="first")
+
+    def guard(prefix: str) -> str | None:
+        if prefix not in mine:
+            return "written before this job"
+        return "meta graph source" if prefix == "model.ckpt-75" else None
+
+    saved: list[SavedCheckpoint] = []
+
+    def on_saved(checkpoint: SavedCheckpoint) -> None:
+        mine.add(checkpoint.prefix)
+        saved.append(checkpoint)
+
+    # Every save is asked about before it happens: the first one's own prefix is already "mine".
+    mine.add("model.ckpt-75")
+    train(str(tmp_path), AntiSpamRecipe(), steps=100, save_every=25, options=options,
+          restore_from=first.latest.path, on_saved=on_saved, rotation_guard=guard)
+    assert [s.deleted for s in saved] == [[], [], [], ["model.ckpt-100"]]
+    assert _indexes(tmp_path) == ["model.ckpt-125", "model.ckpt-150", "model.ckpt-25", "model.ckpt-50",
+                                  "model.ckpt-75"]
+    assert _metas(tmp_path) == ["model.ckpt-25.meta", "model.ckpt-50.meta", "model.ckpt-75.meta"]
+    state = tf.train.get_checkpoint_state(str(tmp_path))
+    assert all(os.path.exists(p + ".index") for p in state.all_model_checkpoint_paths)
+    assert tf.train.latest_checkpoint(str(tmp_path)) == saved[-1].path
+
+
+def test_preview_rotation_matches_what_train_deletes(tmp_path):
+    listed = ["model.ckpt-25", "model.ckpt-50"]
+    planned = [f"model.ckpt-{s}" for s in planned_save_steps(50, 100, 25)]
+    assert planned == ["model.ckpt-75", "model.ckpt-100", "model.ckpt-125", "model.ckpt-150"]
+    # TensorFlow alone rotates the earlier checkpoints out first.
+    assert preview_rotation(listed, planned, 2) == ["model.ckpt-25", "model.ckpt-50", "model.ckpt-75",
+                                                    "model.ckpt-100"]
+    stays = {"model.ckpt-25", "model.ckpt-50", "model.ckpt-75"}
+    assert preview_rotation(listed, planned, 2, stays.__contains__) == ["model.ckpt-100"]
+    assert preview_rotation(listed, planned, None) == [] == preview_rotation(listed, planned, 0)
+    assert planned_save_steps(0, 30, 25) == [25, 30]
