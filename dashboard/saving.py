@@ -71,9 +71,10 @@ def rotation_guard(run: Run, *, own: Collection[str], state_file: str) -> Rotati
     """
 
     def guard(prefix: str) -> str | None:
+        reason = protection_reasons(run, [prefix], state_file=state_file).get(prefix)
         if prefix not in own:
-            return NOT_OURS
-        return protection_reasons(run, [prefix], state_file=state_file).get(prefix)
+            return f"{reason}; {NOT_OURS}" if reason else NOT_OURS
+        return reason
 
     return guard
 

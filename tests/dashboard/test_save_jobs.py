@@ -15,7 +15,7 @@ import pytest
 from django.urls import reverse
 
 from dashboard import jobs
-from dashboard.models import AuditEvent, Checkpoint, Job, Run
+from dashboard.models import AuditEvent, Checkpoint, Export, Job, Run
 from tests.dashboard import job_recipes as recipes
 from tests.dashboard.conftest import make_user
 from tests.live import wait_for
@@ -36,15 +36,22 @@ def jobs_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def worker(jobs_root, django_db_setup, tmp_path_factory):
-    live = recipes.start_worker(jobs_root, tmp_path_factory.mktemp("logs") / "worker.log")
+def exports_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("save-exports").resolve()
+
+
+@pytest.fixture(scope="module")
+def worker(jobs_root, exports_root, django_db_setup, tmp_path_factory):
+    live = recipes.start_worker(jobs_root, tmp_path_factory.mktemp("logs") / "worker.log",
+                                EXPORT_ROOT=str(exports_root))
     yield live
     live.stop()
 
 
 @pytest.fixture(autouse=True)
-def job_settings(settings, jobs_root):
+def job_settings(settings, jobs_root, exports_root):
     settings.CHECKPOINT_ROOTS = [jobs_root]
+    settings.EXPORT_ROOT = exports_root
     settings.CHECKPOINT_RECIPES = recipes.ALL
     recipes.ensure_roles()
 
@@ -129,6 +136,44 @@ def test_300_step_save_from_the_run_page_moves_progress_and_records_every_save(w
         assert f"model.ckpt-{step}<" in history
     assert f"{rows[300].metrics['loss']:.4f}" in history and "accuracy" in history
     agree_with_tensorflow(run)
+
+
+def test_continuing_with_max_to_keep_keeps_pinned_exported_and_earlier_checkpoints(worker, run, operator_client):
+    first = jobs.start(Job.SAVE, run=run, params=recipes.save_params(recipes.BUILT_IN, steps=30, save_every=10,
+                                                                     max_to_keep=5))
+    recipes.wait_for_job(first, Job.FINISHED, timeout=120)
+    rows = {c.step: c for c in run.checkpoints.all()}
+    rows[20].pin("baseline for the report")
+    freeze = jobs.start(Job.FREEZE, run=run, checkpoint=rows[30], params={"outputs": ["probs"]})
+    recipes.wait_for_job(freeze, (Job.FINISHED, Job.FAILED), timeout=120)
+    assert freeze.status == Job.FINISHED, freeze.error
+    export = Export.objects.get(checkpoint=rows[30])
+
+    # TensorFlow's Saver recovers 10, 20 and 30 from the state file and, with max_to_keep 2,
+    # would delete all three while writing 40, 50 and 60.
+    job = start_from_page(operator_client, run, recipe=recipes.BUILT_IN, steps=30, save_every=10, max_to_keep=2,
+                          restore_from=rows[30].pk)
+    recipes.wait_for_job(job, (Job.FINISHED, Job.FAILED), timeout=120)
+    assert job.status == Job.FINISHED, job.error
+
+    for step in (10, 20, 30):
+        row = Checkpoint.objects.get(pk=rows[step].pk)
+        assert row.status == Checkpoint.PRESENT, (step, row.problems)
+        for f in row.files:
+            assert os.path.exists(os.path.join(run.directory, f["name"])), f["name"]
+        assert tf().train.load_checkpoint(row.path).get_tensor("global_step") == step
+    assert Checkpoint.objects.get(pk=rows[20].pk).pinned
+    assert os.path.exists(export.path)
+    # Only what the job wrote itself is rotated: it keeps its newest two.
+    assert job.result["pruned_by_saver"] == ["model.ckpt-40"]
+    assert run.checkpoints.get(step=40).status == Checkpoint.PRUNED
+    assert sorted(job.result["kept_from_rotation"]) == ["model.ckpt-10", "model.ckpt-20", "model.ckpt-30"]
+    assert job.result["kept_from_rotation"]["model.ckpt-20"].startswith("pinned (baseline for the report)")
+    assert "has an export" in job.result["kept_from_rotation"]["model.ckpt-30"]
+    saver_deleted = [p for e in AuditEvent.objects.filter(action="saver_pruned") for p in e.details["deleted"]]
+    assert saver_deleted == ["model.ckpt-40"]
+    agree_with_tensorflow(run)
+    assert tf().train.latest_checkpoint(run.directory) == os.path.join(run.directory, "model.ckpt-60")
 
 
 def test_checkpoints_are_recorded_while_the_job_is_still_running(worker, run):
