@@ -123,7 +123,7 @@ class SaveJobForm(forms.Form):
     )
     max_to_keep = forms.IntegerField(
         min_value=0, initial=5, required=False,
-        help_text="The Saver deletes older checkpoints beyond this many. 0 or empty keeps all.",
+        help_text="The Saver deletes this job's older checkpoints beyond this many. 0 or empty keeps all.",
     )
     keep_checkpoint_every_n_hours = forms.FloatField(
         label="Keep one every N hours", initial=10000.0, min_value=0.0001, required=False,
@@ -234,6 +234,25 @@ class SaveJobForm(forms.Form):
                 "prefix",
                 f"This run already holds {shown}. Continue from its latest checkpoint, or choose another prefix.",
             )
+
+    def rotation_preview(self):
+        """What ``max_to_keep`` will remove, from the values entered so far (initial ones otherwise)."""
+        from dashboard import saving
+
+        values = {name: self.fields[name].initial for name in ("prefix", "steps", "save_every", "max_to_keep",
+                                                               "write_meta_graph")}
+        restore = None
+        if self.is_bound:
+            self.is_valid()
+            for name in values:
+                if name in self.cleaned_data and name not in self.errors:
+                    values[name] = self.cleaned_data[name]
+            restore = self.restore_checkpoint
+        return saving.preview(
+            self.run, prefix=values["prefix"], start_step=restore.step if restore is not None else 0,
+            steps=values["steps"], save_every=values["save_every"], max_to_keep=values["max_to_keep"],
+            write_meta_graph=values["write_meta_graph"],
+        )
 
     def job_params(self) -> dict:
         from persistence.training import SaverOptions

@@ -71,10 +71,7 @@ def rotation_guard(run: Run, *, own: Collection[str], state_file: str) -> Rotati
     """
 
     def guard(prefix: str) -> str | None:
-        reason = protection_reasons(run, [prefix], state_file=state_file).get(prefix)
-        if prefix not in own:
-            return f"{reason}; {NOT_OURS}" if reason else NOT_OURS
-        return reason
+        return _why_it_stays(protection_reasons(run, [prefix], state_file=state_file).get(prefix), prefix in own)
 
     return guard
 
@@ -111,8 +108,14 @@ def preview(
     removed = preview_rotation(listed, planned, max_to_keep, must_stay)
     by_tensorflow = [p for p in preview_rotation(listed, planned, max_to_keep) if p not in mine]
     protected = protection_reasons(run, by_tensorflow, state_file=state_file)
-    spared = [(p, protected.get(p, NOT_OURS)) for p in by_tensorflow]
+    spared = [(p, _why_it_stays(protected.get(p), False) or NOT_OURS) for p in by_tensorflow]
     return RotationPreview(max_to_keep, planned, removed, meta_source, spared)
+
+def _why_it_stays(protection: str | None, ours: bool) -> str | None:
+    if ours:
+        return protection
+    return f"{protection}; {NOT_OURS}" if protection else NOT_OURS
+
 
 def _listed_on_disk(directory: str, state_file: str) -> list[str]:
     # What the Saver's window starts with (the job recovers it the same way).

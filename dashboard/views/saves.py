@@ -14,14 +14,20 @@ from dashboard.views.common import start_job
 
 def save_new(request: HttpRequest, name: str) -> HttpResponse:
     run = access.get_run_for_user(request, name, access.OPERATE)
-    form = SaveJobForm(request.POST or None, run=run)
+    # The form asks for its rotation preview again (htmx GET) whenever a field changes.
+    preview_only = request.method == "GET" and request.GET.get("preview") == "rotation"
+    data = request.POST if request.method == "POST" else (request.GET if preview_only else None)
+    form = SaveJobForm(data or None, run=run)
     if request.method == "POST" and form.is_valid():
         job = start_job(request, Job.SAVE, run=run, checkpoint=form.restore_checkpoint, params=form.job_params())
         if job is not None:
             messages.success(request, f"Save job #{job.pk} started: {form.cleaned_data['steps']} steps.")
             return redirect(job)
         return redirect(run)
-    return render(request, "dashboard/save_form.html", {"run": run, "form": form})
+    context = {"run": run, "form": form, "rotation": form.rotation_preview()}
+    if preview_only:
+        return render(request, "dashboard/partials/save_rotation.html", context)
+    return render(request, "dashboard/save_form.html", context)
 
 
 def resave_new(request: HttpRequest, name: str, pk: int) -> HttpResponse:

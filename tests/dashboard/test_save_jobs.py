@@ -150,7 +150,17 @@ def test_continuing_with_max_to_keep_keeps_pinned_exported_and_earlier_checkpoin
     export = Export.objects.get(checkpoint=rows[30])
 
     # TensorFlow's Saver recovers 10, 20 and 30 from the state file and, with max_to_keep 2,
-    # would delete all three while writing 40, 50 and 60.
+    # would delete all three while writing 40, 50 and 60. The form says so before anything runs.
+    page = operator_client.get(reverse("run-save", args=[run.name])).content.decode()
+    assert "What max_to_keep removes" in page and 'hx-trigger="change"' in page
+    preview = operator_client.get(reverse("run-save", args=[run.name]), form_data(
+        recipe=recipes.BUILT_IN, steps=30, save_every=10, max_to_keep=2, restore_from=rows[30].pk,
+        preview="rotation")).content.decode()
+    assert "<html" not in preview
+    assert "It deletes <strong>1</strong> of its own as it goes: model.ckpt-40" in preview
+    assert "<code>model.ckpt-10</code> — not written by this save job" in preview
+    assert "<code>model.ckpt-20</code> — pinned (baseline for the report); not written by this save job" in preview
+    assert "<code>model.ckpt-30</code> — has an export" in preview
     job = start_from_page(operator_client, run, recipe=recipes.BUILT_IN, steps=30, save_every=10, max_to_keep=2,
                           restore_from=rows[30].pk)
     recipes.wait_for_job(job, (Job.FINISHED, Job.FAILED), timeout=120)
