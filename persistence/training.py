@@ -382,6 +382,15 @@ def _keep_out_of_rotation(saver: Any, new_path: str, max_to_keep: int, guard: Ro
     return kept
 
 
+def _keeping_meta_source(guard: RotationGuard, meta_source: str, new_prefix: str) -> RotationGuard:
+    # The checkpoint about to be written restores with meta_source's .meta, and no record says so
+    # yet: the caller's guard cannot know it, so it is kept here.
+    def keeping(prefix: str) -> str | None:
+        return f".meta needed by {new_prefix}" if prefix == meta_source else guard(prefix)
+
+    return keeping
+
+
 def _refuse_overwrite(directory: str, prefix: str, start_step: int, steps: int, save_every: int) -> None:
     planned = planned_save_steps(start_step, steps, save_every)
     clashes = [
@@ -535,9 +544,11 @@ def train(
                     )
                     metrics = _evaluate(sess, handles, eval_feed)
                     metrics["train_loss"] = loss
+                    guard = rotation_guard
+                    if rotation_guard is not None and not write_meta and meta_source is not None:
+                        guard = _keeping_meta_source(rotation_guard, meta_source, f"{options.prefix}-{step}")
                     saved = _save(
-                        saver, sess, directory, options, step, write_meta, metrics, sorted(saved_names),
-                        rotation_guard,
+                        saver, sess, directory, options, step, write_meta, metrics, sorted(saved_names), guard
                     )
                     if saved.has_meta:
                         meta_source = saved.prefix
