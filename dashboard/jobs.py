@@ -383,6 +383,15 @@ def _metric_text(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, int | float))
 
 
+def _check_source_files(checkpoint: Checkpoint) -> None:
+    from persistence.training import TrainingError
+
+    try:
+        checkpoint.check_files_at_use()
+    except ValueError as exc:  # files.UnsafeFile
+        raise TrainingError(f"cannot read {checkpoint.prefix}: {exc}") from None
+
+
 @job_body
 def save_job(job: Job, ctx: JobContext) -> dict:
     """Train a registered recipe and record every checkpoint the moment the Saver writes it."""
@@ -414,6 +423,7 @@ def save_job(job: Job, ctx: JobContext) -> dict:
                 f"the checkpoint to continue from ({params.get('restore_from_prefix') or params['restore_from']}) "
                 "is no longer on disk"
             )
+        _check_source_files(source)
         restore_from = source.path
     first_step = int(params.get("start_step") or 0)
     target_step = int(params.get("target_step") or first_step + int(params["steps"]))
@@ -421,6 +431,7 @@ def save_job(job: Job, ctx: JobContext) -> dict:
 
     resume = _resume_point(job, run) if job.retry_of_id else None
     if resume is not None:
+        _check_source_files(resume)
         restore_from = resume.path
         ctx.log(f"Continuing from {resume.prefix}, written by an earlier attempt")
     done_before = (resume.step - first_step) if resume is not None else 0
@@ -521,6 +532,7 @@ def resave_job(job: Job, ctx: JobContext) -> dict:
     source = Checkpoint.objects.filter(pk=job.checkpoint_id, run=run).first()
     if source is None or source.status in (Checkpoint.PRUNED, Checkpoint.MISSING):
         raise TrainingError("the source checkpoint is no longer on disk")
+    _check_source_files(source)
     new_prefix = params["new_prefix"]
 
     existing = checkpoint_files(directory, new_prefix)

@@ -120,7 +120,7 @@ class Run(models.Model):
                 "created": 0, "updated": 0, "missing": 0, "unchanged_directory": True,
                 "checkpoints": self.checkpoints.on_disk().count(), "problems": list(self.scan_problems),
             }
-        listing = discovery.list_directory(self.directory)
+        listing = discovery.list_directory(self.directory, roots=settings.CHECKPOINT_ROOTS)
         known = {} if full else self.known_fingerprints()
         # Meta sources first: the checkpoints that restore with them are then inserted linked.
         sources = set(listing.meta_sources.values())
@@ -465,6 +465,11 @@ class Run(models.Model):
             c.run = self  # for c.path without one query per checkpoint
         if len(chosen) < 2:
             raise Comparison.CannotCompare("Step over step needs at least two readable checkpoints on disk.")
+        try:
+            for c in chosen:
+                c.check_files_at_use()
+        except ValueError as exc:
+            raise Comparison.CannotCompare(f"run {self.name}: {exc}") from None
         try:
             data = engine.step_over_step([c.path for c in chosen], on_progress=on_progress)
         except Exception as exc:
@@ -1123,6 +1128,19 @@ class Checkpoint(models.Model):
             return self.meta_source.path + ".meta"
         return None
 
+    def check_files_at_use(self) -> None:
+        """Refuse (``files.UnsafeFile``) unless every file of this checkpoint, and the meta graph it
+        restores with, is a regular file inside ``CHECKPOINT_ROOTS`` now.
+
+        Called right before TensorFlow opens them, by every job and command: a symbolic link
+        created after the run was registered must not lead a freeze, a verify or a comparison to
+        a file outside the roots. TensorFlow opens the files itself, so this cannot be a check on
+        an open descriptor; the sandboxed child that runs graphs is the second line.
+        """
+        meta = self.meta_path()
+        files.check_checkpoint_files(self.run.directory, self.prefix, settings.CHECKPOINT_ROOTS,
+                                     extra=[meta] if meta else [])
+
     @property
     def freeze_in_progress(self) -> bool:
         return self.jobs.filter(kind=Job.FREEZE, status__in=[Job.QUEUED, Job.RUNNING]).exists()
@@ -1168,6 +1186,7 @@ class Checkpoint(models.Model):
         if self.status == self.PRUNED:
             raise ValueError(f"{self.prefix} was pruned: its files are gone")
         checkpoint_directory(self.run.directory)
+        self.check_files_at_use()
         result = restore.verify_checkpoint(self.path, on_progress=self._progress_span(on_progress, 0, 80))
         verification = {
             "status": result.status,
@@ -1200,6 +1219,7 @@ class Checkpoint(models.Model):
         if self.status in (self.PRUNED, self.MISSING):
             raise ValueError(f"{self.prefix} is {self.status}: its files are gone")
         checkpoint_directory(self.run.directory)
+        self.check_files_at_use()
         try:
             recipe = load_recipe(recipe_path)
         except RecipeError as exc:
@@ -1260,7 +1280,8 @@ class Checkpoint(models.Model):
             raise engine.FreezeError(f"{self.prefix} is {self.status}: its files are gone")
         try:
             checkpoint_directory(self.run.directory)
-        except ValueError as exc:
+            self.check_files_at_use()
+        except ValueError as exc:  # files.UnsafeFile is one
             raise engine.FreezeError(f"run {self.run.name}: {exc}") from None
         outputs = list(dict.fromkeys(o.strip() for o in outputs if o and o.strip()))
         tf2 = self.format == discovery.TF2
@@ -1330,6 +1351,7 @@ class Checkpoint(models.Model):
                 "inputs": data["inputs"], "outputs": data["outputs"], "node_count": data["node_count"],
                 "op_histogram": data["op_histogram"], "max_abs_diff": data["max_abs_diff"],
                 "verified": data["verified"], "verification": verification, "created_at": timezone.now(),
+                "file_mtime_ns": os.stat(target).st_mtime_ns,
                 "created_by": user if getattr(user, "is_authenticated", False) else None,
             },
         )
@@ -1360,6 +1382,8 @@ class Export(models.Model):
     max_abs_diff = models.FloatField(null=True, blank=True)
     verified = models.BooleanField(default=False)
     verification = models.JSONField(default=dict, blank=True)
+    # The file's mtime when it was verified: with the size, what tells "changed on disk" cheaply.
+    file_mtime_ns = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
 
@@ -1380,6 +1404,46 @@ class Export(models.Model):
     def file_path(self) -> Path:
         """The file, resolved with symlinks; raises ``files.PathOutsideRoots`` unless inside ``EXPORT_ROOT``."""
         return files.resolve_inside(self.path, [settings.EXPORT_ROOT])
+
+    def disk_change(self, info: os.stat_result | None = None) -> str | None:
+        """Why the file no longer is the one that was verified (None: it still is, as far as size
+        and mtime tell). ``info``: an ``fstat`` of the opened file, else the path is looked at."""
+        if info is None:
+            try:
+                info = os.stat(self.file_path())
+            except (OSError, files.PathOutsideRoots):
+                return "missing"
+        if info.st_size != self.size_bytes:
+            return f"{info.st_size} bytes on disk, not the {self.size_bytes} recorded"
+        if self.file_mtime_ns is not None and info.st_mtime_ns != self.file_mtime_ns:
+            return "modified after it was verified"
+        return None
+
+    def recheck(self, *, actor=None) -> bool:
+        """Hash the file again; if it is byte for byte what was verified, accept its new mtime.
+
+        Returns True when the export is whole again, False when its contents differ (freeze again).
+        Audited either way.
+        """
+        import hashlib
+
+        with open(files.open_regular_file(self.file_path()), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            digest = hashlib.sha256()
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        same = info.st_size == self.size_bytes and digest.hexdigest() == self.sha256
+        if same:
+            self.file_mtime_ns = info.st_mtime_ns
+            self.save(update_fields=["file_mtime_ns"])
+        AuditEvent.record(
+            "export_recheck",
+            f"Export #{self.pk} ({self.display_name}.pb): "
+            + ("contents unchanged, accepted again" if same else "contents changed on disk; refused until frozen again"),
+            actor=actor, run=self.checkpoint.run, checkpoint=self.checkpoint,
+            details={"sha256_on_disk": digest.hexdigest(), "size_on_disk": info.st_size},
+        )
+        return same
 
     def download_filename(self) -> str:
         """``<run>-step<step>-<name>.pb``: chosen by the server, never taken from the request."""
@@ -1545,6 +1609,7 @@ class Comparison(models.Model):
                 raise cls.CannotCompare(f"checkpoint #{side.pk} ({side}) is {side.status}: its files are gone")
             try:
                 checkpoint_directory(side.run.directory)  # the root list may have changed since
+                side.check_files_at_use()
             except ValueError as exc:
                 raise cls.CannotCompare(f"run {side.run.name}: {exc}") from None
         # Recorded before reading: a rescan that changes a fingerprint meanwhile makes this stale.

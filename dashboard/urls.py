@@ -26,6 +26,7 @@ urlpatterns = [
     path("exports/", exports.export_list, name="exports"),
     path("exports/<int:pk>/", exports.export_detail, name="export"),
     path("exports/<int:pk>/download/", exports.export_download, name="export-download"),
+    path("exports/<int:pk>/recheck/", exports.export_recheck, name="export-recheck"),
     path("runs/<slug:name>/save/", saves.save_new, name="run-save"),
     path("runs/<slug:name>/checkpoints/<int:pk>/resave/", saves.resave_new, name="checkpoint-resave"),
     path("runs/<slug:name>/steps/", compare.step_over_step, name="run-steps"),

@@ -164,28 +164,36 @@ def directory_stamp(directory: str, *, now: float | None = None, settle_seconds:
     return f"{stat.st_dev}:{stat.st_ino}:{stat.st_mtime_ns}"
 
 
-def scan_directory(directory: str, *, known: Mapping[str, str] | None = None) -> ScanResult:
+def scan_directory(
+    directory: str, *, known: Mapping[str, str] | None = None, roots: Sequence[str | os.PathLike[str]] | None = None
+) -> ScanResult:
     """Scan ``directory`` (not recursively).
 
     ``known`` maps prefix -> fingerprint from a previous scan; a checkpoint whose fingerprint is
     unchanged is returned with ``unchanged=True`` and its index is not read again: its
     ``variables`` are empty (keep the ones recorded before), everything else is filled in.
     Never raises for anything found on disk; what is wrong is reported in ``problems``.
+    ``roots``: see :func:`list_directory`.
     """
     with gc_paused():
-        listing = list_directory(directory)
+        listing = list_directory(directory, roots=roots)
         return _result(listing, _describe_many(listing, listing.prefixes, known or {}, _IndexReader()))
 
 
-def list_directory(directory: str) -> Listing:
+def list_directory(directory: str, *, roots: Sequence[str | os.PathLike[str]] | None = None) -> Listing:
     """The cheap phase of a scan: one ``os.scandir`` pass and the state files.
 
     Reads no index, does not ``stat`` checkpoint files (describing them does) and never imports
     TensorFlow. Never raises for anything found on disk: a directory that cannot be read comes
     back empty with the reason in ``problems``.
+
+    A symbolic link among the files is followed only when it resolves inside ``roots`` (default:
+    the directory itself): a link created after the run was registered must not bring a file
+    from elsewhere into the history, and from there into a freeze or a download. Such a link is
+    reported in ``problems`` and otherwise ignored.
     """
     with gc_paused():
-        return _list(directory)
+        return _list(directory, [directory] if roots is None else list(roots))
 
 
 def describe(
@@ -286,15 +294,21 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _list(directory: str) -> Listing:
+def _list(directory: str, roots: list[str | os.PathLike[str]]) -> Listing:
     indexes: dict[str, os.DirEntry[str]] = {}
     metas: dict[str, os.DirEntry[str]] = {}
     shards: dict[str, list[tuple[int, int, os.DirEntry[str]]]] = {}  # prefix -> (shard, count, entry)
     state_candidates: list[str] = []
+    problems: list[str] = []
     try:
         with os.scandir(directory) as iterator:
             for entry in iterator:
                 try:
+                    # is_symlink() comes from the listing (d_type): no system call for plain files.
+                    if entry.is_symlink() and not _link_allowed(entry.path, roots):
+                        problems.append(f"{entry.name} is a symbolic link leading outside the checkpoint "
+                                        "roots; ignored")
+                        continue
                     _sort_entry(entry, indexes, metas, shards, state_candidates)
                 except OSError:
                     # Deleted between the listing and the stat: a concurrent prune or save.
@@ -304,7 +318,6 @@ def _list(directory: str) -> Listing:
         return Listing(directory=directory, prefixes=[], state_files=[], orphans=[], meta_sources={},
                        problems=[f"cannot read directory {directory}: {exc.strerror or exc}"])
 
-    problems: list[str] = []
     state_files = _read_state_files(directory, state_candidates, indexes, problems)
 
     orphans = []
@@ -631,6 +644,11 @@ def _end_child(pid: int) -> None:
         os.waitpid(pid, 0)
     except ChildProcessError:  # already reaped (SIGCHLD ignored)
         pass
+
+
+def _link_allowed(path: str, roots: list[str | os.PathLike[str]]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in map(os.path.realpath, roots))
 
 
 def _sort_entry(

@@ -11,7 +11,9 @@ Two rules live here so that no caller re-implements them:
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -114,3 +116,82 @@ def remove_stale_temp_files(directory: str | os.PathLike[str]) -> list[str]:
             except FileNotFoundError:
                 pass
     return removed
+
+
+class UnsafeFile(ValueError):
+    """A file that must not be opened: not a regular file, or a link leading outside the roots.
+
+    The message names the file and what is wrong with it, never anything read from it.
+    """
+
+
+def open_regular_file(path: str | os.PathLike[str]) -> int:
+    """Open ``path`` read-only and return the descriptor, only if it is a regular file.
+
+    The last component is never followed (``O_NOFOLLOW``): a link swapped in after the path was
+    checked is refused rather than read. ``O_NONBLOCK`` keeps a FIFO from blocking the caller
+    until some writer appears; it is refused right after. Raises ``UnsafeFile`` for a link or
+    anything but a regular file, ``FileNotFoundError`` when there is nothing there.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(os.fspath(path), flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFile(f"{os.path.basename(os.fspath(path))} is a symbolic link") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafeFile(f"{os.path.basename(os.fspath(path))} is not a regular file")
+        # Reads of a regular file never block anyway; clear the flag so callers get ordinary I/O.
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_regular_inside(path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse ``path`` unless it resolves inside ``roots`` to a regular file.
+
+    For files handed to a library that opens them itself (TensorFlow): checked right before the
+    call, so that a symbolic link created after a run was registered cannot lead it outside the
+    roots. Raises ``UnsafeFile``; ``FileNotFoundError`` when the file does not exist.
+    """
+    name = os.path.basename(os.fspath(path))
+    try:
+        real = resolve_inside(path, roots)
+    except PathOutsideRoots:
+        raise UnsafeFile(f"{name} leads outside the allowed roots (a symbolic link?)") from None
+    info = os.stat(real)
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafeFile(f"{name} is not a regular file")
+
+
+def checkpoint_file_names(directory: str | os.PathLike[str], prefix: str) -> list[str]:
+    """The names in ``directory`` that belong to checkpoint ``prefix``: index, data shards, meta."""
+    names = []
+    wanted = (f"{prefix}.index", f"{prefix}.meta")
+    shard_start = f"{prefix}.data-"
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name in wanted or (entry.name.startswith(shard_start) and "-of-" in entry.name):
+                    names.append(entry.name)
+    except FileNotFoundError:
+        return []
+    return sorted(names)
+
+
+def check_checkpoint_files(
+    directory: str | os.PathLike[str], prefix: str, roots: Iterable[str | os.PathLike[str]],
+    *, extra: Iterable[str | os.PathLike[str]] = (),
+) -> None:
+    """Check every file of checkpoint ``prefix`` (and ``extra`` paths, e.g. a meta graph kept by
+    another checkpoint) with :func:`check_regular_inside` before TensorFlow opens them."""
+    roots = list(roots)
+    for name in checkpoint_file_names(directory, prefix):
+        check_regular_inside(os.path.join(directory, name), roots)
+    for path in extra:
+        if os.path.lexists(path):
+            check_regular_inside(path, roots)

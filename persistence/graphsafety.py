@@ -92,7 +92,11 @@ def load_meta_graph_def(path: str | os.PathLike[str]) -> Any:
     from google.protobuf import message, text_format
     from tensorflow.core.protobuf import meta_graph_pb2
 
-    with open(path, "rb") as handle:
+    from persistence.files import open_regular_file
+
+    # The resolved path, opened without following a link swapped in since, and only a regular
+    # file (a FIFO would block the reader forever).
+    with open(open_regular_file(os.path.realpath(path)), "rb") as handle:
         data = handle.read()
     meta_graph_def = meta_graph_pb2.MetaGraphDef()
     try:
@@ -106,8 +110,15 @@ def load_meta_graph_def(path: str | os.PathLike[str]) -> Any:
     meta_graph_def = meta_graph_pb2.MetaGraphDef()
     try:
         text_format.Merge(data.decode("utf-8"), meta_graph_def)
-    except (UnicodeDecodeError, text_format.ParseError) as exc:
-        raise ValueError(f"{os.fspath(path)} is not a MetaGraphDef (binary or text): {exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{os.path.basename(os.fspath(path))} is not a MetaGraphDef (binary or text)") from None
+    except text_format.ParseError as exc:
+        # Only where the text stopped parsing: protobuf's own message quotes the offending token,
+        # and the file may not be a meta graph at all.
+        where = f"line {exc.GetLine()}, column {exc.GetColumn()}" if exc.GetLine() else "its text"
+        raise ValueError(
+            f"{os.path.basename(os.fspath(path))} is not a MetaGraphDef (binary or text; cannot parse {where})"
+        ) from None
     return meta_graph_def
 
 

@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from persistence.files import TEMP_MARKER, atomic_write_text
+from persistence.files import TEMP_MARKER, UnsafeFile, atomic_write_text, open_regular_file
 
 DEFAULT_STATE_FILE = "checkpoint"
 
@@ -341,10 +341,14 @@ def read_state_file(directory: str, name: str = DEFAULT_STATE_FILE) -> StateFile
     """
     path = os.path.join(directory, name)
     try:
-        with open(path, "rb") as handle:
+        # Never through a link and never a FIFO: TensorFlow writes state files as plain files, and
+        # what a link points at could be anything (its text would then be echoed in a problem).
+        with open(open_regular_file(path), "rb") as handle:
             if os.fstat(handle.fileno()).st_size > MAX_STATE_FILE_BYTES:
                 raise StateFileError(f"{name} is larger than {MAX_STATE_FILE_BYTES} bytes: not a state file")
             data = handle.read()
+    except UnsafeFile as exc:
+        raise StateFileError(f"cannot read state file {name}: {exc}") from None
     except OSError as exc:
         raise StateFileError(f"cannot read state file {name}: {exc.strerror or exc}") from exc
     return _parse_bytes(data, name, directory)

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from pathlib import Path
 from urllib.parse import quote
 
 from django.conf import settings
+from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import (
@@ -37,8 +37,9 @@ from django.http import (
     HttpResponseNotModified,
     StreamingHttpResponse,
 )
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import content_disposition_header, parse_etags
+from django.views.decorators.http import require_POST
 
 from dashboard import access
 from dashboard.models import Export, Run
@@ -63,7 +64,8 @@ def export_list(request: HttpRequest) -> HttpResponse:
 def export_detail(request: HttpRequest, pk: int) -> HttpResponse:
     access.require(request, access.VIEW)
     export = get_object_or_404(Export.objects.select_related("checkpoint__run", "created_by"), pk=pk)
-    return render(request, "dashboard/export_detail.html", {"export": export, "run": export.checkpoint.run})
+    return render(request, "dashboard/export_detail.html",
+                  {"export": export, "run": export.checkpoint.run, "disk_change": export.disk_change()})
 
 
 def export_download(request: HttpRequest, pk: int) -> HttpResponse:
@@ -74,19 +76,19 @@ def export_download(request: HttpRequest, pk: int) -> HttpResponse:
     except files.PathOutsideRoots:
         raise PermissionDenied from None
     try:
-        # The resolved path, not following a symlink swapped in since it was resolved.
-        handle = open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")  # noqa: SIM115 - the response closes it
+        # The resolved path, not following a symlink swapped in since it was resolved, and only a
+        # regular file: opening a FIFO would hold this worker until some writer came along.
+        handle = open(files.open_regular_file(path), "rb")  # noqa: SIM115 - the response closes it
+    except files.UnsafeFile:
+        return _missing(request, export, "is not a regular file")
     except OSError:
         return _missing(request, export, "is missing on disk: it was deleted or moved after the freeze")
     info = os.fstat(handle.fileno())
     size = info.st_size
-    if not stat.S_ISREG(info.st_mode):
+    changed = export.disk_change(info)
+    if changed:
         handle.close()
-        return _missing(request, export, "is not a regular file")
-    if size != export.size_bytes:
-        handle.close()
-        return _missing(request, export, f"on disk is {size} bytes, not the {export.size_bytes} recorded: "
-                                          "it was replaced or truncated after the freeze")
+        return _changed(request, export, changed)
     etag = f'"{export.sha256}"'
     headers = {
         "ETag": etag,
@@ -120,6 +122,30 @@ def export_download(request: HttpRequest, pk: int) -> HttpResponse:
     response["Content-Range"] = f"bytes {start}-{end}/{size}"
     response["Content-Length"] = str(end - start + 1)
     return _with_headers(response, headers)
+
+
+def _changed(request: HttpRequest, export: Export, what: str) -> HttpResponse:
+    # Not found: the file that was verified is not there any more, and its sha256 (our ETag) would lie.
+    message = (f"The file of export #{export.pk} ({export.download_filename()}) changed on disk ({what}). "
+               "It is not served until it is checked again from the export's page.")
+    return render(request, "dashboard/export_changed.html", {"message": message, "export": export}, status=404)
+
+
+@require_POST
+def export_recheck(request: HttpRequest, pk: int) -> HttpResponse:
+    """Hash a changed export again: byte for byte what was verified, it is served again."""
+    access.require(request, access.OPERATE)
+    export = get_object_or_404(Export.objects.select_related("checkpoint__run"), pk=pk)
+    try:
+        whole = export.recheck(actor=request.user)
+    except (OSError, files.PathOutsideRoots):
+        messages.error(request, "The export's file is missing or is not a regular file: freeze the checkpoint again.")
+        return redirect(export)
+    if whole:
+        messages.success(request, "The file is byte for byte the verified export; it is served again.")
+    else:
+        messages.error(request, "The file's contents differ from the verified export: freeze the checkpoint again.")
+    return redirect(export)
 
 
 def _missing(request: HttpRequest, export: Export, what: str) -> HttpResponse:
