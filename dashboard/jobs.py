@@ -549,9 +549,18 @@ def resave_job(job: Job, ctx: JobContext) -> dict:
             checkpoint = run.record_saved(written, source=source, actor=job.requested_by)
             ctx.log(f"{new_prefix} was already written by an earlier attempt; recorded it")
             return _resave_result(checkpoint, source)
-        for name in existing:
+        # A re-save writes data shards and then the .index, never a .meta: only shards can be an
+        # earlier attempt's debris. Anything else under the prefix is someone else's (a .meta kept
+        # for later checkpoints) and must survive the retry.
+        debris = [name for name in existing if ".data-" in name]
+        foreign = sorted(set(existing) - set(debris))
+        if foreign:
+            raise TrainingError(
+                f"{new_prefix} now has files this job did not write ({', '.join(foreign)}); choose another prefix"
+            )
+        for name in debris:
             os.remove(os.path.join(directory, name))
-        ctx.log(f"Removed {len(existing)} partial file(s) an earlier attempt left")
+        ctx.log(f"Removed {len(debris)} partial file(s) an earlier attempt left")
 
     ctx.progress(10, f"Reading {source.prefix}", force=True)
     saved = resave_subset(

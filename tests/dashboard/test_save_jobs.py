@@ -7,6 +7,7 @@ The files on disk are checked with TensorFlow's own readers (``get_checkpoint_st
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 
@@ -389,6 +390,25 @@ def test_retried_resave_records_the_copy_an_earlier_attempt_wrote_instead_of_fai
     assert "already written by an earlier attempt" in retry.log[-1]
     slim = demo_run.checkpoints.get(prefix="slim-50")
     assert slim.source == source and slim.variable_count == 5
+
+
+def test_retried_resave_never_deletes_a_meta_graph_it_did_not_write(worker, demo_run):
+    source = demo_run.checkpoints.get(step=50)
+    params = {"mode": "resave", "new_prefix": "slim-50", "variables": None, "drop_optimizer_slots": True,
+              "rename": {}}
+    killed = Job.objects.create(kind=Job.SAVE, run=demo_run, checkpoint=source, params=params,
+                                status=Job.FAILED, error="killed")
+    # A data shard the killed attempt moved in, and a .meta under the same prefix that it did not
+    # write (a re-save never writes one): another checkpoint's meta graph, kept for later ones.
+    shard = os.path.join(demo_run.directory, "slim-50.data-00000-of-00001")
+    meta = os.path.join(demo_run.directory, "slim-50.meta")
+    shutil.copyfile(source.path + ".data-00000-of-00001", shard)
+    shutil.copyfile(os.path.join(demo_run.directory, "model.ckpt-25.meta"), meta)
+
+    retry = recipes.wait_for_job(killed.retry(), [Job.FINISHED, Job.FAILED])
+
+    assert retry.status == Job.FAILED and "did not write (slim-50.meta)" in retry.error
+    assert os.path.exists(meta)
 
 
 def test_resave_form_errors_are_inline(operator_client, run):
