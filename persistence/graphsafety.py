@@ -275,6 +275,9 @@ class _Checker:
     def check_function(self, function: Any, library: set[str], *, depth: int, parent: str) -> None:
         name = function.signature.name
         where = f"function '{name}'" if depth == 0 else f"function '{name}' of {parent}"
+        if _is_registered_op(name):
+            # A call by this name could run the op instead of the body we checked.
+            self.refuse(function.signature, where, "a library function named like an op", op=name)
         for node in function.node_def:
             self.check_node(node, where, library, depth=depth)
 
@@ -327,6 +330,12 @@ class _Checker:
                     self.refuse(node, where, f"a {kind} nested too deep to inspect")
                     return
                 self.check_graph_def(graph_def, inner, depth=depth + 1, saver=_SaverPaths(graph_def, None, []))
+
+
+def _is_registered_op(name: str) -> bool:
+    from tensorflow.python.framework import op_def_registry
+
+    return op_def_registry.get(name) is not None
 
 
 def _string_attr(node: Any, key: str) -> bytes:

@@ -172,6 +172,14 @@ def test_calls_and_serialized_graphs_are_checked_with_where_they_were_found(tmp_
         check_graph(meta)
 
 
+def test_a_library_function_named_like_an_op_is_refused(tmp_path):
+    meta = load_meta_graph_def(_meta_graph(tmp_path))
+    shadow = meta.graph_def.library.function.add()
+    shadow.signature.name = "WriteFile"  # a call "WriteFile" could run the op, not this empty body
+    meta.graph_def.node.add(name="call", op="WriteFile")
+    assert {(r.op, r.where) for r in find_refusals(meta)} == {("WriteFile", "function 'WriteFile'")}
+
+
 def test_check_graph_raises_with_the_list_unless_allowed(tmp_path):
     def extra(tf, x, probs, w):
         tf.io.matching_files("/etc/*")
