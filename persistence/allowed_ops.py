@@ -118,6 +118,9 @@ _ARRAY = {
     "SparseReshape", "SparseTensorDenseMatMul", "SparseFillEmptyRows", "SparseSlice", "SparseConcat",
     "SparseReorder", "SparseAdd", "SparseReduceSum", "SparseSegmentSumWithNumSegments",
     "Empty", "DeepCopy", "InplaceUpdate", "InplaceAdd", "Roll", "Diag", "DiagPart",
+    # Ragged tensors, as tf.strings.split makes them, and counting.
+    "RaggedTensorToTensor", "RaggedTensorToSparse", "RaggedRange", "RaggedGather", "DenseBincount",
+    "Bincount",
 }
 
 # Strings and lookup tables (text models tokenise and map words to ids inside the graph). Tables
