@@ -32,14 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from persistence.allowed_ops import SAVER_OPS
 from persistence.files import atomic_writer
-from persistence.graphsafety import (
-    SAVER_READ_OPS,
-    SAVER_WRITE_OPS,
-    check_graph,
-    load_meta_graph_def,
-    node_name,
-)
+from persistence.graphsafety import check_graph, load_meta_graph_def, node_name
 from persistence.restore import (
     InputSpec,
     ProgressCallback,
@@ -73,7 +68,7 @@ _NOT_OUTPUT_OPS = frozenset({
     "Assert", "Print", "PrintV2", "ReportUninitializedVariables",
     # Shape bookkeeping that loss functions leave dangling.
     "Shape", "ShapeN", "Size", "Rank", "BroadcastGradientArgs", "ZerosLike",
-}) | (SAVER_READ_OPS - {"StringJoin"}) | SAVER_WRITE_OPS  # a text model may output a StringJoin
+}) | SAVER_OPS  # not StringJoin: a text model may output one
 _NOT_OUTPUT_OP_PREFIXES = ("Apply", "ResourceApply", "SparseApply", "ResourceSparseApply")
 # First name component of scopes that hold saving, initialisation and training machinery.
 _NOT_OUTPUT_SCOPE = re.compile(
