@@ -12,8 +12,8 @@ from dashboard.models import Job
 def start_job(request: HttpRequest, kind: str, **kwargs) -> Job | None:
     """Start a job for the user; on a Redis outage say so plainly (the job starts later).
 
-    Routes check their own permission first; this is the rule every job action shares, so a route
-    that forgot can still never start a kind its user may not cancel or retry.
+    Routes check their own permission first; this is the check cancel and retry share too, so a
+    route that forgot one still cannot start a kind its user may not start.
     """
     access.require_job_permission(request.user, kind)
     try:
