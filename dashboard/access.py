@@ -2,16 +2,19 @@
 
 Roles are Django groups (created by a migration): viewers read and download, operators start
 save/restore/freeze/scan/compare jobs, maintainers also prune, pin, make latest and edit retention.
+Whatever may be done to a job (start, cancel, retry) needs the permission starting its kind needs:
+retrying a prune deletes checkpoints, and canceling one stops it mid-delete.
 """
 
 from __future__ import annotations
 
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser, Group, Permission
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 
-from .models import Run
+from .models import Job, Run
 
 VIEWER, OPERATOR, MAINTAINER = "viewer", "operator", "maintainer"
 ROLES = (VIEWER, OPERATOR, MAINTAINER)
@@ -20,7 +23,15 @@ VIEW = "dashboard.view_run"
 OPERATE = "dashboard.operate_run"
 MAINTAIN = "dashboard.maintain_run"
 
-
+# Every kind is listed: a new kind without a decision here fails loudly instead of defaulting.
+JOB_PERMISSIONS = {
+    Job.SCAN: OPERATE,
+    Job.SAVE: OPERATE,
+    Job.RESTORE: OPERATE,
+    Job.FREEZE: OPERATE,
+    Job.COMPARE: OPERATE,
+    Job.PRUNE: MAINTAIN,
+}
 
 # What each role's group holds. Migration 0002 created the groups with this list; `ensure_roles`
 # restores them (a test database flush, or an administrator deleting one, removes them).
@@ -59,3 +70,22 @@ def get_run_for_user(request: HttpRequest, name: str, perm: str = VIEW) -> Run:
     run = get_object_or_404(Run, name=name)
     require(request, perm)
     return run
+
+
+def job_permission(kind: str) -> str:
+    """The permission needed to start, cancel or retry a job of ``kind``."""
+    try:
+        return JOB_PERMISSIONS[kind]
+    except KeyError:
+        raise ValueError(f"no permission is decided for jobs of kind {kind!r}") from None
+
+
+def may_handle_job(user: AbstractBaseUser | AnonymousUser | None, kind: str) -> bool:
+    """Whether ``user`` may start, cancel or retry a job of ``kind`` (for showing buttons)."""
+    return user is not None and user.has_perm(job_permission(kind))
+
+
+def require_job_permission(user: AbstractBaseUser | AnonymousUser | None, kind: str) -> None:
+    """Raise ``PermissionDenied`` unless ``user`` may start, cancel or retry a job of ``kind``."""
+    if not may_handle_job(user, kind):
+        raise PermissionDenied(f"Starting, canceling or retrying a {kind} job needs {job_permission(kind)}.")

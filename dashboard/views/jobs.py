@@ -36,7 +36,18 @@ def job_list(request: HttpRequest) -> HttpResponse:
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     access.require(request, "dashboard.view_job")
     job = get_object_or_404(Job.objects.select_related("run", "checkpoint", "requested_by", "retry_of"), pk=pk)
-    return render(request, "dashboard/job_detail.html", {"job": job, "retries": list(job.retries.order_by("pk"))})
+    retries = list(job.retries.order_by("pk"))
+    may_handle = access.may_handle_job(request.user, job.kind)
+    return render(
+        request,
+        "dashboard/job_detail.html",
+        {
+            "job": job, "retries": retries,
+            "may_cancel": may_handle and job.can_cancel,
+            # A job is retried once; later attempts go through its newest retry.
+            "may_retry": may_handle and job.can_retry and not retries,
+        },
+    )
 
 
 def job_progress(request: HttpRequest, pk: int) -> HttpResponse:
@@ -55,9 +66,9 @@ def job_progress(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    access.require(request, access.OPERATE)
+    access.require(request, "dashboard.view_job")
     job = get_object_or_404(Job, pk=pk)
-    if job.cancel():
+    if job.cancel(request.user):
         messages.success(request, f"{job.kind.capitalize()} job #{job.pk} canceled.")
     else:
         messages.error(request, f"Job #{job.pk} has already ended ({job.status}); there is nothing to cancel.")
@@ -66,10 +77,13 @@ def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 def job_retry(request: HttpRequest, pk: int) -> HttpResponse:
-    access.require(request, access.OPERATE)
+    access.require(request, "dashboard.view_job")
     job = get_object_or_404(Job, pk=pk)
     try:
         retry = job.retry(request.user)
+    except Job.AlreadyRetried as exc:
+        messages.error(request, str(exc))
+        return redirect(exc.newest)
     except ValueError as exc:
         messages.error(request, str(exc))
         return redirect(job)

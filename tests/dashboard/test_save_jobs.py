@@ -384,7 +384,7 @@ def test_retried_resave_records_the_copy_an_earlier_attempt_wrote_instead_of_fai
     resave_subset(source.path, demo_run.directory, "slim-50", drop_optimizer_slots=True)
     assert not demo_run.checkpoints.filter(prefix="slim-50").exists()
 
-    retry = recipes.wait_for_job(killed.retry(), [Job.FINISHED, Job.FAILED])
+    retry = recipes.wait_for_job(killed.retry(make_user("ola-operator", "operator")), [Job.FINISHED, Job.FAILED])
 
     assert retry.status == Job.FINISHED, retry.error
     assert "already written by an earlier attempt" in retry.log[-1]

@@ -21,6 +21,7 @@ from django.core.management import call_command
 from dashboard import jobs
 from dashboard.models import AuditEvent, Job, Run
 from persistence.statefile import read_state_file
+from tests.dashboard.conftest import make_user
 from tests.live import LiveWorker, run_jobs_to_completion, wait_for
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -76,7 +77,7 @@ def test_kill_9_mid_prune_then_prune_again_ends_like_an_uninterrupted_prune(chec
     assert all(f"{p}.index" in middle for p in [state.latest, *state.all_prefixes])
     assert not AuditEvent.objects.filter(action="prune").exists()
 
-    retry = job.retry()
+    retry = job.retry(make_user("mona-maintainer", "maintainer"))  # retrying a prune deletes: maintainers only
     run_jobs_to_completion()
     retry.refresh_from_db()
     assert retry.status == Job.FINISHED, retry.error

@@ -17,6 +17,7 @@ import pytest
 from dashboard import jobs
 from dashboard.models import Checkpoint, Job, Run
 from tests.dashboard import job_recipes as recipes
+from tests.dashboard.conftest import make_user
 from tests.live import wait_for
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -86,7 +87,7 @@ def assert_rows_match_files(run: Run, *, every_file_recorded: bool = True) -> No
 
 
 def retry_to_completion(job: Job, run: Run) -> Job:
-    retry = job.retry()
+    retry = job.retry(make_user(f"otto-{job.pk}", "operator"))
     recipes.wait_for_job(retry, [Job.FINISHED, Job.FAILED], timeout=120)
     assert retry.status == Job.FINISHED, retry.error
     assert retry.result["final_step"] == STEPS
