@@ -405,7 +405,7 @@ def test_retried_resave_never_deletes_a_meta_graph_it_did_not_write(worker, demo
     shutil.copyfile(source.path + ".data-00000-of-00001", shard)
     shutil.copyfile(os.path.join(demo_run.directory, "model.ckpt-25.meta"), meta)
 
-    retry = recipes.wait_for_job(killed.retry(), [Job.FINISHED, Job.FAILED])
+    retry = recipes.wait_for_job(killed.retry(make_user("oleg-operator", "operator")), [Job.FINISHED, Job.FAILED])
 
     assert retry.status == Job.FAILED and "did not write (slim-50.meta)" in retry.error
     assert os.path.exists(meta)
