@@ -93,6 +93,7 @@ EXPECTED: dict[str, tuple[Expect, ...]] = {
     "exports": (READ,),
     "export": (READ.on("export"),),
     "export-download": (READ.on("export"),),  # viewers download
+    "export-recheck": (OPERATE_ACTION.on("export"),),  # hashing a changed export again
     "run-save": (OPERATE_FORM,),
     "checkpoint-resave": (OPERATE_FORM.on("checkpoint"),),
     "run-steps": (READ,),
