@@ -813,7 +813,11 @@ def verify_job(job: Job, ctx: JobContext) -> dict:
     checkpoint = Checkpoint.objects.select_related("run", "meta_source__run").get(pk=job.checkpoint_id)
     ctx.progress(1, f"Verifying {checkpoint.prefix}", force=True)
     verification = checkpoint.verify(output=(job.params or {}).get("output", ""), on_progress=ctx.progress)
-    ctx.progress(100, f"{checkpoint.prefix}: {verification['status']}", force=True)
+    if "read_error" in verification:  # only there when this verify could not read the checkpoint
+        verdict = f"could not read it ({verification['read_error']['message']}); status left {verification['status']}"
+    else:
+        verdict = verification["status"]
+    ctx.progress(100, f"{checkpoint.prefix}: {verdict}", force=True)
     return verification_summary(verification)
 
 

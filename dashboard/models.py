@@ -1246,7 +1246,7 @@ class Checkpoint(models.Model):
                     "checked_at": timezone.now().isoformat(),
                 },
             }
-            verification["message"] = f"could not read it ({result.message}); status left {self.status}"
+            verification.setdefault("message", "Not verified yet.")
             self.verification = verification
             self.save(update_fields=["verification"])
             return verification

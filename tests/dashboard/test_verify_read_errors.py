@@ -77,7 +77,7 @@ def flip_one_byte(path: str) -> None:
         handle.write(bytes([byte[0] ^ 0x01]))
 
 
-def test_permission_denied_leaves_the_status_and_records_the_error(roots, demo_template, worker):
+def test_permission_denied_leaves_the_status_and_records_the_error(roots, demo_template, worker, client, operator):
     name = f"demo-{uuid.uuid4().hex[:6]}"
     directory = roots / "checkpoints" / name
     shutil.copytree(demo_template, directory)
@@ -98,6 +98,10 @@ def test_permission_denied_leaves_the_status_and_records_the_error(roots, demo_t
     assert "Permission denied" in error["message"] and error["failed_tensor"]
     assert newest.verification["variables"]  # the last verification's findings are kept
     assert job.result["status"] == Checkpoint.VERIFIED and job.result["read_error"]["message"] == error["message"]
+    assert "could not read it" in job.message and "status left verified" in job.message
+    client.force_login(operator)
+    html = client.get(newest.get_absolute_url()).content.decode()
+    assert "could not read this checkpoint" in html and "Permission denied" in html
     # Retention still sees a good checkpoint: it is the newest one kept, nothing deletes it.
     decision = {d.prefix: d for d in run.plan_retention().decisions}[newest.prefix]
     assert decision.keep and "kept: newest 1" in decision.reasons
