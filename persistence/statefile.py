@@ -511,10 +511,21 @@ def write_state_file(
 def absolute_path_directory(directory: str, name: str = DEFAULT_STATE_FILE) -> str | None:
     """The directory the existing state file ``directory/name`` writes its absolute paths with,
     when they point into ``directory`` itself (spelled as the file spells it); else None."""
+    state = None
     try:
-        state = read_state_file(directory, name)
-    except StateFileError:
-        return None
+        # TensorFlow writes model_checkpoint_path first: one line tells the style, without parsing
+        # a list of 100,000 paths again right before replacing it.
+        with open(os.path.join(directory, name), "rb") as handle:
+            first = handle.readline(64 * 1024).decode("utf-8")
+        if first.startswith("model_checkpoint_path:"):
+            state = parse_state_text(first, name, directory)
+    except (OSError, UnicodeDecodeError, StateFileError):
+        pass
+    if state is None:
+        try:
+            state = read_state_file(directory, name)
+        except StateFileError:
+            return None
     raw = state.raw_latest or ""
     if not os.path.isabs(raw) or state.written_in is not None:
         return None

@@ -130,3 +130,25 @@ def test_permission_denied_leaves_the_status_and_records_the_error(roots, demo_t
     run_job(worker, Job.RESTORE, run=run, checkpoint=older)
     older.refresh_from_db()
     assert older.status == Checkpoint.CORRUPT and "Checksum does not match" in older.verification["message"]
+
+
+def test_a_corrupt_checkpoint_is_deleted_only_with_the_reason_in_the_preview(checkpoint_root, client, maintainer):
+    from django.urls import reverse
+
+    from tests.dashboard.test_prune_plan import fake_run
+
+    run = fake_run(checkpoint_root / "r", "r", [1, 2, 3, 4], max_to_keep=2)
+    # Step 4 was found damaged; step 3's last verify could not read it (status kept, error recorded).
+    run.checkpoints.filter(step=4).update(status=Checkpoint.CORRUPT, latest_in=[])
+    run.checkpoints.filter(step=3).update(status=Checkpoint.VERIFIED,
+                                          verification={"status": "verified", "read_error": {"message": "EIO"}})
+    client.force_login(maintainer)
+
+    html = client.get(reverse("run-prune", args=["r"])).content.decode()
+    plan = {d.prefix: d for d in run.plan_retention().decisions}
+
+    # The corrupt one does not take a "newest" slot; its deletion says it is corrupt, on the page.
+    assert plan["model.ckpt-4"].reasons == ["deleted: no rule keeps it (corrupt)"]
+    assert "deleted: no rule keeps it (corrupt)" in html
+    # The one that merely could not be read counts like any good checkpoint.
+    assert plan["model.ckpt-3"].keep and "kept: newest 2" in plan["model.ckpt-3"].reasons
