@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -157,16 +157,20 @@ def start(
 
     When Redis is down the row stays ``queued`` with a message saying so, and
     ``QueueUnavailable`` is raised so the page can tell the user plainly; the reconciler
-    enqueues it once Redis is back.
+    enqueues it once Redis is back. A freeze is refused with ``Checkpoint.FreezeRunning`` (naming
+    the job) while another freeze writing the same file is queued or running.
     """
-    job = Job.objects.create(
-        kind=kind,
-        run=run,
-        checkpoint=checkpoint,
-        params=params or {},
-        retry_of=retry_of,
-        requested_by=user if getattr(user, "is_authenticated", False) else None,
-    )
+    with transaction.atomic():
+        if kind == Job.FREEZE and checkpoint is not None:
+            checkpoint.check_no_freeze_running((params or {}).get("outputs") or [])
+        job = Job.objects.create(
+            kind=kind,
+            run=run,
+            checkpoint=checkpoint,
+            params=params or {},
+            retry_of=retry_of,
+            requested_by=user if getattr(user, "is_authenticated", False) else None,
+        )
     try:
         enqueue(job)
     except RedisError as exc:
@@ -833,6 +837,7 @@ def verification_summary(verification: dict) -> dict:
         "variables": len(verification.get("variables") or []),
         "bytes_read": verification.get("bytes_read", 0),
         "restore": verification.get("restore"),
+        "read_error": verification.get("read_error"),
     }
 
 
@@ -842,7 +847,11 @@ def verify_job(job: Job, ctx: JobContext) -> dict:
     checkpoint = Checkpoint.objects.select_related("run", "meta_source__run").get(pk=job.checkpoint_id)
     ctx.progress(1, f"Verifying {checkpoint.prefix}", force=True)
     verification = checkpoint.verify(output=(job.params or {}).get("output", ""), on_progress=ctx.progress)
-    ctx.progress(100, f"{checkpoint.prefix}: {verification['status']}", force=True)
+    if "read_error" in verification:  # only there when this verify could not read the checkpoint
+        verdict = f"could not read it ({verification['read_error']['message']}); status left {verification['status']}"
+    else:
+        verdict = verification["status"]
+    ctx.progress(100, f"{checkpoint.prefix}: {verdict}", force=True)
     return verification_summary(verification)
 
 
@@ -859,6 +868,7 @@ def freeze_job(job: Job, ctx: JobContext) -> dict:
         variables_denylist=params.get("variables_denylist") or None,
         user=job.requested_by,
         on_progress=ctx.progress,
+        job=job,
     )
     verdict = "verified" if export.verified else "NOT verified"
     ctx.progress(100, f"{export.display_name}.pb written, {verdict} (max abs diff {export.max_abs_diff})", force=True)

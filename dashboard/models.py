@@ -179,7 +179,7 @@ class Run(models.Model):
             }
             ids = {prefix: pk for prefix, (pk, _) in existing.items()}  # and of new rows once inserted
             unlinked: dict[str, list[str]] = {}  # meta source -> new rows inserted before it
-            created, updated = 0, []
+            created, updated, unreadable = 0, [], []
             created_at, run_id = timezone.now(), self.pk
             shared: dict = {}  # identical variable lists are encoded once
             for chunk in chunks:
@@ -192,6 +192,11 @@ class Run(models.Model):
                         values = Checkpoint.discovery_values(found_ckpt, shared=shared)
                         values.update(run_id=run_id, prefix=prefix, recorded_at=created_at)
                         rows.append(values)
+                    elif found_ckpt.status == discovery.UNREADABLE:
+                        # The index could not be read just now (permissions, I/O, memory): that says
+                        # nothing about the checkpoint, so its status and details stay as they were.
+                        unreadable.append(Checkpoint(pk=known[0], fingerprint=found_ckpt.fingerprint,
+                                                     problems=list(found_ckpt.problems)))
                     elif not found_ckpt.unchanged:
                         # Missing and pruned rows are left out of ``known_fingerprints``, so every row
                         # here was re-read by discovery and all its fields are fresh.
@@ -211,6 +216,7 @@ class Run(models.Model):
                 "variables", "variable_count", "fingerprint", "problems",
             ]
             Checkpoint.objects.bulk_update(updated, detail_fields, batch_size=500)
+            Checkpoint.objects.bulk_update(unreadable, ["fingerprint", "problems"], batch_size=500)
 
             gone = [p for p, (_, status) in existing.items() if p not in found and status != Checkpoint.PRUNED]
             missing = self.checkpoints.filter(prefix__in=gone).exclude(status=Checkpoint.MISSING)
@@ -225,7 +231,9 @@ class Run(models.Model):
             self.state_files = [{"name": s.name, "latest": s.latest, "problem": s.problem} for s in state_files]
             self.scan_problems = list(problems)
             self.last_scanned_at = now
-            self.directory_stamp = stamp
+            # An index that could not be read must be read again by the next scan, even when the
+            # directory has not changed meanwhile.
+            self.directory_stamp = "" if any(f.status == discovery.UNREADABLE for f in found.values()) else stamp
             self.save(
                 update_fields=[
                     "format", "latest_prefix", "last_preserved_timestamp", "state_files",
@@ -1053,7 +1061,8 @@ class Checkpoint(models.Model):
         """
         values = {
             "step": found.step,
-            "status": found.status,
+            # A new checkpoint whose index could not be read just now is on disk, nothing more known.
+            "status": Checkpoint.PRESENT if found.status == discovery.UNREADABLE else found.status,
             "format": found.format,
             "files": [{"name": f.name, "size": f.size} for f in found.files],
             "has_own_meta": found.has_own_meta,
@@ -1150,6 +1159,60 @@ class Checkpoint(models.Model):
     def freeze_in_progress(self) -> bool:
         return self.jobs.filter(kind=Job.FREEZE, status__in=[Job.QUEUED, Job.RUNNING]).exists()
 
+    class FreezeRunning(ValueError):  # noqa: N818 - reads as what happened
+        """Another freeze writes the same export file now; ``job`` is it (None: not a job).
+
+        A ``ValueError``, so that every caller that shows a refusal to the user (retry, the
+        command) shows this one too."""
+
+        def __init__(self, message: str, job: Job | None = None):
+            super().__init__(message)
+            self.job = job
+
+    @staticmethod
+    def clean_outputs(outputs: Iterable[str]) -> list[str]:
+        return list(dict.fromkeys(o.strip() for o in outputs if o and o.strip()))
+
+    def freeze_target(self, outputs: Iterable[str]) -> Path:
+        """The file a freeze of ``outputs`` writes; raises ``PathOutsideRoots`` if it would escape."""
+        if self.format == discovery.TF2:
+            return self.export_path("serve")  # the recipe's serve function, whatever is ticked
+        return self.export_path(self.export_name(self.clean_outputs(outputs)))
+
+    def running_freeze(self, outputs: Iterable[str], *, statuses: Iterable[str] = ("queued", "running"),
+                       exclude: Job | None = None) -> Job | None:
+        """The freeze job (in ``statuses``) that writes the same file as a freeze of ``outputs``."""
+        target = self.freeze_target(outputs)
+        candidates = (Job.objects.filter(kind=Job.FREEZE, status__in=list(statuses), run_id=self.run_id)
+                      .select_related("checkpoint__run").order_by("created_at"))
+        for job in candidates:
+            if exclude is not None and job.pk == exclude.pk or job.checkpoint is None:
+                continue
+            try:
+                if job.checkpoint.freeze_target((job.params or {}).get("outputs") or []) == target:
+                    return job
+            except files.PathOutsideRoots:
+                continue
+        return None
+
+    def check_no_freeze_running(self, outputs: Iterable[str], *, exclude: Job | None = None,
+                                statuses: Iterable[str] = ("queued", "running")) -> None:
+        """Raise :class:`FreezeRunning` when a freeze writing the same file is queued or running.
+
+        Call inside a transaction before recording a new freeze: the checkpoint's row lock makes
+        the check and the insert one step for concurrent requests (SQLite serialises writers).
+        """
+        Checkpoint.objects.select_for_update().filter(pk=self.pk).first()
+        try:
+            other = self.running_freeze(outputs, statuses=statuses, exclude=exclude)
+        except files.PathOutsideRoots:
+            return  # the freeze itself refuses the path, with the reason
+        if other is not None:
+            raise self.FreezeRunning(
+                f"{self.prefix}: a freeze writing {Path(self.freeze_target(outputs)).name} is already "
+                f"{other.status} (job #{other.pk}); wait for it to end.", other,
+            )
+
     @staticmethod
     def export_name(outputs: list[str]) -> str:
         """A file-name-safe name for a freeze of ``outputs`` (``probs`` -> ``probs``; scopes -> ``_``)."""
@@ -1179,7 +1242,10 @@ class Checkpoint(models.Model):
         """Read every tensor (TensorFlow checks CRCs), store per-variable statistics and the status.
 
         A damaged checkpoint is a result (``corrupt``/``incomplete``/``missing`` with TensorFlow's
-        message), not an exception. A sound TF1 checkpoint is then restored into its meta graph (its
+        message), not an exception. A read that failed without evidence of damage (permission
+        denied, out of memory, an I/O error or timeout) changes no status: the error is recorded
+        as ``verification["read_error"]`` beside the last verdict, and the next verify that reads
+        the checkpoint replaces it. A sound TF1 checkpoint is then restored into its meta graph (its
         own ``.meta`` or its meta source's) in a fresh graph and, when ``output`` is given, that
         tensor is run on the recipe's sample input (zeros for placeholders it does not fit).
         Returns what is stored on ``verification``.
@@ -1193,6 +1259,21 @@ class Checkpoint(models.Model):
         checkpoint_directory(self.run.directory)
         self.check_files_at_use()
         result = restore.verify_checkpoint(self.path, on_progress=self._progress_span(on_progress, 0, 80))
+        if result.status == restore.UNREADABLE:
+            # Not a verdict on the checkpoint: keep its status and the last verification's findings.
+            verification = {
+                **{k: v for k, v in (self.verification or {}).items() if k != "read_error"},
+                "status": self.status,
+                "read_error": {
+                    "message": result.message,
+                    "failed_tensor": result.failed_tensor,
+                    "checked_at": timezone.now().isoformat(),
+                },
+            }
+            verification.setdefault("message", "Not verified yet.")
+            self.verification = verification
+            self.save(update_fields=["verification"])
+            return verification
         verification = {
             "status": result.status,
             "message": result.message,
@@ -1254,19 +1335,16 @@ class Checkpoint(models.Model):
             )
         except (UnsafeGraphError, ValueError, OSError) as exc:  # UnknownNameError is a ValueError
             return {**check, "ok": False, "error": str(exc)}
-        except Exception as exc:
-            # TensorFlow's OpErrors (a graph that does not match the checkpoint), matched by module
-            # so that this file does not import TensorFlow.
-            if not type(exc).__module__.startswith("tensorflow"):
-                raise
-            return {**check, "ok": False, "error": f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"}
+        except restore.RestoreFailed as exc:  # e.g. a graph that does not match the checkpoint
+            return {**check, "ok": False, "error": str(exc), "verdict": exc.failure.verdict}
         return {
             **check, "ok": True, "fed": sorted(feed), "zero_filled": ran.zero_filled,
             "outputs": [asdict(s) for s in ran.summaries], "seconds": round(ran.seconds, 3),
         }
 
     def freeze(self, *, outputs: list[str], clear_devices: bool = True, variables_allowlist: list[str] | None = None,
-               variables_denylist: list[str] | None = None, user=None, on_progress=None) -> Export:
+               variables_denylist: list[str] | None = None, user=None, on_progress=None,
+               job: Job | None = None) -> Export:
         """Freeze into ``EXPORT_ROOT/<run>/<step>/<name>.pb``, verify it against the checkpoint, record it.
 
         TF1: ``outputs`` are node names of the meta graph (own or meta source's); the recipe's sample
@@ -1274,7 +1352,8 @@ class Checkpoint(models.Model):
         trusted. TF2: the run's recipe module is traced (``outputs`` must be among its outputs).
         Raises ``persistence.freeze.FreezeError`` or ``UnsafeGraphError`` with a message for users;
         nothing is written at the final path then. Re-freezing the same outputs replaces the file
-        and updates its ``Export`` row (downloads keep their id).
+        and updates its ``Export`` row (downloads keep their id). ``job`` is the freeze job running
+        this, if any. Raises :class:`FreezeRunning` while another freeze writes the same file.
         """
         from persistence import freeze as engine
         from persistence.graphsafety import load_meta_graph_def, node_name
@@ -1288,7 +1367,12 @@ class Checkpoint(models.Model):
             self.check_files_at_use()
         except ValueError as exc:  # files.UnsafeFile is one
             raise engine.FreezeError(f"run {self.run.name}: {exc}") from None
-        outputs = list(dict.fromkeys(o.strip() for o in outputs if o and o.strip()))
+        outputs = self.clean_outputs(outputs)
+        # A job was checked when it was started; here only another running one counts (the queued
+        # ones start after this). A freeze without a job (the command) also waits for queued ones.
+        with transaction.atomic():
+            self.check_no_freeze_running(outputs, exclude=job,
+                                         statuses=(Job.RUNNING,) if job else (Job.QUEUED, Job.RUNNING))
         tf2 = self.format == discovery.TF2
         if tf2:
             try:
@@ -1310,14 +1394,22 @@ class Checkpoint(models.Model):
             target = self.export_path(name)
         except files.PathOutsideRoots as exc:
             raise engine.FreezeError(f"export path refused: {exc}") from None
+        other = Export.objects.filter(path=str(target)).exclude(checkpoint=self).select_related("checkpoint").first()
+        if other is not None:
+            raise engine.FreezeError(
+                f"{target.name} in {target.parent} is the export of {other.checkpoint.prefix} (same step): "
+                "freezing this checkpoint there would overwrite it"
+            )
         # A freeze killed mid-write (kill -9) leaves its temporary file beside the target; nothing
-        # else would ever remove it.
-        stale = files.remove_stale_temp_files(target.parent)
+        # else would ever remove it. Only files of writers that have ended go: another freeze
+        # writing into this directory right now keeps its file.
+        stale = files.remove_stale_temp_files(target.parent, owner_ended=temp_owner_ended)
+        owner = f"job{job.pk}" if job is not None else None  # None: this process
         meta = None
         if tf2:
             sample = recipe.sample_input()
             result = engine.freeze_tf2(self.path, str(target), build_module=recipe.build_tf2_module,
-                                       sample_feed=sample, on_progress=on_progress)
+                                       sample_feed=sample, on_progress=on_progress, temp_owner=owner)
         else:
             meta = self.meta_path()
             if meta is None:
@@ -1332,7 +1424,7 @@ class Checkpoint(models.Model):
             result = engine.freeze_checkpoint(
                 self.path, meta, str(target), outputs=outputs, clear_devices=clear_devices,
                 variables_allowlist=variables_allowlist or None, variables_denylist=variables_denylist or None,
-                sample_feed=sample, allow_unsafe=self.run.trusted, on_progress=on_progress,
+                sample_feed=sample, allow_unsafe=self.run.trusted, on_progress=on_progress, temp_owner=owner,
             )
         data = result.to_dict()
         verification = {
@@ -1349,10 +1441,9 @@ class Checkpoint(models.Model):
             "seconds": round(data["seconds"], 3),
         }
         export, _ = Export.objects.update_or_create(
-            checkpoint=self,
             path=str(target),
             defaults={
-                "kind": Export.FROZEN_PB, "size_bytes": data["size_bytes"], "sha256": data["sha256"],
+                "checkpoint": self, "kind": Export.FROZEN_PB, "size_bytes": data["size_bytes"], "sha256": data["sha256"],
                 "inputs": data["inputs"], "outputs": data["outputs"], "node_count": data["node_count"],
                 "op_histogram": data["op_histogram"], "max_abs_diff": data["max_abs_diff"],
                 "verified": data["verified"], "verification": verification, "created_at": timezone.now(),
@@ -1394,6 +1485,8 @@ class Export(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # One row per file: two rows for one path made every later freeze of it fail.
+        constraints = [models.UniqueConstraint(fields=["path"], name="unique_export_path")]
 
     def __str__(self) -> str:
         return f"{self.checkpoint} → {self.path}"
@@ -1772,6 +1865,14 @@ class AuditEvent(models.Model):
             action=action, summary=summary, actor=actor if getattr(actor, "is_authenticated", False) else None,
             run=run, checkpoint=checkpoint, bytes_freed=bytes_freed, details=details or {},
         )
+
+
+def temp_owner_ended(owner: str) -> bool | None:
+    """Whether the writer named in a temporary file (``job<pk>``) has ended; None for other names."""
+    if not owner.startswith("job") or not owner[3:].isdigit():
+        return None
+    status = Job.objects.filter(pk=int(owner[3:])).values_list("status", flat=True).first()
+    return status is None or status in Job.ENDED
 
 
 def _shown(value) -> str:

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from persistence import damage
 from persistence.statefile import (
     StateFile,
     StateFileError,
@@ -43,7 +44,7 @@ from persistence.statefile import (
 )
 
 __all__ = [
-    "CORRUPT", "FORK_FROM", "INCOMPLETE", "OBJECT_GRAPH_KEY", "PRESENT", "TF1", "TF2", "UNKNOWN_FORMAT",
+    "CORRUPT", "FORK_FROM", "INCOMPLETE", "OBJECT_GRAPH_KEY", "PRESENT", "TF1", "TF2", "UNKNOWN_FORMAT", "UNREADABLE",
     "DiscoveredCheckpoint", "FileInfo", "Listing", "ScanResult", "StateFile", "StateFileError", "VariableInfo",
     "describe", "describe_checkpoint", "describe_chunks", "directory_format", "directory_stamp", "gc_paused",
     "list_directory", "parse_step", "prefix_family", "scan_directory", "scan_result",
@@ -52,6 +53,10 @@ __all__ = [
 PRESENT = "present"
 INCOMPLETE = "incomplete"
 CORRUPT = "corrupt"
+# The index could not be read for a reason that says nothing about its bytes (permissions, an I/O
+# error or timeout, memory): not a status to record. The recorder keeps the status it had (a new
+# checkpoint is present), and the next scan reads the index again.
+UNREADABLE = "unreadable"
 
 TF1 = "tf1"
 TF2 = "tf2"
@@ -91,7 +96,7 @@ class VariableInfo:
 class DiscoveredCheckpoint:
     prefix: str  # base name, e.g. "model.ckpt-1000" or "ckpt-3"
     step: int | None  # from the trailing "-N"; None without one
-    status: str  # PRESENT | INCOMPLETE | CORRUPT
+    status: str  # PRESENT | INCOMPLETE | CORRUPT | UNREADABLE
     format: str  # TF1 | TF2 (TF2 when the index holds an object graph); UNKNOWN_FORMAT if unreadable
     files: list[FileInfo]  # index, every data shard found, own .meta when present
     has_own_meta: bool
@@ -772,6 +777,7 @@ def _describe(
     cached = _cached_outcome(known_fingerprint, digest)
     unchanged = cached is not None
     variables: list[VariableInfo] = []
+    transient = False
     if unchanged:
         fmt = cached
     else:
@@ -779,13 +785,24 @@ def _describe(
             fmt, variables = reader.read(base + prefix)
         except _UnreadableIndex as exc:
             fmt = UNKNOWN_FORMAT
-            problems.insert(0, f"cannot read {index.name}: {exc}")
-    if fmt == UNKNOWN_FORMAT:
+            transient = not exc.corrupt
+            if transient:
+                problems.insert(0, f"cannot read {index.name} right now (retried by the next scan): {exc}")
+            else:
+                problems.insert(0, f"cannot read {index.name}: {exc}")
+    if transient:
+        # A missing shard is seen in the listing, whatever the index read said.
+        status = INCOMPLETE if len(problems) > 1 else UNREADABLE
+        # Never cached: the next scan must read the index again.
+        fingerprint = f"{UNREADABLE}:{digest}"
+    elif fmt == UNKNOWN_FORMAT:
         status = CORRUPT
+        fingerprint = f"{fmt}:{digest}"
         if unchanged:
             problems.insert(0, f"cannot read {index.name} (unchanged since the last scan)")
     else:
         status = INCOMPLETE if problems else PRESENT
+        fingerprint = f"{fmt}:{digest}"
 
     size_bytes = 0
     for info in files:
@@ -793,7 +810,7 @@ def _describe(
     # Positional: a third of the cost of keywords, 10,000 times over (field order as declared).
     return DiscoveredCheckpoint(
         prefix, step, status, fmt, files, has_own_meta, meta_source, size_bytes,
-        timestamps.get(prefix, index.mtime_ns / 1e9), variables, f"{fmt}:{digest}", unchanged, problems,
+        timestamps.get(prefix, index.mtime_ns / 1e9), variables, fingerprint, unchanged, problems,
     )
 
 
@@ -861,7 +878,9 @@ def _cached_outcome(known_fingerprint: str | None, digest: str) -> str | None:
 
 
 class _UnreadableIndex(Exception):
-    pass
+    def __init__(self, message: str, *, corrupt: bool):
+        super().__init__(message)
+        self.corrupt = corrupt  # False: the read failed, but not because of the file's bytes
 
 
 class _IndexReader:
@@ -920,7 +939,7 @@ class _IndexReader:
             else:
                 dtypes = reader.get_variable_to_dtype_map()
         except Exception as exc:  # TensorFlow raises OpError subclasses, or ValueError for bad bytes
-            raise _UnreadableIndex(_reader_message(exc)) from exc
+            raise _UnreadableIndex(_reader_message(exc), corrupt=damage.classify(exc).corrupt) from exc
         fmt = TF2 if OBJECT_GRAPH_KEY in shapes else TF1
         names = sorted(shapes)
         if fmt == TF2:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import socket
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +26,13 @@ from typing import BinaryIO
 # Temporary files carry this marker so that a crashed writer's leftovers can be recognised and
 # removed later without ever touching a real checkpoint or export file.
 TEMP_MARKER = ".partial-"
+# After the marker comes the writer ("job42", "pid1234@host") and this separator, then mkstemp's
+# random part: whoever finds the file can tell whether its writer is still at work.
+_OWNER_END = "~"
+_OWNER = re.compile(r"[A-Za-z0-9_.@-]+")
+# A temporary file without a recognisable writer (written before writers were named) is only
+# taken for a crashed writer's leftover once it is this old.
+UNOWNED_TEMP_MAX_AGE = 24 * 3600.0
 
 
 class PathOutsideRoots(ValueError):
@@ -66,19 +76,94 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def process_owner(pid: int | None = None) -> str:
+    """The writer name of a process: ``pid<N>@<host>`` (this process by default)."""
+    host = re.sub(r"[^A-Za-z0-9_.-]+", "_", socket.gethostname()) or "localhost"
+    return f"pid{os.getpid() if pid is None else pid}@{host}"
+
+
+def temp_file_owner(name: str) -> str | None:
+    """The writer named in a temporary file's name, or None (not ours, or written unnamed)."""
+    _, marker, rest = name.partition(TEMP_MARKER)
+    owner, end, _ = rest.partition(_OWNER_END)
+    if not marker or not end or not _OWNER.fullmatch(owner):
+        return None
+    return owner
+
+
+def process_owner_ended(owner: str) -> bool | None:
+    """For a ``pid<N>@<host>`` writer: True when that process is gone, False while it runs, and
+    None when this machine cannot tell (another host, or not a process name)."""
+    match = re.fullmatch(r"pid(\d+)@(.+)", owner)
+    if match is None or match[2] != process_owner().partition("@")[2]:
+        return None
+    try:
+        os.kill(int(match[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's live process
+        return False
+    return False
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only be read by setting it,
+    which would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _take_over_mode(fd: int, target: Path) -> None:
+    # mkstemp creates 0600 files. A rewritten file keeps the mode (and, where this process may
+    # change it, the owner and group) of the file it replaces, so a trainer, a model server or a
+    # web server running as someone else reads it as before; a new file gets what open() would
+    # have given it under the umask.
+    try:
+        existing = os.stat(target)
+    except FileNotFoundError:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        return
+    os.fchmod(fd, stat.S_IMODE(existing.st_mode))
+    mine = os.fstat(fd)
+    if (mine.st_uid, mine.st_gid) != (existing.st_uid, existing.st_gid):
+        uid = existing.st_uid if os.geteuid() == 0 else -1
+        try:
+            os.fchown(fd, uid, existing.st_gid)
+        except OSError:
+            pass  # not allowed to give it away: the mode is kept all the same
+        else:
+            # chown clears set-user/group-ID bits: put the mode back.
+            os.fchmod(fd, stat.S_IMODE(existing.st_mode))
+
+
 @contextmanager
-def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def atomic_writer(path: str | os.PathLike[str], *, owner: str | None = None) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path``; on success move it into place atomically.
 
-    On any exception (or if the process dies) nothing appears at ``path``; the temporary file is
-    removed when Python gets the chance, and :func:`remove_stale_temp_files` cleans up after a
-    ``kill -9``.
+    The file at ``path`` keeps its mode (and owner where allowed); a new one gets ``0666`` less
+    the umask. ``owner`` names the writer in the temporary file's name (default: this process,
+    see :func:`process_owner`) so that :func:`remove_stale_temp_files` never removes a live
+    writer's file. On any exception (or if the process dies) nothing appears at ``path``; the
+    temporary file is removed when Python gets the chance, and :func:`remove_stale_temp_files`
+    cleans up after a ``kill -9``.
     """
     target = Path(path)
+    owner = owner or process_owner()
+    if not _OWNER.fullmatch(owner):
+        raise ValueError(f"unusable temporary file owner {owner!r}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARKER}", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARKER}{owner}{_OWNER_END}", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            _take_over_mode(handle.fileno(), target)
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -101,15 +186,40 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def remove_stale_temp_files(directory: str | os.PathLike[str]) -> list[str]:
-    """Delete temporary files left in ``directory`` by writers that died; return their names."""
+def remove_stale_temp_files(
+    directory: str | os.PathLike[str],
+    *,
+    owner_ended: Callable[[str], bool | None] | None = None,
+    now: float | None = None,
+) -> list[str]:
+    """Delete temporary files left in ``directory`` by writers that ended; return their names.
+
+    A file is removed only when its writer is known to have ended: ``owner_ended(owner)`` says
+    so (e.g. the job that wrote it has finished or failed), or it names a process of this machine
+    that is gone. A writer that may still run (another host, a live process, a job still running)
+    keeps its file: two writers into one directory must not destroy each other's work. Files
+    without a writer's name count as ended once older than ``UNOWNED_TEMP_MAX_AGE``.
+    """
     removed = []
+    now = time.time() if now is None else now
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
         return removed
     for entry in entries:
         if entry.name.startswith(".") and TEMP_MARKER in entry.name and entry.is_file(follow_symlinks=False):
+            owner = temp_file_owner(entry.name)
+            if owner is None:
+                try:
+                    ended = now - entry.stat(follow_symlinks=False).st_mtime > UNOWNED_TEMP_MAX_AGE
+                except FileNotFoundError:
+                    continue
+            else:
+                ended = owner_ended(owner) if owner_ended is not None else None
+                if ended is None:
+                    ended = process_owner_ended(owner)
+            if not ended:
+                continue
             try:
                 os.unlink(entry.path)
                 removed.append(entry.name)

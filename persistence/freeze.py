@@ -256,6 +256,7 @@ def _write_and_verify(
     reference: Reference,
     max_bytes: int,
     on_progress: ProgressCallback | None,
+    temp_owner: str | None = None,
 ) -> dict[str, Any]:
     tf = _import_tf()
     v1 = tf.compat.v1
@@ -274,7 +275,7 @@ def _write_and_verify(
     size = len(data)
     sha256 = hashlib.sha256(data).hexdigest()
 
-    with atomic_writer(output_path) as handle:
+    with atomic_writer(output_path, owner=temp_owner) as handle:
         _report(on_progress, 65, f"writing {size} bytes")
         handle.write(data)
         del data
@@ -344,6 +345,7 @@ def freeze_checkpoint(
     allow_unsafe: bool = False,
     max_bytes: int = PROTOBUF_LIMIT_BYTES,
     on_progress: ProgressCallback | None = None,
+    temp_owner: str | None = None,
 ) -> FreezeResult:
     """Freeze the TF1 checkpoint ``prefix_path`` with the graph in ``meta_path`` into ``output_path``.
 
@@ -352,6 +354,7 @@ def freeze_checkpoint(
     is what both graphs are fed for verification; missing placeholders get zeros.
     Raises :class:`FreezeError` (or :class:`~persistence.graphsafety.UnsafeGraphError`) before
     writing anything; TensorFlow's errors from restoring a corrupt checkpoint propagate.
+    ``temp_owner`` names this writer in the temporary file's name (see ``files.atomic_writer``).
     """
     started = time.monotonic()
     if not outputs:
@@ -423,7 +426,8 @@ def freeze_checkpoint(
 
             try:
                 written = _write_and_verify(frozen, output_path, output_tensors=output_tensors, feed=feed,
-                                            reference=reference, max_bytes=max_bytes, on_progress=on_progress)
+                                            reference=reference, max_bytes=max_bytes, on_progress=on_progress,
+                                            temp_owner=temp_owner)
             except (tf.errors.OpError, ValueError) as exc:
                 raise FreezeError(f"verification run failed, nothing was written: {_message(exc)}") from exc
     return FreezeResult(
@@ -452,6 +456,7 @@ def freeze_tf2(
     sample_feed: Mapping[str, np.ndarray] | None = None,
     max_bytes: int = PROTOBUF_LIMIT_BYTES,
     on_progress: ProgressCallback | None = None,
+    temp_owner: str | None = None,
 ) -> FreezeResult:
     """Freeze a TF2 object checkpoint through the module a recipe builds.
 
@@ -520,7 +525,8 @@ def freeze_tf2(
 
     try:
         written = _write_and_verify(frozen, output_path, output_tensors=output_tensors, feed=feed,
-                                    reference=reference, max_bytes=max_bytes, on_progress=on_progress)
+                                    reference=reference, max_bytes=max_bytes, on_progress=on_progress,
+                                    temp_owner=temp_owner)
     except (tf.errors.OpError, ValueError) as exc:
         raise FreezeError(f"verification run failed, nothing was written: {_message(exc)}") from exc
     return FreezeResult(

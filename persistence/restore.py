@@ -3,7 +3,9 @@
 * :func:`verify_checkpoint` reads every tensor. TensorFlow checks each tensor's CRC32C when it
   reads it, so this is what catches a flipped byte in a ``.data`` shard; a corrupt checkpoint is
   a result (status ``corrupt`` with TensorFlow's message), never an exception, because the worker
-  that found it must carry on with the next job.
+  that found it must carry on with the next job. A read that failed for another reason
+  (permissions, memory, an I/O error or timeout) is ``unreadable``: it says nothing about the
+  bytes (see :mod:`persistence.damage`).
 * :func:`restore_and_run` is the seed's restore: ``import_meta_graph(PREFIX.meta)`` then
   ``saver.restore``, then tensors looked up by name (``probs:0``). The meta graph may belong to
   another checkpoint (``write_meta_graph=False``). Graphs are programs: unsafe ops are refused
@@ -29,12 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from persistence import damage
 from persistence.graphsafety import check_graph, load_meta_graph_def, node_name
 
 VERIFIED = "verified"
-CORRUPT = "corrupt"
+CORRUPT = damage.CORRUPT
 INCOMPLETE = "incomplete"
 MISSING = "missing"
+# Not a checkpoint status: the read failed without evidence of damage; the status stays as it was.
+UNREADABLE = damage.UNREADABLE
 
 ProgressCallback = Callable[[float, str], None]  # (percent 0-100, message), as JobContext.progress
 
@@ -80,8 +85,8 @@ class VariableStats:
 @dataclass
 class VerifyResult:
     prefix: str
-    status: str  # VERIFIED | CORRUPT | INCOMPLETE | MISSING
-    message: str  # TensorFlow's error for a corrupt checkpoint, else a summary
+    status: str  # VERIFIED | CORRUPT | INCOMPLETE | MISSING | UNREADABLE
+    message: str  # TensorFlow's error for a corrupt or unreadable checkpoint, else a summary
     variables: list[VariableStats] = field(default_factory=list)
     failed_tensor: str | None = None  # the tensor whose read failed
     bytes_read: int = 0
@@ -163,6 +168,8 @@ def verify_checkpoint(prefix_path: str, *, on_progress: ProgressCallback | None 
 
     Never raises for a damaged checkpoint: status ``corrupt`` (bad CRC, truncated or garbage
     index or data), ``incomplete`` (a data shard is missing) or ``missing`` (no ``.index``).
+    A read that fails for any other reason (permission denied, out of memory, an I/O error or
+    timeout) is ``unreadable``, with the error as the message: not a verdict on the checkpoint.
     Tensors are read one at a time, so memory is bounded by the largest variable.
     """
     started = time.monotonic()
@@ -183,8 +190,9 @@ def verify_checkpoint(prefix_path: str, *, on_progress: ProgressCallback | None 
         reader = tf.train.load_checkpoint(prefix)
         shapes = reader.get_variable_to_shape_map()
         dtypes = reader.get_variable_to_dtype_map()
-    except Exception as exc:  # noqa: BLE001 - any reader failure means the index is unusable
-        return result(CORRUPT, _tf_message(exc))
+    except Exception as exc:  # noqa: BLE001 - judged below: damage, or a read that merely failed
+        failure = damage.classify(exc)
+        return result(failure.verdict, failure.message)
     if missing is None and shapes:
         return result(INCOMPLETE, "no data shard found")
 
@@ -195,10 +203,11 @@ def verify_checkpoint(prefix_path: str, *, on_progress: ProgressCallback | None 
         _report(on_progress, 100.0 * i / max(len(names), 1), f"reading {name}")
         try:
             value = reader.get_tensor(name)
-        except Exception as exc:  # noqa: BLE001 - DataLossError, OpError, IndexError (short read), ...
-            return result(CORRUPT, _tf_message(exc), variables=variables, failed_tensor=name,
+            stats = _stats(name, value, dtypes[name].name)
+        except Exception as exc:  # noqa: BLE001 - DataLossError, OpError, IndexError (short read), MemoryError, ...
+            failure = damage.classify(exc)
+            return result(failure.verdict, failure.message, variables=variables, failed_tensor=name,
                           bytes_read=bytes_read)
-        stats = _stats(name, value, dtypes[name].name)
         bytes_read += stats.nbytes
         variables.append(stats)
         del value
@@ -207,10 +216,17 @@ def verify_checkpoint(prefix_path: str, *, on_progress: ProgressCallback | None 
                   variables=variables, bytes_read=bytes_read)
 
 
-def _tf_message(exc: BaseException) -> str:
-    # OpError.message is TensorFlow's own text without the Python-side traceback decoration.
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {message}"
+class RestoreFailed(RuntimeError):
+    """TensorFlow could not restore a checkpoint into its graph, or run it.
+
+    ``failure`` says whether the checkpoint's bytes are bad (``corrupt``) or the attempt failed for
+    another reason (``unreadable``: a graph that does not match, permissions, memory, ...), so
+    that callers need not know TensorFlow's exception types.
+    """
+
+    def __init__(self, failure: damage.ReadFailure):
+        super().__init__(failure.message)
+        self.failure = failure
 
 
 # --- feeding ---------------------------------------------------------------------------------
@@ -334,8 +350,9 @@ def restore_and_run(
     ``feed`` is by placeholder name; placeholders without an array get zeros (unknown dims -> 1).
     Raises :class:`~persistence.graphsafety.UnsafeGraphError` before importing anything when the
     graph has unsafe ops and ``allow_unsafe`` is false, and :class:`UnknownNameError` naming close
-    matches for an unknown output or feed name. A corrupt checkpoint raises TensorFlow's error
-    (use :func:`verify_checkpoint` to classify damage without raising).
+    matches for an unknown output or feed name. TensorFlow's errors while restoring or running
+    (a corrupt checkpoint, a graph that does not match it) raise :class:`RestoreFailed`; use
+    :func:`verify_checkpoint` to classify damage without raising.
     """
     started = time.monotonic()
     _report(on_progress, 5, "reading meta graph")
@@ -351,17 +368,20 @@ def restore_and_run(
 
     tf = _import_tf()
     v1 = tf.compat.v1
-    with tf.Graph().as_default() as graph:
-        # Devices are cleared: a checkpoint trained on a GPU machine must run on a CPU worker.
-        saver = v1.train.import_meta_graph(meta_graph_def, clear_devices=True)
-        with v1.Session(graph=graph) as sess:
-            _report(on_progress, 30, "restoring variables")
-            if saver is not None:
-                saver.restore(sess, prefix_path)
-            _report(on_progress, 70, "running outputs")
-            fetches = [graph.get_tensor_by_name(tensor_name(name)) for name in outputs]
-            values = sess.run(fetches, feed_dict={graph.get_tensor_by_name(k): v
-                                                  for k, v in feed_arrays.items()})
+    try:
+        with tf.Graph().as_default() as graph:
+            # Devices are cleared: a checkpoint trained on a GPU machine must run on a CPU worker.
+            saver = v1.train.import_meta_graph(meta_graph_def, clear_devices=True)
+            with v1.Session(graph=graph) as sess:
+                _report(on_progress, 30, "restoring variables")
+                if saver is not None:
+                    saver.restore(sess, prefix_path)
+                _report(on_progress, 70, "running outputs")
+                fetches = [graph.get_tensor_by_name(tensor_name(name)) for name in outputs]
+                values = sess.run(fetches, feed_dict={graph.get_tensor_by_name(k): v
+                                                      for k, v in feed_arrays.items()})
+    except (tf.errors.OpError, MemoryError, OSError, IndexError) as exc:
+        raise RestoreFailed(damage.classify(exc)) from exc
     _report(on_progress, 100, "done")
     return RunResult(
         prefix=os.fspath(prefix_path),

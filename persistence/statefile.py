@@ -17,7 +17,10 @@ against TensorFlow's own ``checkpoint_state_pb2``).
 Paths in a state file may be relative to its directory (``CheckpointManager``,
 ``Saver(save_relative_paths=True)``) or absolute; absolute ones may come from another machine or
 from before the directory was moved. Every path is therefore resolved to a base name inside the
-directory (DESIGN §5). We always write base names, so the directory can move again freely.
+directory (DESIGN §5). A rewrite keeps the style of the file it replaces: absolute paths into this
+directory stay absolute (a TF1 ``Saver``'s default; tools reading the file may rely on them), and
+everything else (relative paths, absolute ones from where the run used to live, a new file) is
+written as base names, which stay right wherever the directory moves.
 """
 
 from __future__ import annotations
@@ -432,8 +435,11 @@ def format_state_text(
     all_prefixes: list[str],
     timestamps: dict[str, float] | None = None,
     last_preserved_timestamp: float | None = None,
+    in_directory: str | None = None,
 ) -> str:
     """The text TensorFlow writes for this state (``text_format.MessageToString``).
+
+    Paths are written as base names, or as absolute paths under ``in_directory`` when given.
 
     Like ``generate_checkpoint_state_proto``, ``latest`` is appended to ``all_prefixes`` when it
     is missing. Unlike it, a ``latest`` that is already listed is not appended a second time, so
@@ -456,8 +462,11 @@ def format_state_text(
             raise ValueError(f"no timestamp for {', '.join(missing)}")
         stamps = [float(timestamps[p]) for p in paths]
 
-    lines = [f'model_checkpoint_path: "{_escape(latest)}"']
-    lines += [f'all_model_checkpoint_paths: "{_escape(p)}"' for p in paths]
+    def written(prefix: str) -> str:
+        return _escape(f"{in_directory.rstrip('/')}/{prefix}" if in_directory else prefix)
+
+    lines = [f'model_checkpoint_path: "{written(latest)}"']
+    lines += [f'all_model_checkpoint_paths: "{written(p)}"' for p in paths]
     lines += [f"all_model_checkpoint_timestamps: {_format_double(s)}" for s in stamps]
     # proto3 does not print a double that is 0.0, so neither do we.
     if last_preserved_timestamp:
@@ -487,15 +496,42 @@ def write_state_file(
     timestamps: dict[str, float] | None = None,
     last_preserved_timestamp: float | None = None,
 ) -> None:
-    """Atomically (re)write ``directory/name`` with base-name paths, as TensorFlow would write it.
+    """Atomically (re)write ``directory/name`` as TensorFlow would write it.
 
     ``tf.train.latest_checkpoint`` / ``get_checkpoint_state`` read it back, and a new ``Saver`` or
     ``CheckpointManager`` carries on in the directory. Used to prune (rewrite after deleting) and
-    to "make latest" (rollback). See :func:`format_state_text` for the rules.
+    to "make latest" (rollback). The file keeps its mode and its path style (see the module's
+    docstring); see :func:`format_state_text` for the rules.
     """
     if latest == name:
         # TensorFlow refuses this too: the state file would overwrite the checkpoint's own name.
         raise ValueError(f"checkpoint {latest!r} has the same name as the state file")
     text = format_state_text(latest=latest, all_prefixes=all_prefixes, timestamps=timestamps,
-                             last_preserved_timestamp=last_preserved_timestamp)
+                             last_preserved_timestamp=last_preserved_timestamp,
+                             in_directory=absolute_path_directory(directory, name))
     atomic_write_text(os.path.join(directory, name), text)
+
+
+def absolute_path_directory(directory: str, name: str = DEFAULT_STATE_FILE) -> str | None:
+    """The directory the existing state file ``directory/name`` writes its absolute paths with,
+    when they point into ``directory`` itself (spelled as the file spells it); else None."""
+    state = None
+    try:
+        # TensorFlow writes model_checkpoint_path first: one line tells the style, without parsing
+        # a list of 100,000 paths again right before replacing it.
+        with open(os.path.join(directory, name), "rb") as handle:
+            first = handle.readline(64 * 1024).decode("utf-8")
+        if first.startswith("model_checkpoint_path:"):
+            state = parse_state_text(first, name, directory)
+    except (OSError, UnicodeDecodeError, StateFileError):
+        pass
+    if state is None:
+        try:
+            state = read_state_file(directory, name)
+        except StateFileError:
+            return None
+    raw = state.raw_latest or ""
+    if not os.path.isabs(raw) or state.written_in is not None:
+        return None
+    there = os.path.dirname(raw)
+    return there if os.path.realpath(there) == os.path.realpath(directory) else None

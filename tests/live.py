@@ -62,8 +62,10 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
 class LiveWorker:
     """``manage.py rqworker`` with the preloading worker class, in a subprocess of its own."""
 
-    def __init__(self, *, burst: bool = False, log_path: Path | None = None, **env: str):
+    def __init__(self, *, burst: bool = False, log_path: Path | None = None, command_prefix: list[str] | None = None,
+                 **env: str):
         self.burst = burst
+        self.command_prefix = list(command_prefix or [])
         self.env = env
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
@@ -71,6 +73,7 @@ class LiveWorker:
 
     def start(self) -> LiveWorker:
         cmd = [
+            *self.command_prefix,
             sys.executable, str(BASE_DIR / "manage.py"), "rqworker", settings.JOB_QUEUE,
             "--worker-class", "dashboard.worker.PreloadingWorker",
         ]
@@ -119,6 +122,19 @@ class LiveWorker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def without_file_permission_override() -> list[str] | None:
+    """A command prefix that drops root's power to ignore file permissions (so that a file with mode
+    000 really cannot be read: the tests run as root); ``[]`` when not root, None when impossible."""
+    prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    if os.geteuid() != 0:
+        return []  # permission bits apply already
+    try:
+        probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return prefix if probe.returncode == 0 else None
 
 
 def run_jobs_to_completion(timeout: float = 120) -> None:

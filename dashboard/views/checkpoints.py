@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from dashboard import access
@@ -42,7 +43,13 @@ def checkpoint_freeze(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     form = FreezeForm(request.POST if request.method == "POST" else None, checkpoint=checkpoint)
     if request.method == "POST" and form.is_valid():
         params = form.job_params()
-        if start_job(request, Job.FREEZE, run=checkpoint.run, checkpoint=checkpoint, params=params):
+        try:
+            job = start_job(request, Job.FREEZE, run=checkpoint.run, checkpoint=checkpoint, params=params)
+        except Checkpoint.FreezeRunning as exc:
+            messages.error(request, format_html('Not started: {} <a href="{}">Job #{}</a>', str(exc),
+                                                exc.job.get_absolute_url(), exc.job.pk))
+            return redirect(checkpoint)
+        if job:
             messages.success(request, f"Freezing {checkpoint.prefix}: the export appears below once it is verified.")
         return redirect(checkpoint)
     return render(request, "dashboard/freeze_form.html", {"run": checkpoint.run, "checkpoint": checkpoint, "form": form})
