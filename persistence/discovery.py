@@ -70,6 +70,8 @@ OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 _DATA_FILE = re.compile(r"(?P<prefix>.+)\.data-(?P<shard>\d+)-of-(?P<count>\d+)")
 _STEP = re.compile(r"(?P<family>.*)-(?P<step>\d+)")
+# A V1 checkpoint saved with ``sharded=True``: its prefix is the pattern PREFIX-?????-of-NNNNN.
+_V1_SHARD = re.compile(r"(?P<prefix>.+)-(?P<shard>\d{5})-of-(?P<count>\d{5})")
 
 # describe_chunks() reads in a forked child from this many indexes to read. Below it the fork
 # (about 10-20 ms with TensorFlow loaded) and the hand-over cost more than they save.
@@ -315,7 +317,11 @@ def _list(directory: str) -> Listing:
                        problems=[f"cannot read directory {directory}: {exc.strerror or exc}"])
 
     problems: list[str] = []
-    v1 = _v1_checkpoints(others, indexes, metas)
+    v1, sharded_v1 = _v1_checkpoints(others, indexes, metas)
+    problems.extend(
+        f"{name}: a sharded checkpoint in TensorFlow's V1 format, which is not supported "
+        "(re-save it in the V2 format to see it here)" for name in sharded_v1
+    )
     if v1:
         indexes.update(v1)
         state_candidates = [name for name in state_candidates if name not in v1]
@@ -681,14 +687,16 @@ def _sort_entry(
 def _v1_checkpoints(
     others: Mapping[str, os.DirEntry[str]], indexes: Mapping[str, os.DirEntry[str]],
     metas: Mapping[str, os.DirEntry[str]],
-) -> dict[str, os.DirEntry[str]]:
-    """The V1 checkpoints among files no other rule claimed: prefix -> its one file.
+) -> tuple[dict[str, os.DirEntry[str]], list[str]]:
+    """The V1 checkpoints among files no other rule claimed: prefix -> its one file; and the files
+    of sharded V1 checkpoints, which are only reported (their prefix is a glob pattern).
 
     Only names that look like a checkpoint (a step suffix, or a ``.meta`` beside them) are opened,
     and of those only the last 8 bytes: a V1 checkpoint is a table ending in the table magic.
     """
-    found = {}
-    for name, entry in others.items():
+    found: dict[str, os.DirEntry[str]] = {}
+    sharded: list[str] = []
+    for name, entry in sorted(others.items()):
         if name in indexes or (name not in metas and _split_step(name)[1] is None):
             continue
         try:
@@ -699,9 +707,13 @@ def _v1_checkpoints(
                 tail = handle.read(len(_TABLE_MAGIC))
         except OSError:
             continue  # deleted or unreadable meanwhile: the next scan sees the settled state
-        if tail == _TABLE_MAGIC:
+        if tail != _TABLE_MAGIC:
+            continue
+        if _V1_SHARD.fullmatch(name):
+            sharded.append(name)
+        else:
             found[name] = entry
-    return found
+    return found, sharded
 
 
 _SINGLE_SHARD = ".data-00000-of-00001"

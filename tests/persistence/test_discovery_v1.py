@@ -50,3 +50,20 @@ def test_other_files_that_merely_look_like_checkpoints_are_not_taken_for_v1(tmp_
     (run / "model.ckpt-5").write_bytes(b"\0" * 200)  # beside a .meta, but no table magic
     result = discovery.scan_directory(str(run))
     assert result.checkpoints == []
+
+
+def test_a_sharded_v1_checkpoint_is_reported_as_not_supported(tmp_path):
+    import tensorflow as tf
+
+    directory = tmp_path / "sharded"
+    directory.mkdir()
+    with tf.Graph().as_default():
+        tf.compat.v1.get_variable("w", [3, 4])
+        saver = tf.compat.v1.train.Saver(write_version=tf.compat.v1.train.SaverDef.V1, sharded=True)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(sess, str(directory / "model.ckpt"), global_step=10)
+    result = discovery.scan_directory(str(directory))
+    assert result.checkpoints == []
+    assert any("model.ckpt-10-00000-of-00001: a sharded checkpoint in TensorFlow's V1 format, which is not "
+               "supported" in p for p in result.problems)
