@@ -2,7 +2,7 @@
 
 Redis may go away for any length of time (a restart, a failover, a full disk). A process that
 exits on the first ``ConnectionError`` leaves jobs queued and rescans stopped until someone
-notices; these helpers make each process wait, retry with a capped backoff, and go on by itself.
+notices; these make each process wait, retry with a capped backoff, and go on by itself.
 One warning is logged when an outage starts and one line when it ends, not one per retry.
 """
 

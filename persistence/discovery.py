@@ -1,6 +1,6 @@
 """Find the checkpoints in one run directory and describe them, without loading any graph.
 
-A checkpoint is identified by its ``PREFIX.index`` file (DESIGN §5), or, in TensorFlow's old V1
+A checkpoint is identified by its ``PREFIX.index`` file, or, in TensorFlow's old V1
 format (``Saver(write_version=V1)``), by one table file named exactly ``PREFIX`` with no index.
 Everything here is plain Python plus TensorFlow's index reader; no Django, no settings.
 
