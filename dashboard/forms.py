@@ -598,6 +598,12 @@ class VerifyForm(forms.Form):
 _DB_INT_MAX = 2**31 - 1  # PositiveIntegerField on PostgreSQL: larger would be a database error
 
 
+def unrecorded_metric_warning(metric: str, keep_best_n: int, recorded: list[str]) -> str:
+    """What to tell a user whose best-N rule ranks by a metric no checkpoint of the run has."""
+    known = f" Metrics it records: {', '.join(recorded)}." if recorded else " It records no metrics."
+    return f"No checkpoint of this run has metric “{metric}”; the best-{keep_best_n} rule keeps nothing.{known}"
+
+
 class RetentionPolicyForm(forms.Form):
     """A run's retention policy (DESIGN §5). Empty turns a rule off; a checkpoint goes only if no rule keeps it."""
 
@@ -627,14 +633,30 @@ class RetentionPolicyForm(forms.Form):
     protect_exported = forms.BooleanField(required=False, label="Keep checkpoints that have an export")
     auto_prune = forms.BooleanField(required=False, label="Prune automatically after every scan")
 
-    def __init__(self, *args, metric_names: list[str] | None = None, **kwargs):
+    def __init__(self, *args, metric_names: list[str] | None = None, has_metric=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.metric_names = metric_names or []  # offered as suggestions (a <datalist>)
         self.fields["best_metric"].widget.attrs["list"] = "metric-names"
+        self._has_metric = has_metric  # name -> whether any checkpoint of the run recorded it
 
     @classmethod
     def for_run(cls, run: Run, data=None, **kwargs) -> RetentionPolicyForm:
-        return cls(data, initial=run.retention_values(), **kwargs)
+        def has_metric(name: str) -> bool:
+            return name in kwargs.get("metric_names", ()) or run.checkpoints.filter(metrics__has_key=name).exists()
+
+        return cls(data, initial=run.retention_values(), has_metric=has_metric, **kwargs)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Rules that are valid but cannot do what they say for this run (saved all the same)."""
+        if self.is_bound:
+            values = self.cleaned_data if self.is_valid() else {}
+        else:
+            values = self.initial
+        keep_best_n, metric = values.get("keep_best_n"), (values.get("best_metric") or "").strip()
+        if not keep_best_n or not metric or self._has_metric is None or self._has_metric(metric):
+            return []
+        return [unrecorded_metric_warning(metric, keep_best_n, self.metric_names)]
 
     def clean_best_metric(self) -> str:
         return self.cleaned_data.get("best_metric", "").strip()

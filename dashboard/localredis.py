@@ -38,6 +38,11 @@ class PrivateRedis:
     def url(self) -> str:
         return f"unix://{self.socket_path}"
 
+    @property
+    def running(self) -> bool:
+        """Whether the server this object started is still alive."""
+        return self.process is not None and self.process.poll() is None
+
     def _answers(self) -> bool:
         try:
             return bool(redis.Redis(unix_socket_path=str(self.socket_path), socket_connect_timeout=0.5).ping())

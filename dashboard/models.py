@@ -1256,6 +1256,8 @@ class Checkpoint(models.Model):
 
         if self.status == self.PRUNED:
             raise ValueError(f"{self.prefix} was pruned: its files are gone")
+        if self.v1_refusal:
+            raise ValueError(self.v1_refusal)
         checkpoint_directory(self.run.directory)
         self.check_files_at_use()
         result = restore.verify_checkpoint(self.path, on_progress=self._progress_span(on_progress, 0, 80))
@@ -1304,6 +1306,8 @@ class Checkpoint(models.Model):
 
         if self.status in (self.PRUNED, self.MISSING):
             raise ValueError(f"{self.prefix} is {self.status}: its files are gone")
+        if self.v1_refusal:
+            raise ValueError(self.v1_refusal)
         checkpoint_directory(self.run.directory)
         self.check_files_at_use()
         try:
@@ -1362,6 +1366,8 @@ class Checkpoint(models.Model):
 
         if self.status in (self.PRUNED, self.MISSING):
             raise engine.FreezeError(f"{self.prefix} is {self.status}: its files are gone")
+        if self.v1_refusal:
+            raise engine.FreezeError(self.v1_refusal)
         try:
             checkpoint_directory(self.run.directory)
             self.check_files_at_use()
@@ -1456,6 +1462,15 @@ class Checkpoint(models.Model):
     @property
     def on_disk(self) -> bool:
         return self.status not in (self.PRUNED, self.MISSING)
+
+    @property
+    def v1_refusal(self) -> str:
+        """Why verify, restore and freeze refuse this checkpoint ("" when they do not)."""
+        if self.format != discovery.TF1_V1:
+            return ""
+        return (f"{self.prefix} is in TensorFlow's V1 checkpoint format (one file, no .index): it is "
+                "recorded and its variables are listed, but verify, restore and freeze need the V2 "
+                "format. Re-save it with Saver(write_version=V2) to use them.")
 
     def reference(self) -> dict:
         """Which checkpoint, in the words ``manage.py compare --json`` uses for its sides."""

@@ -1,7 +1,8 @@
 """Find the checkpoints in one run directory and describe them, without loading any graph.
 
-A checkpoint is identified by its ``PREFIX.index`` file (DESIGN §5). Everything here is plain
-Python plus TensorFlow's index reader; no Django, no settings.
+A checkpoint is identified by its ``PREFIX.index`` file, or, in TensorFlow's old V1
+format (``Saver(write_version=V1)``), by one table file named exactly ``PREFIX`` with no index.
+Everything here is plain Python plus TensorFlow's index reader; no Django, no settings.
 
 Cost model, because scans run over directories with tens of thousands of checkpoints: one
 ``os.scandir`` pass, at most one ``stat`` per file that belongs to a checkpoint (or may be a state
@@ -44,7 +45,8 @@ from persistence.statefile import (
 )
 
 __all__ = [
-    "CORRUPT", "FORK_FROM", "INCOMPLETE", "OBJECT_GRAPH_KEY", "PRESENT", "TF1", "TF2", "UNKNOWN_FORMAT", "UNREADABLE",
+    "CORRUPT", "FORK_FROM", "INCOMPLETE", "OBJECT_GRAPH_KEY", "PRESENT", "TF1", "TF1_V1", "TF2", "UNKNOWN_FORMAT",
+    "UNREADABLE",
     "DiscoveredCheckpoint", "FileInfo", "Listing", "ScanResult", "StateFile", "StateFileError", "VariableInfo",
     "describe", "describe_checkpoint", "describe_chunks", "directory_format", "directory_stamp", "gc_paused",
     "list_directory", "parse_step", "prefix_family", "scan_directory", "scan_result",
@@ -60,6 +62,12 @@ UNREADABLE = "unreadable"
 
 TF1 = "tf1"
 TF2 = "tf2"
+# A TF1 checkpoint in the V1 format: one file ``PREFIX`` (a table of tensor slices), no ``.index``.
+TF1_V1 = "tf1-v1"
+# The last 8 bytes of every LevelDB-format table TensorFlow writes (a V1 checkpoint, a V2 index):
+# kTableMagicNumber 0xdb4775248b80fb57, little-endian.
+_TABLE_MAGIC = bytes.fromhex("57fb808b247547db")
+_TABLE_FOOTER_BYTES = 48
 # ``format`` of a checkpoint whose index could not be read.
 UNKNOWN_FORMAT = "unknown"
 
@@ -68,6 +76,8 @@ OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 _DATA_FILE = re.compile(r"(?P<prefix>.+)\.data-(?P<shard>\d+)-of-(?P<count>\d+)")
 _STEP = re.compile(r"(?P<family>.*)-(?P<step>\d+)")
+# A V1 checkpoint saved with ``sharded=True``: its prefix is the pattern PREFIX-?????-of-NNNNN.
+_V1_SHARD = re.compile(r"(?P<prefix>.+)-(?P<shard>\d{5})-of-(?P<count>\d{5})")
 
 # describe_chunks() reads in a forked child from this many indexes to read. Below it the fork
 # (about 10-20 ms with TensorFlow loaded) and the hand-over cost more than they save.
@@ -97,8 +107,8 @@ class DiscoveredCheckpoint:
     prefix: str  # base name, e.g. "model.ckpt-1000" or "ckpt-3"
     step: int | None  # from the trailing "-N"; None without one
     status: str  # PRESENT | INCOMPLETE | CORRUPT | UNREADABLE
-    format: str  # TF1 | TF2 (TF2 when the index holds an object graph); UNKNOWN_FORMAT if unreadable
-    files: list[FileInfo]  # index, every data shard found, own .meta when present
+    format: str  # TF1 | TF2 (TF2 when the index holds an object graph) | TF1_V1; UNKNOWN_FORMAT if unreadable
+    files: list[FileInfo]  # index (for V1: the checkpoint file), every data shard found, own .meta when present
     has_own_meta: bool
     meta_source: str | None  # prefix whose .meta this one restores with (itself when it has one)
     size_bytes: int  # sum of files
@@ -128,7 +138,7 @@ class Listing:
     """One pass over a run directory: everything that needs the whole listing, before any index is read."""
 
     directory: str
-    prefixes: list[str]  # one per ``.index``, by family then step: the order of ``ScanResult.checkpoints``
+    prefixes: list[str]  # one per ``.index`` (or V1 file), by family then step: the order of ``ScanResult.checkpoints``
     state_files: list[StateFile]
     problems: list[str]  # about the directory and its state files (per-checkpoint ones come with each)
     orphans: list[FileInfo]  # as in ScanResult
@@ -140,6 +150,8 @@ class Listing:
     shards: dict[str, list[tuple[int, int, os.DirEntry[str]]]] = field(default_factory=dict, repr=False)
     steps: dict[str, int | None] = field(default_factory=dict, repr=False)
     timestamps: dict[str, float] = field(default_factory=dict, repr=False)
+    # Prefixes in the V1 format: their entry in ``indexes`` is the checkpoint file itself.
+    v1: frozenset[str] = frozenset()
 
 
 def parse_step(prefix: str) -> int | None:
@@ -272,7 +284,7 @@ def scan_result(listing: Listing, checkpoints: Iterable[DiscoveredCheckpoint]) -
 
 def directory_format(checkpoints: Iterable[DiscoveredCheckpoint]) -> str | None:
     """TF1 or TF2, whichever most readable checkpoints have; None when none is readable."""
-    formats = Counter(c.format for c in checkpoints if c.format in (TF1, TF2))
+    formats = Counter(TF1 if c.format == TF1_V1 else c.format for c in checkpoints if c.format in (TF1, TF1_V1, TF2))
     if not formats:
         return None
     return formats.most_common(1)[0][0]
@@ -305,6 +317,7 @@ def _list(directory: str, roots: list[str | os.PathLike[str]]) -> Listing:
     shards: dict[str, list[tuple[int, int, os.DirEntry[str]]]] = {}  # prefix -> (shard, count, entry)
     state_candidates: list[str] = []
     problems: list[str] = []
+    others: dict[str, os.DirEntry[str]] = {}
     try:
         with os.scandir(directory) as iterator:
             for entry in iterator:
@@ -314,7 +327,7 @@ def _list(directory: str, roots: list[str | os.PathLike[str]]) -> Listing:
                         problems.append(f"{entry.name} is a symbolic link leading outside the checkpoint "
                                         "roots; ignored")
                         continue
-                    _sort_entry(entry, indexes, metas, shards, state_candidates)
+                    _sort_entry(entry, indexes, metas, shards, state_candidates, others)
                 except OSError:
                     # Deleted between the listing and the stat: a concurrent prune or save.
                     # The next scan sees the settled state.
@@ -323,6 +336,14 @@ def _list(directory: str, roots: list[str | os.PathLike[str]]) -> Listing:
         return Listing(directory=directory, prefixes=[], state_files=[], orphans=[], meta_sources={},
                        problems=[f"cannot read directory {directory}: {exc.strerror or exc}"])
 
+    v1, sharded_v1 = _v1_checkpoints(others, indexes, metas)
+    problems.extend(
+        f"{name}: a sharded checkpoint in TensorFlow's V1 format, which is not supported "
+        "(re-save it in the V2 format to see it here)" for name in sharded_v1
+    )
+    if v1:
+        indexes.update(v1)
+        state_candidates = [name for name in state_candidates if name not in v1]
     state_files = _read_state_files(directory, state_candidates, indexes, problems)
 
     orphans = []
@@ -351,6 +372,7 @@ def _list(directory: str, roots: list[str | os.PathLike[str]]) -> Listing:
         shards=shards,
         steps={prefix: names[prefix][1] for prefix in indexes},
         timestamps=_state_timestamps(state_files),
+        v1=frozenset(v1),
     )
 
 
@@ -376,7 +398,9 @@ def _describe_many(
         if stated is None:
             continue  # its index was deleted since the listing: a concurrent prune
         index, found, meta = stated
-        if len(found) == 1 and found[0][0] == 0 and found[0][1] == 1:
+        if prefix in listing.v1:
+            data, shard_problems = [], []  # the one file is index and data at once
+        elif len(found) == 1 and found[0][0] == 0 and found[0][1] == 1:
             data, shard_problems = [found[0][2]], []  # the usual single shard: nothing to check
         else:
             data = [info for _, _, info in found]
@@ -384,7 +408,7 @@ def _describe_many(
         files = [index, *data, meta] if meta is not None else [index, *data]
         checkpoints.append(_describe(base, prefix, steps[prefix], index, files, meta is not None,
                                      shard_problems, known.get(prefix), meta_sources.get(prefix),
-                                     timestamps, reader))
+                                     timestamps, reader, v1=prefix in listing.v1))
     return checkpoints
 
 
@@ -662,6 +686,7 @@ def _sort_entry(
     metas: dict[str, os.DirEntry[str]],
     shards: dict[str, list[tuple[int, int, os.DirEntry[str]]]],
     state_candidates: list[str],
+    others: dict[str, os.DirEntry[str]],
 ) -> None:
     # is_file() comes from the listing itself (d_type): it skips e.g. the PREFIX_temp/ directory
     # of a save in progress without a system call.
@@ -677,8 +702,42 @@ def _sort_entry(
         metas[name[:-5]] = entry
     elif ".data-" in name and (match := _DATA_FILE.fullmatch(name)):
         shards.setdefault(match["prefix"], []).append((int(match["shard"]), int(match["count"]), entry))
-    elif could_be_state_file(name, entry.stat().st_size):
-        state_candidates.append(name)
+    else:
+        others[name] = entry  # maybe a V1 checkpoint: decided once the whole listing is known
+        if could_be_state_file(name, entry.stat().st_size):
+            state_candidates.append(name)
+
+
+def _v1_checkpoints(
+    others: Mapping[str, os.DirEntry[str]], indexes: Mapping[str, os.DirEntry[str]],
+    metas: Mapping[str, os.DirEntry[str]],
+) -> tuple[dict[str, os.DirEntry[str]], list[str]]:
+    """The V1 checkpoints among files no other rule claimed: prefix -> its one file; and the files
+    of sharded V1 checkpoints, which are only reported (their prefix is a glob pattern).
+
+    Only names that look like a checkpoint (a step suffix, or a ``.meta`` beside them) are opened,
+    and of those only the last 8 bytes: a V1 checkpoint is a table ending in the table magic.
+    """
+    found: dict[str, os.DirEntry[str]] = {}
+    sharded: list[str] = []
+    for name, entry in sorted(others.items()):
+        if name in indexes or (name not in metas and _split_step(name)[1] is None):
+            continue
+        try:
+            if entry.stat().st_size < _TABLE_FOOTER_BYTES:
+                continue
+            with open(entry.path, "rb") as handle:
+                handle.seek(-len(_TABLE_MAGIC), os.SEEK_END)
+                tail = handle.read(len(_TABLE_MAGIC))
+        except OSError:
+            continue  # deleted or unreadable meanwhile: the next scan sees the settled state
+        if tail != _TABLE_MAGIC:
+            continue
+        if _V1_SHARD.fullmatch(name):
+            sharded.append(name)
+        else:
+            found[name] = entry
+    return found, sharded
 
 
 _SINGLE_SHARD = ".data-00000-of-00001"
@@ -772,6 +831,8 @@ def _describe(
     meta_source: str | None,
     timestamps: Mapping[str, float],
     reader: _IndexReader,
+    *,
+    v1: bool = False,
 ) -> DiscoveredCheckpoint:
     digest = _digest(files)
     cached = _cached_outcome(known_fingerprint, digest)
@@ -783,6 +844,8 @@ def _describe(
     else:
         try:
             fmt, variables = reader.read(base + prefix)
+            if v1 and fmt == TF1:
+                fmt = TF1_V1
         except _UnreadableIndex as exc:
             fmt = UNKNOWN_FORMAT
             transient = not exc.corrupt
@@ -872,7 +935,7 @@ def _cached_outcome(known_fingerprint: str | None, digest: str) -> str | None:
     if not known_fingerprint:
         return None
     fmt, _, known_digest = known_fingerprint.rpartition(":")
-    if known_digest == digest and fmt in (TF1, TF2, UNKNOWN_FORMAT):
+    if known_digest == digest and fmt in (TF1, TF1_V1, TF2, UNKNOWN_FORMAT):
         return fmt
     return None
 

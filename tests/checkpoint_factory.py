@@ -198,6 +198,41 @@ def make_sharded_checkpoint(directory: str | os.PathLike[str], *, step: int = 7)
                              variables={"shard_a": (3,), "shard_b": (5,)})
 
 
+# --- TensorFlow's old V1 format ---------------------------------------------------------------
+
+
+@dataclass
+class V1Run:
+    directory: str
+    prefixes: list[str]  # model.ckpt-STEP, oldest first: each one file, no .index
+    steps: list[int]
+    variables: dict[str, tuple[int, ...]]
+
+
+def make_v1_run(directory: str | os.PathLike[str], steps: tuple[int, ...] = (10, 20, 30)) -> V1Run:
+    """``Saver(write_version=V1)``: one table file per checkpoint named like its prefix, a
+    ``.meta`` beside each, and the usual ``checkpoint`` state file (absolute paths)."""
+    tf = _tf()
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    prefixes = []
+    with tf.Graph().as_default():
+        tf.compat.v1.get_variable("dense/kernel", [3, 4])
+        tf.compat.v1.get_variable("dense/bias", [4])
+        saver = tf.compat.v1.train.Saver(write_version=tf.compat.v1.train.SaverDef.V1, max_to_keep=None)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            for step in steps:
+                prefixes.append(os.path.basename(saver.save(sess, os.path.join(directory, "model.ckpt"),
+                                                            global_step=step)))
+    for prefix in prefixes:
+        if os.path.exists(os.path.join(directory, prefix + ".index")) or not os.path.isfile(
+                os.path.join(directory, prefix)):
+            raise RuntimeError(f"TensorFlow did not write the V1 format: {sorted(os.listdir(directory))}")
+    return V1Run(directory=directory, prefixes=prefixes, steps=list(steps),
+                 variables={"dense/kernel": (3, 4), "dense/bias": (4,)})
+
+
 # --- many tiny checkpoints, fast --------------------------------------------------------------
 
 

@@ -33,6 +33,8 @@ def checkpoint_verify(request: HttpRequest, name: str, pk: int) -> HttpResponse:
         messages.error(request, " ".join(form.errors.get("output", ["Invalid request."])))
     elif checkpoint.status == Checkpoint.PRUNED:
         messages.error(request, f"{checkpoint.prefix} was pruned: there is nothing left to verify.")
+    elif checkpoint.v1_refusal:
+        messages.error(request, checkpoint.v1_refusal)
     elif start_job(request, Job.RESTORE, run=checkpoint.run, checkpoint=checkpoint, params=form.job_params()):
         messages.success(request, f"Verifying {checkpoint.prefix}: every tensor is read and checked.")
     return redirect(checkpoint)
@@ -40,6 +42,9 @@ def checkpoint_verify(request: HttpRequest, name: str, pk: int) -> HttpResponse:
 
 def checkpoint_freeze(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     checkpoint = _checkpoint(request, name, pk, access.OPERATE)
+    if checkpoint.v1_refusal:
+        messages.error(request, checkpoint.v1_refusal)
+        return redirect(checkpoint)
     form = FreezeForm(request.POST if request.method == "POST" else None, checkpoint=checkpoint)
     if request.method == "POST" and form.is_valid():
         params = form.job_params()
@@ -57,6 +62,9 @@ def checkpoint_freeze(request: HttpRequest, name: str, pk: int) -> HttpResponse:
 
 def checkpoint_partial_restore(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     checkpoint = _checkpoint(request, name, pk, access.OPERATE)
+    if checkpoint.v1_refusal:
+        messages.error(request, checkpoint.v1_refusal)
+        return redirect(checkpoint)
     form = PartialRestoreForm(request.POST if request.method == "POST" else None, checkpoint=checkpoint)
     if request.method == "POST" and form.is_valid():
         job = start_job(request, Job.RESTORE, run=checkpoint.run, checkpoint=checkpoint, params=form.job_params())

@@ -18,7 +18,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from dashboard import access
-from dashboard.forms import PinForm, RetentionPolicyForm
+from dashboard.forms import PinForm, RetentionPolicyForm, unrecorded_metric_warning
 from dashboard.models import AuditEvent, Checkpoint, Job, Run
 from dashboard.views.common import start_job
 
@@ -38,6 +38,8 @@ def retention_policy(request: HttpRequest, name: str) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         changes = run.update_retention(form.cleaned_data, actor=request.user)
         messages.success(request, "Retention policy saved; this is what it would prune." if changes else "Nothing changed.")
+        # A rule that keeps nothing (best-N by a metric never recorded) is saved as asked; the
+        # preview this leads to says so next to the plan.
         return redirect("run-prune", run.name)
     return render(request, "dashboard/retention_policy.html", {"run": run, "form": form})
 
@@ -50,13 +52,15 @@ def prune_preview(request: HttpRequest, name: str) -> HttpResponse:
         plan = run.plan_retention(facts=facts)
     except ValueError as exc:
         return render(request, "dashboard/prune_preview.html", {"run": run, "policy_error": str(exc)})
+    policy = run.retention_policy()
     rows = _plan_rows(run, plan, facts)
     shown = [r for r in rows if show == "all" or (r["keep"] == (show == "keep"))]
     return render(
         request,
         "dashboard/prune_preview.html",
         {
-            "run": run, "plan": plan, "policy": run.retention_policy(), "show": show,
+            "run": run, "plan": plan, "policy": policy, "show": show,
+            "policy_warnings": _policy_warnings(policy, facts),
             "page": Paginator(shown, PLAN_PAGE_SIZE).get_page(request.GET.get("page")),
             "timeline": _timeline(rows), "running": run.running_prune(),
             "recent_prunes": list(run.jobs.filter(kind=Job.PRUNE).order_by("-created_at")[:3]),
@@ -146,6 +150,19 @@ def _metric_names(run: Run) -> list[str]:
     # The newest checkpoints say which metrics training records; enough for the form's suggestions.
     recent = run.checkpoints.order_by("-saved_at").values_list("metrics", flat=True)[:200]
     return sorted({name for metrics in recent for name in (metrics or {})})
+
+
+def _policy_warnings(policy, facts) -> list[str]:
+    """Rules of the policy that keep nothing for this run although they look meant to."""
+    metric = policy.best_metric
+    if not policy.keep_best_n or not metric:
+        return []
+    recorded: set[str] = set()
+    for f in facts:
+        if metric in f.metrics:
+            return []
+        recorded.update(f.metrics)
+    return [unrecorded_metric_warning(metric, policy.keep_best_n, sorted(recorded))]
 
 
 def _plan_rows(run: Run, plan, facts) -> list[dict]:

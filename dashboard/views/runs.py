@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, Exists, Max, OuterRef, Q, Sum
@@ -80,22 +82,28 @@ def run_detail(request: HttpRequest, name: str) -> HttpResponse:
 
 
 def run_chart(request: HttpRequest, name: str) -> JsonResponse:
-    """Size and metrics over steps, thinned to at most ``CHART_MAX_POINTS`` evenly spaced points."""
+    """Size and metrics over steps, thinned to at most ``CHART_MAX_POINTS`` evenly spaced points.
+
+    Steps whose files are gone (pruned, missing) stay on the metric curves, flagged in ``gone``:
+    what training measured does not go away with the files. They have no size on disk (null).
+    """
     run = access.get_run_for_user(request, name)
-    ids = list(run.checkpoints.on_disk().exclude(step=None).order_by("step").values_list("id", flat=True))
+    ids = list(run.checkpoints.exclude(step=None).order_by("step").values_list("id", flat=True))
     stride = max(1, -(-len(ids) // CHART_MAX_POINTS))
     chosen = ids[::stride]
     if ids and chosen[-1] != ids[-1]:
         chosen.append(ids[-1])
     points = list(
-        Checkpoint.objects.filter(id__in=chosen).order_by("step").values_list("step", "size_bytes", "metrics")
+        Checkpoint.objects.filter(id__in=chosen).order_by("step").values_list("step", "size_bytes", "metrics", "status")
     )
-    metric_names = sorted({k for _, _, m in points for k, v in (m or {}).items() if isinstance(v, int | float)})
+    gone = [status in (Checkpoint.PRUNED, Checkpoint.MISSING) for *_, status in points]
+    metric_names = sorted({k for _, _, m, _ in points for k, v in (m or {}).items() if isinstance(v, int | float)})
     return JsonResponse(
         {
             "steps": [p[0] for p in points],
-            "size_bytes": [p[1] for p in points],
+            "size_bytes": [None if g else p[1] for p, g in zip(points, gone, strict=True)],
             "metrics": {n: [(p[2] or {}).get(n) for p in points] for n in metric_names},
+            "gone": gone,
             "total": len(ids),
             "shown": len(points),
         }
@@ -126,12 +134,22 @@ def run_trust(request: HttpRequest, name: str) -> HttpResponse:
 def checkpoint_detail(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     run = access.get_run_for_user(request, name)
     checkpoint = get_object_or_404(Checkpoint.objects.select_related("meta_source", "source"), run=run, pk=pk)
+    files_left = None
+    if not checkpoint.on_disk:
+        # The row keeps what was recorded; the page says what is really left (often a .meta that
+        # later checkpoints restore with). Base names only, looked up inside the run directory.
+        files_left = [
+            f for f in checkpoint.files or []
+            if os.path.lexists(os.path.join(run.directory, os.path.basename(f["name"])))
+        ]
     return render(
         request,
         "dashboard/checkpoint_detail.html",
         {
             "run": run,
             "checkpoint": checkpoint,
+            "files_left": files_left,
+            "bytes_left": sum(f["size"] for f in files_left or []),
             "exports": list(checkpoint.exports.all()),
             "meta_dependents": checkpoint.meta_dependents.count() if checkpoint.has_own_meta else 0,
             "jobs": list(checkpoint.jobs.order_by("-created_at")[:5]),

@@ -79,6 +79,9 @@ def test_edit_policy_preview_prune_and_see_history_and_disk_change(tracked, e2e_
     for step in KEPT_STEPS:
         expect(_row(page, "table.history tr.status-present", f"model.ckpt-{step}")).to_have_count(1)
     expect(_row(page, "table.history tr.status-pruned", "model.ckpt-275").locator(".badge")).to_have_text("pruned")
+    # Pruned rows show that their files are gone, not their old size; the chart keeps their points.
+    expect(_row(page, "table.history tr.status-pruned", "model.ckpt-275").locator(".files-gone")).to_have_text("gone")
+    expect(page.locator("#history-chart-gone")).to_be_visible()
     tracked.shot("run-after-prune")
 
     # The disk: exactly what the plan kept (the newest five, the .meta they restore with, the

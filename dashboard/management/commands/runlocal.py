@@ -2,6 +2,9 @@
 
 A private redis-server (unless ``REDIS_URL`` is set), one RQ worker that preloads TensorFlow, the
 RQ cron scheduler (periodic rescans), and the web server on http://127.0.0.1:8000.
+
+It supervises them: a child that exits is started again (with a growing delay if it keeps
+exiting), and so is the private redis-server if it dies; the worker and scheduler wait for it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from dashboard.localredis import PrivateRedis
+
+RESTART_FIRST_SECONDS = 1.0
+RESTART_MAX_SECONDS = 30.0
+# A child that ran this long before exiting was not crash-looping: restart it without delay.
+STABLE_SECONDS = 60.0
 
 
 def _die_with_parent() -> None:
@@ -68,26 +76,59 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
+        started_at: dict[str, float] = {}
+        delays: dict[str, float] = {}
+        restart_at: dict[str, float] = {}
+
+        def spawn(name: str) -> None:
+            children[name] = subprocess.Popen(
+                commands[name], env=env, cwd=settings.BASE_DIR, start_new_session=True, preexec_fn=_die_with_parent
+            )
+            started_at[name] = time.monotonic()
+
         try:
-            for name, cmd in commands.items():
-                children[name] = subprocess.Popen(
-                    cmd, env=env, cwd=settings.BASE_DIR, start_new_session=True, preexec_fn=_die_with_parent
-                )
+            for name in commands:
+                spawn(name)
             self.stdout.write(self.style.SUCCESS(
                 f"Dashboard on http://{options['addr']}/  (Ctrl-C stops the web server, worker and queue)"
             ))
+            redis_retry_at = 0.0
             while not stopping:
-                for name, child in children.items():
-                    if child.poll() is not None:
-                        self.stderr.write(f"{name} exited with code {child.returncode}; stopping everything")
-                        stopping = True
-                        break
+                now = time.monotonic()
+                if private_redis is not None and not private_redis.running and now >= redis_retry_at:
+                    redis_retry_at = self._restart_redis(private_redis, now)
+                for name, child in list(children.items()):
+                    if child.poll() is None:
+                        continue
+                    if name not in restart_at:
+                        if now - started_at[name] >= STABLE_SECONDS:
+                            delays[name] = 0.0
+                        else:
+                            delays[name] = min(max(2 * delays.get(name, 0.0), RESTART_FIRST_SECONDS),
+                                               RESTART_MAX_SECONDS)
+                        restart_at[name] = now + delays[name]
+                        self.stderr.write(
+                            f"{name} exited with code {child.returncode}; restarting in {delays[name]:.0f} s"
+                        )
+                    elif now >= restart_at[name]:
+                        del restart_at[name]
+                        spawn(name)
                 time.sleep(0.3)
         finally:
             self._stop_all(children)
             if private_redis is not None:
                 private_redis.stop()
             self.stdout.write("Stopped.")
+
+    def _restart_redis(self, private_redis: PrivateRedis, now: float) -> float:
+        """Start the private redis-server again; return when to try next if that failed."""
+        self.stderr.write("redis-server (private) is not running; starting it again")
+        try:
+            private_redis.start()
+        except RuntimeError as exc:
+            self.stderr.write(f"redis-server did not start: {exc}; trying again in 5 s")
+            return now + 5
+        return 0.0
 
     @staticmethod
     def _stop_all(children: dict[str, subprocess.Popen]) -> None:
