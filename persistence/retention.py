@@ -470,6 +470,8 @@ def execute_plan(
         if not _on_disk(directory, state.latest):
             problems.append(f"{state.name} names {state.latest} as latest, which is not on disk")
         anchor = plan.last_preserved_timestamp or state.last_preserved_timestamp
+        if on_progress is not None:
+            on_progress(0, len(plan.files_to_delete), f"rewriting {state.name}")
         write_state_file(directory, state.name, latest=state.latest, all_prefixes=survivors,
                          timestamps=timestamps, last_preserved_timestamp=anchor)
         rewritten.append(state.name)
