@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from persistence.files import TEMP_MARKER, atomic_write_text
+from persistence.files import TEMP_MARKER, atomic_write_text, atomic_writer
 
 DEFAULT_STATE_FILE = "checkpoint"
 
@@ -52,6 +52,10 @@ _NEVER_STATE_FILE = re.compile(
 
 class StateFileError(ValueError):
     """A state file that cannot be read or is not a valid ``CheckpointState`` text proto."""
+
+
+class StateFileChanged(StateFileError):
+    """The state file is no longer what a rewrite was computed from (a trainer saved meanwhile)."""
 
 
 @dataclass
@@ -350,6 +354,25 @@ def read_state_file(directory: str, name: str = DEFAULT_STATE_FILE) -> StateFile
     return _parse_bytes(data, name, directory)
 
 
+def read_state_bytes(directory: str, name: str = DEFAULT_STATE_FILE) -> bytes | None:
+    """The raw content of ``directory/name`` (None when there is no such file), to parse with
+    :func:`parse_state_bytes` and later hand to ``write_state_file(unchanged_from=...)``."""
+    try:
+        with open(os.path.join(directory, name), "rb") as handle:
+            if os.fstat(handle.fileno()).st_size > MAX_STATE_FILE_BYTES:
+                raise StateFileError(f"{name} is larger than {MAX_STATE_FILE_BYTES} bytes: not a state file")
+            return handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateFileError(f"cannot read state file {name}: {exc.strerror or exc}") from exc
+
+
+def parse_state_bytes(data: bytes, name: str, directory: str) -> StateFile:
+    """Parse what :func:`read_state_bytes` read; raise :class:`StateFileError` if it is not a state file."""
+    return _parse_bytes(data, name, directory)
+
+
 def _parse_bytes(data: bytes, name: str, directory: str) -> StateFile:
     try:
         text = data.decode("utf-8")
@@ -482,16 +505,35 @@ def write_state_file(
     all_prefixes: list[str],
     timestamps: dict[str, float] | None = None,
     last_preserved_timestamp: float | None = None,
+    unchanged_from: bytes | None = None,
 ) -> None:
     """Atomically (re)write ``directory/name`` with base-name paths, as TensorFlow would write it.
 
     ``tf.train.latest_checkpoint`` / ``get_checkpoint_state`` read it back, and a new ``Saver`` or
     ``CheckpointManager`` carries on in the directory. Used to prune (rewrite after deleting) and
     to "make latest" (rollback). See :func:`format_state_text` for the rules.
+
+    With ``unchanged_from`` (the content the new state was computed from), the file is replaced
+    only if it still holds exactly that content, compared after the new file is written and
+    synced, just before the replace; otherwise nothing changes and :class:`StateFileChanged` is
+    raised. A trainer does not take our locks, so this is the only way to notice that its
+    ``Saver`` rewrote the file meanwhile; comparing content rather than mtime also catches two
+    writes within the file system's timestamp resolution.
     """
     if latest == name:
         # TensorFlow refuses this too: the state file would overwrite the checkpoint's own name.
         raise ValueError(f"checkpoint {latest!r} has the same name as the state file")
     text = format_state_text(latest=latest, all_prefixes=all_prefixes, timestamps=timestamps,
                              last_preserved_timestamp=last_preserved_timestamp)
-    atomic_write_text(os.path.join(directory, name), text)
+    if unchanged_from is None:
+        atomic_write_text(os.path.join(directory, name), text)
+        return
+    path = os.path.join(directory, name)
+    with atomic_writer(path) as handle:
+        handle.write(text.encode("utf-8"))
+        handle.flush()
+        os.fsync(handle.fileno())
+        # Last moment before the replace: leaving the block raises (the temporary file is removed)
+        # or replaces at once, the sync above being done.
+        if read_state_bytes(directory, name) != unchanged_from:
+            raise StateFileChanged(f"{name} changed while it was being rewritten")
