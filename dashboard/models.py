@@ -157,7 +157,17 @@ class Run(models.Model):
         stamp: str,
     ) -> tuple[dict[str, int], int]:
         """``apply_scan`` for checkpoints that arrive in chunks (each stored as it comes); also
-        returns how many checkpoints were found. ``chunks`` must hold every checkpoint on disk."""
+        returns how many checkpoints were found. ``chunks`` must hold every checkpoint on disk.
+
+        Producing a chunk reads index files (TensorFlow): that happens outside any transaction.
+        Each chunk is then stored in a short transaction of its own, and the run-wide updates
+        (missing rows, latest flags, the run's fields) in a last one, each under the run's row
+        lock, which prunes, saves, pins and other scans of the run take too. So a writer waits for
+        at most one chunk, never for the whole scan (on SQLite a long transaction stops every other
+        writer), and what another writer did meanwhile is seen before anything is written:
+        rows it inserted are not inserted again, rows whose status it changed are not overwritten
+        with what this scan read before (see ``Checkpoint.STATUS_TRANSITIONS``).
+        """
         now = now or timezone.now()
         latest_by_prefix: dict[str, list[str]] = {}
         for state in state_files:
@@ -166,52 +176,46 @@ class Run(models.Model):
         default_state = next((s for s in state_files if s.name == "checkpoint"), None)
         found: dict[str, discovery.DiscoveredCheckpoint] = {}
 
+        # Plain tuples, not model instances: a rescan of a large run must stay a few queries.
+        existing = {
+            prefix: (pk, status) for pk, prefix, status in self.checkpoints.values_list("id", "prefix", "status")
+        }
+        ids = {prefix: pk for prefix, (pk, _) in existing.items()}  # and of new rows once inserted
+        unlinked: dict[str, list[str]] = {}  # meta source -> new rows inserted before it
+        counts = {"created": 0, "updated": 0, "missing": 0, "stale": 0}
+        touched: set[str] = set()
+        created_at = timezone.now()
+        shared: dict = {}  # identical variable lists are encoded once
+        for chunk in chunks:
+            for found_ckpt in chunk:
+                found[found_ckpt.prefix] = found_ckpt
+            with transaction.atomic():
+                self._lock_row()
+                self._store_chunk(chunk, existing, ids, unlinked, found, shared, created_at, counts, touched)
+
+        gone = [p for p, (_, status) in existing.items() if p not in found and status != Checkpoint.PRUNED]
         with transaction.atomic():
-            # Plain tuples, not model instances: a rescan of a large run must stay a few queries.
-            existing = {
-                prefix: (pk, status)
-                for pk, prefix, status in self.checkpoints.values_list("id", "prefix", "status")
-            }
-            ids = {prefix: pk for prefix, (pk, _) in existing.items()}  # and of new rows once inserted
-            unlinked: dict[str, list[str]] = {}  # meta source -> new rows inserted before it
-            created, updated = 0, []
-            created_at, run_id = timezone.now(), self.pk
-            shared: dict = {}  # identical variable lists are encoded once
-            for chunk in chunks:
-                rows = []
-                for found_ckpt in chunk:
-                    prefix = found_ckpt.prefix
-                    found[prefix] = found_ckpt
-                    known = existing.get(prefix)
-                    if known is None:
-                        values = Checkpoint.discovery_values(found_ckpt, shared=shared)
-                        values.update(run_id=run_id, prefix=prefix, recorded_at=created_at)
-                        rows.append(values)
-                    elif not found_ckpt.unchanged:
-                        # Missing and pruned rows are left out of ``known_fingerprints``, so every row
-                        # here was re-read by discovery and all its fields are fresh.
-                        updated.append(
-                            Checkpoint(pk=known[0], run=self, prefix=prefix, **Checkpoint.discovery_values(found_ckpt))
-                        )
-                created += len(rows)
-                self._insert_linked(rows, found, ids, unlinked)
+            self._lock_row()
             for source, prefixes in unlinked.items():
                 if source in ids:
                     for start in range(0, len(prefixes), 5000):
                         self.checkpoints.filter(prefix__in=prefixes[start : start + 5000]).update(
                             meta_source_id=ids[source]
                         )
-            detail_fields = [
-                "step", "status", "format", "files", "has_own_meta", "size_bytes", "saved_at",
-                "variables", "variable_count", "fingerprint", "problems",
-            ]
-            Checkpoint.objects.bulk_update(updated, detail_fields, batch_size=500)
+            if gone and self.running_prune() is not None:
+                # A prune is deleting files right now: the rows it deletes are its to mark
+                # (pruned), not missing. Anything else gone is marked by the next scan.
+                counts["stale"] += len(gone)
+            else:
+                for start in range(0, len(gone), 5000):
+                    missing = (
+                        self.checkpoints.filter(prefix__in=gone[start : start + 5000])
+                        .may_become(Checkpoint.MISSING)
+                        .exclude(status=Checkpoint.MISSING)
+                    )
+                    counts["missing"] += missing.update(status=Checkpoint.MISSING)
 
-            gone = [p for p, (_, status) in existing.items() if p not in found and status != Checkpoint.PRUNED]
-            missing = self.checkpoints.filter(prefix__in=gone).exclude(status=Checkpoint.MISSING)
-            missing_count = missing.update(status=Checkpoint.MISSING) if gone else 0
-
-            self._link_meta_sources(found, touched={r.prefix for r in updated})
+            self._link_meta_sources(found, touched=touched)
             self._mark_latest(latest_by_prefix)
 
             self.format = discovery.directory_format(found.values()) or self.format
@@ -220,14 +224,72 @@ class Run(models.Model):
             self.state_files = [{"name": s.name, "latest": s.latest, "problem": s.problem} for s in state_files]
             self.scan_problems = list(problems)
             self.last_scanned_at = now
-            self.directory_stamp = stamp
+            # Rows left as another writer had them were not reconciled: the next scan must not
+            # take the directory as unchanged.
+            self.directory_stamp = "" if counts["stale"] else stamp
             self.save(
                 update_fields=[
                     "format", "latest_prefix", "last_preserved_timestamp", "state_files",
                     "scan_problems", "last_scanned_at", "directory_stamp",
                 ]
             )
-        return {"created": created, "updated": len(updated), "missing": missing_count}, len(found)
+        stale = counts.pop("stale")
+        if stale:
+            counts["left_to_next_scan"] = stale
+        return counts, len(found)
+
+    def _lock_row(self) -> None:
+        # The run's row lock (on SQLite the IMMEDIATE transaction already holds the write lock).
+        Run.objects.select_for_update().filter(pk=self.pk).first()
+
+    def _store_chunk(
+        self, chunk: list[discovery.DiscoveredCheckpoint], existing: dict[str, tuple[int, str]],
+        ids: dict[str, int], unlinked: dict[str, list[str]], found: dict[str, discovery.DiscoveredCheckpoint],
+        shared: dict, created_at: dt.datetime, counts: dict[str, int], touched: set[str],
+    ) -> None:
+        """Store one chunk of a scan; call under the run's row lock. See ``_record_scan``."""
+        rows, changed = [], []
+        for found_ckpt in chunk:
+            known = existing.get(found_ckpt.prefix)
+            if known is None:
+                values = Checkpoint.discovery_values(found_ckpt, shared=shared)
+                values.update(run_id=self.pk, prefix=found_ckpt.prefix, recorded_at=created_at)
+                rows.append(values)
+            elif not found_ckpt.unchanged:
+                # Missing and pruned rows are left out of ``known_fingerprints``, so every row
+                # here was re-read by discovery and all its fields are fresh.
+                changed.append((known, found_ckpt))
+        if rows:
+            # Another scan or a save job may have recorded some of them since ``existing`` was read.
+            recorded = dict(
+                self.checkpoints.filter(prefix__in=[r["prefix"] for r in rows]).values_list("prefix", "id")
+            )
+            if recorded:
+                ids.update(recorded)
+                rows = [r for r in rows if r["prefix"] not in recorded]
+                counts["stale"] += len(recorded)
+        updated = []
+        if changed:
+            now_status = dict(
+                Checkpoint.objects.filter(pk__in=[pk for (pk, _), _ in changed]).values_list("id", "status")
+            )
+            for (pk, status), found_ckpt in changed:
+                current = now_status.get(pk)
+                if current != status or not Checkpoint.may_move(current, found_ckpt.status):
+                    counts["stale"] += 1  # changed by another writer since this scan read it
+                    continue
+                updated.append(
+                    Checkpoint(pk=pk, run=self, prefix=found_ckpt.prefix, **Checkpoint.discovery_values(found_ckpt))
+                )
+        detail_fields = [
+            "step", "status", "format", "files", "has_own_meta", "size_bytes", "saved_at",
+            "variables", "variable_count", "fingerprint", "problems",
+        ]
+        Checkpoint.objects.bulk_update(updated, detail_fields, batch_size=500)
+        touched.update(r.prefix for r in updated)
+        counts["created"] += len(rows)
+        counts["updated"] += len(updated)
+        self._insert_linked(rows, found, ids, unlinked)
 
     def _insert_linked(
         self, rows: list[dict], found: dict[str, discovery.DiscoveredCheckpoint], ids: dict[str, int],
@@ -404,6 +466,8 @@ class Run(models.Model):
         found = discovery.describe_checkpoint(self.directory, saved.prefix, meta_source=saved.meta_source)
         values = {**Checkpoint.discovery_values(found), "metrics": dict(saved.metrics), "recorded_at": timezone.now()}
         with transaction.atomic():
+            # A scan of this run may be storing this very prefix: the run lock orders the two.
+            self._lock_row()
             if saved.meta_source:
                 values["meta_source_id"] = self.checkpoints.filter(prefix=saved.meta_source).values_list(
                     "id", flat=True
@@ -793,6 +857,9 @@ class Run(models.Model):
         )
         gone = set(result.deleted) | set(result.already_gone)
         with transaction.atomic():
+            # The lock a scan takes to store what it found: a scan that read the directory
+            # mid-prune then sees these rows pruned, and leaves them so.
+            self._lock_row()
             pruned = self._mark_pruned(plan, gone, job)
             # A prune keeps every state file's latest; what changes is the anchor of the hours rule,
             # which the engine wrote into the default state file (no need to re-read them all).
@@ -873,7 +940,7 @@ class Run(models.Model):
         for (note,), pks in emptied.items():
             # One UPDATE per distinct note (usually one), in chunks SQLite accepts.
             for start in range(0, len(pks), 5000):
-                Checkpoint.objects.filter(pk__in=pks[start : start + 5000]).update(
+                Checkpoint.objects.filter(pk__in=pks[start : start + 5000]).may_become(Checkpoint.PRUNED).update(
                     status=Checkpoint.PRUNED, files=[], latest_in=[], problems=[note]
                 )
         return pruned
@@ -906,6 +973,11 @@ def _cached_adapter(adapt_value):
 class CheckpointQuerySet(models.QuerySet):
     def on_disk(self) -> CheckpointQuerySet:
         return self.exclude(status__in=[Checkpoint.PRUNED, Checkpoint.MISSING])
+
+    def may_become(self, status: str) -> CheckpointQuerySet:
+        """Only the rows whose status may move to ``status`` (``Checkpoint.STATUS_TRANSITIONS``):
+        filter every bulk status update through this, so that the rule holds however rows are read."""
+        return self.filter(status__in=[s for s, targets in Checkpoint.STATUS_TRANSITIONS.items() if status in targets])
 
     def insert_many(self, rows: list[dict], batch_size: int = 5000) -> None:
         """Insert new rows, given as ``{attname: value}`` dicts: one ``executemany`` per batch, or
@@ -979,6 +1051,15 @@ class Checkpoint(models.Model):
     PRESENT, INCOMPLETE, CORRUPT = discovery.PRESENT, discovery.INCOMPLETE, discovery.CORRUPT
     VERIFIED, PRUNED, MISSING = "verified", "pruned", "missing"
     STATUS_CHOICES = [(s, s) for s in (PRESENT, INCOMPLETE, CORRUPT, VERIFIED, PRUNED, MISSING)]
+    # Where a status may move. A pruned checkpoint was deleted on purpose: its files being gone
+    # is what pruned means, so it never becomes missing (a scan that read the directory while a
+    # prune was deleting would say so), and it is not verified without being found again first.
+    # It comes back only when a scan finds its files on disk again (a trainer re-saved the step).
+    _ANY = frozenset({PRESENT, INCOMPLETE, CORRUPT, VERIFIED, PRUNED, MISSING})
+    STATUS_TRANSITIONS = {
+        PRESENT: _ANY, INCOMPLETE: _ANY, CORRUPT: _ANY, VERIFIED: _ANY, MISSING: _ANY,
+        PRUNED: frozenset({PRUNED, PRESENT, INCOMPLETE, CORRUPT}),
+    }
 
     run = models.ForeignKey(Run, related_name="checkpoints", on_delete=models.CASCADE)
     prefix = models.CharField(max_length=512)
@@ -1024,6 +1105,11 @@ class Checkpoint(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("checkpoint", args=[self.run.name, self.pk])
+
+    @classmethod
+    def may_move(cls, current: str | None, status: str) -> bool:
+        """Whether a row's status may go from ``current`` to ``status`` (None: a new row)."""
+        return current is None or status in cls.STATUS_TRANSITIONS.get(current, ())
 
     @property
     def is_latest(self) -> bool:
