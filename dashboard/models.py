@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from django.conf import settings
@@ -125,7 +126,7 @@ class Run(models.Model):
         # Meta sources first: the checkpoints that restore with them are then inserted linked.
         sources = set(listing.meta_sources.values())
         order = [p for p in listing.prefixes if p in sources] + [p for p in listing.prefixes if p not in sources]
-        chunks = discovery.describe_chunks(listing, order, known=known)
+        chunks = _slowed(discovery.describe_chunks(listing, order, known=known))
         with discovery.gc_paused():
             counts, found = self._record_scan(
                 chunks, listing.state_files, listing.problems, now=now, stamp=stamp or ""
@@ -944,6 +945,14 @@ class Run(models.Model):
                     status=Checkpoint.PRUNED, files=[], latest_in=[], problems=[note]
                 )
         return pruned
+
+
+def _slowed(chunks: Iterable[list]) -> Iterator[list]:
+    delay = getattr(settings, "SCAN_CHUNK_DELAY_SECONDS", 0)
+    for chunk in chunks:
+        if delay:
+            time.sleep(delay)  # fault-injection tests only (settings.SCAN_CHUNK_DELAY_SECONDS)
+        yield chunk
 
 
 def _cached_adapter(adapt_value):
