@@ -131,6 +131,10 @@ class Run(models.Model):
             counts, found = self._record_scan(
                 chunks, listing.state_files, listing.problems, now=now, stamp=stamp or ""
             )
+        if not stamp or discovery.directory_stamp(self.directory) != stamp:
+            # The directory changed while it was read (a trainer saved): the state files listed
+            # at the start may be older than what a save job recorded meanwhile.
+            self.refresh_latest()
         return {**counts, "unchanged_directory": False, "checkpoints": found, "problems": list(listing.problems)}
 
     def apply_scan(
@@ -436,14 +440,17 @@ class Run(models.Model):
         """Re-read the run's state files and update which rows are latest (no TensorFlow, no rescan)."""
         from persistence import statefile
 
-        states = [statefile.sniff_state_file(self.directory, n) for n in statefile.find_state_files(self.directory)]
-        states = [s for s in states if s is not None]
-        latest_by_prefix: dict[str, list[str]] = {}
-        for state in states:
-            if state.latest:
-                latest_by_prefix.setdefault(state.latest, []).append(state.name)
-        default = next((s for s in states if s.name == statefile.DEFAULT_STATE_FILE), None)
         with transaction.atomic():
+            # Read under the run lock, like a save job records the state file its Saver wrote: the
+            # flags written last are then never older than the file.
+            self._lock_row()
+            names = statefile.find_state_files(self.directory)
+            states = [s for s in (statefile.sniff_state_file(self.directory, n) for n in names) if s is not None]
+            latest_by_prefix: dict[str, list[str]] = {}
+            for state in states:
+                if state.latest:
+                    latest_by_prefix.setdefault(state.latest, []).append(state.name)
+            default = next((s for s in states if s.name == statefile.DEFAULT_STATE_FILE), None)
             self._mark_latest(latest_by_prefix)
             self.latest_prefix = (default.latest or "") if default else ""
             self.last_preserved_timestamp = default.last_preserved_timestamp if default else None

@@ -14,6 +14,7 @@ import uuid
 import pytest
 from django.core.management import call_command
 from django.db.models import Count
+from django.utils import timezone
 
 from dashboard import jobs
 from dashboard.models import Checkpoint, Job, Run
@@ -132,3 +133,26 @@ def test_scans_overlapping_a_prune_leave_its_rows_pruned(root, tmp_path, setting
     assert statuses == {Checkpoint.PRUNED: len(doomed)}
     kept = set(run.checkpoints.on_disk().values_list("prefix", flat=True))
     assert kept == set(many.prefixes[-3:]) == indexes_on_disk(run)
+
+
+def test_a_scan_outlasting_a_save_leaves_the_saves_latest_flagged(root, tmp_path, settings):
+    run = new_run(root)
+    factory.make_many_tiny_checkpoints(run.directory, 1500, family="older.ckpt", hardlink=True)
+    settings.SCAN_CHUNK_DELAY_SECONDS = 1.0
+    worker = recipes.start_worker(root, tmp_path / "worker.log", SLOW_RECIPE_STEP_DELAY="0.02")
+    try:
+        save = jobs.start(Job.SAVE, run=run, params=recipes.save_params(recipes.SLOW, steps=60, save_every=10))
+        wait_for(lambda: run.checkpoints.exists(), 120, what="the save's first checkpoint")
+        # Lists the directory (and its state file) now, then stores for seconds: the save ends meanwhile.
+        Run.objects.get(pk=run.pk).scan()
+        scanned = timezone.now()
+        recipes.wait_for_job(save, Job.ENDED, timeout=120)
+    finally:
+        worker.stop()
+    assert save.status == Job.FINISHED, save.error
+    assert save.ended_at < scanned, "the save did not end during the scan"
+
+    run.refresh_from_db()
+    newest = save.result["saved"][-1]["prefix"]
+    assert run.latest_prefix == newest
+    assert list(run.checkpoints.exclude(latest_in=[]).values_list("prefix", "latest_in")) == [(newest, ["checkpoint"])]
