@@ -156,3 +156,21 @@ def test_a_scan_outlasting_a_save_leaves_the_saves_latest_flagged(root, tmp_path
     newest = save.result["saved"][-1]["prefix"]
     assert run.latest_prefix == newest
     assert list(run.checkpoints.exclude(latest_in=[]).values_list("prefix", "latest_in")) == [(newest, ["checkpoint"])]
+
+
+def test_status_transitions_never_turn_pruned_into_missing(root):
+    run = new_run(root)
+    factory.make_many_tiny_checkpoints(run.directory, 3, hardlink=True)
+    run.scan()
+    run.checkpoints.filter(prefix="model.ckpt-1").update(status=Checkpoint.PRUNED)
+    assert set(run.checkpoints.may_become(Checkpoint.MISSING).values_list("prefix", flat=True)) == {
+        "model.ckpt-2", "model.ckpt-3"}
+    assert not Checkpoint.may_move(Checkpoint.PRUNED, Checkpoint.MISSING)
+    assert Checkpoint.may_move(Checkpoint.PRUNED, Checkpoint.PRESENT)  # its files were found again
+    assert Checkpoint.may_move(Checkpoint.MISSING, Checkpoint.PRUNED)  # a prune finishing its plan
+    for name in os.listdir(run.directory):
+        if name.startswith(("model.ckpt-1.", "model.ckpt-2.")) and not name.endswith(".meta"):
+            os.unlink(os.path.join(run.directory, name))
+    run.scan(full=True)
+    assert dict(run.checkpoints.values_list("prefix", "status")) == {
+        "model.ckpt-1": Checkpoint.PRUNED, "model.ckpt-2": Checkpoint.MISSING, "model.ckpt-3": Checkpoint.PRESENT}
