@@ -166,11 +166,12 @@ class Run(models.Model):
         returns how many checkpoints were found. ``chunks`` must hold every checkpoint on disk.
 
         Producing a chunk reads index files (TensorFlow): that happens outside any transaction.
-        Each chunk is then stored in a short transaction of its own, and the run-wide updates
-        (missing rows, latest flags, the run's fields) in a last one, each under the run's row
-        lock, which prunes, saves, pins and other scans of the run take too. So a writer waits for
-        at most one chunk, never for the whole scan (on SQLite a long transaction stops every other
-        writer), and what another writer did meanwhile is seen before anything is written:
+        What was read is then stored in short transactions (every ``SCAN_STORE_ROWS`` rows or
+        ``SCAN_STORE_SECONDS``), and the run-wide updates (missing rows, latest flags, the run's
+        fields) in a last one, each under the run's row lock, which prunes, saves, pins and other
+        scans of the run take too. So a writer waits for one store at most, never for the whole
+        scan (on SQLite a long transaction stops every other writer), and what another writer
+        did meanwhile is seen before anything is written:
         rows it inserted are not inserted again, rows whose status it changed are not overwritten
         with what this scan read before (see ``Checkpoint.STATUS_TRANSITIONS``).
         """
@@ -267,7 +268,7 @@ class Run(models.Model):
         ids: dict[str, int], unlinked: dict[str, list[str]], found: dict[str, discovery.DiscoveredCheckpoint],
         shared: dict, created_at: dt.datetime, counts: dict[str, int], touched: set[str],
     ) -> None:
-        """Store one chunk of a scan; call under the run's row lock. See ``_record_scan``."""
+        """Store checkpoints a scan has read; call under the run's row lock. See ``_record_scan``."""
         rows, changed = [], []
         for found_ckpt in chunk:
             known = existing.get(found_ckpt.prefix)
