@@ -7,9 +7,11 @@ our own save jobs the moment they write); RQ's own job records expire, our ``Job
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -130,11 +132,15 @@ class Run(models.Model):
         # Meta sources first: the checkpoints that restore with them are then inserted linked.
         sources = set(listing.meta_sources.values())
         order = [p for p in listing.prefixes if p in sources] + [p for p in listing.prefixes if p not in sources]
-        chunks = discovery.describe_chunks(listing, order, known=known)
+        chunks = _slowed(discovery.describe_chunks(listing, order, known=known))
         with discovery.gc_paused():
             counts, found = self._record_scan(
                 chunks, listing.state_files, listing.problems, now=now, stamp=stamp or ""
             )
+        if not stamp or discovery.directory_stamp(self.directory) != stamp:
+            # The directory changed while it was read (a trainer saved): the state files listed
+            # at the start may be older than what a save job recorded meanwhile.
+            self.refresh_latest()
         return {**counts, "unchanged_directory": False, "checkpoints": found, "problems": list(listing.problems)}
 
     def apply_scan(
@@ -162,7 +168,18 @@ class Run(models.Model):
         stamp: str,
     ) -> tuple[dict[str, int], int]:
         """``apply_scan`` for checkpoints that arrive in chunks (each stored as it comes); also
-        returns how many checkpoints were found. ``chunks`` must hold every checkpoint on disk."""
+        returns how many checkpoints were found. ``chunks`` must hold every checkpoint on disk.
+
+        Producing a chunk reads index files (TensorFlow): that happens outside any transaction.
+        What was read is then stored in short transactions (every ``SCAN_STORE_ROWS`` rows or
+        ``SCAN_STORE_SECONDS``), and the run-wide updates (missing rows, latest flags, the run's
+        fields) in a last one, each under the run's row lock, which prunes, saves, pins and other
+        scans of the run take too. So a writer waits for one store at most, never for the whole
+        scan (on SQLite a long transaction stops every other writer), and what another writer
+        did meanwhile is seen before anything is written:
+        rows it inserted are not inserted again, rows whose status it changed are not overwritten
+        with what this scan read before (see ``Checkpoint.STATUS_TRANSITIONS``).
+        """
         now = now or timezone.now()
         latest_by_prefix: dict[str, list[str]] = {}
         for state in state_files:
@@ -171,58 +188,54 @@ class Run(models.Model):
         default_state = next((s for s in state_files if s.name == "checkpoint"), None)
         found: dict[str, discovery.DiscoveredCheckpoint] = {}
 
+        # Plain tuples, not model instances: a rescan of a large run must stay a few queries.
+        existing = {
+            prefix: (pk, status) for pk, prefix, status in self.checkpoints.values_list("id", "prefix", "status")
+        }
+        ids = {prefix: pk for prefix, (pk, _) in existing.items()}  # and of new rows once inserted
+        unlinked: dict[str, list[str]] = {}  # meta source -> new rows inserted before it
+        counts = {"created": 0, "updated": 0, "missing": 0, "stale": 0}
+        touched: set[str] = set()
+        created_at = timezone.now()
+        shared: dict = {}  # identical variable lists are encoded once
+        pending: list[discovery.DiscoveredCheckpoint] = []
+        stored_at = time.monotonic()
+        for chunk in itertools.chain(chunks, [None]):  # None: store what is left
+            for found_ckpt in chunk or ():
+                found[found_ckpt.prefix] = found_ckpt
+            pending.extend(chunk or ())
+            if pending and (
+                chunk is None or len(pending) >= self.SCAN_STORE_ROWS
+                or time.monotonic() - stored_at >= self.SCAN_STORE_SECONDS
+            ):
+                with transaction.atomic():
+                    self._lock_row()
+                    self._store_chunk(pending, existing, ids, unlinked, found, shared, created_at, counts, touched)
+                pending, stored_at = [], time.monotonic()
+
+        gone = [p for p, (_, status) in existing.items() if p not in found and status != Checkpoint.PRUNED]
         with transaction.atomic():
-            # Plain tuples, not model instances: a rescan of a large run must stay a few queries.
-            existing = {
-                prefix: (pk, status)
-                for pk, prefix, status in self.checkpoints.values_list("id", "prefix", "status")
-            }
-            ids = {prefix: pk for prefix, (pk, _) in existing.items()}  # and of new rows once inserted
-            unlinked: dict[str, list[str]] = {}  # meta source -> new rows inserted before it
-            created, updated, unreadable = 0, [], []
-            created_at, run_id = timezone.now(), self.pk
-            shared: dict = {}  # identical variable lists are encoded once
-            for chunk in chunks:
-                rows = []
-                for found_ckpt in chunk:
-                    prefix = found_ckpt.prefix
-                    found[prefix] = found_ckpt
-                    known = existing.get(prefix)
-                    if known is None:
-                        values = Checkpoint.discovery_values(found_ckpt, shared=shared)
-                        values.update(run_id=run_id, prefix=prefix, recorded_at=created_at)
-                        rows.append(values)
-                    elif found_ckpt.status == discovery.UNREADABLE:
-                        # The index could not be read just now (permissions, I/O, memory): that says
-                        # nothing about the checkpoint, so its status and details stay as they were.
-                        unreadable.append(Checkpoint(pk=known[0], fingerprint=found_ckpt.fingerprint,
-                                                     problems=list(found_ckpt.problems)))
-                    elif not found_ckpt.unchanged:
-                        # Missing and pruned rows are left out of ``known_fingerprints``, so every row
-                        # here was re-read by discovery and all its fields are fresh.
-                        updated.append(
-                            Checkpoint(pk=known[0], run=self, prefix=prefix, **Checkpoint.discovery_values(found_ckpt))
-                        )
-                created += len(rows)
-                self._insert_linked(rows, found, ids, unlinked)
+            self._lock_row()
             for source, prefixes in unlinked.items():
                 if source in ids:
                     for start in range(0, len(prefixes), 5000):
                         self.checkpoints.filter(prefix__in=prefixes[start : start + 5000]).update(
                             meta_source_id=ids[source]
                         )
-            detail_fields = [
-                "step", "status", "format", "files", "has_own_meta", "size_bytes", "saved_at",
-                "variables", "variable_count", "fingerprint", "problems",
-            ]
-            Checkpoint.objects.bulk_update(updated, detail_fields, batch_size=500)
-            Checkpoint.objects.bulk_update(unreadable, ["fingerprint", "problems"], batch_size=500)
+            if gone and self.running_prune() is not None:
+                # A prune is deleting files right now: the rows it deletes are its to mark
+                # (pruned), not missing. Anything else gone is marked by the next scan.
+                counts["stale"] += len(gone)
+            else:
+                for start in range(0, len(gone), 5000):
+                    missing = (
+                        self.checkpoints.filter(prefix__in=gone[start : start + 5000])
+                        .may_become(Checkpoint.MISSING)
+                        .exclude(status=Checkpoint.MISSING)
+                    )
+                    counts["missing"] += missing.update(status=Checkpoint.MISSING)
 
-            gone = [p for p, (_, status) in existing.items() if p not in found and status != Checkpoint.PRUNED]
-            missing = self.checkpoints.filter(prefix__in=gone).exclude(status=Checkpoint.MISSING)
-            missing_count = missing.update(status=Checkpoint.MISSING) if gone else 0
-
-            self._link_meta_sources(found, touched={r.prefix for r in updated})
+            self._link_meta_sources(found, touched=touched)
             self._mark_latest(latest_by_prefix)
 
             self.format = discovery.directory_format(found.values()) or self.format
@@ -231,16 +244,86 @@ class Run(models.Model):
             self.state_files = [{"name": s.name, "latest": s.latest, "problem": s.problem} for s in state_files]
             self.scan_problems = list(problems)
             self.last_scanned_at = now
-            # An index that could not be read must be read again by the next scan, even when the
-            # directory has not changed meanwhile.
-            self.directory_stamp = "" if any(f.status == discovery.UNREADABLE for f in found.values()) else stamp
+            # Rows left as another writer had them were not reconciled, and an index that could not
+            # be read must be read again: either way the next scan must not take the directory as
+            # unchanged.
+            unreadable = any(f.status == discovery.UNREADABLE for f in found.values())
+            self.directory_stamp = "" if counts["stale"] or unreadable else stamp
             self.save(
                 update_fields=[
                     "format", "latest_prefix", "last_preserved_timestamp", "state_files",
                     "scan_problems", "last_scanned_at", "directory_stamp",
                 ]
             )
-        return {"created": created, "updated": len(updated), "missing": missing_count}, len(found)
+        stale = counts.pop("stale")
+        if stale:
+            counts["left_to_next_scan"] = stale
+        return counts, len(found)
+
+    # A scan stores what it read every this many rows or seconds, whichever comes first: one
+    # transaction (and on SQLite one commit to sync) per discovery chunk of 250 cost a first scan
+    # a fifth of its time, and a writer waiting on the run lock waits for one such store only.
+    SCAN_STORE_ROWS = 2500
+    SCAN_STORE_SECONDS = 1.0
+
+    def _lock_row(self) -> None:
+        # The run's row lock (on SQLite the IMMEDIATE transaction already holds the write lock).
+        Run.objects.select_for_update().filter(pk=self.pk).first()
+
+    def _store_chunk(
+        self, chunk: list[discovery.DiscoveredCheckpoint], existing: dict[str, tuple[int, str]],
+        ids: dict[str, int], unlinked: dict[str, list[str]], found: dict[str, discovery.DiscoveredCheckpoint],
+        shared: dict, created_at: dt.datetime, counts: dict[str, int], touched: set[str],
+    ) -> None:
+        """Store checkpoints a scan has read; call under the run's row lock. See ``_record_scan``."""
+        rows, changed, unreadable = [], [], []
+        for found_ckpt in chunk:
+            known = existing.get(found_ckpt.prefix)
+            if known is None:
+                values = Checkpoint.discovery_values(found_ckpt, shared=shared)
+                values.update(run_id=self.pk, prefix=found_ckpt.prefix, recorded_at=created_at)
+                rows.append(values)
+            elif found_ckpt.status == discovery.UNREADABLE:
+                # The index could not be read just now (permissions, I/O, memory): that says
+                # nothing about the checkpoint, so its status and details stay as they were.
+                unreadable.append(Checkpoint(pk=known[0], fingerprint=found_ckpt.fingerprint,
+                                             problems=list(found_ckpt.problems)))
+            elif not found_ckpt.unchanged:
+                # Missing and pruned rows are left out of ``known_fingerprints``, so every row
+                # here was re-read by discovery and all its fields are fresh.
+                changed.append((known, found_ckpt))
+        if rows:
+            # Another scan or a save job may have recorded some of them since ``existing`` was read.
+            recorded = dict(
+                self.checkpoints.filter(prefix__in=[r["prefix"] for r in rows]).values_list("prefix", "id")
+            )
+            if recorded:
+                ids.update(recorded)
+                rows = [r for r in rows if r["prefix"] not in recorded]
+                counts["stale"] += len(recorded)
+        updated = []
+        if changed:
+            now_status = dict(
+                Checkpoint.objects.filter(pk__in=[pk for (pk, _), _ in changed]).values_list("id", "status")
+            )
+            for (pk, status), found_ckpt in changed:
+                current = now_status.get(pk)
+                if current != status or not Checkpoint.may_move(current, found_ckpt.status):
+                    counts["stale"] += 1  # changed by another writer since this scan read it
+                    continue
+                updated.append(
+                    Checkpoint(pk=pk, run=self, prefix=found_ckpt.prefix, **Checkpoint.discovery_values(found_ckpt))
+                )
+        detail_fields = [
+            "step", "status", "format", "files", "has_own_meta", "size_bytes", "saved_at",
+            "variables", "variable_count", "fingerprint", "problems",
+        ]
+        Checkpoint.objects.bulk_update(updated, detail_fields, batch_size=500)
+        Checkpoint.objects.bulk_update(unreadable, ["fingerprint", "problems"], batch_size=500)
+        touched.update(r.prefix for r in updated)
+        counts["created"] += len(rows)
+        counts["updated"] += len(updated)
+        self._insert_linked(rows, found, ids, unlinked)
 
     def _insert_linked(
         self, rows: list[dict], found: dict[str, discovery.DiscoveredCheckpoint], ids: dict[str, int],
@@ -386,14 +469,17 @@ class Run(models.Model):
         """Re-read the run's state files and update which rows are latest (no TensorFlow, no rescan)."""
         from persistence import statefile
 
-        states = [statefile.sniff_state_file(self.directory, n) for n in statefile.find_state_files(self.directory)]
-        states = [s for s in states if s is not None]
-        latest_by_prefix: dict[str, list[str]] = {}
-        for state in states:
-            if state.latest:
-                latest_by_prefix.setdefault(state.latest, []).append(state.name)
-        default = next((s for s in states if s.name == statefile.DEFAULT_STATE_FILE), None)
         with transaction.atomic():
+            # Read under the run lock, like a save job records the state file its Saver wrote: the
+            # flags written last are then never older than the file.
+            self._lock_row()
+            names = statefile.find_state_files(self.directory)
+            states = [s for s in (statefile.sniff_state_file(self.directory, n) for n in names) if s is not None]
+            latest_by_prefix: dict[str, list[str]] = {}
+            for state in states:
+                if state.latest:
+                    latest_by_prefix.setdefault(state.latest, []).append(state.name)
+            default = next((s for s in states if s.name == statefile.DEFAULT_STATE_FILE), None)
             self._mark_latest(latest_by_prefix)
             self.latest_prefix = (default.latest or "") if default else ""
             self.last_preserved_timestamp = default.last_preserved_timestamp if default else None
@@ -417,6 +503,8 @@ class Run(models.Model):
         found = discovery.describe_checkpoint(self.directory, saved.prefix, meta_source=saved.meta_source)
         values = {**Checkpoint.discovery_values(found), "metrics": dict(saved.metrics), "recorded_at": timezone.now()}
         with transaction.atomic():
+            # A scan of this run may be storing this very prefix: the run lock orders the two.
+            self._lock_row()
             if saved.meta_source:
                 values["meta_source_id"] = self.checkpoints.filter(prefix=saved.meta_source).values_list(
                     "id", flat=True
@@ -811,6 +899,9 @@ class Run(models.Model):
         )
         gone = set(result.deleted) | set(result.already_gone)
         with transaction.atomic():
+            # The lock a scan takes to store what it found: a scan that read the directory
+            # mid-prune then sees these rows pruned, and leaves them so.
+            self._lock_row()
             pruned = self._mark_pruned(plan, gone, job)
             # A prune keeps every state file's latest; what changes is the anchor of the hours rule,
             # which the engine wrote into the default state file (no need to re-read them all).
@@ -891,10 +982,18 @@ class Run(models.Model):
         for (note,), pks in emptied.items():
             # One UPDATE per distinct note (usually one), in chunks SQLite accepts.
             for start in range(0, len(pks), 5000):
-                Checkpoint.objects.filter(pk__in=pks[start : start + 5000]).update(
+                Checkpoint.objects.filter(pk__in=pks[start : start + 5000]).may_become(Checkpoint.PRUNED).update(
                     status=Checkpoint.PRUNED, files=[], latest_in=[], problems=[note]
                 )
         return pruned
+
+
+def _slowed(chunks: Iterable[list]) -> Iterator[list]:
+    delay = getattr(settings, "SCAN_CHUNK_DELAY_SECONDS", 0)
+    for chunk in chunks:
+        if delay:
+            time.sleep(delay)  # fault-injection tests only (settings.SCAN_CHUNK_DELAY_SECONDS)
+        yield chunk
 
 
 def _cached_adapter(adapt_value):
@@ -924,6 +1023,11 @@ def _cached_adapter(adapt_value):
 class CheckpointQuerySet(models.QuerySet):
     def on_disk(self) -> CheckpointQuerySet:
         return self.exclude(status__in=[Checkpoint.PRUNED, Checkpoint.MISSING])
+
+    def may_become(self, status: str) -> CheckpointQuerySet:
+        """Only the rows whose status may move to ``status`` (``Checkpoint.STATUS_TRANSITIONS``):
+        filter every bulk status update through this, so that the rule holds however rows are read."""
+        return self.filter(status__in=[s for s, targets in Checkpoint.STATUS_TRANSITIONS.items() if status in targets])
 
     def insert_many(self, rows: list[dict], batch_size: int = 5000) -> None:
         """Insert new rows, given as ``{attname: value}`` dicts: one ``executemany`` per batch, or
@@ -997,6 +1101,15 @@ class Checkpoint(models.Model):
     PRESENT, INCOMPLETE, CORRUPT = discovery.PRESENT, discovery.INCOMPLETE, discovery.CORRUPT
     VERIFIED, PRUNED, MISSING = "verified", "pruned", "missing"
     STATUS_CHOICES = [(s, s) for s in (PRESENT, INCOMPLETE, CORRUPT, VERIFIED, PRUNED, MISSING)]
+    # Where a status may move. A pruned checkpoint was deleted on purpose: its files being gone
+    # is what pruned means, so it never becomes missing (a scan that read the directory while a
+    # prune was deleting would say so), and it is not verified without being found again first.
+    # It comes back only when a scan finds its files on disk again (a trainer re-saved the step).
+    _ANY = frozenset({PRESENT, INCOMPLETE, CORRUPT, VERIFIED, PRUNED, MISSING})
+    STATUS_TRANSITIONS = {
+        PRESENT: _ANY, INCOMPLETE: _ANY, CORRUPT: _ANY, VERIFIED: _ANY, MISSING: _ANY,
+        PRUNED: frozenset({PRUNED, PRESENT, INCOMPLETE, CORRUPT}),
+    }
 
     run = models.ForeignKey(Run, related_name="checkpoints", on_delete=models.CASCADE)
     prefix = models.CharField(max_length=512)
@@ -1042,6 +1155,11 @@ class Checkpoint(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("checkpoint", args=[self.run.name, self.pk])
+
+    @classmethod
+    def may_move(cls, current: str | None, status: str) -> bool:
+        """Whether a row's status may go from ``current`` to ``status`` (None: a new row)."""
+        return current is None or status in cls.STATUS_TRANSITIONS.get(current, ())
 
     @property
     def is_latest(self) -> bool:

@@ -145,6 +145,10 @@ DEFAULT_RETENTION = _env_retention("DEFAULT_RETENTION")
 # Fault-injection tests only (tests/faults): seconds a prune job sleeps at each progress report
 # (about 100 per prune), so that a worker can be killed in the middle of one. Always 0 in use.
 PRUNE_PROGRESS_DELAY_SECONDS = _env_float("PRUNE_PROGRESS_DELAY_SECONDS", 0.0)
+# Fault-injection tests only: seconds a scan waits after reading each chunk of checkpoints (250),
+# as if every index lived on a slow file system, so that a test can write to the run while a
+# scan is in the middle of one. Always 0 in use.
+SCAN_CHUNK_DELAY_SECONDS = _env_float("SCAN_CHUNK_DELAY_SECONDS", 0.0)
 
 # --- Django ---------------------------------------------------------------------------------
 

@@ -50,7 +50,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from persistence.files import fsync_directory, resolve, resolve_inside
-from persistence.statefile import StateFileError, read_state_file, write_state_file
+from persistence.statefile import (
+    StateFile,
+    StateFileChanged,
+    StateFileError,
+    parse_state_bytes,
+    read_state_bytes,
+    read_state_file,
+    write_state_file,
+)
 
 HEALTHY_STATUSES = frozenset({"present", "verified"})
 BROKEN_STATUSES = frozenset({"incomplete", "corrupt"})
@@ -423,6 +431,8 @@ def execute_plan(
     The state files are rewritten *before* the deletions (TensorFlow's own manager records its
     state before sweeping too): from then on they never name a checkpoint that is being deleted,
     so ``tf.train.latest_checkpoint`` never sees a half-deleted one, even if we are killed midway.
+    Each is re-read and compared (content) right before it is replaced: a save that lands in
+    between is kept, with its new latest; only the plan's deleted prefixes leave the lists.
     """
     # A plan may come back from JSON: its parts must still agree with each other.
     real_directory = resolve(directory)
@@ -462,17 +472,8 @@ def execute_plan(
 
     rewritten = []
     for state in states:
-        survivors = [p for p in state.all_prefixes
-                     if p not in deleted_prefixes and _on_disk(directory, p)]
-        timestamps = None
-        if state.timestamps and all(p in state.timestamps for p in [*survivors, state.latest]):
-            timestamps = {p: state.timestamps[p] for p in [*survivors, state.latest]}
-        if not _on_disk(directory, state.latest):
-            problems.append(f"{state.name} names {state.latest} as latest, which is not on disk")
-        anchor = plan.last_preserved_timestamp or state.last_preserved_timestamp
-        write_state_file(directory, state.name, latest=state.latest, all_prefixes=survivors,
-                         timestamps=timestamps, last_preserved_timestamp=anchor)
-        rewritten.append(state.name)
+        if _rewrite_state_file(directory, state.name, plan, deleted_prefixes, problems, on_progress):
+            rewritten.append(state.name)
 
     deleted, gone, failed = [], [], {}
     freed = 0
@@ -496,6 +497,59 @@ def execute_plan(
         fsync_directory(directory)
     return ExecutionResult(deleted=deleted, already_gone=gone, failed=failed, bytes_freed=freed,
                            state_files=rewritten, problems=problems)
+
+
+# A trainer saving every few seconds cannot change the state file this many times within the
+# milliseconds one rewrite takes; if it does, something else is rewriting it in a loop.
+STATE_REWRITE_ATTEMPTS = 5
+
+
+def _rewrite_state_file(directory: str, name: str, plan: Plan, deleted_prefixes: set[str], problems: list[str],
+                        on_progress: ProgressCallback | None) -> bool:
+    """Rewrite state file ``name`` without the plan's deleted checkpoints; False if left as it is.
+
+    The file is read again here and replaced only if it is still exactly what was read (see
+    ``write_state_file(unchanged_from=...)``): a save that lands while we rewrite (a trainer's
+    ``Saver`` rewrites the file after every save) makes us start over from its content, so its
+    new latest and entries stay. Only the plan's deleted prefixes are ever dropped from a list.
+    """
+    for _ in range(STATE_REWRITE_ATTEMPTS):
+        try:
+            data = read_state_bytes(directory, name)
+            if data is None:
+                return False  # removed since the check: nothing names a deleted checkpoint any more
+            state = parse_state_bytes(data, name, directory)
+        except StateFileError as exc:
+            problems.append(str(exc))  # replaced by garbage meanwhile: not ours to invent
+            return False
+        if state.latest is None:
+            problems.append(f"{name}: {state.problem}; left as it is")
+            return False
+        if state.latest in deleted_prefixes:
+            raise ValueError(f"{name} names {state.latest} as the latest checkpoint but the plan deletes it; "
+                             "the run changed since the plan was made, plan again")
+        survivors = [p for p in state.all_prefixes if p not in deleted_prefixes and _on_disk(directory, p)]
+        if on_progress is not None:
+            on_progress(0, len(plan.files_to_delete), f"rewriting {name}")
+        try:
+            _write_survivors(directory, state, survivors, plan, problems, unchanged_from=data)
+        except StateFileChanged:
+            continue
+        return True
+    raise ValueError(f"{name} kept changing while the prune rewrote it ({STATE_REWRITE_ATTEMPTS} attempts); "
+                     "nothing was deleted, try again")
+
+
+def _write_survivors(directory: str, state: StateFile, survivors: list[str], plan: Plan, problems: list[str],
+                     *, unchanged_from: bytes) -> None:
+    timestamps = None
+    if state.timestamps and all(p in state.timestamps for p in [*survivors, state.latest]):
+        timestamps = {p: state.timestamps[p] for p in [*survivors, state.latest]}
+    if not _on_disk(directory, state.latest):
+        problems.append(f"{state.name} names {state.latest} as latest, which is not on disk")
+    anchor = plan.last_preserved_timestamp or state.last_preserved_timestamp
+    write_state_file(directory, state.name, latest=state.latest, all_prefixes=survivors,
+                     timestamps=timestamps, last_preserved_timestamp=anchor, unchanged_from=unchanged_from)
 
 
 def _on_disk(directory: str, prefix: str | None) -> bool:

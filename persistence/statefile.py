@@ -30,7 +30,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from persistence.files import TEMP_MARKER, UnsafeFile, atomic_write_text, open_regular_file
+from persistence.files import TEMP_MARKER, UnsafeFile, atomic_write_text, atomic_writer, open_regular_file
 
 DEFAULT_STATE_FILE = "checkpoint"
 
@@ -55,6 +55,10 @@ _NEVER_STATE_FILE = re.compile(
 
 class StateFileError(ValueError):
     """A state file that cannot be read or is not a valid ``CheckpointState`` text proto."""
+
+
+class StateFileChanged(StateFileError):
+    """The state file is no longer what a rewrite was computed from (a trainer saved meanwhile)."""
 
 
 @dataclass
@@ -342,18 +346,32 @@ def read_state_file(directory: str, name: str = DEFAULT_STATE_FILE) -> StateFile
     A state file that parses but has unusable entries (e.g. timestamps that do not match the
     paths) is returned with ``problem`` set.
     """
-    path = os.path.join(directory, name)
+    data = read_state_bytes(directory, name)
+    if data is None:
+        raise StateFileError(f"cannot read state file {name}: No such file or directory")
+    return _parse_bytes(data, name, directory)
+
+
+def read_state_bytes(directory: str, name: str = DEFAULT_STATE_FILE) -> bytes | None:
+    """The raw content of ``directory/name`` (None when there is no such file), to parse with
+    :func:`parse_state_bytes` and later hand to ``write_state_file(unchanged_from=...)``."""
     try:
         # Never through a link and never a FIFO: TensorFlow writes state files as plain files, and
         # what a link points at could be anything (its text would then be echoed in a problem).
-        with open(open_regular_file(path), "rb") as handle:
+        with open(open_regular_file(os.path.join(directory, name)), "rb") as handle:
             if os.fstat(handle.fileno()).st_size > MAX_STATE_FILE_BYTES:
                 raise StateFileError(f"{name} is larger than {MAX_STATE_FILE_BYTES} bytes: not a state file")
-            data = handle.read()
+            return handle.read()
+    except FileNotFoundError:
+        return None
     except UnsafeFile as exc:
         raise StateFileError(f"cannot read state file {name}: {exc}") from None
     except OSError as exc:
         raise StateFileError(f"cannot read state file {name}: {exc.strerror or exc}") from exc
+
+
+def parse_state_bytes(data: bytes, name: str, directory: str) -> StateFile:
+    """Parse what :func:`read_state_bytes` read; raise :class:`StateFileError` if it is not a state file."""
     return _parse_bytes(data, name, directory)
 
 
@@ -495,6 +513,7 @@ def write_state_file(
     all_prefixes: list[str],
     timestamps: dict[str, float] | None = None,
     last_preserved_timestamp: float | None = None,
+    unchanged_from: bytes | None = None,
 ) -> None:
     """Atomically (re)write ``directory/name`` as TensorFlow would write it.
 
@@ -502,6 +521,13 @@ def write_state_file(
     ``CheckpointManager`` carries on in the directory. Used to prune (rewrite after deleting) and
     to "make latest" (rollback). The file keeps its mode and its path style (see the module's
     docstring); see :func:`format_state_text` for the rules.
+
+    With ``unchanged_from`` (the content the new state was computed from), the file is replaced
+    only if it still holds exactly that content, compared after the new file is written and
+    synced, just before the replace; otherwise nothing changes and :class:`StateFileChanged` is
+    raised. A trainer does not take our locks, so this is the only way to notice that its
+    ``Saver`` rewrote the file meanwhile; comparing content rather than mtime also catches two
+    writes within the file system's timestamp resolution.
     """
     if latest == name:
         # TensorFlow refuses this too: the state file would overwrite the checkpoint's own name.
@@ -509,7 +535,18 @@ def write_state_file(
     text = format_state_text(latest=latest, all_prefixes=all_prefixes, timestamps=timestamps,
                              last_preserved_timestamp=last_preserved_timestamp,
                              in_directory=absolute_path_directory(directory, name))
-    atomic_write_text(os.path.join(directory, name), text)
+    if unchanged_from is None:
+        atomic_write_text(os.path.join(directory, name), text)
+        return
+    path = os.path.join(directory, name)
+    with atomic_writer(path) as handle:
+        handle.write(text.encode("utf-8"))
+        handle.flush()
+        os.fsync(handle.fileno())
+        # Last moment before the replace: leaving the block raises (the temporary file is removed)
+        # or replaces at once, the sync above being done.
+        if read_state_bytes(directory, name) != unchanged_from:
+            raise StateFileChanged(f"{name} changed while it was being rewritten")
 
 
 def absolute_path_directory(directory: str, name: str = DEFAULT_STATE_FILE) -> str | None:

@@ -538,6 +538,44 @@ def test_every_state_file_is_rewritten_and_keeps_its_own_latest(tmp_path):
 
 
 @pytest.mark.tf
+def test_a_save_landing_while_the_prune_rewrites_the_state_file_stays_latest(tmp_path):
+    import tensorflow as tf
+
+    directory = str(tmp_path)
+    prefix = os.path.join(directory, "model.ckpt")
+    landed = []
+    with tf.Graph().as_default():
+        w = tf.compat.v1.get_variable("w", initializer=tf.zeros([2, 2]))
+        bump = w.assign_add(tf.ones([2, 2]))
+        saver = tf.compat.v1.train.Saver(max_to_keep=10)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            for step in (1, 2, 3, 4):
+                sess.run(bump)
+                saver.save(sess, prefix, global_step=step)
+            p = plan(facts_from_directory(directory), max_to_keep=2)
+            assert kept(p) == ["model.ckpt-3", "model.ckpt-4"]
+
+            def trainer_saves_meanwhile(done, total, message):
+                # The trainer is still running: its Saver writes step 5 and rewrites the state
+                # file after the prune read it and before the prune replaces it.
+                if message.startswith("rewriting") and not landed:
+                    sess.run(bump)
+                    landed.append(saver.save(sess, prefix, global_step=5))
+
+            result = execute_plan(directory, p, on_progress=trainer_saves_meanwhile)
+
+    assert landed and result.ok and result.state_files == ["checkpoint"]
+    state = tf.train.get_checkpoint_state(directory)
+    assert os.path.basename(state.model_checkpoint_path) == "model.ckpt-5"
+    assert [os.path.basename(x) for x in state.all_model_checkpoint_paths] == [
+        "model.ckpt-3", "model.ckpt-4", "model.ckpt-5"]
+    assert os.path.basename(tf.train.latest_checkpoint(directory)) == "model.ckpt-5"
+    assert float(tf.train.load_checkpoint(tf.train.latest_checkpoint(directory)).get_tensor("w")[0, 0]) == 5.0
+    assert not any(n.startswith(("model.ckpt-1.", "model.ckpt-2.")) for n in listing(directory))
+
+
+@pytest.mark.tf
 def test_half_done_plan_is_finished_by_running_it_again(tmp_path):
     directory = str(tmp_path)
     save_tf1_run(directory, [1, 2, 3, 4], meta_first_only=False)

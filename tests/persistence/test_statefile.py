@@ -13,11 +13,13 @@ from hypothesis import strategies as st
 from persistence.statefile import (
     MAX_SNIFF_BYTES,
     MAX_STATE_FILE_BYTES,
+    StateFileChanged,
     StateFileError,
     find_state_files,
     format_state_text,
     parse_state_text,
     prefix_base_name,
+    read_state_bytes,
     read_state_file,
     write_state_file,
 )
@@ -432,6 +434,19 @@ def test_write_replaces_atomically_and_leaves_no_temporary_file(tmp_path):
     assert os.stat(tmp_path / "checkpoint").st_ino != inode  # a new file moved into place
     assert os.listdir(tmp_path) == ["checkpoint"]
     assert read_state_file(str(tmp_path)).latest == "a"
+
+
+def test_a_conditional_write_replaces_only_the_content_it_was_computed_from(tmp_path):
+    directory = str(tmp_path)
+    write_state_file(directory, latest="a", all_prefixes=["a"])
+    seen = read_state_bytes(directory)
+    write_state_file(directory, latest="b", all_prefixes=["a", "b"])  # someone else's write meanwhile
+    with pytest.raises(StateFileChanged):
+        write_state_file(directory, latest="a", all_prefixes=["a"], unchanged_from=seen)
+    assert read_state_file(directory).latest == "b" and os.listdir(tmp_path) == ["checkpoint"]
+    write_state_file(directory, latest="a", all_prefixes=["a", "b"], unchanged_from=read_state_bytes(directory))
+    assert read_state_file(directory).latest == "a"
+    assert read_state_bytes(str(tmp_path / "nowhere")) is None
 
 
 # --- finding state files -----------------------------------------------------------------------
