@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from persistence.bundle import declared_size_problem
 from persistence.graphsafety import check_graph, load_meta_graph_def, node_name
 
 VERIFIED = "verified"
@@ -187,6 +188,11 @@ def verify_checkpoint(prefix_path: str, *, on_progress: ProgressCallback | None 
         return result(CORRUPT, _tf_message(exc))
     if missing is None and shapes:
         return result(INCOMPLETE, "no data shard found")
+    # The files disagree with each other, so the checkpoint is corrupt; refusing here is what
+    # keeps an index of a few bytes from making TensorFlow allocate gigabytes for one tensor.
+    problem = declared_size_problem(prefix)
+    if problem is not None:
+        return result(CORRUPT, f"the index does not fit its data: {problem}")
 
     names = sorted(shapes)
     variables: list[VariableStats] = []
@@ -568,3 +574,14 @@ def make_latest(directory: str, prefix: str, *, state_file: str = "checkpoint") 
                      timestamps=timestamps or None, last_preserved_timestamp=last_preserved)
     return MakeLatestResult(directory=os.fspath(directory), state_file=state_file, latest=base,
                             previous_latest=previous, replaced_problem=problem)
+
+
+def partial_restore_with_recipe(prefix_path: str, recipe_path: str, **kwargs: Any) -> PartialRestoreResult:
+    """:func:`partial_restore` with the graph of the recipe at ``recipe_path`` (importable by name).
+
+    Takes the recipe's dotted path rather than its ``build_graph`` so that the call can be sent to
+    a sandboxed child process.
+    """
+    from persistence.recipes import load_recipe
+
+    return partial_restore(prefix_path, load_recipe(recipe_path).build_graph, **kwargs)
