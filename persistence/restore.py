@@ -202,6 +202,9 @@ def verify_checkpoint(prefix_path: str, *, on_progress: ProgressCallback | None 
         try:
             value = reader.get_tensor(name)
         except Exception as exc:  # noqa: BLE001 - DataLossError, OpError, IndexError (short read), ...
+            if _out_of_memory(exc):
+                # Our memory limit, not the files: the checkpoint must not be marked corrupt.
+                raise MemoryError(f"reading {name!r}: {_tf_message(exc)}") from None
             return result(CORRUPT, _tf_message(exc), variables=variables, failed_tensor=name,
                           bytes_read=bytes_read)
         stats = _stats(name, value, dtypes[name].name)
@@ -211,6 +214,17 @@ def verify_checkpoint(prefix_path: str, *, on_progress: ProgressCallback | None 
     _report(on_progress, 100.0, f"verified {len(variables)} tensors")
     return result(VERIFIED, f"read {len(variables)} tensors ({bytes_read} bytes), all checksums match",
                   variables=variables, bytes_read=bytes_read)
+
+
+# How a failed allocation surfaces from TensorFlow's checkpoint reader: a ResourceExhaustedError,
+# or, when the buffer it could not allocate is then read into, EFAULT ("Bad address").
+_OUT_OF_MEMORY_SIGNS = ("Bad address", "bad_alloc", "OOM", "out of memory", "Cannot allocate memory")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":
+        return True
+    return any(sign in str(exc) for sign in _OUT_OF_MEMORY_SIGNS)
 
 
 def _tf_message(exc: BaseException) -> str:

@@ -262,7 +262,8 @@ def _send_error(fd: int, exc: BaseException) -> None:
         _send(fd, _ERROR, carrier)
     except Exception:  # noqa: BLE001 - any exception that does not survive a round trip
         message = getattr(exc, "message", None) or str(exc)
-        _send(fd, _ERROR, SandboxChildError(type(exc).__name__, type(exc).__module__, str(message)))
+        _send(fd, _ERROR, _ExceptionCarrier(SandboxChildError(type(exc).__name__, type(exc).__module__,
+                                                             str(message))))
 
 
 def _child_run(fd: int, call: bytes | tuple, limits: SandboxLimits, scratch: str, report: SandboxReport) -> int:
