@@ -178,7 +178,7 @@ class _Source:
         # Before any get_tensor: TensorFlow allocates a tensor's declared shape before reading it.
         problem = declared_size_problem(prefix)
         if problem is not None:
-            raise CheckpointReadError(f"{os.path.basename(prefix)}: {problem}")
+            raise CheckpointReadError(f"cannot read {prefix}: {problem}")
         shapes = self.reader.get_variable_to_shape_map()
         dtypes = self.reader.get_variable_to_dtype_map()
         self.meta: dict[str, _VarMeta] = {}
