@@ -1356,6 +1356,18 @@ class Checkpoint(models.Model):
             return None
         return lambda percent, message: on_progress(start + (end - start) * percent / 100, message)
 
+    def sandbox_limits(self, *, writable: tuple[str, ...] = ()):
+        """Limits for a child process that reads this checkpoint or runs its graph (settings-driven)."""
+        from persistence import sandbox
+
+        return sandbox.SandboxLimits(
+            memory_bytes=sandbox.memory_limit(self.size_bytes, base_mb=settings.GRAPH_MEMORY_LIMIT_BASE_MB,
+                                              factor=settings.GRAPH_MEMORY_LIMIT_FACTOR),
+            cpu_seconds=settings.GRAPH_CPU_LIMIT_SECONDS or None,
+            writable=writable,
+            isolate=settings.GRAPH_SANDBOX_ISOLATE,
+        )
+
     def verify(self, *, output: str = "", on_progress=None) -> dict:
         """Read every tensor (TensorFlow checks CRCs), store per-variable statistics and the status.
 
@@ -1366,11 +1378,14 @@ class Checkpoint(models.Model):
         the checkpoint replaces it. A sound TF1 checkpoint is then restored into its meta graph (its
         own ``.meta`` or its meta source's) in a fresh graph and, when ``output`` is given, that
         tensor is run on the recipe's sample input (zeros for placeholders it does not fit).
-        Returns what is stored on ``verification``.
+        Returns what is stored on ``verification``. Both parts run in a limited child process; a
+        limit it hits raises ``SandboxError`` and leaves the status as it was (the checkpoint may
+        well be sound: it is our limit that stopped the read).
         """
         from dataclasses import asdict
 
         from persistence import restore
+        from persistence.sandbox import run_sandboxed
 
         if self.status == self.PRUNED:
             raise ValueError(f"{self.prefix} was pruned: its files are gone")
@@ -1378,7 +1393,8 @@ class Checkpoint(models.Model):
             raise ValueError(self.v1_refusal)
         checkpoint_directory(self.run.directory)
         self.check_files_at_use()
-        result = restore.verify_checkpoint(self.path, on_progress=self._progress_span(on_progress, 0, 80))
+        result = run_sandboxed(restore.verify_checkpoint, self.path, limits=self.sandbox_limits(),
+                               on_progress=self._progress_span(on_progress, 0, 80))
         if result.status == restore.UNREADABLE:
             # Not a verdict on the checkpoint: keep its status and the last verification's findings.
             verification = {
@@ -1421,6 +1437,7 @@ class Checkpoint(models.Model):
         """
         from persistence import restore
         from persistence.recipes import RecipeError, load_recipe
+        from persistence.sandbox import run_sandboxed
 
         if self.status in (self.PRUNED, self.MISSING):
             raise ValueError(f"{self.prefix} is {self.status}: its files are gone")
@@ -1429,11 +1446,11 @@ class Checkpoint(models.Model):
         checkpoint_directory(self.run.directory)
         self.check_files_at_use()
         try:
-            recipe = load_recipe(recipe_path)
+            load_recipe(recipe_path)
         except RecipeError as exc:
             raise ValueError(str(exc)) from None
-        result = restore.partial_restore(self.path, recipe.build_graph, name_map=name_map or {},
-                                         variables=variables or None)
+        result = run_sandboxed(restore.partial_restore_with_recipe, self.path, recipe_path,
+                               name_map=name_map or {}, variables=variables or None, limits=self.sandbox_limits())
         return {"mode": "partial", "recipe": recipe_path, **result.to_dict()}
 
     def _restore_check(self, output: str, on_progress) -> dict:
@@ -1441,6 +1458,7 @@ class Checkpoint(models.Model):
 
         from persistence import restore
         from persistence.graphsafety import UnsafeGraphError, load_meta_graph_def
+        from persistence.sandbox import SandboxChildError, SandboxError, run_sandboxed
 
         if self.format == discovery.TF2:
             return {"ok": None, "note": "TF2 object checkpoint: there is no meta graph to restore into."}
@@ -1451,11 +1469,13 @@ class Checkpoint(models.Model):
         try:
             placeholders = restore.placeholder_inputs(load_meta_graph_def(meta).graph_def)
             feed = self.run.sample_feed(placeholders)
-            ran = restore.restore_and_run(
-                self.path, meta, feed=feed, outputs=[output] if output else [],
-                allow_unsafe=self.run.trusted, on_progress=on_progress,
+            ran = run_sandboxed(
+                restore.restore_and_run, self.path, meta, feed=feed, outputs=[output] if output else [],
+                allow_unsafe=self.run.trusted, on_progress=on_progress, limits=self.sandbox_limits(),
             )
-        except (UnsafeGraphError, ValueError, OSError) as exc:  # UnknownNameError is a ValueError
+        except (UnsafeGraphError, ValueError, OSError, SandboxError, SandboxChildError) as exc:
+            # UnknownNameError is a ValueError; a TensorFlow error that could not cross the process
+            # boundary as itself arrives as a SandboxChildError carrying its type and message.
             return {**check, "ok": False, "error": str(exc)}
         except restore.RestoreFailed as exc:  # e.g. a graph that does not match the checkpoint
             return {**check, "ok": False, "error": str(exc), "verdict": exc.failure.verdict}
@@ -1481,6 +1501,7 @@ class Checkpoint(models.Model):
         from persistence.graphsafety import load_meta_graph_def, node_name
         from persistence.recipes import RecipeError, load_recipe
         from persistence.restore import placeholder_inputs
+        from persistence.sandbox import SandboxChildError, SandboxError, run_sandboxed
 
         if self.status in (self.PRUNED, self.MISSING):
             raise engine.FreezeError(f"{self.prefix} is {self.status}: its files are gone")
@@ -1528,12 +1549,19 @@ class Checkpoint(models.Model):
         # else would ever remove it. Only files of writers that have ended go: another freeze
         # writing into this directory right now keeps its file.
         stale = files.remove_stale_temp_files(target.parent, owner_ended=temp_owner_ended)
-        owner = f"job{job.pk}" if job is not None else None  # None: this process
+        owner = f"job{job.pk}" if job is not None else None  # None: the writing process
+        # The child may write only beneath the export directory (and its scratch directory).
+        target.parent.mkdir(parents=True, exist_ok=True)
+        limits = self.sandbox_limits(writable=(str(target.parent),))
         meta = None
         if tf2:
             sample = recipe.sample_input()
-            result = engine.freeze_tf2(self.path, str(target), build_module=recipe.build_tf2_module,
-                                       sample_feed=sample, on_progress=on_progress, temp_owner=owner)
+            try:
+                result = run_sandboxed(engine.freeze_tf2_with_recipe, self.path, str(target),
+                                       recipe_path=self.run.recipe_path(), sample_feed=sample,
+                                       on_progress=on_progress, limits=limits, temp_owner=owner)
+            except (SandboxError, SandboxChildError) as exc:
+                raise engine.FreezeError(str(exc)) from None
         else:
             meta = self.meta_path()
             if meta is None:
@@ -1545,11 +1573,15 @@ class Checkpoint(models.Model):
                 sample = self.run.sample_feed(placeholder_inputs(load_meta_graph_def(meta).graph_def))
             except (OSError, ValueError):
                 sample = {}  # freeze_checkpoint says what is wrong with the meta graph
-            result = engine.freeze_checkpoint(
-                self.path, meta, str(target), outputs=outputs, clear_devices=clear_devices,
-                variables_allowlist=variables_allowlist or None, variables_denylist=variables_denylist or None,
-                sample_feed=sample, allow_unsafe=self.run.trusted, on_progress=on_progress, temp_owner=owner,
-            )
+            try:
+                result = run_sandboxed(
+                    engine.freeze_checkpoint, self.path, meta, str(target), outputs=outputs,
+                    clear_devices=clear_devices, variables_allowlist=variables_allowlist or None,
+                    variables_denylist=variables_denylist or None, sample_feed=sample,
+                    allow_unsafe=self.run.trusted, on_progress=on_progress, limits=limits, temp_owner=owner,
+                )
+            except (SandboxError, SandboxChildError) as exc:
+                raise engine.FreezeError(str(exc)) from None
         data = result.to_dict()
         verification = {
             "tolerance": engine.VERIFY_TOLERANCE,

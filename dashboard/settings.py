@@ -278,3 +278,16 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}, "tensorflow": {"level": "WARNING"}},
 }
+
+# --- Graph sandbox ----------------------------------------------------------------------------
+# Work that executes a checkpoint's graph or reads its tensors (verify, restore, freeze) runs in a
+# child process. Its memory limit (RLIMIT_DATA: private writable memory, see
+# persistence/sandbox.py for why not RLIMIT_AS) is BASE_MB (TensorFlow's own baseline plus what
+# the forked worker already holds) + FACTOR x the checkpoint's size on disk.
+GRAPH_MEMORY_LIMIT_BASE_MB = _env_float("GRAPH_MEMORY_LIMIT_BASE_MB", 1024, minimum=256)
+GRAPH_MEMORY_LIMIT_FACTOR = _env_float("GRAPH_MEMORY_LIMIT_FACTOR", 4, minimum=1)
+# CPU seconds (all threads together) before the child is stopped; 0 turns the limit off.
+GRAPH_CPU_LIMIT_SECONDS = int(_env_float("GRAPH_CPU_LIMIT_SECONDS", 3600, minimum=0))
+# No network and writes only to the scratch/export directories, where the kernel allows it
+# (user + network namespaces, Landlock). Off only for debugging.
+GRAPH_SANDBOX_ISOLATE = _env_bool("GRAPH_SANDBOX_ISOLATE", default=True)

@@ -41,13 +41,14 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from persistence.bundle import declared_size_problem, read_index
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 DEFAULT_SLICE_BYTES = 64 << 20
@@ -174,6 +175,10 @@ class _Source:
     def __init__(self, prefix: str, tf: Any) -> None:
         self.prefix = prefix
         self.reader = tf.train.load_checkpoint(prefix)
+        # Before any get_tensor: TensorFlow allocates a tensor's declared shape before reading it.
+        problem = declared_size_problem(prefix)
+        if problem is not None:
+            raise CheckpointReadError(f"cannot read {prefix}: {problem}")
         shapes = self.reader.get_variable_to_shape_map()
         dtypes = self.reader.get_variable_to_dtype_map()
         self.meta: dict[str, _VarMeta] = {}
@@ -206,68 +211,14 @@ class _Source:
             raise CheckpointReadError(f"cannot read {name!r} from {self.prefix}: {exc}") from exc
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-_TABLE_MAGIC = 0xDB4775248B80FB57
-_FOOTER_BYTES = 48  # two BlockHandles padded to 40 bytes, then the 8-byte magic
-_BLOCK_TRAILER_BYTES = 5  # compression type byte + masked CRC32C
-
-
-def _table_block(data: bytes, offset: int, size: int) -> Iterator[tuple[bytes, bytes]]:
-    """Entries of one uncompressed LevelDB-format block (TensorFlow's ``table`` format)."""
-    if data[offset + size] != 0:  # 0 = kNoCompression; TF's bundle writer never compresses
-        raise ValueError("compressed index block")
-    block = data[offset : offset + size]
-    (num_restarts,) = struct.unpack_from("<I", block, len(block) - 4)
-    end = len(block) - 4 * (num_restarts + 1)
-    pos, key = 0, b""
-    while pos < end:
-        shared, pos = _varint(block, pos)
-        non_shared, pos = _varint(block, pos)
-        value_len, pos = _varint(block, pos)
-        key = key[:shared] + block[pos : pos + non_shared]
-        pos += non_shared
-        yield key, block[pos : pos + value_len]
-        pos += value_len
-
-
 def _read_raw_entries(prefix: str, meta: Mapping[str, _VarMeta]) -> dict[str, _RawEntry]:
     """Raw (shard, offset, size) of every tensor that can be read as plain bytes; {} on doubt."""
     from tensorflow.core.protobuf import tensor_bundle_pb2
 
-    try:
-        with open(prefix + ".index", "rb") as f:
-            data = f.read()
-        if len(data) < _FOOTER_BYTES or struct.unpack_from("<Q", data, len(data) - 8)[0] != _TABLE_MAGIC:
-            return {}
-        footer = data[len(data) - _FOOTER_BYTES :]
-        _meta_offset, pos = _varint(footer, 0)
-        _meta_size, pos = _varint(footer, pos)
-        index_offset, pos = _varint(footer, pos)
-        index_size, pos = _varint(footer, pos)
-        header = None
-        entries: dict[str, Any] = {}
-        for _, handle in _table_block(data, index_offset, index_size):
-            block_offset, hpos = _varint(handle, 0)
-            block_size, _ = _varint(handle, hpos)
-            for key, value in _table_block(data, block_offset, block_size):
-                if key == b"":
-                    header = tensor_bundle_pb2.BundleHeaderProto.FromString(value)
-                else:
-                    entries[key.decode("utf-8", "replace")] = value
-    except (OSError, ValueError, IndexError, struct.error):
+    index = read_index(prefix)
+    if index is None:
         return {}
-    if header is None:
-        return {}
+    header, entries = index.header, index.entries
     host_little = sys.byteorder == "little"
     if (header.endianness == tensor_bundle_pb2.BundleHeaderProto.LITTLE) != host_little:
         return {}  # TensorFlow byte-swaps these on read; leave that to it

@@ -538,3 +538,14 @@ def freeze_tf2(
         zero_filled=zero_filled,
         seconds=time.monotonic() - started,
     )
+
+
+def freeze_tf2_with_recipe(prefix_path: str, output_path: str, *, recipe_path: str, **kwargs: Any) -> FreezeResult:
+    """:func:`freeze_tf2` with the module of the recipe at ``recipe_path`` (importable by name).
+
+    Takes the recipe's dotted path rather than its ``build_module`` so that the call can be sent
+    to a sandboxed child process.
+    """
+    from persistence.recipes import load_recipe
+
+    return freeze_tf2(prefix_path, output_path, build_module=load_recipe(recipe_path).build_tf2_module, **kwargs)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from persistence import damage
+from persistence.bundle import declared_size_problem
 from persistence.graphsafety import check_graph, load_meta_graph_def, node_name
 
 VERIFIED = "verified"
@@ -195,6 +196,11 @@ def verify_checkpoint(prefix_path: str, *, on_progress: ProgressCallback | None 
         return result(failure.verdict, failure.message)
     if missing is None and shapes:
         return result(INCOMPLETE, "no data shard found")
+    # The files disagree with each other, so the checkpoint is corrupt; refusing here is what
+    # keeps an index of a few bytes from making TensorFlow allocate gigabytes for one tensor.
+    problem = declared_size_problem(prefix)
+    if problem is not None:
+        return result(CORRUPT, f"the index does not fit its data: {problem}")
 
     names = sorted(shapes)
     variables: list[VariableStats] = []
@@ -205,6 +211,10 @@ def verify_checkpoint(prefix_path: str, *, on_progress: ProgressCallback | None 
             value = reader.get_tensor(name)
             stats = _stats(name, value, dtypes[name].name)
         except Exception as exc:  # noqa: BLE001 - DataLossError, OpError, IndexError (short read), MemoryError, ...
+            if _out_of_memory(exc):
+                # Our memory limit, not the files: raised so that the sandbox reports the limit,
+                # and the checkpoint is not judged at all.
+                raise MemoryError(f"reading {name!r}: {_tf_message(exc)}") from None
             failure = damage.classify(exc)
             return result(failure.verdict, failure.message, variables=variables, failed_tensor=name,
                           bytes_read=bytes_read)
@@ -227,6 +237,27 @@ class RestoreFailed(RuntimeError):
     def __init__(self, failure: damage.ReadFailure):
         super().__init__(failure.message)
         self.failure = failure
+
+    def __reduce__(self):
+        # Raised in the sandboxed child and re-raised here: pickled with its failure.
+        return (type(self), (self.failure,))
+
+
+# How a failed allocation surfaces from TensorFlow's checkpoint reader: a ResourceExhaustedError,
+# or, when the buffer it could not allocate is then read into, EFAULT ("Bad address").
+_OUT_OF_MEMORY_SIGNS = ("Bad address", "bad_alloc", "OOM", "out of memory", "Cannot allocate memory")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":
+        return True
+    return any(sign in str(exc) for sign in _OUT_OF_MEMORY_SIGNS)
+
+
+def _tf_message(exc: BaseException) -> str:
+    # OpError.message is TensorFlow's own text without the Python-side traceback decoration.
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {message}"
 
 
 # --- feeding ---------------------------------------------------------------------------------
@@ -588,3 +619,14 @@ def make_latest(directory: str, prefix: str, *, state_file: str = "checkpoint") 
                      timestamps=timestamps or None, last_preserved_timestamp=last_preserved)
     return MakeLatestResult(directory=os.fspath(directory), state_file=state_file, latest=base,
                             previous_latest=previous, replaced_problem=problem)
+
+
+def partial_restore_with_recipe(prefix_path: str, recipe_path: str, **kwargs: Any) -> PartialRestoreResult:
+    """:func:`partial_restore` with the graph of the recipe at ``recipe_path`` (importable by name).
+
+    Takes the recipe's dotted path rather than its ``build_graph`` so that the call can be sent to
+    a sandboxed child process.
+    """
+    from persistence.recipes import load_recipe
+
+    return partial_restore(prefix_path, load_recipe(recipe_path).build_graph, **kwargs)

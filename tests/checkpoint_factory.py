@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -367,3 +368,73 @@ def write_garbage_state_file(directory: str | os.PathLike[str], name: str = "che
     path = os.path.join(os.fspath(directory), name)
     Path(path).write_bytes(content)
     return path
+
+
+def _crc32c(data: bytes) -> int:
+    # Bitwise CRC-32C (Castagnoli): only for the few hundred bytes of a hand-made index.
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc32c(data: bytes) -> int:
+    crc = _crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _table_block(entries: list[tuple[bytes, bytes]]) -> bytes:
+    body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in entries)
+    return body + struct.pack("<II", 0, 1)  # one restart point at 0
+
+
+def write_declaring_index(prefix_path: str | os.PathLike[str], *, name: str = "bomb",
+                          shape: tuple[int, ...] = (16383, 12000), dtype: int = 7,
+                          shard_bytes: bytes = b"\x00" * 8) -> str:
+    """A checkpoint whose ``.index`` declares ``name`` with ``shape`` (a string tensor by default)
+    while its one data shard holds only ``shard_bytes``: the memory-bomb case, a ~140-byte index.
+    """
+    from tensorflow.core.framework import tensor_shape_pb2
+    from tensorflow.core.protobuf import tensor_bundle_pb2
+
+    prefix = os.fspath(prefix_path)
+    header = tensor_bundle_pb2.BundleHeaderProto(num_shards=1, endianness=tensor_bundle_pb2.BundleHeaderProto.LITTLE)
+    header.version.producer = 1
+    entry = tensor_bundle_pb2.BundleEntryProto(
+        dtype=dtype, shard_id=0, offset=0, size=len(shard_bytes), crc32c=_masked_crc32c(shard_bytes),
+        shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape]),
+    )
+    out = bytearray()
+
+    def add_block(block: bytes) -> tuple[int, int]:
+        offset = len(out)
+        out.extend(block)
+        out.extend(b"\x00" + struct.pack("<I", _masked_crc32c(block + b"\x00")))
+        return offset, len(block)
+
+    data_handle = add_block(_table_block([(b"", header.SerializeToString()),
+                                          (name.encode(), entry.SerializeToString())]))
+    meta_handle = add_block(_table_block([]))
+    index_handle = add_block(_table_block([(name.encode() + b"\x00",
+                                            _varint(data_handle[0]) + _varint(data_handle[1]))]))
+    footer = b"".join(_varint(v) for v in (*meta_handle, *index_handle))
+    out.extend(footer.ljust(40, b"\x00") + struct.pack("<Q", 0xDB4775248B80FB57))
+    with open(prefix + ".index", "wb") as f:
+        f.write(out)
+    with open(prefix + ".data-00000-of-00001", "wb") as f:
+        f.write(shard_bytes)
+    return prefix
