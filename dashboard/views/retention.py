@@ -7,10 +7,16 @@ runs in a prune job, which plans again and refuses unless it arrives at the prev
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import logging
+import time
 from dataclasses import asdict
 
 from django.contrib import messages
+from django.core.cache import cache
 from django.core.paginator import Paginator
+from django.db.models import Count, Max, Q, Sum
 from django.db.models.fields.json import KT
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -19,8 +25,10 @@ from django.views.decorators.http import require_POST
 
 from dashboard import access
 from dashboard.forms import PinForm, RetentionPolicyForm
-from dashboard.models import AuditEvent, Checkpoint, Job, Run
+from dashboard.models import AuditEvent, Checkpoint, Export, Job, Run
 from dashboard.views.common import start_job
+
+logger = logging.getLogger(__name__)
 
 PLAN_PAGE_SIZE = 100
 AUDIT_PAGE_SIZE = 50
@@ -45,12 +53,10 @@ def retention_policy(request: HttpRequest, name: str) -> HttpResponse:
 def prune_preview(request: HttpRequest, name: str) -> HttpResponse:
     run = access.get_run_for_user(request, name)
     show = request.GET.get("show") if request.GET.get("show") in SHOW_CHOICES else "all"
-    facts = run.retention_facts()
     try:
-        plan = run.plan_retention(facts=facts)
+        plan, rows, timeline = _cached_preview(run)
     except ValueError as exc:
         return render(request, "dashboard/prune_preview.html", {"run": run, "policy_error": str(exc)})
-    rows = _plan_rows(run, plan, facts)
     shown = [r for r in rows if show == "all" or (r["keep"] == (show == "keep"))]
     return render(
         request,
@@ -58,7 +64,7 @@ def prune_preview(request: HttpRequest, name: str) -> HttpResponse:
         {
             "run": run, "plan": plan, "policy": run.retention_policy(), "show": show,
             "page": Paginator(shown, PLAN_PAGE_SIZE).get_page(request.GET.get("page")),
-            "timeline": _timeline(rows), "running": run.running_prune(),
+            "timeline": timeline, "running": run.running_prune(),
             "recent_prunes": list(run.jobs.filter(kind=Job.PRUNE).order_by("-created_at")[:3]),
         },
     )
@@ -140,6 +146,81 @@ def audit(request: HttpRequest) -> HttpResponse:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def _cached_preview(run: Run) -> tuple:
+    """The plan, its table rows and its timeline, computed once per state of the run.
+
+    Planning a run of 20,000 checkpoints costs seconds of web CPU; every reload and every other
+    viewer would pay it again. The result is kept in the shared cache under a stamp of everything
+    the plan reads (``_plan_stamp``) and reused until that changes or until the first young
+    checkpoint grows older than ``min_age`` (the one input that is the clock). "Prune now" always
+    plans afresh and compares fingerprints, so a stale entry can never be executed. When the
+    cache (Redis) is unreachable the plan is computed as before.
+    """
+    key = f"prune-preview:{run.pk}:{_plan_stamp(run)}"
+    try:
+        entry = cache.get(key)
+    except Exception:  # a cache outage must not take the page down with it
+        logger.warning("prune preview cache unreachable; planning without it", exc_info=True)
+        entry = None
+    now = time.time()
+    if entry is not None and now < entry["valid_until"]:
+        return entry["plan"], entry["rows"], entry["timeline"]
+    facts = run.retention_facts()
+    plan = run.plan_retention(facts=facts, now=now)
+    rows = _plan_rows(run, plan, facts)
+    timeline = _timeline(rows)
+    entry = {
+        "plan": plan, "rows": rows, "timeline": timeline,
+        "valid_until": _plan_valid_until(facts, run.retention_policy().min_age_seconds, now),
+    }
+    try:
+        cache.set(key, entry, timeout=PREVIEW_CACHE_SECONDS)
+    except Exception:
+        logger.warning("prune preview cache unreachable; plan not kept", exc_info=True)
+    return plan, rows, timeline
+
+
+PREVIEW_CACHE_SECONDS = 3600
+
+
+def _plan_stamp(run: Run) -> str:
+    """A digest of what a plan depends on, from three aggregate queries (no row is read).
+
+    The policy, the state-file view and the directory change token come from the run row; the
+    checkpoint rows are summarised per status and for pins (a count and a sum of ids each, so
+    that moving a pin or a status from one row to another changes the stamp); exports and the
+    run's audit trail (pins, prunes, "make latest", policy edits are all audited) by count and
+    newest id.
+    """
+    statuses = [s for s, _ in Checkpoint.STATUS_CHOICES]
+    rows = run.checkpoints.aggregate(
+        # Aggregate names must not be field names ("pinned"), hence the prefix.
+        stamp_n=Count("id"), stamp_max_id=Max("id"), stamp_recorded=Max("recorded_at"),
+        stamp_size=Sum("size_bytes"), stamp_pinned_n=Count("id", filter=Q(pinned=True)),
+        stamp_pinned_ids=Sum("id", filter=Q(pinned=True)),
+        **{f"stamp_{s}_n": Count("id", filter=Q(status=s)) for s in statuses},
+        **{f"stamp_{s}_ids": Sum("id", filter=Q(status=s)) for s in statuses},
+    )
+    exports = Export.objects.filter(checkpoint__run=run).aggregate(n=Count("id"), max_id=Max("id"))
+    audited = run.audit_events.aggregate(max_id=Max("id"))
+    state = {
+        "policy": run.retention_values(), "latest": run.latest_prefix,
+        "preserved": run.last_preserved_timestamp, "state_files": run.state_files,
+        "directory": run.directory, "directory_stamp": run.directory_stamp,
+        "rows": rows, "exports": exports, "audit": audited,
+    }
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _plan_valid_until(facts: list, min_age_seconds: int | None, now: float) -> float:
+    """When the oldest checkpoint still protected by ``min_age`` stops being protected: the plan
+    made at ``now`` stays the plan until then (nothing else in it depends on the clock)."""
+    if not min_age_seconds:
+        return float("inf")
+    young = [f.saved_at + min_age_seconds for f in facts if now - f.saved_at < min_age_seconds]
+    return min(young, default=float("inf"))
 
 
 def _metric_names(run: Run) -> list[str]:
