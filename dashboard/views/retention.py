@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from django.contrib import messages
 from django.core.cache import cache
@@ -54,10 +54,9 @@ def prune_preview(request: HttpRequest, name: str) -> HttpResponse:
     run = access.get_run_for_user(request, name)
     show = request.GET.get("show") if request.GET.get("show") in SHOW_CHOICES else "all"
     try:
-        plan, rows, timeline = _cached_preview(run)
+        plan, shown, timeline = _cached_preview(run, show)
     except ValueError as exc:
         return render(request, "dashboard/prune_preview.html", {"run": run, "policy_error": str(exc)})
-    shown = [r for r in rows if show == "all" or (r["keep"] == (show == "keep"))]
     return render(
         request,
         "dashboard/prune_preview.html",
@@ -148,15 +147,54 @@ def audit(request: HttpRequest) -> HttpResponse:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _cached_preview(run: Run) -> tuple:
-    """The plan, its table rows and its timeline, computed once per state of the run.
+@dataclass
+class PlanSummary:
+    """What the preview page shows of a plan besides its rows (all a cache entry needs to hold)."""
+
+    fingerprint: str
+    kept_count: int
+    deleted_count: int
+    bytes_freed: int
+    files_to_delete: list[str]
+    decision_count: int
+
+
+class _CachedRows:
+    """The rows of one filter of a cached preview, read a page at a time (for ``Paginator``)."""
+
+    def __init__(self, key: str, show: str, count: int, fallback):
+        self.key, self.show, self.count_, self.fallback = key, show, count, fallback
+
+    def __len__(self) -> int:
+        return self.count_
+
+    def count(self) -> int:
+        return self.count_
+
+    def __getitem__(self, bounds: slice) -> list[dict]:
+        if bounds.stop <= bounds.start:  # an empty filter's only page
+            return []
+        page = bounds.start // PLAN_PAGE_SIZE
+        try:
+            stored = cache.get(f"{self.key}:{self.show}:{page}")
+        except Exception:
+            stored = None
+        if stored is None:  # evicted meanwhile: plan again, once
+            return self.fallback()[bounds]
+        return [dict(zip(_ROW_KEYS, r, strict=True)) for r in stored]
+
+
+def _cached_preview(run: Run, show: str) -> tuple:
+    """The plan's summary, the rows ``show`` selects (sliceable, for ``Paginator``) and the timeline,
+    computed once per state of the run.
 
     Planning a run of 20,000 checkpoints costs seconds of web CPU; every reload and every other
     viewer would pay it again. The result is kept in the shared cache under a stamp of everything
     the plan reads (``_plan_stamp``) and reused until that changes or until the first young
-    checkpoint grows older than ``min_age`` (the one input that is the clock). "Prune now" always
-    plans afresh and compares fingerprints, so a stale entry can never be executed. When the
-    cache (Redis) is unreachable the plan is computed as before.
+    checkpoint grows older than ``min_age`` (the one input that is the clock). A view reads the
+    summary and one page of rows: unpickling all 20,000 rows took longer than the page. "Prune
+    now" always plans afresh and compares fingerprints, so a stale entry is never executed. When
+    the cache (Redis) is unreachable the plan is computed as before.
     """
     key = f"prune-preview:{run.pk}:{_plan_stamp(run)}"
     try:
@@ -165,24 +203,45 @@ def _cached_preview(run: Run) -> tuple:
         logger.warning("prune preview cache unreachable; planning without it", exc_info=True)
         entry = None
     now = time.time()
+
+    def plan_now() -> tuple:
+        facts = run.retention_facts()
+        plan = run.plan_retention(facts=facts, now=now)
+        rows = _plan_rows(run, plan, facts)
+        return facts, plan, rows
+
     if entry is not None and now < entry["valid_until"]:
-        return entry["plan"], entry["rows"], entry["timeline"]
-    facts = run.retention_facts()
-    plan = run.plan_retention(facts=facts, now=now)
-    rows = _plan_rows(run, plan, facts)
+        rows = _CachedRows(key, show, entry["counts"][show], lambda: _shown(plan_now()[2], show))
+        return entry["summary"], rows, entry["timeline"]
+    facts, plan, rows = plan_now()
+    summary = PlanSummary(
+        fingerprint=plan.fingerprint, kept_count=plan.kept_count, deleted_count=plan.deleted_count,
+        bytes_freed=plan.bytes_freed, files_to_delete=list(plan.files_to_delete), decision_count=len(plan.decisions),
+    )
     timeline = _timeline(rows)
-    entry = {
-        "plan": plan, "rows": rows, "timeline": timeline,
+    by_show = {choice: _shown(rows, choice) for choice in SHOW_CHOICES}
+    entries = {
+        f"{key}:{choice}:{i // PLAN_PAGE_SIZE}": [tuple(r[k] for k in _ROW_KEYS) for r in shown[i:i + PLAN_PAGE_SIZE]]
+        for choice, shown in by_show.items() for i in range(0, len(shown), PLAN_PAGE_SIZE)
+    }
+    # The summary last: a reader who finds it finds the pages too.
+    entries[key] = {
+        "summary": summary, "timeline": timeline, "counts": {c: len(v) for c, v in by_show.items()},
         "valid_until": _plan_valid_until(facts, run.retention_policy().min_age_seconds, now),
     }
     try:
-        cache.set(key, entry, timeout=PREVIEW_CACHE_SECONDS)
+        cache.set_many(entries, timeout=PREVIEW_CACHE_SECONDS)
     except Exception:
         logger.warning("prune preview cache unreachable; plan not kept", exc_info=True)
-    return plan, rows, timeline
+    return summary, by_show[show], timeline
+
+
+def _shown(rows: list[dict], show: str) -> list[dict]:
+    return [r for r in rows if show == "all" or (r["keep"] == (show == "keep"))]
 
 
 PREVIEW_CACHE_SECONDS = 3600
+_ROW_KEYS = ("id", "prefix", "step", "status", "saved_at", "size", "keep", "meta_only", "reasons", "bytes", "files")
 
 
 def _plan_stamp(run: Run) -> str:
