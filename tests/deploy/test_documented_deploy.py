@@ -356,3 +356,77 @@ def test_slow_downloads_run_past_a_minute_while_pages_stay_responsive(deployment
     slowest = max(during)
     assert slowest[0] < 1.0, f"a page took {slowest[0]:.2f} s during the downloads: {slowest[1]}"
     assert d.alive("web"), d.log("web")
+
+
+@pytest.mark.slow
+def test_shipped_nginx_config_serves_exports_by_x_accel_redirect(deployment, tmp_path):
+    """deploy/nginx.conf in front of a gunicorn started with DOWNLOAD_X_ACCEL_REDIRECT: login goes
+    through the proxy, the dashboard checks the download and nginx sends the bytes (ranges too);
+    the internal location cannot be fetched directly."""
+    import requests
+
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(nginx):
+        pytest.skip("nginx is not installed")
+    d = deployment
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    target = d.exports / "demo" / "accel" / "accel.pb"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    create = (
+        "from dashboard.models import Checkpoint, Export\n"
+        "c = Checkpoint.objects.filter(run__name='demo').order_by('-step').first()\n"
+        f"e = Export.objects.create(checkpoint=c, path={str(target)!r}, size_bytes={len(data)}, "
+        f"sha256={hashlib.sha256(data).hexdigest()!r}, outputs=['probs'], verified=True)\n"
+        "print('export', e.pk)\n"
+    )
+    export = re.search(r"export (\d+)", _manage([".venv/bin/python", "manage.py", "shell", "-c", create], d.env)).group(1)
+
+    web_port, proxy_port = free_port(), free_port()
+    accel = Deployment(tmp_path)
+    accel.env = {**d.env, "DOWNLOAD_X_ACCEL_REDIRECT": "/protected-exports/"}
+    web = list(readme_commands()["web"])
+    web[web.index("--bind") + 1] = f"127.0.0.1:{web_port}"
+    accel.start("web", web)
+    server = (BASE_DIR / "deploy" / "nginx.conf").read_text()
+    for documented, here in [("server 127.0.0.1:8000;", f"server 127.0.0.1:{web_port};"),
+                             ("listen 80;", f"listen 127.0.0.1:{proxy_port};"),
+                             ("alias /data/exports/;", f"alias {d.exports}/;")]:
+        assert documented in server
+        server = server.replace(documented, here)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        f"daemon off;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/nginx-error.log;\nuser root;\n"
+        "events {}\n"
+        f"http {{\n  access_log {tmp_path}/nginx-access.log;\n  client_body_temp_path {tmp_path}/body;\n"
+        f"  proxy_temp_path {tmp_path}/proxy;\n  fastcgi_temp_path {tmp_path}/fcgi;\n"
+        f"  uwsgi_temp_path {tmp_path}/uwsgi;\n  scgi_temp_path {tmp_path}/scgi;\n{server}\n}}\n"
+    )
+    accel.start("nginx", [nginx, "-p", str(tmp_path), "-c", str(conf)])
+    try:
+        base = f"http://127.0.0.1:{proxy_port}"
+
+        def answers() -> bool:
+            assert accel.alive("nginx"), (tmp_path / "nginx-error.log").read_text(errors="replace")
+            try:
+                return requests.get(base + "/accounts/login/", timeout=10).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for(answers, timeout=60, what="nginx and gunicorn to answer")
+        proxied = Deployment(d.root)
+        proxied.base, proxied.password = base, d.password
+        s = _session(proxied)
+
+        download = s.get(f"{base}/exports/{export}/download/", timeout=30)
+        assert download.status_code == 200 and download.content == data
+        assert "attachment" in download.headers["Content-Disposition"]
+        ranged = s.get(f"{base}/exports/{export}/download/", headers={"Range": "bytes=100-199"}, timeout=30)
+        assert ranged.status_code == 206 and ranged.content == data[100:200]
+        # gunicorn itself sent no file body: the answer to the dashboard's check was a redirect.
+        direct = s.get(f"http://127.0.0.1:{web_port}/exports/{export}/download/", timeout=30)
+        assert direct.headers["X-Accel-Redirect"].startswith("/protected-exports/") and direct.content == b""
+        assert s.get(f"{base}/protected-exports/demo/accel/accel.pb", timeout=10).status_code == 404
+        assert requests.get(f"{base}/exports/{export}/download/", timeout=10, allow_redirects=False).status_code == 302
+    finally:
+        accel.stop()
