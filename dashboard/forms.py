@@ -45,6 +45,30 @@ class RegisterRunForm(forms.ModelForm):
 
 RESTORE_CHOICES_SHOWN = 50
 KNOWN_NAMES_FROM_CHECKPOINTS = 5
+# Far beyond any real Saver setting, and small enough that the number stays a plain int everywhere
+# it goes (job params, the Saver, the database).
+MAX_TO_KEEP_LIMIT = 10**6
+# Node and variable names typed into the freeze form: each one unknown to the graph is fuzzy-matched
+# against every node name, in the web process, so how many and how long they may be is bounded.
+MAX_TYPED_NAMES = 64
+MAX_TYPED_NAME_LENGTH = 256
+# Fuzzy matches ("closest: ...") are looked up for this many unknown names; the rest are counted.
+FUZZY_MATCHED_NAMES = 5
+
+
+def file_prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot be a checkpoint file prefix in the run directory, or None.
+
+    Separators of any platform are refused, not only this one's: a ``\\`` is a directory on a
+    Windows share of the same storage and reads as a path to every person looking at it.
+    """
+    if not prefix or prefix in (".", "..") or prefix.startswith("."):
+        return "Enter a plain file name that does not start with a dot."
+    if any(sep in prefix for sep in ("/", "\\")) or any(ord(ch) < 32 or ord(ch) == 127 for ch in prefix):
+        return "Enter a plain file name, without directories (/ or \\) or control characters."
+    if prefix == "checkpoint":
+        return "“checkpoint” is the state file's name; choose another prefix."
+    return None
 
 
 def _parse_names(text: str) -> list[str]:
@@ -122,7 +146,7 @@ class SaveJobForm(forms.Form):
         help_text="File prefix: checkpoints are written as PREFIX-STEP.index, .data-…, .meta.",
     )
     max_to_keep = forms.IntegerField(
-        min_value=0, initial=5, required=False,
+        min_value=0, max_value=MAX_TO_KEEP_LIMIT, initial=5, required=False,
         help_text="The Saver deletes this job's older checkpoints beyond this many. 0 or empty keeps all.",
     )
     keep_checkpoint_every_n_hours = forms.FloatField(
@@ -178,12 +202,12 @@ class SaveJobForm(forms.Form):
         from persistence.training import SaverOptions, TrainingError
 
         prefix = self.cleaned_data["prefix"].strip()
+        if problem := file_prefix_problem(prefix):
+            raise forms.ValidationError(problem)
         try:
             SaverOptions(prefix=prefix)
         except TrainingError:
             raise forms.ValidationError("Enter a plain file name, without directories.") from None
-        if prefix == "checkpoint":
-            raise forms.ValidationError("“checkpoint” is the state file's name; choose another prefix.")
         return prefix
 
     def clean_restore_from(self):
@@ -309,8 +333,8 @@ class ResaveForm(forms.Form):
         from persistence.training import checkpoint_files
 
         prefix = self.cleaned_data["new_prefix"].strip()
-        if not prefix or "/" in prefix or prefix in (".", "..", "checkpoint") or prefix.startswith("."):
-            raise forms.ValidationError("Enter a plain file name (no directories), other than “checkpoint”.")
+        if problem := file_prefix_problem(prefix):
+            raise forms.ValidationError(problem)
         run = self.checkpoint.run
         if run.checkpoints.filter(prefix=prefix).exclude(status__in=["pruned", "missing"]).exists() or (
             checkpoint_files(run.directory, prefix)
@@ -462,8 +486,8 @@ class GraphOutline:
         unknown = [n for n in names if _node(n) not in self.ops]
         if not unknown:
             return None
-        message = unknown_names_message(unknown, self.ops, what="output")
-        return message[0].upper() + message[1:] + "."
+        message = unknown_names_message(unknown[:FUZZY_MATCHED_NAMES], self.ops, what="output")
+        return message[0].upper() + message[1:] + _more(unknown) + "."
 
     def unknown_variables_message(self, names: list[str]) -> str | None:
         from persistence.restore import unknown_names_message
@@ -471,8 +495,8 @@ class GraphOutline:
         unknown = [n for n in names if n not in self.variables]
         if not unknown:
             return None
-        message = unknown_names_message(unknown, self.variables, what="variable")
-        return message[0].upper() + message[1:] + "."
+        message = unknown_names_message(unknown[:FUZZY_MATCHED_NAMES], self.variables, what="variable")
+        return message[0].upper() + message[1:] + _more(unknown) + "."
 
 
 def _node(name: str) -> str:
@@ -481,9 +505,27 @@ def _node(name: str) -> str:
     return node_name(name)
 
 
+def _more(unknown: list[str]) -> str:
+    extra = len(unknown) - FUZZY_MATCHED_NAMES
+    return f"; and {extra} more unknown name(s)" if extra > 0 else ""
+
+
 def _split_names(text: str) -> list[str]:
     """Names separated by commas, spaces or new lines, each once, in order."""
     return list(dict.fromkeys(part for part in text.replace(",", " ").split() if part))
+
+
+def _typed_names_problem(names: list[str]) -> str | None:
+    if len(names) > MAX_TYPED_NAMES:
+        return f"At most {MAX_TYPED_NAMES} names, not {len(names)}."
+    if any(len(n) > MAX_TYPED_NAME_LENGTH for n in names):
+        return f"A name may be at most {MAX_TYPED_NAME_LENGTH} characters long."
+    return None
+
+
+# Enough characters for MAX_TYPED_NAMES names of the longest length and their separators; longer
+# text is refused by the field before anything is split or matched.
+_TYPED_NAMES_MAX_CHARS = MAX_TYPED_NAMES * (MAX_TYPED_NAME_LENGTH + 2)
 
 
 class FreezeForm(forms.Form):
@@ -494,18 +536,18 @@ class FreezeForm(forms.Form):
         help_text="Ops whose outputs nothing consumes, without saver, initialisation and training machinery.",
     )
     other_outputs = forms.CharField(
-        required=False, label="Other output nodes",
+        required=False, label="Other output nodes", max_length=_TYPED_NAMES_MAX_CHARS,
         help_text="Node names, separated by commas or spaces (e.g. scope/logits).",
     )
     clear_devices = forms.BooleanField(
         required=False, initial=True, help_text="Drop device placements (a graph trained on GPUs must run anywhere)."
     )
     variables_allowlist = forms.CharField(
-        required=False, label="Only freeze these variables",
+        required=False, label="Only freeze these variables", max_length=_TYPED_NAMES_MAX_CHARS,
         widget=forms.Textarea(attrs={"rows": 2}), help_text="Optional; variable names, separated by commas or lines.",
     )
     variables_denylist = forms.CharField(
-        required=False, label="Never freeze these variables",
+        required=False, label="Never freeze these variables", max_length=_TYPED_NAMES_MAX_CHARS,
         widget=forms.Textarea(attrs={"rows": 2}), help_text="Optional; variable names, separated by commas or lines.",
     )
 
@@ -545,15 +587,20 @@ class FreezeForm(forms.Form):
         cleaned = super().clean()
         if self.problem:
             raise forms.ValidationError(self.problem)
-        outputs = list(dict.fromkeys([*(cleaned.get("outputs") or []), *_split_names(cleaned.get("other_outputs", ""))]))
-        if not outputs and not self.tf2:
+        typed = _split_names(cleaned.get("other_outputs", ""))
+        outputs = list(dict.fromkeys([*(cleaned.get("outputs") or []), *typed]))
+        if problem := _typed_names_problem(typed):
+            self.add_error("other_outputs", problem)
+        elif not outputs and not self.tf2:
             self.add_error("other_outputs", "Choose at least one output node.")
         elif self.outline is not None and (problem := self.outline.unknown_nodes_message(outputs)):
             self.add_error("other_outputs", problem)
         for field in ("variables_allowlist", "variables_denylist"):
             names = [_node(n) for n in _split_names(cleaned.get(field, ""))]
             cleaned[field] = names
-            if self.outline is not None and (problem := self.outline.unknown_variables_message(names)):
+            if problem := _typed_names_problem(names):
+                self.add_error(field, problem)
+            elif self.outline is not None and (problem := self.outline.unknown_variables_message(names)):
                 self.add_error(field, problem)
         if set(cleaned.get("variables_allowlist") or []) & set(cleaned.get("variables_denylist") or []):
             self.add_error("variables_denylist", "A variable cannot be both allowed and denied.")

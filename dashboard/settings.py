@@ -8,6 +8,7 @@ Local defaults are safe and need nothing installed: SQLite and data under ``var/
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -163,6 +164,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_htmx",
     "django_rq",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -177,6 +179,16 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes requires: it turns a locked-out login into its lockout response.
+    "axes.middleware.AxesMiddleware",
+]
+
+# Login throttling: the axes backend goes first so that a locked-out user/address pair is refused
+# before the password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -220,6 +232,17 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 LOGIN_URL = "login"
+
+# After AXES_FAILURE_LIMIT wrong passwords for one user name from one address, that pair is refused
+# for AXES_COOLOFF_MINUTES. Locking by user name alone would let anyone lock any account out; by
+# address alone, one office behind NAT. Attempts are stored in the database, so every web worker
+# and every machine sees the same count.
+AXES_FAILURE_LIMIT = int(_env_float("AXES_FAILURE_LIMIT", 5, minimum=1))
+AXES_COOLOFF_TIME = dt.timedelta(minutes=_env_float("AXES_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
 LOGIN_REDIRECT_URL = "runs"
 LOGOUT_REDIRECT_URL = "login"
 
@@ -256,9 +279,34 @@ RQ_QUEUES = {
 }
 RQ_SHOW_ADMIN_LINK = True
 
+# Shared by every web worker (the prune preview keeps its plans here). The key prefix keeps two
+# dashboards, or two test sessions, that share one Redis apart.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"dashboard:{JOB_QUEUE}",
+        "TIMEOUT": 3600,
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 5},
+    }
+}
+
 # --- Production hardening -------------------------------------------------------------------
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Every script, style, font and image is vendored and served from here: nothing inline, nothing
+# from elsewhere. Pages set colours and sizes through classes or from static scripts, never through
+# style attributes, so that injected markup cannot run or restyle anything.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    },
+}
 X_FRAME_OPTIONS = "DENY"
 if not DEBUG:
     SESSION_COOKIE_SECURE = _env_bool("SECURE_COOKIES", True)

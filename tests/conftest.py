@@ -37,6 +37,13 @@ def pytest_configure(config: pytest.Config) -> None:
             name: {**settings.RQ_QUEUES.get("default", {}), "URL": settings.REDIS_URL}
             for name in ("default", settings.JOB_QUEUE)
         }
+        settings.CACHES = {
+            **settings.CACHES,
+            "default": {
+                **settings.CACHES["default"], "LOCATION": settings.REDIS_URL,
+                "KEY_PREFIX": f"dashboard:{settings.JOB_QUEUE}",
+            },
+        }
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

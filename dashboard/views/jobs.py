@@ -35,14 +35,20 @@ def job_list(request: HttpRequest) -> HttpResponse:
 
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     access.require(request, "dashboard.view_job")
-    job = get_object_or_404(Job.objects.select_related("run", "checkpoint", "requested_by", "retry_of"), pk=pk)
+    jobs_ = Job.objects.select_related("run", "checkpoint", "requested_by", "retry_of")
+    # A traceback shows paths, code and sometimes values from the worker's machine: the people who
+    # start and fix jobs need it, viewers get the error message alone.
+    show_traceback = request.user.has_perm(access.OPERATE)
+    if not show_traceback:
+        jobs_ = jobs_.defer("traceback")
+    job = get_object_or_404(jobs_, pk=pk)
     retries = list(job.retries.order_by("pk"))
     may_handle = access.may_handle_job(request.user, job.kind)
     return render(
         request,
         "dashboard/job_detail.html",
         {
-            "job": job, "retries": retries,
+            "job": job, "retries": retries, "show_traceback": show_traceback,
             "may_cancel": may_handle and job.can_cancel,
             # A job is retried once; later attempts go through its newest retry.
             "may_retry": may_handle and job.can_retry and not retries,

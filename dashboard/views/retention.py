@@ -7,10 +7,16 @@ runs in a prune job, which plans again and refuses unless it arrives at the prev
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
 
 from django.contrib import messages
+from django.core.cache import cache
 from django.core.paginator import Paginator
+from django.db.models import Count, Max, Q, Sum
 from django.db.models.fields.json import KT
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -19,8 +25,10 @@ from django.views.decorators.http import require_POST
 
 from dashboard import access
 from dashboard.forms import PinForm, RetentionPolicyForm, unrecorded_metric_warning
-from dashboard.models import AuditEvent, Checkpoint, Job, Run
+from dashboard.models import AuditEvent, Checkpoint, Export, Job, Run
 from dashboard.views.common import start_job
+
+logger = logging.getLogger(__name__)
 
 PLAN_PAGE_SIZE = 100
 AUDIT_PAGE_SIZE = 50
@@ -47,22 +55,19 @@ def retention_policy(request: HttpRequest, name: str) -> HttpResponse:
 def prune_preview(request: HttpRequest, name: str) -> HttpResponse:
     run = access.get_run_for_user(request, name)
     show = request.GET.get("show") if request.GET.get("show") in SHOW_CHOICES else "all"
-    facts = run.retention_facts()
     try:
-        plan = run.plan_retention(facts=facts)
+        plan, shown, timeline = _cached_preview(run, show)
     except ValueError as exc:
         return render(request, "dashboard/prune_preview.html", {"run": run, "policy_error": str(exc)})
     policy = run.retention_policy()
-    rows = _plan_rows(run, plan, facts)
-    shown = [r for r in rows if show == "all" or (r["keep"] == (show == "keep"))]
     return render(
         request,
         "dashboard/prune_preview.html",
         {
             "run": run, "plan": plan, "policy": policy, "show": show,
-            "policy_warnings": _policy_warnings(policy, facts),
+            "policy_warnings": _policy_warnings(run, policy),
             "page": Paginator(shown, PLAN_PAGE_SIZE).get_page(request.GET.get("page")),
-            "timeline": _timeline(rows), "running": run.running_prune(),
+            "timeline": timeline, "running": run.running_prune(),
             "recent_prunes": list(run.jobs.filter(kind=Job.PRUNE).order_by("-created_at")[:3]),
         },
     )
@@ -146,23 +151,158 @@ def audit(request: HttpRequest) -> HttpResponse:
 # --- helpers -------------------------------------------------------------------------------------
 
 
+@dataclass
+class PlanSummary:
+    """What the preview page shows of a plan besides its rows (all a cache entry needs to hold)."""
+
+    fingerprint: str
+    kept_count: int
+    deleted_count: int
+    bytes_freed: int
+    files_to_delete: list[str]
+    decision_count: int
+
+
+class _CachedRows:
+    """The rows of one filter of a cached preview, read a page at a time (for ``Paginator``)."""
+
+    def __init__(self, key: str, show: str, count: int, fallback):
+        self.key, self.show, self.count_, self.fallback = key, show, count, fallback
+
+    def __len__(self) -> int:
+        return self.count_
+
+    def count(self) -> int:
+        return self.count_
+
+    def __getitem__(self, bounds: slice) -> list[dict]:
+        if bounds.stop <= bounds.start:  # an empty filter's only page
+            return []
+        page = bounds.start // PLAN_PAGE_SIZE
+        try:
+            stored = cache.get(f"{self.key}:{self.show}:{page}")
+        except Exception:
+            stored = None
+        if stored is None:  # evicted meanwhile: plan again, once
+            return self.fallback()[bounds]
+        return [dict(zip(_ROW_KEYS, r, strict=True)) for r in stored]
+
+
+def _cached_preview(run: Run, show: str) -> tuple:
+    """The plan's summary, the rows ``show`` selects (sliceable, for ``Paginator``) and the timeline,
+    computed once per state of the run.
+
+    Planning a run of 20,000 checkpoints costs seconds of web CPU; every reload and every other
+    viewer would pay it again. The result is kept in the shared cache under a stamp of everything
+    the plan reads (``_plan_stamp``) and reused until that changes or until the first young
+    checkpoint grows older than ``min_age`` (the one input that is the clock). A view reads the
+    summary and one page of rows: unpickling all 20,000 rows took longer than the page. "Prune
+    now" always plans afresh and compares fingerprints, so a stale entry is never executed. When
+    the cache (Redis) is unreachable the plan is computed as before.
+    """
+    key = f"prune-preview:{run.pk}:{_plan_stamp(run)}"
+    try:
+        entry = cache.get(key)
+    except Exception:  # a cache outage must not take the page down with it
+        logger.warning("prune preview cache unreachable; planning without it", exc_info=True)
+        entry = None
+    now = time.time()
+
+    def plan_now() -> tuple:
+        facts = run.retention_facts()
+        plan = run.plan_retention(facts=facts, now=now)
+        rows = _plan_rows(run, plan, facts)
+        return facts, plan, rows
+
+    if entry is not None and now < entry["valid_until"]:
+        rows = _CachedRows(key, show, entry["counts"][show], lambda: _shown(plan_now()[2], show))
+        return entry["summary"], rows, entry["timeline"]
+    facts, plan, rows = plan_now()
+    summary = PlanSummary(
+        fingerprint=plan.fingerprint, kept_count=plan.kept_count, deleted_count=plan.deleted_count,
+        bytes_freed=plan.bytes_freed, files_to_delete=list(plan.files_to_delete), decision_count=len(plan.decisions),
+    )
+    timeline = _timeline(rows)
+    by_show = {choice: _shown(rows, choice) for choice in SHOW_CHOICES}
+    entries = {
+        f"{key}:{choice}:{i // PLAN_PAGE_SIZE}": [tuple(r[k] for k in _ROW_KEYS) for r in shown[i:i + PLAN_PAGE_SIZE]]
+        for choice, shown in by_show.items() for i in range(0, len(shown), PLAN_PAGE_SIZE)
+    }
+    # The summary last: a reader who finds it finds the pages too.
+    entries[key] = {
+        "summary": summary, "timeline": timeline, "counts": {c: len(v) for c, v in by_show.items()},
+        "valid_until": _plan_valid_until(facts, run.retention_policy().min_age_seconds, now),
+    }
+    try:
+        cache.set_many(entries, timeout=PREVIEW_CACHE_SECONDS)
+    except Exception:
+        logger.warning("prune preview cache unreachable; plan not kept", exc_info=True)
+    return summary, by_show[show], timeline
+
+
+def _shown(rows: list[dict], show: str) -> list[dict]:
+    return [r for r in rows if show == "all" or (r["keep"] == (show == "keep"))]
+
+
+PREVIEW_CACHE_SECONDS = 3600
+_ROW_KEYS = ("id", "prefix", "step", "status", "saved_at", "size", "keep", "meta_only", "reasons", "bytes", "files")
+
+
+def _plan_stamp(run: Run) -> str:
+    """A digest of what a plan depends on, from three aggregate queries (no row is read).
+
+    The policy, the state-file view and the directory change token come from the run row; the
+    checkpoint rows are summarised per status and for pins (a count and a sum of ids each, so
+    that moving a pin or a status from one row to another changes the stamp); exports and the
+    run's audit trail (pins, prunes, "make latest", policy edits are all audited) by count and
+    newest id.
+    """
+    statuses = [s for s, _ in Checkpoint.STATUS_CHOICES]
+    rows = run.checkpoints.aggregate(
+        # Aggregate names must not be field names ("pinned"), hence the prefix.
+        stamp_n=Count("id"), stamp_max_id=Max("id"), stamp_recorded=Max("recorded_at"),
+        stamp_size=Sum("size_bytes"), stamp_pinned_n=Count("id", filter=Q(pinned=True)),
+        stamp_pinned_ids=Sum("id", filter=Q(pinned=True)),
+        **{f"stamp_{s}_n": Count("id", filter=Q(status=s)) for s in statuses},
+        **{f"stamp_{s}_ids": Sum("id", filter=Q(status=s)) for s in statuses},
+    )
+    exports = Export.objects.filter(checkpoint__run=run).aggregate(n=Count("id"), max_id=Max("id"))
+    audited = run.audit_events.aggregate(max_id=Max("id"))
+    state = {
+        "policy": run.retention_values(), "latest": run.latest_prefix,
+        "preserved": run.last_preserved_timestamp, "state_files": run.state_files,
+        "directory": run.directory, "directory_stamp": run.directory_stamp,
+        "rows": rows, "exports": exports, "audit": audited,
+    }
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _plan_valid_until(facts: list, min_age_seconds: int | None, now: float) -> float:
+    """When the oldest checkpoint still protected by ``min_age`` stops being protected: the plan
+    made at ``now`` stays the plan until then (nothing else in it depends on the clock)."""
+    if not min_age_seconds:
+        return float("inf")
+    young = [f.saved_at + min_age_seconds for f in facts if now - f.saved_at < min_age_seconds]
+    return min(young, default=float("inf"))
+
+
 def _metric_names(run: Run) -> list[str]:
     # The newest checkpoints say which metrics training records; enough for the form's suggestions.
     recent = run.checkpoints.order_by("-saved_at").values_list("metrics", flat=True)[:200]
     return sorted({name for metrics in recent for name in (metrics or {})})
 
 
-def _policy_warnings(policy, facts) -> list[str]:
-    """Rules of the policy that keep nothing for this run although they look meant to."""
+def _policy_warnings(run: Run, policy) -> list[str]:
+    """Rules of the policy that keep nothing for this run although they look meant to.
+
+    Two indexed queries rather than the whole plan's facts: the preview itself comes from the cache.
+    """
     metric = policy.best_metric
-    if not policy.keep_best_n or not metric:
+    if not policy.keep_best_n or not metric or run.checkpoints.filter(metrics__has_key=metric).exists():
         return []
-    recorded: set[str] = set()
-    for f in facts:
-        if metric in f.metrics:
-            return []
-        recorded.update(f.metrics)
-    return [unrecorded_metric_warning(metric, policy.keep_best_n, sorted(recorded))]
+    recorded = sorted({key for m in run.checkpoints.order_by("-id").values_list("metrics", flat=True)[:200]
+                       for key in (m or {})})
+    return [unrecorded_metric_warning(metric, policy.keep_best_n, recorded)]
 
 
 def _plan_rows(run: Run, plan, facts) -> list[dict]:

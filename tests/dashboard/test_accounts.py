@@ -61,3 +61,50 @@ def test_production_refuses_to_start_without_a_secret_key():
     result = _check_deploy(DEBUG="0", ALLOWED_HOSTS="checkpoints.example.com")
     assert result.returncode != 0
     assert "SECRET_KEY must be set" in result.stderr
+
+
+# --- login throttling (django-axes) through the real login view ------------------------------
+
+
+def _login(client, username: str, password: str):
+    return client.post("/accounts/login/", {"username": username, "password": password}, REMOTE_ADDR="203.0.113.7")
+
+
+def test_login_locks_a_user_out_of_one_address_after_repeated_failures(client, settings):
+    User.objects.create_user("lena", password="right-horse-battery-staple")
+    User.objects.create_user("other", password="right-horse-battery-staple")
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        response = _login(client, "lena", "wrong")
+        assert response.status_code == 200 and "Please enter a correct username and password" in response.content.decode()
+    locked = _login(client, "lena", "wrong")
+    assert locked.status_code == 429
+    assert "Too many failed log-ins" in locked.content.decode()
+    # Locked means locked: the right password is refused too, and no session is made.
+    again = _login(client, "lena", "right-horse-battery-staple")
+    assert again.status_code == 429 and "_auth_user_id" not in client.session
+    # Another user name from the same address is not locked (no one can lock out a whole office).
+    other = _login(client, "other", "right-horse-battery-staple")
+    assert other.status_code == 302 and client.session["_auth_user_id"] == str(User.objects.get(username="other").pk)
+
+
+def test_a_successful_login_resets_the_failure_count(client, settings):
+    User.objects.create_user("lena", password="right-horse-battery-staple")
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        _login(client, "lena", "wrong")
+    assert _login(client, "lena", "right-horse-battery-staple").status_code == 302
+    client.logout()
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert _login(client, "lena", "wrong").status_code == 200
+    assert _login(client, "lena", "right-horse-battery-staple").status_code == 302
+
+
+def test_check_deploy_is_clean_with_throttling_and_csp_on():
+    from django.conf import settings
+
+    assert "axes" in settings.INSTALLED_APPS and settings.MIDDLEWARE[-1] == "axes.middleware.AxesMiddleware"
+    assert "csp.middleware.CSPMiddleware" in settings.MIDDLEWARE
+    result = _check_deploy(
+        DEBUG="0", SECRET_KEY="a-long-random-production-key-" + "x" * 40, ALLOWED_HOSTS="checkpoints.example.com",
+        SECURE_HSTS_SECONDS="31536000", SECURE_SSL_REDIRECT="1",
+    )
+    assert result.returncode == 0 and "no issues" in result.stdout, result.stdout + result.stderr

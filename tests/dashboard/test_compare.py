@@ -17,7 +17,7 @@ from dashboard import jobs
 from dashboard.models import Checkpoint, Comparison, Job, Run
 from tests.dashboard.conftest import add_checkpoint_rows
 from tests.dashboard.test_compare_command import make_compare_files, register
-from tests.live import run_jobs_to_completion
+from tests.live import BASE_DIR, run_jobs_to_completion
 
 
 def compare_url(a: Checkpoint, b: Checkpoint, **params: str) -> str:
@@ -262,7 +262,10 @@ def test_heatmap_empty_states_and_stored_result_with_legend(client, operator, vi
     assert 'class="heatmap"' in html and 'aria-label="Colour scale"' in html
     body = html.split("<tbody>", 1)[1]
     kernel = body.split("<code>kernel</code>", 1)[1].split("</tr>", 1)[0]
-    assert 'style="background: #fd8d3c" title="0.0042"' in kernel  # the 0.001 – 0.01 decade
+    # The 0.001 – 0.01 decade's colour, by a class (the Content-Security-Policy refuses style
+    # attributes) that the stylesheet maps to exactly that colour.
+    assert 'class="cell hm-fd8d3c" title="0.0042"' in kernel
+    assert ".hm-fd8d3c { background: #fd8d3c; }" in (BASE_DIR / "dashboard/static/dashboard/site.css").read_text()
     assert 'title="3.5"' in kernel and "dark" in kernel
     bias = body.split("<code>bias</code>", 1)[1].split("</tr>", 1)[0]
     assert "moved away from all zeros" in bias and 'title="0 (no change)"' in bias

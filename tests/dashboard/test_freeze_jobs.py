@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from importlib import import_module
 
@@ -281,6 +282,29 @@ def test_freeze_form_rejects_unknown_names_inline_and_starts_nothing(client, ope
     assert "hidden/kernal" in html and "closest: hidden/kernel" in html
     response = client.post(url, {})
     assert "Choose at least one output node." in response.content.decode()
+    assert not Job.objects.exists()
+
+
+def test_freeze_form_bounds_typed_names_before_any_fuzzy_matching(client, operator, page_run):
+    """200,000 typed output names once kept a web worker fuzzy-matching until it was killed: the
+    count and length of typed names are bounded, and only a few unknown names are matched."""
+    checkpoint = page_run.checkpoints.get(step=50)
+    client.force_login(operator)
+    url = reverse("checkpoint-freeze", args=["demo", checkpoint.pk])
+
+    started = time.monotonic()
+    flood = client.post(url, {"other_outputs": " ".join(f"n{i}" for i in range(200_000))})
+    assert time.monotonic() - started < 5
+    assert "Ensure this value has at most" in flood.content.decode()
+
+    too_many = client.post(url, {"outputs": ["probs"], "other_outputs": " ".join(f"n{i}" for i in range(65))})
+    assert "At most 64 names, not 65." in too_many.content.decode()
+    too_long = client.post(url, {"outputs": ["probs"], "variables_denylist": "v" * 257})
+    assert "at most 256 characters" in too_long.content.decode()
+
+    unknown = client.post(url, {"other_outputs": "prob " + " ".join(f"nope{i}" for i in range(20))})
+    html = unknown.content.decode()
+    assert "closest: probs" in html and "and 16 more unknown name(s)" in html
     assert not Job.objects.exists()
 
 

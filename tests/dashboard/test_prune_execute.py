@@ -21,9 +21,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def preview(client, name: str):
+    """The plan the preview page showed. The page holds a summary of it (the full plan stays in
+    the cache); it must be exactly the plan the run gives now, which is returned whole."""
     response = client.get(reverse("run-prune", args=[name]))
     assert response.status_code == 200
-    return response.context["plan"]
+    shown = response.context["plan"]
+    plan = Run.objects.get(name=name).plan_retention()
+    assert shown.fingerprint == plan.fingerprint
+    assert (shown.deleted_count, shown.kept_count, shown.bytes_freed, shown.files_to_delete) == (
+        plan.deleted_count, plan.kept_count, plan.bytes_freed, plan.files_to_delete)
+    return plan
 
 
 def prune_now(client, name: str, fingerprint: str):

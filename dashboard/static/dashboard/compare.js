@@ -17,6 +17,10 @@
   const canvas = document.getElementById("compare-chart");
   const source = document.getElementById("compare-chart-data");
   if (canvas && source && typeof Chart !== "undefined") {
+    // One readable bar per variable: the page gives the height; set here, not in a style
+    // attribute, which the Content-Security-Policy refuses.
+    const figure = canvas.closest("figure[data-height]");
+    if (figure) figure.style.height = `${Number(figure.dataset.height)}px`;
     const data = JSON.parse(source.textContent);
     const colors = data.changed.map((changed) => (changed ? "#f79009" : "#98a2b3"));
     const chart = new Chart(canvas, {
