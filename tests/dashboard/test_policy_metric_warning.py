@@ -37,7 +37,10 @@ def test_unrecorded_metric_is_saved_with_a_warning_on_the_form_and_the_preview(c
     run.refresh_from_db()
     assert (run.keep_best_n, run.best_metric) == (2, "accuracy")
     # The plan indeed keeps nothing by that rule.
-    assert "best 2 by accuracy" not in " ".join(r for d in response.context["plan"].decisions for r in d.reasons)
+    # The plan indeed keeps nothing by that rule (the page shows a cached summary of this very plan).
+    plan = run.plan_retention()
+    assert response.context["plan"].fingerprint == plan.fingerprint
+    assert "best 2 by accuracy" not in " ".join(r for d in plan.decisions for r in d.reasons)
 
     html = client.get(reverse("run-retention", args=["seed"])).content.decode()
     assert WARNING.format("accuracy") in html
@@ -49,7 +52,11 @@ def test_a_recorded_metric_gives_no_warning(client, maintainer, run):
                                                                       "best_mode": "min"}, follow=True)
     html = response.content.decode()
     assert "No checkpoint of this run has metric" not in html
-    assert "kept: best 2 by loss (min)" in " ".join(r for d in response.context["plan"].decisions for r in d.reasons)
+    assert "kept: best 2 by loss (min)" in html  # the page's rows carry each decision's reasons
+    run.refresh_from_db()
+    plan = run.plan_retention()
+    assert response.context["plan"].fingerprint == plan.fingerprint
+    assert "kept: best 2 by loss (min)" in " ".join(r for d in plan.decisions for r in d.reasons)
     assert "No checkpoint of this run has metric" not in client.get(reverse("run-retention", args=["seed"])).content.decode()
 
 
