@@ -83,7 +83,9 @@ def test_prunes_and_saves_never_delete_what_is_protected(operations, checkpoint_
             protected.add(row.prefix)
         elif kind == "export" and on_disk:
             row = on_disk[operation[1] % len(on_disk)]
-            Export.objects.create(checkpoint=row, path=str(directory / f"{row.prefix}.pb"), sha256="0" * 64)
+            # One export row per file: exporting the same checkpoint again refreshes it.
+            Export.objects.update_or_create(path=str(directory / f"{row.prefix}.pb"),
+                                            defaults={"checkpoint": row, "sha256": "0" * 64})
             protected.add(row.prefix)
         elif kind == "prune":
             run.refresh_from_db()
