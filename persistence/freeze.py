@@ -352,7 +352,7 @@ def freeze_checkpoint(
     ``meta_path`` may be another checkpoint's ``.meta`` (``write_meta_graph=False``). ``outputs``
     are node names (``"probs"``; ``"probs:0"`` is accepted). ``sample_feed`` (by placeholder name)
     is what both graphs are fed for verification; missing placeholders get zeros.
-    Raises :class:`FreezeError` (or :class:`~persistence.graphsafety.UnsafeGraphError`) before
+    Raises :class:`FreezeError` (or :class:`~persistence.errors.UnsafeGraph`) before
     writing anything; TensorFlow's errors from restoring a corrupt checkpoint propagate.
     ``temp_owner`` names this writer in the temporary file's name (see ``files.atomic_writer``).
     """
