@@ -2,7 +2,7 @@
 
 The seed's recipe: ``import_meta_graph`` + ``saver.restore`` + ``convert_variables_to_constants(sess,
 graph_def, output_node_names)``, then ``GraphDef.ParseFromString`` + ``import_graph_def`` to serve.
-Around those TensorFlow calls this module adds what a deployment pipeline needs (DESIGN §5):
+Around those TensorFlow calls this module adds what a deployment pipeline needs:
 
 * refusals with a clear message before any work: missing meta graph, unknown output node (with
   the closest names), unsafe ops (:mod:`persistence.graphsafety`), a result beyond protobuf's 2 GB;
