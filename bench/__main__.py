@@ -11,7 +11,7 @@ import sys
 
 from bench import harness
 
-GROUPS = ["scan", "history", "compare", "jobs", "exports", "retention"]
+GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "retention"]
 
 
 def main(argv: list[str]) -> int:
@@ -30,6 +30,10 @@ def main(argv: list[str]) -> int:
             new.update(scan.run(work))
         if "history" in groups:
             new.update(scan.history_queries(work))
+        if "statefile" in groups:
+            from bench import statefile
+
+            new.update(statefile.run(work))
         if "compare" in groups:
             from bench import compare
 

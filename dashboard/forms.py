@@ -5,6 +5,8 @@ import os
 from django import forms
 from django.utils.text import slugify
 
+from persistence.graphoutline import GraphOutline, OutlineTooLarge
+
 from .models import Run
 
 
@@ -376,138 +378,43 @@ class ResaveForm(forms.Form):
         }
 
 
-# --- freeze and verify (issue 4) ------------------------------------------------------------
-# The freeze form suggests output nodes and checks names against the graph, in the web process,
-# which never imports TensorFlow. TensorFlow's generated MetaGraphDef class lives inside the
-# ``tensorflow`` package (importing it runs tensorflow/__init__), so the .meta file is parsed here
-# with a three-message schema built from protobuf alone: MetaGraphDef.graph_def (field 2) ->
-# GraphDef.node (1) -> NodeDef.name/op/input (1/2/3). Protobuf skips every other field, which is
-# all the suggestion rule (``persistence.freeze.suggest_output_nodes``) reads. Parsing is not
-# running: nothing of the graph executes here. The job checks everything again with TensorFlow.
+# --- freeze and verify ----------------------------------------------------------------------------
+# The freeze form suggests output nodes and checks names against an outline of the graph, read in
+# the web process without TensorFlow (persistence.graphoutline); the job checks everything again.
 
-# Beyond this a .meta holds large constants; reading it on a page view is not worth it.
-MAX_OUTLINE_BYTES = 64 * 1024 * 1024
 SUGGESTIONS_SHOWN = 12
-_VARIABLE_OPS = frozenset({"Variable", "VariableV2", "VarHandleOp"})
-_outline_class = None
 
 
-def _outline_meta_class():
-    global _outline_class
-    if _outline_class is None:
-        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+def outline_for_checkpoint(checkpoint) -> tuple[GraphOutline | None, str]:
+    """The outline of the meta graph ``checkpoint`` restores with, or None and why not.
 
-        proto = descriptor_pb2.FileDescriptorProto(
-            name="dashboard_graph_outline.proto", package="dashboard_outline", syntax="proto3"
-        )
-        string, message, optional, repeated = 9, 11, 1, 3  # FieldDescriptorProto type/label numbers
-        node = proto.message_type.add(name="NodeDef")
-        node.field.add(name="name", number=1, type=string, label=optional)
-        node.field.add(name="op", number=2, type=string, label=optional)
-        node.field.add(name="input", number=3, type=string, label=repeated)
-        graph = proto.message_type.add(name="GraphDef")
-        graph.field.add(name="node", number=1, type=message, label=repeated, type_name=".dashboard_outline.NodeDef")
-        meta = proto.message_type.add(name="MetaGraphDef")
-        meta.field.add(name="graph_def", number=2, type=message, label=optional,
-                       type_name=".dashboard_outline.GraphDef")
-        pool = descriptor_pool.DescriptorPool()
-        pool.Add(proto)
-        _outline_class = message_factory.GetMessageClass(pool.FindMessageTypeByName("dashboard_outline.MetaGraphDef"))
-    return _outline_class
+    An empty reason with no outline means the graph is too large to outline here: names are
+    then taken as typed and checked by the job.
+    """
+    from django.conf import settings
 
+    from persistence.files import PathOutsideRoots, resolve_inside
 
-class OutlineTooLarge(ValueError):
-    pass
-
-
-class GraphOutline:
-    """Node names and ops of a meta graph, and the suggested output nodes, read without TensorFlow."""
-
-    def __init__(self, graph_def) -> None:
-        from persistence.freeze import suggest_output_nodes
-
-        self.ops = {node.name: node.op for node in graph_def.node}
-        self.suggestions = suggest_output_nodes(graph_def)
-        self.placeholders = [name for name, op in self.ops.items() if op == "Placeholder"]
-        self.variables = [name for name, op in self.ops.items() if op in _VARIABLE_OPS]
-
-    @classmethod
-    def read(cls, meta_path: str) -> GraphOutline:
-        """Parse ``meta_path`` (binary, else text format). Raises ``ValueError`` / ``OSError``."""
-        from google.protobuf import message, text_format
-
-        with open(meta_path, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size > MAX_OUTLINE_BYTES:
-                raise OutlineTooLarge(f"the meta graph is larger than {MAX_OUTLINE_BYTES // 2**20} MB")
-            data = handle.read()
-        meta = _outline_meta_class()()
-        try:
-            meta.ParseFromString(data)
-            if meta.HasField("graph_def"):
-                return cls(meta.graph_def)
-        except message.DecodeError:
-            pass
-        meta = _outline_meta_class()()
-        try:
-            text_format.Parse(data.decode("utf-8"), meta, allow_unknown_field=True)
-        except (UnicodeDecodeError, text_format.ParseError) as exc:
-            raise ValueError(f"not a meta graph (binary or text): {exc}") from None
-        return cls(meta.graph_def)
-
-    @classmethod
-    def for_checkpoint(cls, checkpoint) -> tuple[GraphOutline | None, str]:
-        """The outline of the meta graph ``checkpoint`` restores with, or None and why not.
-
-        An empty reason with no outline means the graph is too large to outline here: names are
-        then taken as typed and checked by the job.
-        """
-        from django.conf import settings
-
-        from persistence.files import PathOutsideRoots, resolve_inside
-
-        meta = checkpoint.meta_path()
-        if meta is None:
-            return None, (f"{checkpoint.prefix} has no meta graph, and no earlier checkpoint of this run provides "
-                          "one: there is no graph structure to freeze.")
-        try:
-            return cls.read(str(resolve_inside(meta, settings.CHECKPOINT_ROOTS))), ""
-        except PathOutsideRoots:
-            return None, "The meta graph is outside the checkpoint roots."
-        except OutlineTooLarge:
-            return None, ""
-        except FileNotFoundError:
-            return None, f"The meta graph {os.path.basename(meta)} is missing on disk."
-        except (OSError, ValueError) as exc:
-            return None, f"The meta graph {os.path.basename(meta)} cannot be read: {exc}"
-
-    def unknown_nodes_message(self, names: list[str]) -> str | None:
-        from persistence.restore import unknown_names_message
-
-        unknown = [n for n in names if _node(n) not in self.ops]
-        if not unknown:
-            return None
-        message = unknown_names_message(unknown[:FUZZY_MATCHED_NAMES], self.ops, what="output")
-        return message[0].upper() + message[1:] + _more(unknown) + "."
-
-    def unknown_variables_message(self, names: list[str]) -> str | None:
-        from persistence.restore import unknown_names_message
-
-        unknown = [n for n in names if n not in self.variables]
-        if not unknown:
-            return None
-        message = unknown_names_message(unknown[:FUZZY_MATCHED_NAMES], self.variables, what="variable")
-        return message[0].upper() + message[1:] + _more(unknown) + "."
+    meta = checkpoint.meta_path()
+    if meta is None:
+        return None, (f"{checkpoint.prefix} has no meta graph, and no earlier checkpoint of this run provides "
+                      "one: there is no graph structure to freeze.")
+    try:
+        return GraphOutline.read(str(resolve_inside(meta, settings.CHECKPOINT_ROOTS))), ""
+    except PathOutsideRoots:
+        return None, "The meta graph is outside the checkpoint roots."
+    except OutlineTooLarge:
+        return None, ""
+    except FileNotFoundError:
+        return None, f"The meta graph {os.path.basename(meta)} is missing on disk."
+    except (OSError, ValueError) as exc:
+        return None, f"The meta graph {os.path.basename(meta)} cannot be read: {exc}"
 
 
 def _node(name: str) -> str:
     from persistence.graphsafety import node_name
 
     return node_name(name)
-
-
-def _more(unknown: list[str]) -> str:
-    extra = len(unknown) - FUZZY_MATCHED_NAMES
-    return f"; and {extra} more unknown name(s)" if extra > 0 else ""
 
 
 def _split_names(text: str) -> list[str]:
@@ -557,7 +464,7 @@ class FreezeForm(forms.Form):
 
         self.checkpoint = checkpoint
         self.tf2 = checkpoint.format == TF2
-        self.outline, self.problem = (None, "") if self.tf2 else GraphOutline.for_checkpoint(checkpoint)
+        self.outline, self.problem = (None, "") if self.tf2 else outline_for_checkpoint(checkpoint)
         if self.tf2:
             suggestions = self._recipe_outputs()
             self.fields["outputs"].label = "Outputs of the recipe's serve function"
@@ -593,14 +500,14 @@ class FreezeForm(forms.Form):
             self.add_error("other_outputs", problem)
         elif not outputs and not self.tf2:
             self.add_error("other_outputs", "Choose at least one output node.")
-        elif self.outline is not None and (problem := self.outline.unknown_nodes_message(outputs)):
+        elif self.outline is not None and (problem := self.outline.unknown_nodes_message(outputs, matched=FUZZY_MATCHED_NAMES)):
             self.add_error("other_outputs", problem)
         for field in ("variables_allowlist", "variables_denylist"):
             names = [_node(n) for n in _split_names(cleaned.get(field, ""))]
             cleaned[field] = names
             if problem := _typed_names_problem(names):
                 self.add_error(field, problem)
-            elif self.outline is not None and (problem := self.outline.unknown_variables_message(names)):
+            elif self.outline is not None and (problem := self.outline.unknown_variables_message(names, matched=FUZZY_MATCHED_NAMES)):
                 self.add_error(field, problem)
         if set(cleaned.get("variables_allowlist") or []) & set(cleaned.get("variables_denylist") or []):
             self.add_error("variables_denylist", "A variable cannot be both allowed and denied.")
@@ -629,10 +536,10 @@ class VerifyForm(forms.Form):
     def clean_output(self) -> str:
         output = self.cleaned_data.get("output", "").strip()
         if output:
-            outline, problem = GraphOutline.for_checkpoint(self.checkpoint)
+            outline, problem = outline_for_checkpoint(self.checkpoint)
             if problem:
                 raise forms.ValidationError(f"Cannot run {output}: {problem}")
-            if outline is not None and (message := outline.unknown_nodes_message([output])):
+            if outline is not None and (message := outline.unknown_nodes_message([output], matched=FUZZY_MATCHED_NAMES)):
                 raise forms.ValidationError(message)
         return output
 

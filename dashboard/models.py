@@ -1959,13 +1959,11 @@ class Comparison(models.Model):
     @staticmethod
     def read_error_message(exc: BaseException) -> str | None:
         """A user-facing message for a checkpoint that could not be read, or None for other errors."""
-        from persistence.compare import CheckpointReadError
+        from persistence.errors import CheckpointReadError
 
+        # The engine raises this for TensorFlow's read errors too (CorruptCheckpoint for bad bytes).
         if isinstance(exc, CheckpointReadError):
             return str(exc)
-        # TensorFlow's errors (NotFoundError, DataLossError, ...), matched without importing it here.
-        if type(exc).__module__.startswith("tensorflow") and hasattr(exc, "message"):
-            return f"cannot read checkpoint: {exc.message}".strip()
         return None
 
     def as_json(self) -> dict:

@@ -12,14 +12,19 @@ tensor first (``BundleReader::GetSliceValue`` reads the full entry, then copies 
 so N slices cost N full reads and peak memory is still the full variable. A V2 bundle stores a
 non-partitioned tensor of a fixed-size dtype as raw host-order bytes at ``(shard, offset, size)``,
 recorded in ``PREFIX.index`` (a LevelDB-format table of ``BundleEntryProto``); for large
-variables we read that index ourselves and ``readinto`` a reusable buffer one slice at a time.
+variables we read that index ourselves (:mod:`persistence.bundle`) and read one slice at a time.
 Anything unusual (partitioned variables, strings, a compressed or unreadable index, another byte
 order, a V1 checkpoint, sizes that do not add up) falls back to ``reader.get_tensor``.
 
-The direct path skips TensorFlow's CRC32C check of the data (Python has no fast CRC32C, and a
-slower one would halve throughput). Comparing is not verifying: the restore/verify job reads every
-tensor through TensorFlow and is what marks a checkpoint corrupt (DESIGN §5). Small variables go
-through ``get_tensor`` and are CRC-checked as usual.
+The direct path checks each tensor's CRC32C as TensorFlow's reader would: every slice extends a
+running checksum (``google-crc32c``, the C implementation, a few GB/s), and after the last slice
+it is compared with the masked checksum the index records for the tensor. A mismatch raises
+:class:`~persistence.errors.CorruptCheckpoint`. Small variables go through ``get_tensor``, which
+checks it itself.
+
+Errors. Whatever TensorFlow raises while reading is translated into
+:class:`~persistence.errors.CheckpointReadError`, or :class:`~persistence.errors.CorruptCheckpoint`
+when :mod:`persistence.damage` finds evidence of bad bytes; TensorFlow's exception is the cause.
 
 Numbers. Sums of squares and dot products accumulate in float64 (float32 sums over hundreds of
 millions of elements lose several digits), one block of ``_BLOCK_ELEMENTS`` at a time so no full
@@ -46,9 +51,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import google_crc32c
 import numpy as np
 
+from persistence import damage
 from persistence.bundle import declared_size_problem, read_index
+from persistence.errors import CheckpointReadError, CorruptCheckpoint
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 DEFAULT_SLICE_BYTES = 64 << 20
@@ -66,10 +74,6 @@ NOTE_ZERO_B = "B is all zeros"
 _BLOCK_ELEMENTS = 1 << 16
 
 ProgressCallback = Callable[[int, int, str], None]
-
-
-class CheckpointReadError(RuntimeError):
-    """A tensor could not be read (truncated shard, CRC mismatch, ...); names prefix and variable."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,6 +163,7 @@ class _RawEntry:
     path: str  # data shard
     offset: int
     size: int  # bytes
+    crc32c: int  # masked, as the index records it
 
 
 def _is_numeric(dtype: Any) -> bool:
@@ -174,13 +179,16 @@ class _Source:
 
     def __init__(self, prefix: str, tf: Any) -> None:
         self.prefix = prefix
-        self.reader = tf.train.load_checkpoint(prefix)
+        try:
+            self.reader = tf.train.load_checkpoint(prefix)
+            shapes = self.reader.get_variable_to_shape_map()
+            dtypes = self.reader.get_variable_to_dtype_map()
+        except Exception as exc:
+            raise _read_error(exc, "cannot read checkpoint: {}") from exc
         # Before any get_tensor: TensorFlow allocates a tensor's declared shape before reading it.
         problem = declared_size_problem(prefix)
         if problem is not None:
             raise CheckpointReadError(f"cannot read {prefix}: {problem}")
-        shapes = self.reader.get_variable_to_shape_map()
-        dtypes = self.reader.get_variable_to_dtype_map()
         self.meta: dict[str, _VarMeta] = {}
         for name, shape in shapes.items():
             if name == OBJECT_GRAPH_KEY:
@@ -208,7 +216,15 @@ class _Source:
         except Exception as exc:
             # TensorFlow's reader turns some C++ errors into odd Python types (a truncated shard
             # surfaces as IndexError "Read less bytes than requested"): give callers one type.
-            raise CheckpointReadError(f"cannot read {name!r} from {self.prefix}: {exc}") from exc
+            raise _read_error(exc, f"cannot read {name!r} from {self.prefix}: {{}}", str(exc)) from exc
+
+
+def _read_error(exc: BaseException, template: str, text: str | None = None) -> CheckpointReadError:
+    """``exc``, raised by TensorFlow while reading, as our own type: corrupt only on evidence."""
+    if text is None:
+        text = str(getattr(exc, "message", None) or exc).strip()
+    kind = CorruptCheckpoint if damage.classify(exc).corrupt else CheckpointReadError
+    return kind(template.format(text).strip())
 
 
 def _read_raw_entries(prefix: str, meta: Mapping[str, _VarMeta]) -> dict[str, _RawEntry]:
@@ -245,12 +261,16 @@ def _read_raw_entries(prefix: str, meta: Mapping[str, _VarMeta]) -> dict[str, _R
                 shard_sizes[entry.shard_id] = -1
         if entry.offset + entry.size > shard_sizes[entry.shard_id]:
             continue  # let TensorFlow raise its own error about the truncated shard
-        out[name] = _RawEntry(path=path, offset=entry.offset, size=entry.size)
+        out[name] = _RawEntry(path=path, offset=entry.offset, size=entry.size, crc32c=entry.crc32c)
     return out
 
 
 class _Handle:
-    """Reads element ranges of one variable of one checkpoint, whole or slice by slice."""
+    """Reads element ranges of one variable of one checkpoint, whole or slice by slice.
+
+    Sliced reads come in order, each range starting where the previous one stopped; the running
+    CRC32C of the bytes read so far is checked against the index when the last byte is in.
+    """
 
     def __init__(self, source: _Source, name: str, meta: _VarMeta, sliced: bool) -> None:
         self.source = source
@@ -258,32 +278,56 @@ class _Handle:
         self.meta = meta
         self._array: np.ndarray | None = None
         self._entry = source.raw_entry(name) if sliced else None
+        self._crc = 0
+        self._checked_to = 0  # bytes of the tensor covered by ``_crc``
 
-    def read(self, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
-        """Elements [start, stop) as a flat array; sliced reads land in ``buffer`` (bytes)."""
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Elements [start, stop) as a flat, read-only array."""
         if self._entry is None:
             if self._array is None:
                 self._array = self.source.full(self.name)
             return self._array[start:stop]
         itemsize = self.meta.np_dtype.itemsize
         nbytes = (stop - start) * itemsize
-        view = memoryview(buffer)[:nbytes]
         # Opened per slice: a step-over-step chain may span more checkpoints than we may hold
-        # file descriptors for, and an open() is nothing next to reading a slice.
+        # file descriptors for, and an open() is nothing next to reading a slice. Read as bytes,
+        # not into a reused buffer: the checksum library takes only immutable bytes, and a copy
+        # of every slice would cost more than the allocation.
         with open(self._entry.path, "rb", buffering=0) as f:
             f.seek(self._entry.offset + start * itemsize)
-            got = 0
-            while got < nbytes:
-                n = f.readinto(view[got:])
-                if not n:
-                    raise CheckpointReadError(
+            data = f.read(nbytes)
+            while len(data) < nbytes:
+                more = f.read(nbytes - len(data))
+                if not more:
+                    raise CorruptCheckpoint(
                         f"cannot read {self.name!r} from {self.source.prefix}: {self._entry.path} ends early"
                     )
-                got += n
-        return buffer[:nbytes].view(self.meta.np_dtype)
+                data += more
+        self._check(start * itemsize, data)
+        return np.frombuffer(data, self.meta.np_dtype)
+
+    def _check(self, offset: int, data: bytes) -> None:
+        if offset != self._checked_to:
+            raise AssertionError(f"slices of {self.name!r} read out of order")
+        self._crc = google_crc32c.extend(self._crc, data)
+        self._checked_to += len(data)
+        if self._checked_to == self._entry.size and masked_crc32c(self._crc) != self._entry.crc32c:
+            raise CorruptCheckpoint(
+                f"cannot read {self.name!r} from {self.source.prefix}: the data in "
+                f"{os.path.basename(self._entry.path)} does not match its checksum (CRC32C); "
+                "the checkpoint is corrupt"
+            )
 
     def close(self) -> None:
         self._array = None
+
+
+def masked_crc32c(crc: int) -> int:
+    """``crc`` masked as TensorFlow (and LevelDB) store it: rotated right by 15 bits, plus a constant.
+
+    Masking keeps the checksum of data that itself holds checksums from being trivially related.
+    """
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,7 +499,6 @@ def _stream_chain(
     large = meta.nbytes > slice_bytes
     sliced = large and all(s.raw_entry(name) is not None for s in chain)
     step = max(1, slice_bytes // meta.np_dtype.itemsize) if sliced else max(1, meta.size)
-    buffers = [np.empty(step * meta.np_dtype.itemsize if sliced else 0, np.uint8) for _ in range(2)]
     ws = _Workspace(complex_=meta.np_dtype.kind == "c")
     for k in range(len(chain)):
         sides[first + k] = _SideStats()
@@ -466,11 +509,13 @@ def _stream_chain(
     try:
         for start in range(0, max(meta.size, 1), step):
             stop = min(start + step, meta.size)
+            # Dropped before the next range is read: two slices in memory at a time, not three.
             prev: np.ndarray | None = None
+            cur: np.ndarray | None = None
             for k, source in enumerate(chain):
                 if handles[k] is None:
                     handles[k] = _Handle(source, name, meta, sliced)
-                cur = handles[k].read(start, stop, buffers[k % 2])
+                cur = handles[k].read(start, stop)
                 if len(chain) == 1:
                     _accumulate_side(cur, sides[first], ws)
                 elif prev is not None:
@@ -576,9 +621,10 @@ def compare_checkpoints(
     """Compare every variable of checkpoint A with checkpoint B (prefix paths).
 
     Rows are sorted by name. ``on_progress(done, total, name)`` is called after each variable;
-    an exception raised from it aborts the comparison (a job's cancel). A prefix that does not
-    exist raises TensorFlow's ``NotFoundError``; a tensor that cannot be read (truncated shard,
-    CRC mismatch on the ``get_tensor`` path) raises ``CheckpointReadError``.
+    an exception raised from it aborts the comparison (a job's cancel). A checkpoint or tensor
+    that cannot be read raises ``CheckpointReadError`` (a prefix that does not exist, with
+    TensorFlow's ``NotFoundError`` as its cause); damaged bytes (truncated shard, CRC mismatch
+    on either path) raise its subclass ``CorruptCheckpoint``.
     """
     if slice_bytes < 1:
         raise ValueError("slice_bytes must be positive")

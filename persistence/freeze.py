@@ -2,7 +2,7 @@
 
 The seed's recipe: ``import_meta_graph`` + ``saver.restore`` + ``convert_variables_to_constants(sess,
 graph_def, output_node_names)``, then ``GraphDef.ParseFromString`` + ``import_graph_def`` to serve.
-Around those TensorFlow calls this module adds what a deployment pipeline needs (DESIGN §5):
+Around those TensorFlow calls this module adds what a deployment pipeline needs:
 
 * refusals with a clear message before any work: missing meta graph, unknown output node (with
   the closest names), unsafe ops (:mod:`persistence.graphsafety`), a result beyond protobuf's 2 GB;
@@ -352,7 +352,7 @@ def freeze_checkpoint(
     ``meta_path`` may be another checkpoint's ``.meta`` (``write_meta_graph=False``). ``outputs``
     are node names (``"probs"``; ``"probs:0"`` is accepted). ``sample_feed`` (by placeholder name)
     is what both graphs are fed for verification; missing placeholders get zeros.
-    Raises :class:`FreezeError` (or :class:`~persistence.graphsafety.UnsafeGraphError`) before
+    Raises :class:`FreezeError` (or :class:`~persistence.errors.UnsafeGraph`) before
     writing anything; TensorFlow's errors from restoring a corrupt checkpoint propagate.
     ``temp_owner`` names this writer in the temporary file's name (see ``files.atomic_writer``).
     """

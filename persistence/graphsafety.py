@@ -35,47 +35,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from persistence.allowed_ops import ALLOWED_OPS, SAVER_OPS, SAVER_READ_OPS
+from persistence.errors import Refusal, UnsafeGraph
 
-__all__ = ["ALLOWED_OPS", "SAVER_OPS", "Refusal", "UnsafeGraphError", "check_graph", "find_refusals",
+__all__ = ["ALLOWED_OPS", "SAVER_OPS", "Refusal", "UnsafeGraph", "UnsafeGraphError", "check_graph", "find_refusals",
            "load_meta_graph_def", "node_name", "unsafe_ops"]
 
 # Graphs serialized inside graphs inside graphs...: beyond this depth we do not look, we refuse.
 MAX_NESTING = 4
 # TensorFlow's DataType enum value for strings (types.proto), to avoid importing its module here.
 _DT_STRING = 7
-# How many refused nodes an error message lists before it says "and N more".
-_MESSAGE_LIMIT = 12
 
-
-@dataclass(frozen=True)
-class Refusal:
-    """One node that may not run: its op type, its name, where it sits and why it is refused."""
-
-    op: str
-    node: str
-    where: str  # "the graph", "function 'f'", "a graph serialized in 'c' of the graph"
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.op} ('{self.node}' in {self.where}: {self.reason})"
-
-
-class UnsafeGraphError(Exception):
-    """The graph contains ops that are not known to be safe to run on someone else's behalf."""
-
-    def __init__(self, refusals: Iterable[Refusal], source: str | None = None) -> None:
-        self.refusals = list(refusals)
-        self.ops = sorted({refusal.op for refusal in self.refusals})
-        where = f" in {source}" if source else ""
-        listed = "; ".join(str(refusal) for refusal in self.refusals[:_MESSAGE_LIMIT])
-        more = len(self.refusals) - _MESSAGE_LIMIT
-        if more > 0:
-            listed += f"; and {more} more"
-        super().__init__(
-            f"refusing to run a graph with unsafe ops{where}: {', '.join(self.ops)}. {listed}. "
-            "Only ops that compute in memory may run (files, Python and the network are out of "
-            "bounds); mark the run trusted to allow them."
-        )
+# The name this exception had before it moved to persistence.errors; callers may use either.
+UnsafeGraphError = UnsafeGraph
 
 
 def load_meta_graph_def(path: str | os.PathLike[str]) -> Any:
@@ -86,37 +57,12 @@ def load_meta_graph_def(path: str | os.PathLike[str]) -> Any:
     ``FileNotFoundError`` when the file does not exist.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from google.protobuf import message, text_format
     from tensorflow.core.protobuf import meta_graph_pb2
 
-    from persistence.files import open_regular_file
+    from persistence.graphoutline import parse_meta_graph, read_meta_bytes
 
-    # The resolved path, opened without following a link swapped in since, and only a regular
-    # file (a FIFO would block the reader forever).
-    with open(open_regular_file(os.path.realpath(path)), "rb") as handle:
-        data = handle.read()
-    meta_graph_def = meta_graph_pb2.MetaGraphDef()
-    try:
-        meta_graph_def.ParseFromString(data)
-        # Random bytes sometimes parse as a message with only unknown fields; a real meta graph
-        # always has a graph.
-        if meta_graph_def.HasField("graph_def"):
-            return meta_graph_def
-    except message.DecodeError:
-        pass
-    meta_graph_def = meta_graph_pb2.MetaGraphDef()
-    try:
-        text_format.Merge(data.decode("utf-8"), meta_graph_def)
-    except UnicodeDecodeError:
-        raise ValueError(f"{os.path.basename(os.fspath(path))} is not a MetaGraphDef (binary or text)") from None
-    except text_format.ParseError as exc:
-        # Only where the text stopped parsing: protobuf's own message quotes the offending token,
-        # and the file may not be a meta graph at all.
-        where = f"line {exc.GetLine()}, column {exc.GetColumn()}" if exc.GetLine() else "its text"
-        raise ValueError(
-            f"{os.path.basename(os.fspath(path))} is not a MetaGraphDef (binary or text; cannot parse {where})"
-        ) from None
-    return meta_graph_def
+    data = read_meta_bytes(path)
+    return parse_meta_graph(data, meta_graph_pb2.MetaGraphDef, os.path.basename(os.fspath(path)))
 
 
 def _graph_def_of(graph_or_meta: Any) -> Any:
@@ -167,14 +113,14 @@ def unsafe_ops(graph_or_meta: Any, *, fetches: Iterable[str] | None = None) -> l
 
 def check_graph(graph_or_meta: Any, *, fetches: Iterable[str] | None = None,
                 allow_unsafe: bool = False, source: str | None = None) -> list[str]:
-    """Raise :class:`UnsafeGraphError` naming refused ops unless ``allow_unsafe``; return their types.
+    """Raise :class:`~persistence.errors.UnsafeGraph` naming refused ops unless ``allow_unsafe``; return their types.
 
     ``allow_unsafe`` is for runs an owner marked trusted: the ops are still listed, so the caller
     can record what it let run.
     """
     refusals = find_refusals(graph_or_meta, fetches=fetches)
     if refusals and not allow_unsafe:
-        raise UnsafeGraphError(refusals, source)
+        raise UnsafeGraph(refusals, source)
     return sorted({refusal.op for refusal in refusals})
 
 

@@ -379,7 +379,7 @@ def restore_and_run(
     """Import ``meta_path`` into a fresh graph, restore ``prefix_path``, run ``outputs`` on ``feed``.
 
     ``feed`` is by placeholder name; placeholders without an array get zeros (unknown dims -> 1).
-    Raises :class:`~persistence.graphsafety.UnsafeGraphError` before importing anything when the
+    Raises :class:`~persistence.errors.UnsafeGraph` before importing anything when the
     graph has unsafe ops and ``allow_unsafe`` is false, and :class:`UnknownNameError` naming close
     matches for an unknown output or feed name. TensorFlow's errors while restoring or running
     (a corrupt checkpoint, a graph that does not match it) raise :class:`RestoreFailed`; use

@@ -1,8 +1,8 @@
 """Retention: decide which checkpoints of one run to delete, explain why, and carry the plan out.
 
-The rules are DESIGN §5 "Retention". A checkpoint is deleted only if no rule keeps it (a union, as
-in Orbax), and every decision carries every reason that applies, so the preview page can show the
-user exactly what will happen before anything is deleted.
+A checkpoint is deleted only if no rule keeps it (a union, as in Orbax), and every decision carries
+every reason that applies, so the preview page can show the user exactly what will happen before
+anything is deleted.
 
 ``keep_checkpoint_every_n_hours`` follows TensorFlow 2's ``CheckpointManager`` to the letter
 (tensorflow/python/checkpoint/checkpoint_management.py, ``__init__`` and ``_sweep``):

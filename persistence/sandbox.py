@@ -240,7 +240,7 @@ def _send(fd: int, kind: bytes, payload: Any) -> None:
 
 def _rebuild_exception(cls: type, args: tuple, state: dict) -> BaseException:
     # Not cls(*args): an exception whose __init__ takes other arguments than it passes on to
-    # Exception.__init__ (UnsafeGraphError(ops, source)) would be rebuilt from its message.
+    # Exception.__init__ (UnsafeGraph(refusals, source)) would be rebuilt from its message.
     exc = cls.__new__(cls)
     exc.args = args
     exc.__dict__.update(state)

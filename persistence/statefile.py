@@ -8,16 +8,18 @@ A state file is a ``CheckpointState`` protocol buffer in text format, e.g.::
     all_model_checkpoint_timestamps: 1732600000.5
     last_preserved_timestamp: 1732590000.25
 
-The web process must read these without importing TensorFlow (DESIGN §2), so this module has its
-own small parser for exactly this message. It is strict: it accepts the subset of protobuf text
-format that can express a ``CheckpointState`` and rejects anything else, and wherever it accepts a
-file it reads the same values as ``google.protobuf.text_format.Merge`` (the tests check that
-against TensorFlow's own ``checkpoint_state_pb2``).
+The web process must read these without importing TensorFlow, whose generated
+``CheckpointState`` class lives inside the ``tensorflow`` package. So the message is declared
+here from its four fields (protobuf's descriptor API, same names, numbers and types as TensorFlow's
+``checkpoint_state.proto``) and read with protobuf's ``text_format.Merge``, exactly what
+``tf.train.get_checkpoint_state`` does: whatever TensorFlow accepts is read with the same values,
+and whatever it refuses is refused. Files made only of the lines TensorFlow itself writes take a
+faster path (see ``_parse_canonical``), which gives the same values.
 
 Paths in a state file may be relative to its directory (``CheckpointManager``,
 ``Saver(save_relative_paths=True)``) or absolute; absolute ones may come from another machine or
 from before the directory was moved. Every path is therefore resolved to a base name inside the
-directory (DESIGN §5). A rewrite keeps the style of the file it replaces: absolute paths into this
+directory. A rewrite keeps the style of the file it replaces: absolute paths into this
 directory stay absolute (a TF1 ``Saver``'s default; tools reading the file may rely on them), and
 everything else (relative paths, absolute ones from where the run used to live, a new file) is
 written as base names, which stay right wherever the directory moves.
@@ -41,8 +43,6 @@ MAX_STATE_FILE_BYTES = 64 * 1024 * 1024
 # event files, exports and checkpoint data, and most of them are not state files.
 MAX_SNIFF_BYTES = 1024 * 1024
 
-_STRING_FIELDS = ("model_checkpoint_path", "all_model_checkpoint_paths")
-_FLOAT_FIELDS = ("all_model_checkpoint_timestamps", "last_preserved_timestamp")
 _REPEATED_FIELDS = ("all_model_checkpoint_paths", "all_model_checkpoint_timestamps")
 
 # Names that are never state files, so not even opened. TensorFlow's own atomic writes leave
@@ -79,176 +79,78 @@ class StateFile:
 
 # --- reading ---------------------------------------------------------------------------------
 
-_TOKEN = re.compile(
-    r"""(?x)
-      (?P<skip>(?:\s+|\#[^\n]*)+)
-    | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-    | (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[fF]?(?![\w.+-]))
-    | (?P<ident>-?[A-Za-z_]\w*)
-    | (?P<punct>[:\[\],;])
-    """
+_state_class = None
+
+
+def _checkpoint_state_class():
+    global _state_class
+    if _state_class is None:
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+        field = descriptor_pb2.FieldDescriptorProto
+        proto = descriptor_pb2.FileDescriptorProto(
+            name="persistence/checkpoint_state.proto", package="tensorflow", syntax="proto3"
+        )
+        message = proto.message_type.add(name="CheckpointState")
+        message.field.add(name="model_checkpoint_path", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+        message.field.add(name="all_model_checkpoint_paths", number=2, type=field.TYPE_STRING,
+                          label=field.LABEL_REPEATED)
+        message.field.add(name="all_model_checkpoint_timestamps", number=3, type=field.TYPE_DOUBLE,
+                          label=field.LABEL_REPEATED)
+        message.field.add(name="last_preserved_timestamp", number=4, type=field.TYPE_DOUBLE,
+                          label=field.LABEL_OPTIONAL)
+        # A pool of our own: TensorFlow's class, if a worker imported it, lives in the default one.
+        pool = descriptor_pool.DescriptorPool()
+        pool.Add(proto)
+        _state_class = message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.CheckpointState"))
+    return _state_class
+
+
+# protobuf's wording for the usual mistakes, said in ours; anything else is passed on as it is.
+_PROTOBUF_REASONS = (
+    (re.compile(r'Message type "[^"]*" has no field named "([^"]*)"\.?'), lambda m: f"unknown field {m[1]!r}"),
+    (re.compile(r'Expected "(.)"\.?'), lambda m: f"expected {m[1]!r}"),
+    (re.compile(r"Couldn't parse float: (.*)"), lambda m: f"expected a number, found {m[1]}"),
+    (re.compile(r"Couldn't parse string: .*codec can't decode.*"), lambda m: "string is not valid UTF-8"),
+    (re.compile(r"String missing ending quote.*"), lambda m: "unexpected character: a string has no ending quote"),
 )
-_ESCAPE = re.compile(r"""\\(?:([abfnrtv\\'"])|([0-7]{1,3})|x([0-9a-fA-F]{1,2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8}))""")
-_SIMPLE_ESCAPES = {"a": b"\a", "b": b"\b", "f": b"\f", "n": b"\n", "r": b"\r", "t": b"\t", "v": b"\v",
-                   "\\": b"\\", "'": b"'", '"': b'"'}
-_FLOAT_WORD = re.compile(r"-?(?:inf(?:inity)?|nan)f?", re.IGNORECASE)
-_OCTAL_LOOKING = re.compile(r"[-+]?0\d")
+_PROTOBUF_WHERE = re.compile(r"\d+:\d+ : ")
+_PROTOBUF_QUOTED_LINE = re.compile(r"'.*?': (?=Couldn't|Expected|String|Message|Invalid|Integer|Unknown)")
 
 
-def _tokenize(text: str) -> list[tuple[str, str, int]]:
-    tokens = []
-    pos, end = 0, len(text)
-    while pos < end:
-        match = _TOKEN.match(text, pos)
-        if match is None:
-            raise StateFileError(f"unexpected character {text[pos]!r} at {_where(text, pos)}")
-        kind = match.lastgroup
-        if kind != "skip":
-            tokens.append((kind, match.group(), pos))
-        pos = match.end()
-    return tokens
+def _parse_error_reason(exc: Exception) -> str:
+    """What protobuf's ``ParseError`` says went wrong, in our wording, and where."""
+    reason = _PROTOBUF_WHERE.sub("", str(exc), count=1)
+    line_no, column = exc.GetLine(), exc.GetColumn()
+    # protobuf quotes the rest of the line before its reason; the position says enough.
+    reason = _PROTOBUF_QUOTED_LINE.sub("", reason, count=1)
+    for pattern, say in _PROTOBUF_REASONS:
+        if match := pattern.fullmatch(reason):
+            reason = say(match)
+            break
+    return f"{reason} at line {line_no} column {column}" if line_no else reason
 
 
-def _where(text: str, pos: int) -> str:
-    line = text.count("\n", 0, pos) + 1
-    column = pos - (text.rfind("\n", 0, pos) + 1) + 1
-    return f"line {line} column {column}"
+def _parse_text_format(text: str) -> dict[str, object]:
+    from google.protobuf import text_format
 
-
-def _unescape(body: str) -> bytes:
-    """The bytes of one quoted string's body, with C escapes as protobuf's text format reads them.
-
-    Escapes protobuf's Python reader treats inconsistently (``\\?``, unknown letters) are refused
-    rather than guessed: a strict reader may reject what TensorFlow accepts, never disagree with it.
-    """
-    out = bytearray()
-    pos = 0
-    while True:
-        slash = body.find("\\", pos)
-        if slash < 0:
-            out += body[pos:].encode("utf-8")
-            return bytes(out)
-        out += body[pos:slash].encode("utf-8")
-        match = _ESCAPE.match(body, slash)
-        if match is None:
-            raise StateFileError(f"unsupported escape {body[slash:slash + 2]!r}")
-        simple, octal, hexa, u4, u8 = match.groups()
-        if simple:
-            out += _SIMPLE_ESCAPES[simple]
-        elif octal:
-            value = int(octal, 8)
-            if value > 0xFF:
-                raise StateFileError(f"octal escape out of range: \\{octal}")
-            out.append(value)
-        elif hexa:
-            out.append(int(hexa, 16))
-        else:
-            try:
-                out += chr(int(u4 or u8, 16)).encode("utf-8")
-            except (ValueError, UnicodeEncodeError) as exc:
-                raise StateFileError(f"invalid unicode escape {match.group()!r}") from exc
-        pos = match.end()
-
-
-def _parse_float(token: str, kind: str) -> float:
-    if kind == "ident":
-        if not _FLOAT_WORD.fullmatch(token):
-            raise StateFileError(f"expected a number, found {token!r}")
-        word = token.lower()
-        # An optional C-style "f" suffix, as in "inff"; "inf" itself ends in f and keeps it.
-        if word.endswith("ff") or word.endswith(("nanf", "infinityf")):
-            word = word[:-1]
-        return float(word)
-    if _OCTAL_LOOKING.match(token):
-        raise StateFileError(f"invalid number (leading zero): {token!r}")
-    return float(token.rstrip("fF"))
-
-
-class _Parser:
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.tokens = _tokenize(text)
-        self.i = 0
-
-    def peek(self) -> tuple[str, str, int] | None:
-        return self.tokens[self.i] if self.i < len(self.tokens) else None
-
-    def take(self) -> tuple[str, str, int]:
-        token = self.peek()
-        if token is None:
-            raise StateFileError("unexpected end of file")
-        self.i += 1
-        return token
-
-    def try_punct(self, char: str) -> bool:
-        token = self.peek()
-        if token is not None and token[0] == "punct" and token[1] == char:
-            self.i += 1
-            return True
-        return False
-
-    def expect_punct(self, char: str) -> None:
-        if not self.try_punct(char):
-            token = self.peek()
-            found = "end of file" if token is None else f"{token[1]!r} at {_where(self.text, token[2])}"
-            raise StateFileError(f"expected {char!r}, found {found}")
-
-    def string_value(self) -> str:
-        kind, token, pos = self.take()
-        if kind != "string":
-            raise StateFileError(f"expected a string at {_where(self.text, pos)}, found {token!r}")
-        parts = [_unescape(token[1:-1])]
-        # Adjacent literals concatenate, as in C.
-        while (nxt := self.peek()) is not None and nxt[0] == "string":
-            self.i += 1
-            parts.append(_unescape(nxt[1][1:-1]))
-        try:
-            return b"".join(parts).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise StateFileError(f"string at {_where(self.text, pos)} is not valid UTF-8") from exc
-
-    def float_value(self) -> float:
-        kind, token, pos = self.take()
-        if kind not in ("number", "ident"):
-            raise StateFileError(f"expected a number at {_where(self.text, pos)}, found {token!r}")
-        try:
-            return _parse_float(token, kind)
-        except StateFileError as exc:
-            raise StateFileError(f"{exc} at {_where(self.text, pos)}") from None
-
-    def value(self, name: str) -> str | float:
-        return self.string_value() if name in _STRING_FIELDS else self.float_value()
-
-    def parse(self) -> dict[str, object]:
-        values: dict[str, object] = {name: [] for name in _REPEATED_FIELDS}
-        while self.peek() is not None:
-            kind, name, pos = self.take()
-            if kind != "ident" or name not in _STRING_FIELDS + _FLOAT_FIELDS:
-                raise StateFileError(f"unknown field {name!r} at {_where(self.text, pos)}")
-            self.expect_punct(":")
-            if name in _REPEATED_FIELDS:
-                target = values[name]
-                if self.try_punct("["):
-                    # Short repeated form: ``name: [a, b]``.
-                    if not self.try_punct("]"):
-                        target.append(self.value(name))
-                        while self.try_punct(","):
-                            target.append(self.value(name))
-                        self.expect_punct("]")
-                else:
-                    target.append(self.value(name))
-            else:
-                # Like text_format.Merge (what TensorFlow uses), a repeated singular field wins.
-                values[name] = self.value(name)
-            if not self.try_punct(","):
-                self.try_punct(";")
-        return values
+    state = _checkpoint_state_class()()
+    try:
+        text_format.Merge(text, state)
+    except text_format.ParseError as exc:
+        raise StateFileError(_parse_error_reason(exc)) from None
+    return {
+        "model_checkpoint_path": state.model_checkpoint_path,
+        "all_model_checkpoint_paths": list(state.all_model_checkpoint_paths),
+        "all_model_checkpoint_timestamps": list(state.all_model_checkpoint_timestamps),
+        "last_preserved_timestamp": state.last_preserved_timestamp,
+    }
 
 
 # Exactly the lines TensorFlow writes (no escapes, str() of a double, one field per line). A file
-# made only of such lines is read with two C-level regex passes instead of the tokenizer, which
-# matters for a 100,000-checkpoint state file re-read on every scan. Anything else, including any
-# escape, takes the general parser; both give the same values for these lines.
+# made only of such lines is read with two C-level regex passes instead of text_format's tokenizer,
+# which matters for a 100,000-checkpoint state file re-read on every scan (bench/statefile.py).
+# Anything else, including any escape, goes to text_format; both give the same values here.
 _CANONICAL_LINE_PATTERN = (
     r'(model_checkpoint_path|all_model_checkpoint_paths): "([^"\\\n]*)"\n'
     r"|(all_model_checkpoint_timestamps|last_preserved_timestamp): "
@@ -279,7 +181,7 @@ def parse_state_text(text: str, name: str = DEFAULT_STATE_FILE, directory: str |
 
     ``directory`` is only used to tell whether absolute paths point somewhere else.
     """
-    values = _parse_canonical(text) or _Parser(text).parse()
+    values = _parse_canonical(text) or _parse_text_format(text)
     raw_latest = values.get("model_checkpoint_path")
     if not raw_latest:
         # TensorFlow's get_checkpoint_state raises "Invalid checkpoint state" for this too.

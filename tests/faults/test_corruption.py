@@ -107,7 +107,7 @@ def test_damaged_file_ends_in_a_definite_state(kind, seed, base_run, checkpoint_
             outputs=[seed_run.output_node],
         )
         assert result.verified in (True, False)
-    except (FreezeError, graphsafety.UnsafeGraphError) as exc:
+    except (FreezeError, graphsafety.UnsafeGraph) as exc:
         assert str(exc), what
 
     _site_answers(client, django_user_model, run)

@@ -352,7 +352,7 @@ def test_attack_is_refused_by_verify_and_freeze_before_anything_runs(
     checkpoint_root, template, tmp_path, attack_name, placement
 ):
     from persistence.freeze import FreezeError
-    from persistence.graphsafety import UnsafeGraphError
+    from persistence.graphsafety import UnsafeGraph
 
     loot = _loot(tmp_path)
     attack = ATTACKS[attack_name](loot)
@@ -364,9 +364,9 @@ def test_attack_is_refused_by_verify_and_freeze_before_anything_runs(
     assert restore["ok"] is False
     _assert_refusal_names(restore["error"], attack, where)
 
-    with pytest.raises((UnsafeGraphError, FreezeError)) as refused:
+    with pytest.raises((UnsafeGraph, FreezeError)) as refused:
         checkpoint.freeze(outputs=[OUTPUT])
-    assert isinstance(refused.value, UnsafeGraphError), refused.value
+    assert isinstance(refused.value, UnsafeGraph), refused.value
     _assert_refusal_names(str(refused.value), attack, where)
     if placement in ("alone", "control"):
         assert attack.refused <= set(refused.value.ops)
@@ -382,7 +382,7 @@ def test_attack_is_refused_by_verify_and_freeze_before_anything_runs(
 def test_restore_v2_on_the_savers_restore_path_with_a_foreign_prefix_is_refused(
     checkpoint_root, template, tmp_path
 ):
-    from persistence.graphsafety import UnsafeGraphError, load_meta_graph_def
+    from persistence.graphsafety import UnsafeGraph, load_meta_graph_def
 
     name = f"hostile-{uuid.uuid4().hex[:8]}"
     directory = checkpoint_root / name
@@ -398,13 +398,13 @@ def test_restore_v2_on_the_savers_restore_path_with_a_foreign_prefix_is_refused(
     checkpoint = run.checkpoints.get()
 
     assert "filename tensor" in checkpoint.verify(output=OUTPUT)["restore"]["error"]
-    with pytest.raises(UnsafeGraphError, match=r"RestoreV2 \('save/RestoreV2' in the graph: reads a prefix"):
+    with pytest.raises(UnsafeGraph, match=r"RestoreV2 \('save/RestoreV2' in the graph: reads a prefix"):
         checkpoint.freeze(outputs=[OUTPUT])
 
 
 @pytest.mark.django_db
 def test_the_savers_own_save_behind_the_outputs_control_dependency_is_refused(checkpoint_root, template):
-    from persistence.graphsafety import UnsafeGraphError, load_meta_graph_def
+    from persistence.graphsafety import UnsafeGraph, load_meta_graph_def
 
     name = f"hostile-{uuid.uuid4().hex[:8]}"
     directory = checkpoint_root / name
@@ -418,7 +418,7 @@ def test_the_savers_own_save_behind_the_outputs_control_dependency_is_refused(ch
     run = Run.objects.create(name=name, directory=str(directory))
     run.scan()
 
-    with pytest.raises(UnsafeGraphError, match=r"SaveV2 \('save/SaveV2' in the graph: the outputs depend on it"):
+    with pytest.raises(UnsafeGraph, match=r"SaveV2 \('save/SaveV2' in the graph: the outputs depend on it"):
         run.checkpoints.get().freeze(outputs=[OUTPUT])
     assert sorted(p.name for p in directory.iterdir()) == sorted(p.name for p in template.iterdir())
 

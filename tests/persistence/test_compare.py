@@ -24,6 +24,7 @@ from persistence.compare import (
     NOTE_ZERO_B,
     OBJECT_GRAPH_KEY,
     CheckpointReadError,
+    CorruptCheckpoint,
     compare_checkpoints,
     metric_deltas,
     step_over_step,
@@ -400,9 +401,59 @@ def test_step_over_step_marks_variables_that_come_and_go(tf, tmp_path):
     assert table["notes"]["late"] == [NOTE_ONLY_B, None]
 
 
-def test_missing_checkpoint_raises_tensorflow_not_found(tf, trained, tmp_path):
-    with pytest.raises(tf.errors.NotFoundError):
+def test_missing_checkpoint_is_a_read_error_caused_by_tensorflow_not_found(tf, trained, tmp_path):
+    with pytest.raises(CheckpointReadError, match="cannot read checkpoint") as caught:
         compare_checkpoints(trained[1], str(tmp_path / "model.ckpt-404"))
+
+    assert isinstance(caught.value.__cause__, tf.errors.NotFoundError)
+    # A file that is not there says nothing about the bytes of one that is.
+    assert not isinstance(caught.value, CorruptCheckpoint)
+
+
+def _copy_with_flipped_byte(source: str, directory: Path, name: str) -> str:
+    """A copy of checkpoint ``source`` in ``directory`` with one byte in the middle of ``name`` flipped."""
+    from tensorflow.core.protobuf import tensor_bundle_pb2
+
+    from persistence.bundle import read_index
+
+    src = Path(source)
+    for path in src.parent.glob(src.name + ".*"):
+        (directory / path.name).write_bytes(path.read_bytes())
+    copy = str(directory / src.name)
+    entry = tensor_bundle_pb2.BundleEntryProto.FromString(read_index(copy).entries[name])
+    shard = directory / f"{src.name}.data-{entry.shard_id:05d}-of-{read_index(copy).header.num_shards:05d}"
+    data = bytearray(shard.read_bytes())
+    data[entry.offset + entry.size // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    return copy
+
+
+@pytest.mark.parametrize("slice_bytes", [4096, 1 << 30])
+def test_flipped_byte_in_a_tensor_is_corrupt_on_either_read_path(tf, trained, tmp_path, slice_bytes):
+    damaged = _copy_with_flipped_byte(trained[3], tmp_path, "emb")
+
+    with pytest.raises(CorruptCheckpoint, match="'emb'") as caught:
+        compare_checkpoints(trained[1], damaged, slice_bytes=slice_bytes)
+    assert str(tmp_path) in str(caught.value)
+    if slice_bytes == 4096:  # the sliced path, which reads the shard itself
+        assert "does not match its checksum (CRC32C)" in str(caught.value)
+
+
+def test_flipped_byte_fails_step_over_step_too(tf, trained, tmp_path):
+    damaged = _copy_with_flipped_byte(trained[3], tmp_path, "emb")
+
+    with pytest.raises(CorruptCheckpoint, match="checksum"):
+        step_over_step([trained[0], trained[1], damaged], slice_bytes=4096)
+
+
+def test_sliced_reads_check_the_checksum_the_index_records(tf, trained):
+    # An intact checkpoint read in many slices passes the check and gives get_tensor's numbers.
+    sliced = compare_checkpoints(trained[1], trained[3], slice_bytes=4096)
+    whole = compare_checkpoints(trained[1], trained[3], slice_bytes=1 << 30)
+
+    by_name = {r.name: r for r in whole.variables}
+    for row in sliced.variables:
+        assert row.l2_diff == pytest.approx(by_name[row.name].l2_diff, rel=1e-9)
 
 
 @pytest.mark.parametrize("slice_bytes", [4096, 1 << 30])

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from persistence.errors import UnsafeGraph
 from persistence.freeze import (
     FreezeError,
     estimate_graph_def_bytes,
@@ -17,7 +18,7 @@ from persistence.freeze import (
     max_abs_diff,
     suggest_output_nodes,
 )
-from persistence.graphsafety import UnsafeGraphError, load_meta_graph_def
+from persistence.graphsafety import load_meta_graph_def
 
 pytestmark = pytest.mark.tf
 
@@ -154,7 +155,7 @@ def test_missing_meta_graph_is_a_clear_error(run, tmp_path):
 def test_unsafe_graph_is_refused_with_the_list_and_allowed_when_trusted(tmp_path):
     first, last = _train_run(str(tmp_path / "run"), unsafe=True)
     output = tmp_path / "out" / "m.pb"
-    with pytest.raises(UnsafeGraphError) as caught:
+    with pytest.raises(UnsafeGraph) as caught:
         freeze_checkpoint(last, first + ".meta", str(output), outputs=["probs"])
     assert caught.value.ops == ["PyFunc", "ReadFile"]
     assert not output.exists()

@@ -8,7 +8,7 @@ import pytest
 
 from persistence.allowed_ops import ALLOWED_OPS, SAVER_OPS
 from persistence.graphsafety import (
-    UnsafeGraphError,
+    UnsafeGraph,
     check_graph,
     find_refusals,
     load_meta_graph_def,
@@ -168,7 +168,7 @@ def test_calls_and_serialized_graphs_are_checked_with_where_they_were_found(tmp_
         ("WriteFile", "drop", "a graph serialized in 'blob' of the graph"),
         ("ReadFile", "call", "the graph"),
     }
-    with pytest.raises(UnsafeGraphError, match=r"WriteFile \('drop' in a graph serialized in 'blob'"):
+    with pytest.raises(UnsafeGraph, match=r"WriteFile \('drop' in a graph serialized in 'blob'"):
         check_graph(meta)
 
 
@@ -186,7 +186,7 @@ def test_check_graph_raises_with_the_list_unless_allowed(tmp_path):
         tf.io.read_file("/etc/hostname")
 
     meta = load_meta_graph_def(_meta_graph(tmp_path, extra))
-    with pytest.raises(UnsafeGraphError) as caught:
+    with pytest.raises(UnsafeGraph) as caught:
         check_graph(meta, source="model.meta")
     assert caught.value.ops == ["MatchingFiles", "ReadFile"]
     assert "MatchingFiles, ReadFile" in str(caught.value) and "model.meta" in str(caught.value)

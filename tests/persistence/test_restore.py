@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from persistence.graphsafety import UnsafeGraphError
+from persistence.errors import UnsafeGraph
 from persistence.restore import (
     CORRUPT,
     INCOMPLETE,
@@ -234,7 +234,7 @@ def test_restore_and_run_feeds_zeros_shaped_by_placeholders(run):
 
 def test_restore_and_run_refuses_unsafe_graph_unless_allowed(tmp_path):
     first, last = _train_run(str(tmp_path), unsafe=True)
-    with pytest.raises(UnsafeGraphError) as caught:
+    with pytest.raises(UnsafeGraph) as caught:
         restore_and_run(last, first + ".meta", feed={"x": SAMPLE}, outputs=["probs"])
     assert caught.value.ops == ["ReadFile"]
     result = restore_and_run(last, first + ".meta", feed={"x": SAMPLE}, outputs=["probs"], allow_unsafe=True)

@@ -282,7 +282,7 @@ def test_parser_agrees_with_protobuf_on_hand_written_files(text):
         (b'model_checkpoint_path "a"\n', "expected ':'"),
         (b'model_checkpoint_path: "a\n', "unexpected character"),
         (b'model_checkpoint_path: "a" last_preserved_timestamp: "x"', "expected a number"),
-        (b'model_checkpoint_path: "a" last_preserved_timestamp: 0x10', "unexpected character"),
+        (b'model_checkpoint_path: "a" last_preserved_timestamp: 0x10', "expected a number, found 0x10"),
         (b'model_checkpoint_path: "\\377"', "not valid UTF-8"),
         (b"\x00\x01\xff\xfe binary", "not text"),
         (factory.GARBAGE_STATE, "not text"),
