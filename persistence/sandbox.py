@@ -97,6 +97,7 @@ _FS_WRITES_V1 = (_FS_WRITE_FILE | _FS_REMOVE_DIR | _FS_REMOVE_FILE | _FS_MAKE_CH
                  | _FS_MAKE_REG | _FS_MAKE_SOCK | _FS_MAKE_FIFO | _FS_MAKE_BLOCK | _FS_MAKE_SYM)
 
 # Capabilities (include/uapi/linux/prctl.h, securebits.h, capability.h).
+_PR_SET_PDEATHSIG = 1
 _PR_CAPBSET_DROP = 24
 _PR_SET_SECUREBITS = 28
 _PR_SET_NO_NEW_PRIVS = 38
@@ -707,10 +708,16 @@ def run_sandboxed(
             # Flushed first so that buffered output is not written twice.
             sys.stdout.flush()
             sys.stderr.flush()
+            caller = os.getpid()
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child ends in os._exit
                 code = 1
                 try:
+                    # A caller killed mid-call (kill -9 of a work horse) takes its child with it,
+                    # as the fork server does for its children: nobody would read the result.
+                    _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                    if os.getppid() != caller:
+                        return
                     os.close(read_fd)
                     os.dup2(stderr_file.fileno(), 2)
                     code = _child_run(write_fd, call, limits, scratch, SandboxReport(forked=True))
