@@ -9,6 +9,7 @@ process that has, in this order:
 * where the kernel allows, new user and network namespaces (``unshare(CLONE_NEWUSER |
   CLONE_NEWNET)``): the only interface is a loopback that is down, so nothing can connect out
   or listen;
+* then no capabilities at all, in any namespace, and no way to gain one (see below);
 * where the kernel has Landlock (5.13+), a ruleset that denies every file-system write outside
   the scratch directory and the directories the caller names (a freeze's export directory);
   reads stay allowed (TensorFlow reads its libraries, the checkpoint and the meta graph);
@@ -22,10 +23,20 @@ thread), so an address-space limit either breaks a tiny graph on a big machine o
 live), 0.3 GB for the same tiny session, so a limit of "a few times the checkpoint plus a
 baseline" means what it says.
 
-The child is forked when that is safe and spawned otherwise. A worker imports TensorFlow before
-it forks (4 s saved per job), and a fork of that is ready at once; but TensorFlow's thread pools
-do not survive a fork (a child of a process that has already run a session hangs in its first
-``Session.run``), so a process that has started them spawns a fresh interpreter instead.
+The child is always forked, never a fresh interpreter. A process that has not started TensorFlow's
+thread pools forks it directly: a worker imports TensorFlow before it forks a work horse (4 s saved
+per job), and a fork of the horse is ready at once. But TensorFlow's thread pools do not survive a fork (a child of a
+process that has already run a session hangs in its first ``Session.run``), so a process that has
+started them asks a fork server instead: one helper process per parent, spawned on first need,
+that imports TensorFlow (no session, no thread pools) and forks a child per call. The interpreter
+start and the TensorFlow import (4-9 s) are then paid once per process, not once per call. The
+server is the child's parent, so it reports the exit status and peak RSS back; it ends when its
+parent goes away and kills a child whose caller hung up.
+
+In a new user namespace the child holds every capability over files whose owner is mapped in it,
+which for a worker that runs as root (or owns the checkpoint) means it could read a file whose mode
+denies reading to the worker itself. The child therefore drops every capability (and the means to
+regain one) right after the namespaces are made: it never has more file access than its caller.
 
 Progress crosses the boundary on the result pipe; the parent calls ``on_progress`` as messages
 arrive. Results and exceptions come back pickled; an exception that cannot be pickled comes back
@@ -40,12 +51,15 @@ import ctypes
 import os
 import pickle
 import resource
+import select
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +96,18 @@ _NET_CONNECT_TCP = 1 << 1
 _FS_WRITES_V1 = (_FS_WRITE_FILE | _FS_REMOVE_DIR | _FS_REMOVE_FILE | _FS_MAKE_CHAR | _FS_MAKE_DIR
                  | _FS_MAKE_REG | _FS_MAKE_SOCK | _FS_MAKE_FIFO | _FS_MAKE_BLOCK | _FS_MAKE_SYM)
 
+# Capabilities (include/uapi/linux/prctl.h, securebits.h, capability.h).
+_PR_SET_PDEATHSIG = 1
+_PR_CAPBSET_DROP = 24
+_PR_SET_SECUREBITS = 28
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+# NOROOT, NO_SETUID_FIXUP and NO_CAP_AMBIENT_RAISE, each with its lock, and KEEP_CAPS locked off:
+# uid 0 gains nothing by exec, by setuid or by ambient capabilities.
+_SECUREBITS_NO_PRIVILEGE = (1 << 0 | 1 << 1) | (1 << 2 | 1 << 3) | (1 << 5) | (1 << 6 | 1 << 7)
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
 # Messages on the result pipe: a 1-byte kind and a 4-byte length, then a pickle.
 _PROGRESS, _RESULT, _ERROR = b"p", b"r", b"e"
 
@@ -117,7 +143,9 @@ class SandboxReport:
 
     peak_rss_bytes: int = 0
     forked: bool = True
+    fork_server: bool = False  # forked by the fork server rather than by the caller itself
     network_isolated: bool = False
+    capabilities_dropped: bool = False
     writes_confined: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -152,6 +180,50 @@ def _unshare_network(report: SandboxReport) -> None:
     except OSError as exc:
         report.notes.append(f"user namespace without an id mapping: {exc.strerror}")
     report.network_isolated = True
+
+
+def _drop_capabilities(report: SandboxReport) -> None:
+    """Give up every capability for good: effective, permitted, inheritable, ambient and bounding.
+
+    The securebits and the bounding set need CAP_SETPCAP: a caller without it (an unprivileged
+    worker without a user namespace) has no capability to give up, and ``no_new_privs`` keeps it
+    from gaining one by exec.
+    """
+    libc = _libc()
+    notes = []
+
+    def prctl(option: int, arg: int, what: str) -> None:
+        if libc.prctl(option, arg, 0, 0, 0) != 0:
+            errno = ctypes.get_errno()
+            if errno not in (1, 22):  # EPERM: see above; EINVAL: a capability this kernel lacks
+                notes.append(f"{what}: {os.strerror(errno)}")
+
+    prctl(_PR_SET_SECUREBITS, _SECUREBITS_NO_PRIVILEGE, "securebits")
+    prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, "ambient capabilities")
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+    except (OSError, ValueError):
+        last = 63
+    for cap in range(last + 1):
+        prctl(_PR_CAPBSET_DROP, cap, f"bounding set ({cap})")
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    cleared = libc.capset(ctypes.byref(Header(_LINUX_CAPABILITY_VERSION_3, 0)), (Data * 2)()) == 0
+    if not cleared:
+        notes.append(f"capset: {os.strerror(ctypes.get_errno())}")
+    no_new_privs = libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+    if not no_new_privs:
+        notes.append(f"no_new_privs: {os.strerror(ctypes.get_errno())}")
+    if notes:
+        report.notes.append("capabilities: " + "; ".join(notes))
+    report.capabilities_dropped = cleared and no_new_privs
 
 
 def _landlock(writable: Sequence[str], report: SandboxReport) -> None:
@@ -194,7 +266,7 @@ def _landlock(writable: Sequence[str], report: SandboxReport) -> None:
             finally:
                 os.close(fd)
         # Landlock refuses restrict_self to a process that could regain privileges by exec.
-        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             report.notes.append(f"no_new_privs refused: {os.strerror(ctypes.get_errno())}")
             return
         if libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
@@ -222,6 +294,9 @@ def _enter(limits: SandboxLimits, scratch: str, report: SandboxReport) -> None:
     if limits.isolate:
         # unshare(CLONE_NEWUSER) needs a single-threaded caller: before anything starts threads.
         _unshare_network(report)
+        # A new user namespace grants every capability over the files of mapped owners (the
+        # worker's own, or all of root's): more than the worker has. Nothing the graph does needs one.
+        _drop_capabilities(report)
         _landlock([scratch, *limits.writable], report)
     if limits.memory_bytes is not None:
         _set_limit(resource.RLIMIT_DATA, limits.memory_bytes, limits.memory_bytes)
@@ -286,14 +361,233 @@ def _child_run(fd: int, call: bytes | tuple, limits: SandboxLimits, scratch: str
         return 1
 
 
-def _spawned_main() -> None:
-    """Entry point of a spawned child: the call arrives on stdin with the result pipe's number."""
-    data = sys.stdin.buffer.read()
-    fd, limits, scratch, call = pickle.loads(data)
-    report = SandboxReport(forked=False)
-    code = _child_run(fd, call, limits, scratch, report)
+def _child_exit(code: int) -> None:
     sys.stdout.flush()
     os._exit(code)
+
+
+# --- the fork server -------------------------------------------------------------------------
+
+# What the fork server imports before it forks anything: TensorFlow and the engines children run.
+_PRELOAD = ("tensorflow", "persistence.graphsafety", "persistence.restore", "persistence.freeze")
+
+_REQUEST = struct.Struct("<I")  # the length of the pickled request that follows
+_STARTED = struct.Struct("<i")  # the child's pid
+_ENDED = struct.Struct("<iq")  # its wait status and peak RSS in KiB
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        chunk = sock.recv(n - got)
+        if not chunk:
+            raise EOFError(f"connection closed after {got} of {n} bytes")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+@dataclass
+class _ServedCall:
+    conn: socket.socket  # to the caller: the request came on it, the pid and the end go back on it
+    pidfd: int | None  # readable when the child has ended (None: polled)
+    hung_up: bool = False
+
+
+def _serve(control_fd: int) -> None:
+    """The fork server's main loop: one call per connection that arrives on ``control_fd``."""
+    import importlib
+
+    for name in _PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    control = socket.socket(fileno=control_fd)
+    control.sendall(b"R")
+    calls: dict[int, _ServedCall] = {}
+    while True:
+        watched: list[Any] = [control]
+        for call in calls.values():
+            if not call.hung_up:
+                watched.append(call.conn)
+            if call.pidfd is not None:
+                watched.append(call.pidfd)
+        polled = any(call.pidfd is None for call in calls.values())
+        readable, _, _ = select.select(watched, [], [], 0.05 if polled else None)
+        if control in readable:
+            try:
+                message, fds, _, _ = socket.recv_fds(control, 1, 1)
+            except OSError:
+                message, fds = b"", []
+            if not message:  # the caller's process is gone: so is every reason to run its calls
+                for pid in calls:
+                    _kill(pid)
+                os._exit(0)
+            for fd in fds:
+                _start_served_call(socket.socket(fileno=fd), control, calls)
+        for pid, call in list(calls.items()):
+            if call.conn in readable and not call.hung_up:
+                # A caller sends nothing after its request: readable means it hung up (or broke
+                # the protocol); its child must not outlive it.
+                call.hung_up = True
+                _kill(pid)
+            if call.pidfd is not None and call.pidfd not in readable:
+                continue
+            try:
+                ended, status, usage = os.wait4(pid, os.WNOHANG)
+            except ChildProcessError:
+                ended, status, usage = pid, 0, None
+            if ended != pid:
+                continue
+            try:
+                call.conn.sendall(_ENDED.pack(status, usage.ru_maxrss if usage is not None else 0))
+            except OSError:
+                pass
+            call.conn.close()
+            if call.pidfd is not None:
+                os.close(call.pidfd)
+            del calls[pid]
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _start_served_call(conn: socket.socket, control: socket.socket, calls: dict[int, _ServedCall]) -> None:
+    fds: list[int] = []
+    try:
+        head, fds, _, _ = socket.recv_fds(conn, _REQUEST.size, 3)
+        if not head:
+            raise EOFError("no request")
+        head += _recv_exactly(conn, _REQUEST.size - len(head))
+        request = _recv_exactly(conn, _REQUEST.unpack(head)[0])
+        env, path, limits, scratch, call = pickle.loads(request)
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, struct.error):
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        return
+    write_fd, stderr_fd, *stdout_fd = fds
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child ends in os._exit
+        code = 1
+        try:
+            # The server's connections stay with the server: a graph that could talk to it could
+            # ask for a child without limits.
+            control.close()
+            conn.close()
+            for other in calls.values():
+                other.conn.close()
+                if other.pidfd is not None:
+                    os.close(other.pidfd)
+            for fd, target in ((stderr_fd, 2), *((fd, 1) for fd in stdout_fd)):
+                os.dup2(fd, target)
+                os.close(fd)
+            os.environ.clear()
+            os.environ.update(env)
+            sys.path[:] = path
+            code = _child_run(write_fd, call, limits, scratch, SandboxReport(forked=True, fork_server=True))
+        finally:
+            _child_exit(code)
+    for fd in fds:
+        os.close(fd)
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    calls[pid] = _ServedCall(conn, pidfd)
+    try:
+        conn.sendall(_STARTED.pack(pid))
+    except OSError:
+        calls[pid].hung_up = True
+        _kill(pid)
+
+
+class _ForkServer:
+    """The caller's side of the fork server: started on first use, once per process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._control: socket.socket | None = None
+        self._process: subprocess.Popen | None = None
+
+    def forget(self) -> None:
+        """In a forked child: the parent's server is the parent's (a child starts its own if needed)."""
+        self._lock = threading.Lock()
+        if self._control is not None:
+            self._control.close()
+        self._control = self._process = None
+
+    def _drop(self) -> None:
+        if self._control is not None:
+            self._control.close()
+        self._control = None
+
+    def _connected(self) -> socket.socket:
+        if self._control is not None and self._process is not None and self._process.poll() is None:
+            return self._control
+        self._drop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        try:
+            # Its own session: a Ctrl-C meant for the caller ends the caller, which ends the server.
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", f"from persistence.sandbox import _serve; _serve({theirs.fileno()})"],
+                stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env=env, start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        if ours.recv(1) != b"R":
+            ours.close()
+            raise SandboxError("the graph sandbox's fork server did not start", reason="exit")
+        self._control = ours
+        return ours
+
+    def start(self, request: bytes, fds: list[int]) -> tuple[socket.socket, int]:
+        """Hand a call to the server: the connection its end arrives on, and the child's pid."""
+        for attempt in range(2):
+            with self._lock:
+                control = self._connected()
+                conn, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    socket.send_fds(control, [b"c"], [theirs.fileno()])
+                except OSError:
+                    conn.close()
+                    self._drop()  # the server died (killed?): a new one, once
+                    if attempt:
+                        raise
+                    continue
+                finally:
+                    theirs.close()
+            try:
+                socket.send_fds(conn, [_REQUEST.pack(len(request))], fds)
+                conn.sendall(request)
+                return conn, _STARTED.unpack(_recv_exactly(conn, _STARTED.size))[0]
+            except (OSError, EOFError):
+                conn.close()
+                raise SandboxError("the graph sandbox's fork server did not start the child",
+                                   reason="exit") from None
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def wait(conn: socket.socket) -> tuple[int, int]:
+        """The child's wait status and peak RSS in bytes, once it has ended."""
+        try:
+            status, peak_kib = _ENDED.unpack(_recv_exactly(conn, _ENDED.size))
+        except (OSError, EOFError):
+            # The server itself was killed: its children went with it.
+            return signal.SIGKILL, 0
+        return status, peak_kib * 1024
+
+
+_FORK_SERVER = _ForkServer()
+os.register_at_fork(after_in_child=_FORK_SERVER.forget)
 
 
 # --- in the parent ---------------------------------------------------------------------------
@@ -390,64 +684,55 @@ def run_sandboxed(
     """``func(*args, **kwargs)`` in a limited child process; its result, or its exception re-raised.
 
     With ``on_progress`` the function is called with an ``on_progress=`` keyword whose calls are
-    forwarded to the parent's callback. ``func`` and the arguments must be picklable when the child
-    is spawned (a module-level function). Raises :class:`SandboxError` when the child runs out of
+    forwarded to the parent's callback. ``func`` and the arguments must be picklable (a module-level
+    function): a process that has run TensorFlow hands them to the fork server. Raises :class:`SandboxError` when the child runs out of
     memory or CPU time or dies; ``report`` (when given) is filled with what was enforced.
     """
     report = report if report is not None else SandboxReport()
     scratch = tempfile.mkdtemp(prefix="graph-sandbox-")
     read_fd, write_fd = os.pipe()
     stderr_file = tempfile.TemporaryFile(prefix="graph-sandbox-stderr-")
-    fork = not _tensorflow_threads_started()
+    call = (func, args, kwargs, on_progress is not None)
+    conn: socket.socket | None = None
+    served = _tensorflow_threads_started()
     try:
-        if fork:
+        if served:
+            # The child starts in its scratch directory: relative entries (the "" of a script) would
+            # move there with it.
+            path = [os.path.abspath(entry) for entry in sys.path]
+            request = pickle.dumps((dict(os.environ), path, limits, scratch,
+                                    pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)))
+            fds = [write_fd, stderr_file.fileno()] + ([1] if _is_open(1) else [])
+            conn, pid = _FORK_SERVER.start(request, fds)
+        else:
             # Flushed first so that buffered output is not written twice.
             sys.stdout.flush()
             sys.stderr.flush()
+            caller = os.getpid()
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child ends in os._exit
                 code = 1
                 try:
+                    # A caller killed mid-call (kill -9 of a work horse) takes its child with it,
+                    # as the fork server does for its children: nobody would read the result.
+                    _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                    if os.getppid() != caller:
+                        return
                     os.close(read_fd)
                     os.dup2(stderr_file.fileno(), 2)
-                    code = _child_run(write_fd, (func, args, kwargs, on_progress is not None), limits,
-                                      scratch, SandboxReport(forked=True))
+                    code = _child_run(write_fd, call, limits, scratch, SandboxReport(forked=True))
                 finally:
-                    os._exit(code)
-            process = None
-        else:
-            call = pickle.dumps((func, args, kwargs, on_progress is not None))
-            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-            process = subprocess.Popen(
-                [sys.executable, "-c", "from persistence.sandbox import _spawned_main; _spawned_main()"],
-                stdin=subprocess.PIPE, stderr=stderr_file, pass_fds=(write_fd,), env=env,
-            )
-            pid = process.pid
-            assert process.stdin is not None
-            process.stdin.write(pickle.dumps((write_fd, limits, scratch, call)))
-            process.stdin.close()
+                    _child_exit(code)
         os.close(write_fd)
         write_fd = -1
         try:
             message = _receive(read_fd, on_progress)
         except BaseException:
             # The caller's progress callback raised (a cancel): the child must not outlive it.
-            os.kill(pid, signal.SIGKILL)
+            _kill(pid)
             raise
         finally:
-            while True:
-                try:
-                    _, status, usage = os.wait4(pid, 0)
-                    break
-                except InterruptedError:
-                    continue
-                except ChildProcessError:
-                    status, usage = 0, None
-                    break
-            if process is not None:
-                process.returncode = os.waitstatus_to_exitcode(status)
-        report.peak_rss_bytes = int(usage.ru_maxrss * 1024) if usage is not None else 0
+            status, report.peak_rss_bytes = _FORK_SERVER.wait(conn) if conn is not None else _wait(pid)
         if message is None:
             stderr_file.seek(0)
             stderr = stderr_file.read()[-8192:].decode("utf-8", "replace")
@@ -455,8 +740,10 @@ def run_sandboxed(
         kind, payload = message
         if kind == _RESULT:
             value, child_report = payload
-            report.forked = fork
+            report.forked = True
+            report.fork_server = child_report.fork_server
             report.network_isolated = child_report.network_isolated
+            report.capabilities_dropped = child_report.capabilities_dropped
             report.writes_confined = child_report.writes_confined
             report.notes = child_report.notes
             return value
@@ -468,8 +755,30 @@ def run_sandboxed(
         os.close(read_fd)
         if write_fd >= 0:
             os.close(write_fd)
+        if conn is not None:
+            conn.close()
         stderr_file.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _wait(pid: int) -> tuple[int, int]:
+    """Our own child's wait status and peak RSS in bytes."""
+    while True:
+        try:
+            _, status, usage = os.wait4(pid, 0)
+            return status, usage.ru_maxrss * 1024
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return 0, 0
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def sandbox_available() -> tuple[bool, str]:

@@ -27,3 +27,11 @@ def listen() -> str:
         return f"refused: {exc}"
     finally:
         s.close()
+
+
+def read_file(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f"read {len(f.read())} bytes"
+    except OSError as exc:
+        return f"refused: {exc.strerror}"

@@ -8,8 +8,9 @@ behind a control dependency of the output the user asks for. On an untrusted run
 executing paths, verify with an output and freeze, refuse it with a message naming the op and
 where it was found, and whatever it would have written does not exist afterwards.
 
-The first test shows the attacks are real: on a run marked trusted the same planted WriteFile
-does write its file.
+The first test shows the attacks are real: on a run marked trusted the op check is lifted and
+the same planted WriteFile does write its file (into the freeze's export directory, the one place
+besides scratch the sandbox lets a graph write; anywhere once the sandbox's isolation is off).
 """
 
 from __future__ import annotations
@@ -301,11 +302,11 @@ def template(tmp_path_factory) -> Path:
 
 
 def hostile_run(root: Path, template: Path, attack: Attack, placement: str, *,
-                trusted: bool = False) -> tuple[Checkpoint, str]:
-    """A registered run whose only checkpoint's .meta carries ``attack``."""
+                trusted: bool = False, name: str = "") -> tuple[Checkpoint, str]:
+    """A registered run (``name`` or a fresh one) whose only checkpoint's .meta carries ``attack``."""
     from persistence.graphsafety import load_meta_graph_def
 
-    name = f"hostile-{uuid.uuid4().hex[:8]}"
+    name = name or f"hostile-{uuid.uuid4().hex[:8]}"
     directory = root / name
     shutil.copytree(template, directory)
     meta_path = directory / f"{PREFIX}.meta"
@@ -334,12 +335,33 @@ def _assert_refusal_names(message: str, attack: Attack, where: str) -> None:
 
 
 @pytest.mark.django_db
-def test_a_planted_write_file_really_writes_when_the_run_is_trusted(checkpoint_root, template, tmp_path):
-    attack = write_file(_loot(tmp_path))
-    checkpoint, _ = hostile_run(checkpoint_root, template, attack, "control", trusted=True)
+def test_a_planted_write_file_really_writes_when_the_run_is_trusted(checkpoint_root, template, tmp_path, settings):
+    """The attacks are real: on a trusted run the op check is lifted and the planted WriteFile runs.
+
+    A trusted run still runs its graph in the sandbox, which lets the child write only beneath its
+    scratch directory and the freeze's export directory (tests/faults/test_sandbox.py shows a write
+    elsewhere stopped). So the freeze's planted write targets that export directory and the payload
+    appears there; and with the sandbox's isolation turned off the same graph writes it anywhere.
+    """
+    name = f"hostile-{uuid.uuid4().hex[:8]}"
+    export_directory = Path(settings.EXPORT_ROOT).resolve() / name / "1"
+    attack = write_file(export_directory)
+    checkpoint, _ = hostile_run(checkpoint_root, template, attack, "control", trusted=True, name=name)
+    assert not attack.writes[0].exists()
+
     export = checkpoint.freeze(outputs=[OUTPUT])
+
+    assert Path(export.path).parent == export_directory
     assert export.verified and export.verification["unsafe_ops_allowed"] == ["WriteFile"]
     assert attack.writes[0].read_text().startswith("import os")
+
+    loot = _loot(tmp_path)
+    anywhere = write_file(loot)
+    checkpoint, _ = hostile_run(checkpoint_root, template, anywhere, "control", trusted=True)
+    with override_settings(GRAPH_SANDBOX_ISOLATE=False):
+        export = checkpoint.freeze(outputs=[OUTPUT])
+    assert export.verified and export.verification["unsafe_ops_allowed"] == ["WriteFile"]
+    assert anywhere.writes[0].read_text().startswith("import os")
 
 
 PLACEMENTS = ["alone", "function", "serialized", "control"]
