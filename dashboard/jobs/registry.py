@@ -39,8 +39,10 @@ JOB_FUNCTIONS: dict[tuple[str, str], JobBody] = {
 
 def body_for(job: Job) -> JobBody:
     """The body registered for the row's kind and mode; a mode the kind does not have runs its plain body."""
-    mode = (job.params or {}).get("mode") or DEFAULT_MODE
-    return JOB_FUNCTIONS.get((job.kind, mode)) or JOB_FUNCTIONS[(job.kind, DEFAULT_MODE)]
+    mode = (job.params or {}).get("mode")
+    return JOB_FUNCTIONS.get((job.kind, mode if isinstance(mode, str) else DEFAULT_MODE)) or JOB_FUNCTIONS[
+        (job.kind, DEFAULT_MODE)
+    ]
 
 
 def _registered_body(job: Job, ctx: JobContext) -> dict:

@@ -28,6 +28,7 @@ def test_every_kind_has_a_body_and_every_mode_its_own():
 
 def test_a_mode_the_kind_does_not_have_runs_its_plain_body():
     assert jobs.body_for(Job(kind=Job.SAVE, params={"mode": "steps"})) is registry.save_job
+    assert jobs.body_for(Job(kind=Job.COMPARE, params={"mode": ["steps"]})) is registry.compare_job
 
 
 def test_every_row_is_enqueued_as_the_one_entry_point():
