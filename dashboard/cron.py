@@ -2,7 +2,7 @@
 
 - Tracked runs are rescanned so that checkpoints written by trainers outside the dashboard appear
   by themselves.
-- Jobs are reconciled with RQ (DESIGN §7): a job whose work horse or worker was killed turns
+- Jobs are reconciled with RQ: a job whose work horse or worker was killed turns
   ``failed`` with the reason, and a job created while Redis was down is enqueued once it is back.
   RQ declares a dead worker's job abandoned about 90 s after its last heartbeat (the worker's
   60 s grace plus its 30 s monitoring interval); checking every 15 s keeps the whole path under

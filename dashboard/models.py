@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.validators import MinValueValidator
@@ -22,10 +21,6 @@ from django.urls import reverse
 from django.utils import timezone
 
 from persistence import discovery, files
-
-if TYPE_CHECKING:
-    from django.contrib.auth.base_user import AbstractBaseUser
-    from django.contrib.auth.models import AnonymousUser
 
 
 def checkpoint_directory(path: str) -> Path:
@@ -1786,65 +1781,6 @@ class Job(models.Model):
                 )
             )
             self.job, self.newest = job, newest
-
-    def cancel(self, user: AbstractBaseUser | AnonymousUser | None) -> bool:
-        """Cancel a queued or running job for ``user``; False when it had already ended.
-
-        Raises ``PermissionDenied`` unless the user may start a job of this kind (a canceled prune
-        stops mid-delete). The row is the truth: a queued job will not start, a running save stops
-        between two steps (``JobContext.should_stop``), and the reconciler stops a body that does not.
-        """
-        from dashboard import access, jobs
-
-        access.require_job_permission(user, self.kind)
-        canceled = Job.objects.filter(pk=self.pk, status__in=[self.QUEUED, self.RUNNING]).update(
-            status=self.CANCELED, ended_at=timezone.now(), message="Canceled on request"
-        )
-        self.refresh_from_db()
-        if canceled:
-            jobs.withdraw(self)
-        return bool(canceled)
-
-    def retry(self, user: AbstractBaseUser | AnonymousUser | None) -> Job:
-        """Start a new job with the same parameters for ``user``, linked to this one (``retry_of``).
-
-        Raises ``PermissionDenied`` unless the user may start a job of this kind, ``ValueError``
-        unless this job failed or was canceled, ``Job.AlreadyRetried`` when it has a retry already
-        (two retries of one save would both rewrite the same checkpoints), and
-        ``dashboard.jobs.QueueUnavailable`` (the new row exists) when Redis is down.
-        """
-        from redis.exceptions import RedisError
-
-        from dashboard import access, jobs
-
-        access.require_job_permission(user, self.kind)
-        # The row lock makes "has no retry yet" and the insert one step: of two concurrent retries
-        # the second waits here and then sees the first one's row.
-        with transaction.atomic():
-            locked = Job.objects.select_for_update().get(pk=self.pk)
-            if not locked.can_retry:
-                raise ValueError(f"Only failed or canceled jobs can be retried; this one is {locked.status}.")
-            newest = locked.retries.order_by("-pk").first()
-            if newest is not None:
-                while (later := newest.retries.order_by("-pk").first()) is not None:
-                    newest = later
-                raise Job.AlreadyRetried(locked, newest)
-            retry = Job.objects.create(
-                kind=locked.kind,
-                run_id=locked.run_id,
-                checkpoint_id=locked.checkpoint_id,
-                params=locked.params,
-                retry_of=locked,
-                requested_by=user if getattr(user, "is_authenticated", False) else None,
-            )
-        # Enqueued only once the row is committed: a worker must be able to claim it.
-        try:
-            jobs.enqueue(retry)
-        except RedisError as exc:
-            retry.message = "Waiting for the job queue: it will start when the queue is reachable again."
-            retry.save(update_fields=["message"])
-            raise jobs.QueueUnavailable(retry) from exc
-        return retry
 
 
 class Comparison(models.Model):

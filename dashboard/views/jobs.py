@@ -74,7 +74,7 @@ def job_progress(request: HttpRequest, pk: int) -> HttpResponse:
 def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     access.require(request, "dashboard.view_job")
     job = get_object_or_404(Job, pk=pk)
-    if job.cancel(request.user):
+    if jobs.cancel_job(job, request.user):
         messages.success(request, f"{job.kind.capitalize()} job #{job.pk} canceled.")
     else:
         messages.error(request, f"Job #{job.pk} has already ended ({job.status}); there is nothing to cancel.")
@@ -86,7 +86,7 @@ def job_retry(request: HttpRequest, pk: int) -> HttpResponse:
     access.require(request, "dashboard.view_job")
     job = get_object_or_404(Job, pk=pk)
     try:
-        retry = job.retry(request.user)
+        retry = jobs.retry_job(job, request.user)
     except Job.AlreadyRetried as exc:
         messages.error(request, str(exc))
         return redirect(exc.newest)

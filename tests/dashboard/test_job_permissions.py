@@ -77,7 +77,7 @@ def test_an_operator_cannot_retry_a_maintainers_canceled_prune_and_nothing_is_de
     assert not run.checkpoints.filter(status=Checkpoint.PRUNED).exists()
     assert not AuditEvent.objects.filter(action="prune").exists()
     with pytest.raises(PermissionDenied):
-        prune.retry(operator)  # the same rule for callers other than the page
+        jobs.retry_job(prune, operator)  # the same rule for callers other than the page
     page = client.get(prune.get_absolute_url()).content.decode()
     assert reverse("job-retry", args=[prune.pk]) not in page  # no button the operator may not use
 
@@ -110,7 +110,7 @@ def test_an_operator_cannot_cancel_a_running_prune(client, operator, maintainer,
         prune.refresh_from_db()
         assert prune.status == Job.RUNNING
         with pytest.raises(PermissionDenied):
-            prune.cancel(operator)
+            jobs.cancel_job(prune, operator)
         assert "Cancel job" not in client.get(prune.get_absolute_url()).content.decode()
 
         # The maintainer who started it may stop it.
@@ -163,7 +163,7 @@ def test_only_the_newest_attempt_of_a_chain_can_be_retried(client, operator, run
     third = Job.objects.get(retry_of=second)
     assert response["Location"] == third.get_absolute_url() and third.requested_by == operator
     with pytest.raises(Job.AlreadyRetried):
-        first.retry(operator)
+        jobs.retry_job(first, operator)
 
 
 def test_two_retries_at_once_create_one_job(operator, run_row, empty_queue):
@@ -174,7 +174,7 @@ def test_two_retries_at_once_create_one_job(operator, run_row, empty_queue):
     def retry() -> None:
         try:
             barrier.wait()
-            outcomes.append(Job.objects.get(pk=failed.pk).retry(operator))
+            outcomes.append(jobs.retry_job(Job.objects.get(pk=failed.pk), operator))
         except Exception as exc:  # noqa: BLE001 - the outcome is what the test inspects
             outcomes.append(exc)
         finally:

@@ -390,7 +390,7 @@ def test_retried_resave_records_the_copy_an_earlier_attempt_wrote_instead_of_fai
     resave_subset(source.path, demo_run.directory, "slim-50", drop_optimizer_slots=True)
     assert not demo_run.checkpoints.filter(prefix="slim-50").exists()
 
-    retry = recipes.wait_for_job(killed.retry(make_user("ola-operator", "operator")), [Job.FINISHED, Job.FAILED])
+    retry = recipes.wait_for_job(jobs.retry_job(killed, make_user("ola-operator", "operator")), [Job.FINISHED, Job.FAILED])
 
     assert retry.status == Job.FINISHED, retry.error
     assert "already written by an earlier attempt" in retry.log[-1]
@@ -411,7 +411,7 @@ def test_retried_resave_never_deletes_a_meta_graph_it_did_not_write(worker, demo
     shutil.copyfile(source.path + ".data-00000-of-00001", shard)
     shutil.copyfile(os.path.join(demo_run.directory, "model.ckpt-25.meta"), meta)
 
-    retry = recipes.wait_for_job(killed.retry(make_user("oleg-operator", "operator")), [Job.FINISHED, Job.FAILED])
+    retry = recipes.wait_for_job(jobs.retry_job(killed, make_user("oleg-operator", "operator")), [Job.FINISHED, Job.FAILED])
 
     assert retry.status == Job.FAILED and "did not write (slim-50.meta)" in retry.error
     assert os.path.exists(meta)

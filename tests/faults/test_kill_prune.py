@@ -1,4 +1,4 @@
-"""``kill -9`` of the work horse in the middle of a prune job, then prune again (DESIGN §5, §7).
+"""``kill -9`` of the work horse in the middle of a prune job, then prune again.
 
 Two identical copies of one directory: one is pruned by a job whose horse is killed halfway through
 deleting (``PRUNE_PROGRESS_DELAY_SECONDS`` slows the job's own progress reports so that the kill
@@ -77,7 +77,7 @@ def test_kill_9_mid_prune_then_prune_again_ends_like_an_uninterrupted_prune(chec
     assert all(f"{p}.index" in middle for p in [state.latest, *state.all_prefixes])
     assert not AuditEvent.objects.filter(action="prune").exists()
 
-    retry = job.retry(make_user("mona-maintainer", "maintainer"))  # retrying a prune deletes: maintainers only
+    retry = jobs.retry_job(job, make_user("mona-maintainer", "maintainer"))  # retrying a prune deletes: maintainers only
     run_jobs_to_completion()
     retry.refresh_from_db()
     assert retry.status == Job.FINISHED, retry.error

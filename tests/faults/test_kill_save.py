@@ -1,4 +1,4 @@
-"""``kill -9`` in the middle of a save job, with a real forked worker (DESIGN §7).
+"""``kill -9`` in the middle of a save job, with a real forked worker.
 
 The job turns ``failed`` with a reason well within two minutes (the reconciler is called here
 directly instead of waiting for cron), a retry continues from the last recorded checkpoint and
@@ -87,7 +87,7 @@ def assert_rows_match_files(run: Run, *, every_file_recorded: bool = True) -> No
 
 
 def retry_to_completion(job: Job, run: Run) -> Job:
-    retry = job.retry(make_user(f"otto-{job.pk}", "operator"))
+    retry = jobs.retry_job(job, make_user(f"otto-{job.pk}", "operator"))
     recipes.wait_for_job(retry, [Job.FINISHED, Job.FAILED], timeout=120)
     assert retry.status == Job.FINISHED, retry.error
     assert retry.result["final_step"] == STEPS

@@ -5,8 +5,9 @@
         [--min-age SECONDS] [--dry-run] [--json]
 
 Flags override the run's stored policy for this invocation only. Without ``--dry-run`` the plan
-is executed inline through the prune job's own body (``Run.prune``, recorded on a ``Job`` row):
-the same lock, the same checks, the same audit event. ``--json`` prints one object::
+is executed inline as a prune job (``jobs.run_inline``: a ``Job`` row claimed, run by the prune
+body, ``Run.prune``, and recorded exactly as a worker does): the same lock, the same checks, the
+same audit event. ``--json`` prints one object::
 
     {"run": NAME, "plan": [{"prefix", "step", "keep", "reasons", "bytes"}], "bytes_freed": N, ...}
 
@@ -20,11 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import traceback
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.utils import timezone
 
+from dashboard import jobs
 from dashboard.models import Job, Run
 
 
@@ -98,27 +98,16 @@ class Command(BaseCommand):
         return overrides
 
     def _execute(self, run: Run, plan, overrides: dict) -> dict:
-        # A Job row like the web's prune jobs (the lock and the record live there), run here, through
-        # the same body, Run.prune, which re-plans and refuses unless it arrives at this very plan.
+        # A Job row like the web's prune jobs (the lock and the record live there), run here by the
+        # worker's own entry point: the prune body re-plans and refuses unless it arrives at this plan.
         job = Job.objects.create(
-            kind=Job.PRUNE, run=run, status=Job.RUNNING, started_at=timezone.now(), message="Running in manage.py prune",
+            kind=Job.PRUNE, run=run,
             params={"fingerprint": plan.fingerprint, "overrides": overrides, "source": "manage.py prune"},
         )
         try:
-            result = run.prune(job)
-        except BaseException as exc:
-            refused = isinstance(exc, Run.PruneRefused | ValueError)  # ValueError: the engine refusing a path
-            Job.objects.filter(pk=job.pk, status=Job.RUNNING).update(
-                status=Job.FAILED, error=f"{type(exc).__name__}: {exc}"[:5000], ended_at=timezone.now(),
-                traceback="" if refused else traceback.format_exc(),
-            )
-            if refused:
-                raise CommandError(f"Prune of {run.name} refused: {exc}") from None
-            raise
-        Job.objects.filter(pk=job.pk).update(
-            status=Job.FINISHED, progress=100, result=result, ended_at=timezone.now(), message=""
-        )
-        return result
+            return jobs.run_inline(job)
+        except (Run.PruneRefused, ValueError) as exc:  # ValueError: the engine refusing a path
+            raise CommandError(f"Prune of {run.name} refused: {exc}") from None
 
     @staticmethod
     def _report(run: Run, plan, on_disk: set[str], outcome: dict | None) -> dict:
