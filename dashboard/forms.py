@@ -5,6 +5,7 @@ import os
 from django import forms
 from django.utils.text import slugify
 
+from . import retention
 from .models import Run
 
 
@@ -376,7 +377,7 @@ class ResaveForm(forms.Form):
         }
 
 
-# --- freeze and verify (issue 4) ------------------------------------------------------------
+# --- freeze and verify --------------------------------------------------------------------------
 # The freeze form suggests output nodes and checks names against the graph, in the web process,
 # which never imports TensorFlow. TensorFlow's generated MetaGraphDef class lives inside the
 # ``tensorflow`` package (importing it runs tensorflow/__init__), so the .meta file is parsed here
@@ -640,7 +641,7 @@ class VerifyForm(forms.Form):
         return {"output": self.cleaned_data["output"]} if self.cleaned_data.get("output") else {}
 
 
-# --- retention (issue 5) -------------------------------------------------------------------------
+# --- retention ---------------------------------------------------------------------------------
 
 _DB_INT_MAX = 2**31 - 1  # PositiveIntegerField on PostgreSQL: larger would be a database error
 
@@ -652,7 +653,7 @@ def unrecorded_metric_warning(metric: str, keep_best_n: int, recorded: list[str]
 
 
 class RetentionPolicyForm(forms.Form):
-    """A run's retention policy (DESIGN §5). Empty turns a rule off; a checkpoint goes only if no rule keeps it."""
+    """A run's retention policy. Empty turns a rule off; a checkpoint goes only if no rule keeps it."""
 
     max_to_keep = forms.IntegerField(
         required=False, min_value=0, max_value=_DB_INT_MAX, label="Keep the newest",
@@ -691,7 +692,7 @@ class RetentionPolicyForm(forms.Form):
         def has_metric(name: str) -> bool:
             return name in kwargs.get("metric_names", ()) or run.checkpoints.filter(metrics__has_key=name).exists()
 
-        return cls(data, initial=run.retention_values(), has_metric=has_metric, **kwargs)
+        return cls(data, initial=retention.retention_values(run), has_metric=has_metric, **kwargs)
 
     @property
     def warnings(self) -> list[str]:

@@ -36,6 +36,7 @@ from django.db import close_old_connections, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from . import artifacts, comparing, pruning, retention, scanning
 from .models import Checkpoint, Comparison, Job, Run
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ def start(
     """
     with transaction.atomic():
         if kind == Job.FREEZE and checkpoint is not None:
-            checkpoint.check_no_freeze_running((params or {}).get("outputs") or [])
+            artifacts.check_no_freeze_running(checkpoint, (params or {}).get("outputs") or [])
         job = Job.objects.create(
             kind=kind,
             run=run,
@@ -330,7 +331,7 @@ def job_body(func: Callable[[Job, JobContext], dict[str, Any] | None]) -> Callab
 def scan_job(job: Job, ctx: JobContext) -> dict:
     run = Run.objects.get(pk=job.run_id)
     ctx.progress(5, f"Scanning {run.directory}", force=True)
-    counts = run.scan(full=bool(job.params.get("full")))
+    counts = scanning.scan(run, full=bool(job.params.get("full")))
     ctx.progress(100, f"{counts['checkpoints']} checkpoints found", force=True)
     start_auto_prune(run, counts)
     return counts
@@ -346,7 +347,7 @@ def scan_all_runs() -> dict:
     summary = {}
     for run in Run.objects.all():
         try:
-            summary[run.name] = run.scan()
+            summary[run.name] = scanning.scan(run)
             start_auto_prune(run, summary[run.name])
         except Exception as exc:  # one broken run must not stop the others being rescanned
             log.exception("periodic scan of %s failed", run.name)
@@ -403,7 +404,7 @@ def save_job(job: Job, ctx: JobContext) -> dict:
     from persistence.training import SaverOptions, TrainingCancelled, TrainingError, train
 
     from . import saving
-    from .models import checkpoint_directory
+    from .roots import checkpoint_directory
 
     params = job.params
     run = Run.objects.get(pk=job.run_id)
@@ -417,7 +418,7 @@ def save_job(job: Job, ctx: JobContext) -> dict:
     if job.retry_of_id:
         # Rows first agree with the disk: an earlier attempt killed inside Saver.save may have
         # left rows of checkpoints the Saver had already deleted.
-        run.scan()
+        scanning.scan(run)
 
     restore_from = None
     if params.get("restore_from"):
@@ -458,7 +459,7 @@ def save_job(job: Job, ctx: JobContext) -> dict:
             f"Deleted by TensorFlow's Saver (max_to_keep={options.max_to_keep}) when save job "
             f"#{job.pk} wrote {saved.prefix}."
         )
-        checkpoint = run.record_saved(saved, pruned_note=note, actor=job.requested_by)
+        checkpoint = scanning.record_saved(run, saved, pruned_note=note, actor=job.requested_by)
         written.add(saved.prefix)
         entry = {"prefix": saved.prefix, "step": saved.step, "id": checkpoint.pk, **saved.metrics}
         own_saved.append(entry)
@@ -528,7 +529,7 @@ def resave_job(job: Job, ctx: JobContext) -> dict:
     """Write a subset of a checkpoint's variables (optionally renamed) under a new prefix."""
     from persistence.training import TrainingError, checkpoint_files, resave_subset
 
-    from .models import checkpoint_directory
+    from .roots import checkpoint_directory
 
     params = job.params
     run = Run.objects.get(pk=job.run_id)
@@ -550,7 +551,7 @@ def resave_job(job: Job, ctx: JobContext) -> dict:
                 prefix=new_prefix, path=os.path.join(directory, new_prefix), step=step_from_prefix(new_prefix),
                 metrics={}, files=existing,
             )
-            checkpoint = run.record_saved(written, source=source, actor=job.requested_by)
+            checkpoint = scanning.record_saved(run, written, source=source, actor=job.requested_by)
             ctx.log(f"{new_prefix} was already written by an earlier attempt; recorded it")
             return _resave_result(checkpoint, source)
         # A re-save writes data shards and then the .index, never a .meta: only shards can be an
@@ -575,7 +576,7 @@ def resave_job(job: Job, ctx: JobContext) -> dict:
         drop_optimizer_slots=bool(params.get("drop_optimizer_slots")),
         rename=params.get("rename") or None,
     )
-    checkpoint = run.record_saved(saved, source=source, actor=job.requested_by)
+    checkpoint = scanning.record_saved(run, saved, source=source, actor=job.requested_by)
     ctx.log(f"Wrote {new_prefix}: {len(saved.variables)} variables, {saved.size_bytes} bytes")
     ctx.progress(100, f"Wrote {new_prefix}", force=True)
     return _resave_result(checkpoint, source)
@@ -793,7 +794,7 @@ def compare_job(job: Job, ctx: JobContext) -> dict:
         sides.append(checkpoint)
     a, b = sides
     ctx.progress(1, f"Reading {a.prefix} and {b.prefix}", force=True)
-    comparison = Comparison.compute(a, b, job=job, on_progress=_compare_progress(ctx))
+    comparison = comparing.compute(a, b, job=job, on_progress=_compare_progress(ctx))
     summary = comparison.summary
     return {
         "comparison": comparison.pk,
@@ -809,7 +810,7 @@ def step_over_step_job(job: Job, ctx: JobContext) -> dict:
     run = Run.objects.get(pk=job.run_id)
     last = int(job.params.get("last", 50))
     ctx.progress(1, f"Reading the newest {last} checkpoints of {run.name}", force=True)
-    return run.step_over_step(last=last, on_progress=_compare_progress(ctx))
+    return comparing.step_over_step(run, last=last, on_progress=_compare_progress(ctx))
 
 
 def compare_kind_job(job_pk: int) -> dict:
@@ -824,7 +825,7 @@ JOB_FUNCTIONS[Job.COMPARE] = compare_kind_job
 
 
 # --- restore / verify and freeze (issue 4) -------------------------------------------------
-# Thin: the work is ``Checkpoint.verify`` / ``Checkpoint.freeze``, shared with ``manage.py verify``
+# Thin: the work is ``artifacts.verify`` / ``artifacts.freeze``, shared with ``manage.py verify``
 # and ``manage.py freeze``.
 
 
@@ -846,7 +847,7 @@ def verify_job(job: Job, ctx: JobContext) -> dict:
     """Verify checkpoint ``job.checkpoint`` (``params["output"]``: a tensor to run after restoring)."""
     checkpoint = Checkpoint.objects.select_related("run", "meta_source__run").get(pk=job.checkpoint_id)
     ctx.progress(1, f"Verifying {checkpoint.prefix}", force=True)
-    verification = checkpoint.verify(output=(job.params or {}).get("output", ""), on_progress=ctx.progress)
+    verification = artifacts.verify(checkpoint, output=(job.params or {}).get("output", ""), on_progress=ctx.progress)
     if "read_error" in verification:  # only there when this verify could not read the checkpoint
         verdict = f"could not read it ({verification['read_error']['message']}); status left {verification['status']}"
     else:
@@ -861,7 +862,8 @@ def freeze_job(job: Job, ctx: JobContext) -> dict:
     params = job.params or {}
     checkpoint = Checkpoint.objects.select_related("run", "meta_source__run").get(pk=job.checkpoint_id)
     ctx.progress(1, f"Freezing {checkpoint.prefix}", force=True)
-    export = checkpoint.freeze(
+    export = artifacts.freeze(
+        checkpoint,
         outputs=params.get("outputs") or [],
         clear_devices=params.get("clear_devices", True),
         variables_allowlist=params.get("variables_allowlist") or None,
@@ -884,7 +886,7 @@ def partial_restore_job(job: Job, ctx: JobContext) -> dict:
     params = job.params or {}
     checkpoint = Checkpoint.objects.select_related("run").get(pk=job.checkpoint_id)
     ctx.progress(5, f"Restoring part of {checkpoint.prefix} into {params.get('recipe')}", force=True)
-    return checkpoint.partial_restore(recipe_path=params.get("recipe", ""), variables=params.get("variables"),
+    return artifacts.partial_restore(checkpoint, recipe_path=params.get("recipe", ""), variables=params.get("variables"),
                                       name_map=params.get("name_map"))
 
 
@@ -918,11 +920,11 @@ def _prune_progress(ctx: JobContext) -> Callable[[int, int, str], None]:
 
 @job_body
 def prune_job(job: Job, ctx: JobContext) -> dict:
-    """Execute a retention plan (``Run.prune``): exactly the previewed one, or for an auto-prune the
+    """Execute a retention plan (``pruning.prune``): exactly the previewed one, or for an auto-prune the
     stored policy's; a retry of a killed attempt finishes that attempt's plan."""
     run = Run.objects.get(pk=job.run_id)
     ctx.progress(1, f"Planning the prune of {run.name}", force=True)
-    result = run.prune(job, on_progress=_prune_progress(ctx))
+    result = pruning.prune(run, job, on_progress=_prune_progress(ctx))
     if result.get("resumed_from"):
         ctx.log(f"Finished the plan prune #{result['resumed_from']} had started")
     ctx.progress(100, f"{result['checkpoints_deleted']} checkpoints deleted, {result['kept']} kept", force=True)
@@ -939,7 +941,7 @@ def start_auto_prune(run: Run, report: dict | None = None) -> int | None:
     if not run.auto_prune or run.jobs.filter(kind=Job.PRUNE, status__in=[Job.QUEUED, Job.RUNNING]).exists():
         return None
     try:
-        if not run.plan_retention().files_to_delete:
+        if not retention.plan_retention(run).files_to_delete:
             return None
     except ValueError as exc:  # a policy stored before validation existed, or edited in the admin
         log.warning("auto-prune of %s skipped: %s", run.name, exc)

@@ -5,7 +5,7 @@
         [--min-age SECONDS] [--dry-run] [--json]
 
 Flags override the run's stored policy for this invocation only. Without ``--dry-run`` the plan
-is executed inline through the prune job's own body (``Run.prune``, recorded on a ``Job`` row):
+is executed inline through the prune job's own body (``pruning.prune``, recorded on a ``Job`` row):
 the same lock, the same checks, the same audit event. ``--json`` prints one object::
 
     {"run": NAME, "plan": [{"prefix", "step", "keep", "reasons", "bytes"}], "bytes_freed": N, ...}
@@ -25,6 +25,7 @@ import traceback
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from dashboard import pruning, retention
 from dashboard.models import Job, Run
 
 
@@ -70,9 +71,9 @@ class Command(BaseCommand):
             known = ", ".join(Run.objects.order_by("name").values_list("name", flat=True)[:20]) or "none yet"
             raise CommandError(f"No run named {options['run']!r} (runs: {known}).")
         overrides = self._overrides(options)
-        facts = run.retention_facts()
+        facts = retention.retention_facts(run)
         try:
-            plan = run.plan_retention(policy=run.retention_policy(**overrides), facts=facts)
+            plan = retention.plan_retention(run, policy=retention.retention_policy(run, **overrides), facts=facts)
         except ValueError as exc:
             raise CommandError(f"Cannot plan a prune of {run.name}: {exc}") from None
 
@@ -99,13 +100,13 @@ class Command(BaseCommand):
 
     def _execute(self, run: Run, plan, overrides: dict) -> dict:
         # A Job row like the web's prune jobs (the lock and the record live there), run here, through
-        # the same body, Run.prune, which re-plans and refuses unless it arrives at this very plan.
+        # the same body, pruning.prune, which re-plans and refuses unless it arrives at this very plan.
         job = Job.objects.create(
             kind=Job.PRUNE, run=run, status=Job.RUNNING, started_at=timezone.now(), message="Running in manage.py prune",
             params={"fingerprint": plan.fingerprint, "overrides": overrides, "source": "manage.py prune"},
         )
         try:
-            result = run.prune(job)
+            result = pruning.prune(run, job)
         except BaseException as exc:
             refused = isinstance(exc, Run.PruneRefused | ValueError)  # ValueError: the engine refusing a path
             Job.objects.filter(pk=job.pk, status=Job.RUNNING).update(
