@@ -37,8 +37,10 @@ if TYPE_CHECKING:
 ADVISORY_NAMESPACE = zlib.crc32(b"dashboard.run") & 0x7FFFFFFF
 
 # A try that fails is tried again this long: a moment's check by another process (a page asking
-# "is a prune running?") must not refuse a prune. A real holder holds for far longer.
-TRY_SECONDS = 0.5
+# "is a prune running?") must not refuse a prune, and the lock of a holder that has just died is
+# freed only once the server (or kernel) has noticed, which on a busy machine takes a moment.
+# A real holder holds for far longer.
+TRY_SECONDS = 2.0
 
 
 class RunLocked(Exception):  # noqa: N818 - reads as what happened
