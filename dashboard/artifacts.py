@@ -27,10 +27,17 @@ from .roots import checkpoint_directory
 from .scanning import refresh_latest
 
 if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+
+    from persistence.restore import InputSpec, MakeLatestResult
     from persistence.sandbox import SandboxLimits
 
+    User = AbstractBaseUser | AnonymousUser
+    Progress = Callable[[float, str], object]
 
-def set_trusted(run: Run, trusted: bool, *, actor=None) -> None:
+
+def set_trusted(run: Run, trusted: bool, *, actor: User | None = None) -> None:
     """Allow (or forbid again) restoring and freezing graphs with file-system or Python ops."""
     if run.trusted == trusted:
         return
@@ -43,7 +50,7 @@ def set_trusted(run: Run, trusted: bool, *, actor=None) -> None:
     )
 
 
-def sample_feed(run: Run, placeholders: list) -> dict:
+def sample_feed(run: Run, placeholders: list[InputSpec]) -> dict:
     """The recipe's sample input for those ``placeholders`` (``InputSpec``) it fits by name and shape.
 
     Placeholders left out are fed zeros by the engines. A run trained with another model (or
@@ -71,7 +78,9 @@ def sample_feed(run: Run, placeholders: list) -> dict:
     return fits
 
 
-def make_latest(run: Run, checkpoint: Checkpoint, *, user=None, state_file: str = "checkpoint"):
+def make_latest(
+    run: Run, checkpoint: Checkpoint, *, user: User | None = None, state_file: str = "checkpoint"
+) -> MakeLatestResult:
     """Point ``state_file`` at ``checkpoint`` (a rollback), update the rows' flags, audit it.
 
     Pure Python (``persistence.statefile``): safe to call from a view. The run row is locked
@@ -126,7 +135,7 @@ def _progress_span(on_progress: Callable | None, start: float, end: float) -> Ca
     return lambda percent, message: on_progress(start + (end - start) * percent / 100, message)
 
 
-def verify(checkpoint: Checkpoint, *, output: str = "", on_progress=None) -> dict:
+def verify(checkpoint: Checkpoint, *, output: str = "", on_progress: Progress | None = None) -> dict:
     """Read every tensor (TensorFlow checks CRCs), store per-variable statistics and the status.
 
     A damaged checkpoint is a result (``corrupt``/``incomplete``/``missing`` with TensorFlow's
@@ -312,7 +321,7 @@ def export_path(checkpoint: Checkpoint, name: str) -> Path:
 
 
 def freeze(checkpoint: Checkpoint, *, outputs: list[str], clear_devices: bool = True, variables_allowlist: list[str] | None = None,
-           variables_denylist: list[str] | None = None, user=None, on_progress=None,
+           variables_denylist: list[str] | None = None, user: User | None = None, on_progress: Progress | None = None,
            job: Job | None = None) -> Export:
     """Freeze into ``EXPORT_ROOT/<run>/<step>/<name>.pb``, verify it against the checkpoint, record it.
 
@@ -437,7 +446,7 @@ def freeze(checkpoint: Checkpoint, *, outputs: list[str], clear_devices: bool = 
     return export
 
 
-def recheck_export(export: Export, *, actor=None) -> bool:
+def recheck_export(export: Export, *, actor: User | None = None) -> bool:
     """Hash the file again; if it is byte for byte what was verified, accept its new mtime.
 
     Returns True when the export is whole again, False when its contents differ (freeze again).

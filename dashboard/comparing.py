@@ -6,14 +6,22 @@ a management command, never in a view. The jobs helpers here are plain queries, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from django.db import models
 from django.utils import timezone
 
 from .models import Checkpoint, Comparison, Job, Run
 from .roots import checkpoint_directory
 
+if TYPE_CHECKING:
+    Progress = Callable[[float, str], object]
 
-def compute(a: Checkpoint, b: Checkpoint, *, job: Job | None = None, on_progress=None) -> Comparison:
+
+def compute(
+    a: Checkpoint, b: Checkpoint, *, job: Job | None = None, on_progress: Progress | None = None
+) -> Comparison:
     """Compare A with B now and store the result: the one code path of the compare job and command.
 
     Reads both checkpoints through TensorFlow (the engine imports it lazily), so call this from a
@@ -92,7 +100,7 @@ def step_over_step_checkpoints(run: Run, last: int) -> list[Checkpoint]:
     return list(newest.only("id", "run_id", "prefix", "step", "fingerprint", "saved_at", "variables")[:last])[::-1]
 
 
-def step_over_step(run: Run, *, last: int = 50, on_progress=None) -> dict:
+def step_over_step(run: Run, *, last: int = 50, on_progress: Progress | None = None) -> dict:
     """Relative change of every variable between consecutive checkpoints (imports TensorFlow).
 
     The result is what a finished step-over-step job stores as its ``result``.

@@ -10,8 +10,9 @@ import contextlib
 import datetime as dt
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from django.db import models, transaction
 from django.utils import timezone
@@ -25,6 +26,13 @@ from .locks import lock_row
 from .models import AuditEvent, Checkpoint, Job, Run
 from .retention import plan_retention, retention_policy
 from .roots import checkpoint_directory
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+
+    User = AbstractBaseUser | AnonymousUser
+    Progress = Callable[[float, str], object]
 
 
 def running_prune(run: Run, *, exclude: Job | None = None) -> Job | None:
@@ -115,7 +123,7 @@ def check_no_prune_running(run: Run, action: str) -> None:
         raise ValueError(f"A prune of run {run.name} is running (job #{running.pk}); {action} when it has finished.")
 
 
-def prune(run: Run, job: Job, *, on_progress=None) -> dict:
+def prune(run: Run, job: Job, *, on_progress: Progress | None = None) -> dict:
     """The body of a prune job (and of ``manage.py prune``): claim the run, plan, execute, record.
 
     ``job.params``: ``fingerprint`` (the previewed plan: refuse unless the run still plans to
@@ -151,7 +159,7 @@ def prune(run: Run, job: Job, *, on_progress=None) -> dict:
     return {**job.result, **outcome}
 
 
-def _check_still_deletable(run: Run, plan) -> None:
+def _check_still_deletable(run: Run, plan: Plan) -> None:
     # A plan finished after a crash was checked when it started; what the user protected since
     # (pinned, made latest, exported) must still stop it.
     doomed = plan.deleted_prefixes
@@ -168,8 +176,8 @@ def _check_still_deletable(run: Run, plan) -> None:
         )
 
 
-def apply_plan(run: Run, plan, *, actor=None, job: Job | None = None, policy: dict | None = None,
-               on_progress=None, auto: bool = False, resumed_from: int | None = None) -> dict:
+def apply_plan(run: Run, plan: Plan, *, actor: User | None = None, job: Job | None = None, policy: dict | None = None,
+               on_progress: Progress | None = None, auto: bool = False, resumed_from: int | None = None) -> dict:
     """Execute ``plan`` on this run's directory and record it: rows, state files, audit.
 
     Every file the plan deletes must be a file of a recorded checkpoint of this run, and the
@@ -227,7 +235,7 @@ def apply_plan(run: Run, plan, *, actor=None, job: Job | None = None, policy: di
     }
 
 
-def _check_plan_files(run: Run, plan) -> None:
+def _check_plan_files(run: Run, plan: Plan) -> None:
     # Never delete a file that belongs to no recorded checkpoint (a plan read back from a job's
     # JSON is only as good as that JSON).
     doomed = [d.prefix for d in plan.decisions if d.delete_files]
@@ -241,7 +249,7 @@ def _check_plan_files(run: Run, plan) -> None:
                          f"e.g. {stray[0]}; refusing to delete anything.")
 
 
-def _mark_pruned(run: Run, plan, gone: set[str], job: Job | None) -> int:
+def _mark_pruned(run: Run, plan: Plan, gone: set[str], job: Job | None) -> int:
     """Rows whose ``.index`` is gone become ``pruned``; each keeps only its files still on disk."""
     ids = dict(run.checkpoints.values_list("prefix", "id"))
     when = timezone.now().strftime("%Y-%m-%d %H:%M UTC")
@@ -277,14 +285,14 @@ def _mark_pruned(run: Run, plan, gone: set[str], job: Job | None) -> int:
     return pruned
 
 
-def pin(checkpoint: Checkpoint, reason: str = "", *, actor=None) -> None:
+def pin(checkpoint: Checkpoint, reason: str = "", *, actor: User | None = None) -> None:
     """Keep this checkpoint whatever the retention policy says (audited). ``ValueError`` for users."""
     if not checkpoint.on_disk:
         raise ValueError(f"{checkpoint.prefix} is {checkpoint.status}: only a checkpoint on disk can be pinned.")
     _set_pin(checkpoint, True, reason.strip(), actor=actor, summary=f"Pinned {checkpoint.prefix}: {reason.strip()}")
 
 
-def unpin(checkpoint: Checkpoint, reason: str = "", *, actor=None) -> None:
+def unpin(checkpoint: Checkpoint, reason: str = "", *, actor: User | None = None) -> None:
     """Let the retention policy decide about this checkpoint again (audited, with why it was pinned)."""
     was = checkpoint.pin_reason
     why = f" ({reason.strip()})" if reason.strip() else ""

@@ -10,12 +10,19 @@ import datetime as dt
 import json
 import os
 import time
+from typing import TYPE_CHECKING
 
 from django.db import connections, transaction
 
 from persistence import retention as engine
 
 from .models import AuditEvent, Export, Run
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+
+    User = AbstractBaseUser | AnonymousUser
 
 
 def retention_values(run: Run) -> dict:
@@ -35,7 +42,7 @@ def retention_policy(run: Run, **overrides: object) -> engine.RetentionPolicy:
     return engine.RetentionPolicy(**values)
 
 
-def update_retention(run: Run, values: dict, *, actor=None) -> dict:
+def update_retention(run: Run, values: dict, *, actor: User | None = None) -> dict:
     """Store a new policy (already validated by ``RetentionPolicyForm``) and audit what changed.
 
     Returns ``{field: [old, new]}`` for the fields that changed (empty: nothing saved).

@@ -11,6 +11,7 @@ import datetime as dt
 import itertools
 import time
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models, transaction
@@ -22,6 +23,14 @@ from .locks import lock_row
 from .models import AuditEvent, Checkpoint, Run
 from .pruning import running_prune
 from .roots import checkpoint_directory
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+
+    from persistence.training import SavedCheckpoint
+
+    User = AbstractBaseUser | AnonymousUser
 
 # A scan stores what it read every this many rows or seconds, whichever comes first: one
 # transaction (and on SQLite one commit to sync) per discovery chunk of 250 cost a first scan
@@ -326,7 +335,7 @@ def known_fingerprints(run: Run) -> dict[str, str]:
     )
 
 
-def record_saved(run: Run, saved, *, source: Checkpoint | None = None, pruned_note: str = "", actor=None) -> Checkpoint:
+def record_saved(run: Run, saved: SavedCheckpoint, *, source: Checkpoint | None = None, pruned_note: str = "", actor: User | None = None) -> Checkpoint:
     """Record a checkpoint our own job has just written, the moment it is written.
 
     ``saved`` is a ``persistence.training.SavedCheckpoint``. Rows of the checkpoints the
