@@ -50,11 +50,12 @@ def running_prune(run: Run, *, exclude: Job | None = None) -> Job | None:
         return None
     if claims:
         return Job.objects.defer("result").get(pk=claims[0])
-    # Held by a prune that has not recorded its claim yet.
-    waiting = run.jobs.filter(kind=Job.PRUNE, status__in=[Job.RUNNING, Job.QUEUED])
+    # Held by a prune that has not recorded its claim yet (it is doing so under the row lock).
+    others = run.jobs.filter(kind=Job.PRUNE).defer("result").order_by("-pk")
     if exclude is not None:
-        waiting = waiting.exclude(pk=exclude.pk)
-    return waiting.defer("result").first() or Job(kind=Job.PRUNE, run=run, status=Job.RUNNING)
+        others = others.exclude(pk=exclude.pk)
+    return (others.filter(status__in=[Job.RUNNING, Job.QUEUED]).first() or others.first()
+            or Job(kind=Job.PRUNE, run=run, status=Job.RUNNING))
 
 
 def _unreleased_claims(run: Run, *, exclude: Job | None = None) -> list[int]:
@@ -103,11 +104,15 @@ def claimed(run: Run, job: Job) -> Iterator[None]:
                 f"Another prune of run {run.name} is running (job #{other.pk if other else '?'}); "
                 "wait for it to finish."
             ) from None
-        _fail_dead_claims(_unreleased_claims(run, exclude=job))
-        # Who holds the run, for people reading the job; whether it still does is the lock's to say.
-        holder = {"host": socket.gethostname(), "pid": os.getpid(), "claimed_at": timezone.now().isoformat()}
-        job.result = {**(job.result or {}), "holder": holder}
-        Job.objects.filter(pk=job.pk).update(result=job.result)
+        try:
+            _fail_dead_claims(_unreleased_claims(run, exclude=job))
+            # Who holds the run, for people reading the job; whether it still does is the lock's to say.
+            holder = {"host": socket.gethostname(), "pid": os.getpid(), "claimed_at": timezone.now().isoformat()}
+            job.result = {**(job.result or {}), "holder": holder}
+            Job.objects.filter(pk=job.pk).update(result=job.result)
+        except BaseException:
+            stack.close()  # the claim was not recorded: let go of the run at once
+            raise
     with stack:
         try:
             yield
