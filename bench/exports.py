@@ -146,14 +146,14 @@ def _child_env(**extra: str) -> dict[str, str]:
 def freeze_vs_bare(work: Path, repeat: int = REPEAT) -> dict[str, dict]:
     from django.conf import settings
 
-    from dashboard import jobs
+    from dashboard import jobs, scanning
     from dashboard.localredis import PrivateRedis
     from dashboard.models import Export, Job, Run
 
     root = Path(settings.CHECKPOINT_ROOTS[0])
     variable_bytes = make_large_checkpoint(root / "large")
     run = Run.objects.create(name="large", directory=str(root / "large"))
-    run.scan()
+    scanning.scan(run)
     checkpoint = run.checkpoints.get()
 
     private = None

@@ -1,4 +1,4 @@
-"""Retention benchmarks: ``prune_plan_10k_seconds`` and ``prune_exec_vs_bare`` (issue 5).
+"""Retention benchmarks: ``prune_plan_10k_seconds`` and ``prune_exec_vs_bare``.
 
 ``prune_plan_10k_seconds``: planning a prune of a run with 10,000 checkpoints the way the preview
 page and the prune job do it, from the database: the rows query, their conversion to
@@ -61,13 +61,14 @@ def _rows_run(work: Path, name: str, n: int):
 
 
 def plan_10k(work: Path, n: int = N) -> dict[str, dict]:
+    from dashboard import retention
     from dashboard.models import Run
 
     run = _rows_run(work, "plan-10k", n)
-    plan = Run.objects.get(pk=run.pk).plan_retention()
+    plan = retention.plan_retention(Run.objects.get(pk=run.pk))
     assert len(plan.decisions) == n and 0 < plan.kept_count < n // 10, plan.kept_count
     # A fresh Run row each time, as a request or a job loads it.
-    seconds = median_time(lambda: Run.objects.get(pk=run.pk).plan_retention(), repeat=5)
+    seconds = median_time(lambda: retention.plan_retention(Run.objects.get(pk=run.pk)), repeat=5)
     return {"prune_plan_10k_seconds": entry(seconds, None, "s", "value <= 1.0", checkpoints=n,
                                             kept=plan.kept_count)}
 
@@ -79,6 +80,7 @@ def _measure_exec(work: Path, template: Path, tag: str, *, synced: bool) -> dict
     ``synced`` the copies are on disk first (``os.sync``), as a prune finds checkpoints older than
     ``min_age_seconds``; without, they are still only in the page cache.
     """
+    from dashboard import pruning, retention, scanning
     from dashboard.models import Run
     from persistence.retention import execute_plan
     from persistence.statefile import find_state_files
@@ -87,8 +89,8 @@ def _measure_exec(work: Path, template: Path, tag: str, *, synced: bool) -> dict
     shutil.copytree(template, scanned)
     run = Run.objects.create(name=f"exec-{tag}", directory=str(scanned), max_to_keep=5, keep_every_n_steps=2,
                              min_age_seconds=0)
-    run.scan()
-    plan = run.plan_retention()
+    scanning.scan(run)
+    plan = retention.plan_retention(run)
     names = list(plan.files_to_delete)
 
     def fresh(side: str) -> str:
@@ -103,7 +105,7 @@ def _measure_exec(work: Path, template: Path, tag: str, *, synced: bool) -> dict
     seconds["bare"] = timed(lambda: [os.remove(os.path.join(bare_dir, name)) for name in names])
     run.directory = fresh("product")
     Run.objects.filter(pk=run.pk).update(directory=run.directory)
-    seconds["product"] = timed(lambda: run.apply_plan(plan))
+    seconds["product"] = timed(lambda: pruning.apply_plan(run, plan))
     engine_dir = fresh("engine")
     seconds["engine"] = timed(lambda: execute_plan(engine_dir, plan, state_files=find_state_files(engine_dir)))
     assert set(os.listdir(bare_dir)) == set(os.listdir(run.directory)) == set(os.listdir(engine_dir))

@@ -7,6 +7,7 @@ from django.utils.text import slugify
 
 from persistence.graphoutline import GraphOutline, OutlineTooLarge
 
+from . import retention
 from .models import Run
 
 
@@ -547,7 +548,7 @@ class VerifyForm(forms.Form):
         return {"output": self.cleaned_data["output"]} if self.cleaned_data.get("output") else {}
 
 
-# --- retention (issue 5) -------------------------------------------------------------------------
+# --- retention ---------------------------------------------------------------------------------
 
 _DB_INT_MAX = 2**31 - 1  # PositiveIntegerField on PostgreSQL: larger would be a database error
 
@@ -559,7 +560,7 @@ def unrecorded_metric_warning(metric: str, keep_best_n: int, recorded: list[str]
 
 
 class RetentionPolicyForm(forms.Form):
-    """A run's retention policy (DESIGN §5). Empty turns a rule off; a checkpoint goes only if no rule keeps it."""
+    """A run's retention policy. Empty turns a rule off; a checkpoint goes only if no rule keeps it."""
 
     max_to_keep = forms.IntegerField(
         required=False, min_value=0, max_value=_DB_INT_MAX, label="Keep the newest",
@@ -598,7 +599,7 @@ class RetentionPolicyForm(forms.Form):
         def has_metric(name: str) -> bool:
             return name in kwargs.get("metric_names", ()) or run.checkpoints.filter(metrics__has_key=name).exists()
 
-        return cls(data, initial=run.retention_values(), has_metric=has_metric, **kwargs)
+        return cls(data, initial=retention.retention_values(run), has_metric=has_metric, **kwargs)
 
     @property
     def warnings(self) -> list[str]:

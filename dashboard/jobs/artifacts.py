@@ -6,6 +6,7 @@ Thin: the work is ``Checkpoint.verify`` / ``partial_restore`` / ``freeze``, shar
 
 from __future__ import annotations
 
+from dashboard import artifacts
 from dashboard.models import Checkpoint, Job
 
 from .context import JobContext
@@ -28,7 +29,7 @@ def verify_job(job: Job, ctx: JobContext) -> dict:
     """Verify checkpoint ``job.checkpoint`` (``params["output"]``: a tensor to run after restoring)."""
     checkpoint = Checkpoint.objects.select_related("run", "meta_source__run").get(pk=job.checkpoint_id)
     ctx.progress(1, f"Verifying {checkpoint.prefix}", force=True)
-    verification = checkpoint.verify(output=(job.params or {}).get("output", ""), on_progress=ctx.progress)
+    verification = artifacts.verify(checkpoint, output=(job.params or {}).get("output", ""), on_progress=ctx.progress)
     if "read_error" in verification:  # only there when this verify could not read the checkpoint
         verdict = f"could not read it ({verification['read_error']['message']}); status left {verification['status']}"
     else:
@@ -42,7 +43,7 @@ def partial_restore_job(job: Job, ctx: JobContext) -> dict:
     params = job.params or {}
     checkpoint = Checkpoint.objects.select_related("run").get(pk=job.checkpoint_id)
     ctx.progress(5, f"Restoring part of {checkpoint.prefix} into {params.get('recipe')}", force=True)
-    return checkpoint.partial_restore(recipe_path=params.get("recipe", ""), variables=params.get("variables"),
+    return artifacts.partial_restore(checkpoint, recipe_path=params.get("recipe", ""), variables=params.get("variables"),
                                       name_map=params.get("name_map"))
 
 
@@ -51,7 +52,8 @@ def freeze_job(job: Job, ctx: JobContext) -> dict:
     params = job.params or {}
     checkpoint = Checkpoint.objects.select_related("run", "meta_source__run").get(pk=job.checkpoint_id)
     ctx.progress(1, f"Freezing {checkpoint.prefix}", force=True)
-    export = checkpoint.freeze(
+    export = artifacts.freeze(
+        checkpoint,
         outputs=params.get("outputs") or [],
         clear_devices=params.get("clear_devices", True),
         variables_allowlist=params.get("variables_allowlist") or None,

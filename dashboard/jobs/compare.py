@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from dashboard import comparing
 from dashboard.models import Checkpoint, Comparison, Job, Run
 
 from .context import JobCanceled, JobContext
@@ -28,7 +29,7 @@ def compare_job(job: Job, ctx: JobContext) -> dict:
         sides.append(checkpoint)
     a, b = sides
     ctx.progress(1, f"Reading {a.prefix} and {b.prefix}", force=True)
-    comparison = Comparison.compute(a, b, job=job, on_progress=_compare_progress(ctx))
+    comparison = comparing.compute(a, b, job=job, on_progress=_compare_progress(ctx))
     summary = comparison.summary
     return {
         "comparison": comparison.pk,
@@ -43,4 +44,4 @@ def step_over_step_job(job: Job, ctx: JobContext) -> dict:
     run = Run.objects.get(pk=job.run_id)
     last = int(job.params.get("last", 50))
     ctx.progress(1, f"Reading the newest {last} checkpoints of {run.name}", force=True)
-    return run.step_over_step(last=last, on_progress=_compare_progress(ctx))
+    return comparing.step_over_step(run, last=last, on_progress=_compare_progress(ctx))

@@ -1,4 +1,4 @@
-"""Executing a retention plan as a job (``Run.prune``), from the page, an auto-prune or ``manage.py prune``."""
+"""Executing a retention plan as a job (``pruning.prune``), from the page, an auto-prune or ``manage.py prune``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 
+from dashboard import pruning
 from dashboard.models import Job, Run
 
 from .context import JobContext
@@ -26,11 +27,11 @@ def _prune_progress(ctx: JobContext) -> Callable[[int, int, str], None]:
 
 
 def prune_job(job: Job, ctx: JobContext) -> dict:
-    """Execute a retention plan (``Run.prune``): exactly the previewed one, or for an auto-prune the
+    """Execute a retention plan (``pruning.prune``): exactly the previewed one, or for an auto-prune the
     stored policy's; a retry of a killed attempt finishes that attempt's plan."""
     run = Run.objects.get(pk=job.run_id)
     ctx.progress(1, f"Planning the prune of {run.name}", force=True)
-    result = run.prune(job, on_progress=_prune_progress(ctx))
+    result = pruning.prune(run, job, on_progress=_prune_progress(ctx))
     if result.get("resumed_from"):
         ctx.log(f"Finished the plan prune #{result['resumed_from']} had started")
     ctx.progress(100, f"{result['checkpoints_deleted']} checkpoints deleted, {result['kept']} kept", force=True)

@@ -15,6 +15,7 @@ from django.db import transaction
 from redis import Redis
 from redis.exceptions import RedisError
 
+from dashboard import artifacts
 from dashboard.models import Checkpoint, Job, Run
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ def start(
     """
     with transaction.atomic():
         if kind == Job.FREEZE and checkpoint is not None:
-            checkpoint.check_no_freeze_running((params or {}).get("outputs") or [])
+            artifacts.check_no_freeze_running(checkpoint, (params or {}).get("outputs") or [])
         job = Job.objects.create(
             kind=kind,
             run=run,

@@ -6,6 +6,7 @@ import logging
 
 from django.db import close_old_connections
 
+from dashboard import retention, scanning
 from dashboard.models import Job, Run
 
 from .context import JobContext
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 def scan_job(job: Job, ctx: JobContext) -> dict:
     run = Run.objects.get(pk=job.run_id)
     ctx.progress(5, f"Scanning {run.directory}", force=True)
-    counts = run.scan(full=bool(job.params.get("full")))
+    counts = scanning.scan(run, full=bool(job.params.get("full")))
     ctx.progress(100, f"{counts['checkpoints']} checkpoints found", force=True)
     start_auto_prune(run, counts)
     return counts
@@ -33,7 +34,7 @@ def scan_all_runs() -> dict:
     summary = {}
     for run in Run.objects.all():
         try:
-            summary[run.name] = run.scan()
+            summary[run.name] = scanning.scan(run)
             start_auto_prune(run, summary[run.name])
         except Exception as exc:  # one broken run must not stop the others being rescanned
             log.exception("periodic scan of %s failed", run.name)
@@ -51,7 +52,7 @@ def start_auto_prune(run: Run, report: dict | None = None) -> int | None:
     if not run.auto_prune or run.jobs.filter(kind=Job.PRUNE, status__in=[Job.QUEUED, Job.RUNNING]).exists():
         return None
     try:
-        if not run.plan_retention().files_to_delete:
+        if not retention.plan_retention(run).files_to_delete:
             return None
     except ValueError as exc:  # a policy stored before validation existed, or edited in the admin
         log.warning("auto-prune of %s skipped: %s", run.name, exc)

@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from dashboard import access
+from dashboard import access, artifacts
 from dashboard.forms import FreezeForm, PartialRestoreForm, VerifyForm
 from dashboard.models import Checkpoint, Job
 from dashboard.views.common import start_job
@@ -80,7 +80,7 @@ def checkpoint_partial_restore(request: HttpRequest, name: str, pk: int) -> Http
 def checkpoint_make_latest(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     checkpoint = _checkpoint(request, name, pk, access.MAINTAIN)
     try:
-        result = checkpoint.run.make_latest(checkpoint, user=request.user)
+        result = artifacts.make_latest(checkpoint.run, checkpoint, user=request.user)
     except (ValueError, OSError) as exc:
         messages.error(request, f"Not changed: {exc}")
     else:

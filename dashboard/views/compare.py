@@ -18,7 +18,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from dashboard import access
+from dashboard import access, comparing
 from dashboard.jobs import STEP_OVER_STEP_MODE
 from dashboard.models import Checkpoint, Comparison, Job, Run
 from dashboard.views.common import start_job
@@ -85,8 +85,8 @@ def compare_status(request: HttpRequest, pk: int) -> HttpResponse:
 
 def step_over_step(request: HttpRequest, name: str) -> HttpResponse:
     run = access.get_run_for_user(request, name)
-    latest = run.latest_step_over_step()
-    newest_job = run.step_over_step_jobs().first()
+    latest = comparing.latest_step_over_step(run)
+    newest_job = comparing.step_over_step_jobs(run).first()
     readable = run.checkpoints.filter(status__in=[Checkpoint.PRESENT, Checkpoint.VERIFIED]).count()
     last = _int(request.GET.get("last")) or (latest.result.get("last") if latest else None) or STEPS_DEFAULT
     context = {
@@ -104,7 +104,7 @@ def step_over_step_start(request: HttpRequest, name: str) -> HttpResponse:
     last = _int(request.POST.get("last"))
     if last is None or not STEPS_MIN <= last <= STEPS_MAX:
         messages.error(request, f"Choose how many checkpoints to include: a whole number from {STEPS_MIN} to {STEPS_MAX}.")
-    elif not run.step_over_step_jobs().exclude(status__in=Job.ENDED).exists():
+    elif not comparing.step_over_step_jobs(run).exclude(status__in=Job.ENDED).exists():
         start_job(request, Job.COMPARE, run=run, params={"mode": STEP_OVER_STEP_MODE, "last": last})
     return redirect("run-steps", name=run.name)
 
@@ -421,5 +421,5 @@ def _heatmap(result: dict) -> dict:
 def _changed_since(run: Run, result: dict) -> bool:
     """True when the run's newest checkpoints are no longer the ones the stored heatmap read."""
     stored = [(c["id"], c["fingerprint"]) for c in result.get("checkpoints", [])]
-    current = [(c.pk, c.fingerprint) for c in run.step_over_step_checkpoints(result.get("last", STEPS_DEFAULT))]
+    current = [(c.pk, c.fingerprint) for c in comparing.step_over_step_checkpoints(run, result.get("last", STEPS_DEFAULT))]
     return stored != current

@@ -1,7 +1,8 @@
 """Frozen exports: the list, one export's page, and the download.
 
-Downloads are by database id only (DESIGN §6): the path comes from the ``Export`` row, is resolved
-with symlinks and must sit under ``EXPORT_ROOT``; the file name is chosen by the server.
+Downloads are by database id only, so that no request names a file: the path comes from the
+``Export`` row, is resolved with symlinks and must sit under ``EXPORT_ROOT``; the file name is
+chosen by the server.
 
 Django's ``FileResponse`` streams a whole file (and under gunicorn hands it to ``sendfile``) but
 knows nothing of HTTP ranges, which ``curl -C -`` and download managers use to resume. Ranges
@@ -41,7 +42,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import content_disposition_header, parse_etags
 from django.views.decorators.http import require_POST
 
-from dashboard import access
+from dashboard import access, artifacts
 from dashboard.models import Export, Run
 from persistence import files
 
@@ -137,7 +138,7 @@ def export_recheck(request: HttpRequest, pk: int) -> HttpResponse:
     access.require(request, access.OPERATE)
     export = get_object_or_404(Export.objects.select_related("checkpoint__run"), pk=pk)
     try:
-        whole = export.recheck(actor=request.user)
+        whole = artifacts.recheck_export(export, actor=request.user)
     except (OSError, files.PathOutsideRoots):
         messages.error(request, "The export's file is missing or is not a regular file: freeze the checkpoint again.")
         return redirect(export)

@@ -1,4 +1,4 @@
-"""Retention (issue 5): a run's policy, the prune preview and "Prune now", pins, and the audit log.
+"""Retention: a run's policy, the prune preview and "Prune now", pins, and the audit log.
 
 Planning is pure Python (``persistence.retention``) and runs here, in the web process; deleting
 runs in a prune job, which plans again and refuses unless it arrives at the previewed plan.
@@ -23,7 +23,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from dashboard import access
+from dashboard import access, pruning, retention
 from dashboard.forms import PinForm, RetentionPolicyForm, unrecorded_metric_warning
 from dashboard.models import AuditEvent, Checkpoint, Export, Job, Run
 from dashboard.views.common import start_job
@@ -44,7 +44,7 @@ def retention_policy(request: HttpRequest, name: str) -> HttpResponse:
         run, request.POST if request.method == "POST" else None, metric_names=_metric_names(run)
     )
     if request.method == "POST" and form.is_valid():
-        changes = run.update_retention(form.cleaned_data, actor=request.user)
+        changes = retention.update_retention(run, form.cleaned_data, actor=request.user)
         messages.success(request, "Retention policy saved; this is what it would prune." if changes else "Nothing changed.")
         # A rule that keeps nothing (best-N by a metric never recorded) is saved as asked; the
         # preview this leads to says so next to the plan.
@@ -59,7 +59,7 @@ def prune_preview(request: HttpRequest, name: str) -> HttpResponse:
         plan, shown, timeline = _cached_preview(run, show)
     except ValueError as exc:
         return render(request, "dashboard/prune_preview.html", {"run": run, "policy_error": str(exc)})
-    policy = run.retention_policy()
+    policy = retention.retention_policy(run)
     return render(
         request,
         "dashboard/prune_preview.html",
@@ -67,7 +67,7 @@ def prune_preview(request: HttpRequest, name: str) -> HttpResponse:
             "run": run, "plan": plan, "policy": policy, "show": show,
             "policy_warnings": _policy_warnings(run, policy),
             "page": Paginator(shown, PLAN_PAGE_SIZE).get_page(request.GET.get("page")),
-            "timeline": timeline, "running": run.running_prune(),
+            "timeline": timeline, "running": pruning.running_prune(run),
             "recent_prunes": list(run.jobs.filter(kind=Job.PRUNE).order_by("-created_at")[:3]),
         },
     )
@@ -77,12 +77,12 @@ def prune_preview(request: HttpRequest, name: str) -> HttpResponse:
 def prune_now(request: HttpRequest, name: str) -> HttpResponse:
     """Start a prune job that executes exactly the previewed plan (the form carries its fingerprint)."""
     run = access.get_run_for_user(request, name, access.MAINTAIN)
-    running = run.running_prune()
+    running = pruning.running_prune(run)
     if running is not None:
         messages.warning(request, f"A prune of this run is already running (job #{running.pk}).")
         return redirect(running)
     try:
-        plan = run.plan_retention()
+        plan = retention.plan_retention(run)
     except ValueError as exc:
         messages.error(request, str(exc))
         return redirect("run-prune", run.name)
@@ -92,7 +92,7 @@ def prune_now(request: HttpRequest, name: str) -> HttpResponse:
     if not plan.files_to_delete:
         messages.info(request, "This plan deletes nothing.")
         return redirect("run-prune", run.name)
-    params = {"fingerprint": plan.fingerprint, "policy": asdict(run.retention_policy())}
+    params = {"fingerprint": plan.fingerprint, "policy": asdict(retention.retention_policy(run))}
     job = start_job(request, Job.PRUNE, run=run, params=params)
     if job is None:
         return redirect("run-prune", run.name)
@@ -112,9 +112,9 @@ def checkpoint_pin(request: HttpRequest, name: str, pk: int) -> HttpResponse:
         reason, pin = form.cleaned_data["reason"], form.cleaned_data["action"] == "pin"
         try:
             if pin:
-                checkpoint.pin(reason, actor=request.user)
+                pruning.pin(checkpoint, reason, actor=request.user)
             else:
-                checkpoint.unpin(reason, actor=request.user)
+                pruning.unpin(checkpoint, reason, actor=request.user)
         except ValueError as exc:
             messages.error(request, str(exc))
         else:
@@ -209,8 +209,8 @@ def _cached_preview(run: Run, show: str) -> tuple:
     now = time.time()
 
     def plan_now() -> tuple:
-        facts = run.retention_facts()
-        plan = run.plan_retention(facts=facts, now=now)
+        facts = retention.retention_facts(run)
+        plan = retention.plan_retention(run, facts=facts, now=now)
         rows = _plan_rows(run, plan, facts)
         return facts, plan, rows
 
@@ -231,7 +231,7 @@ def _cached_preview(run: Run, show: str) -> tuple:
     # The summary last: a reader who finds it finds the pages too.
     entries[key] = {
         "summary": summary, "timeline": timeline, "counts": {c: len(v) for c, v in by_show.items()},
-        "valid_until": _plan_valid_until(facts, run.retention_policy().min_age_seconds, now),
+        "valid_until": _plan_valid_until(facts, retention.retention_policy(run).min_age_seconds, now),
     }
     try:
         cache.set_many(entries, timeout=PREVIEW_CACHE_SECONDS)
@@ -269,7 +269,7 @@ def _plan_stamp(run: Run) -> str:
     exports = Export.objects.filter(checkpoint__run=run).aggregate(n=Count("id"), max_id=Max("id"))
     audited = run.audit_events.aggregate(max_id=Max("id"))
     state = {
-        "policy": run.retention_values(), "latest": run.latest_prefix,
+        "policy": retention.retention_values(run), "latest": run.latest_prefix,
         "preserved": run.last_preserved_timestamp, "state_files": run.state_files,
         "directory": run.directory, "directory_stamp": run.directory_stamp,
         "rows": rows, "exports": exports, "audit": audited,

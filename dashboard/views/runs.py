@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from dashboard import access
+from dashboard import access, artifacts
 from dashboard.forms import RegisterRunForm
 from dashboard.models import Checkpoint, Export, Job, Run
 from dashboard.views.common import start_job
@@ -120,9 +120,9 @@ def run_scan(request: HttpRequest, name: str) -> HttpResponse:
 
 @require_POST
 def run_trust(request: HttpRequest, name: str) -> HttpResponse:
-    """Maintainers decide whether this run's graphs may use file-system or Python ops (DESIGN §6)."""
+    """Maintainers decide whether this run's graphs may use file-system or Python ops."""
     run = access.get_run_for_user(request, name, access.MAINTAIN)
-    run.set_trusted(request.POST.get("trusted") == "1", actor=request.user)
+    artifacts.set_trusted(run, request.POST.get("trusted") == "1", actor=request.user)
     messages.success(
         request,
         "Graphs of this run may now use file-system and Python ops when restored or frozen."

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from django.urls import reverse
 
-from dashboard import jobs
+from dashboard import comparing, jobs, scanning
 from dashboard.models import Checkpoint, Comparison, Job, Run
 from tests.dashboard.conftest import add_checkpoint_rows
 from tests.dashboard.test_compare_command import make_compare_files, register
@@ -289,7 +289,7 @@ def files(tmp_path_factory):
 def demo(files, settings) -> Run:
     settings.CHECKPOINT_ROOTS = [files.root]
     run = register(files.root, "demo")
-    run.record_metrics({c.prefix: c.metrics for c in files.demo.checkpoints})
+    scanning.record_metrics(run, {c.prefix: c.metrics for c in files.demo.checkpoints})
     return run
 
 
@@ -353,7 +353,7 @@ def test_step_over_step_job_on_a_real_worker_renders_the_heatmap(client, operato
     job.refresh_from_db()
     assert job.status == Job.FINISHED, job.error
     assert [c["step"] for c in job.result["checkpoints"]] == [50, 75]  # only the newest two
-    assert demo.latest_step_over_step() == job
+    assert comparing.latest_step_over_step(demo) == job
     html = client.get(steps_url).content.decode()
     assert 'class="heatmap"' in html and 'aria-label="Colour scale"' in html
 

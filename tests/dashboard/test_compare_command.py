@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 
+from dashboard import scanning
 from dashboard.models import Checkpoint, Comparison, Run
 from persistence import training
 from tests.live import BASE_DIR, subprocess_env
@@ -56,7 +57,7 @@ def make_compare_files(root: Path) -> SimpleNamespace:
 
 def register(root: Path, name: str) -> Run:
     run = Run.objects.create(name=name, directory=str(root / name))
-    run.scan()
+    scanning.scan(run)
     return run
 
 
@@ -69,7 +70,7 @@ def files(tmp_path_factory) -> SimpleNamespace:
 def runs(files, settings, db) -> dict[str, Run]:
     settings.CHECKPOINT_ROOTS = [files.root]
     found = {name: register(files.root, name) for name in ("demo", "slim", "reshaped")}
-    found["demo"].record_metrics({c.prefix: c.metrics for c in files.demo.checkpoints})
+    scanning.record_metrics(found["demo"], {c.prefix: c.metrics for c in files.demo.checkpoints})
     return found
 
 

@@ -18,7 +18,7 @@ from django.core.management import call_command
 from django.db import IntegrityError, transaction
 from django.urls import reverse
 
-from dashboard import jobs
+from dashboard import artifacts, jobs, scanning
 from dashboard.models import Checkpoint, Export, Job, Run
 from persistence import files
 from tests import checkpoint_factory as factory
@@ -37,7 +37,7 @@ def seed(seed_template, checkpoint_root, db) -> Run:
     directory = checkpoint_root / "seed"
     shutil.copytree(seed_template.directory, directory)
     run = Run.objects.create(name="seed", directory=str(directory))
-    run.scan()
+    scanning.scan(run)
     yield run
     jobs.get_queue().empty()  # nothing runs these jobs
 
@@ -81,13 +81,13 @@ def test_one_export_row_per_file(seed):
 def test_freezing_over_another_checkpoints_export_is_refused(seed, settings):
     # model.ckpt-200 and subset.ckpt-200 share a step, so their exports would share a path.
     mine = seed.checkpoints.get(prefix="model.ckpt-200")
-    export = mine.freeze(outputs=["probs"])
+    export = artifacts.freeze(mine, outputs=["probs"])
     theirs = seed.checkpoints.get(prefix="subset.ckpt-200")
     before = open(export.path, "rb").read()
     from persistence.freeze import FreezeError
 
     with pytest.raises(FreezeError, match="is the export of model.ckpt-200"):
-        theirs.freeze(outputs=["probs"])
+        artifacts.freeze(theirs, outputs=["probs"])
     assert open(export.path, "rb").read() == before and Export.objects.count() == 1
 
 
@@ -129,7 +129,7 @@ def test_a_freeze_into_the_same_directory_leaves_the_running_freeze_alone(tmp_pa
     name = f"big-{uuid.uuid4().hex[:6]}"
     make_large_checkpoint(root / name)
     run = Run.objects.create(name=name, directory=str(root / name))
-    run.scan()
+    scanning.scan(run)
     checkpoint = run.checkpoints.get()
     target_dir = settings.EXPORT_ROOT / name / "1"
 
@@ -141,9 +141,9 @@ def test_a_freeze_into_the_same_directory_leaves_the_running_freeze_alone(tmp_pa
 
         # While the job writes probs.pb: the same file from the command is refused...
         with pytest.raises(Checkpoint.FreezeRunning):
-            checkpoint.freeze(outputs=["probs"])
+            artifacts.freeze(checkpoint, outputs=["probs"])
         # ...and another file in the same directory is written without touching the job's.
-        logits = checkpoint.freeze(outputs=["logits"])
+        logits = artifacts.freeze(checkpoint, outputs=["logits"])
         assert logits.verified and logits.verification["stale_temp_files_removed"] == []
 
         wait_for(lambda: (job.refresh_from_db() or job.is_ended), 180, interval=0.1, what="the freeze job")

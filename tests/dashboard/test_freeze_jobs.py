@@ -19,7 +19,7 @@ from django.contrib.auth.models import Group, Permission, User
 from django.test import Client, override_settings
 from django.urls import reverse
 
-from dashboard import jobs
+from dashboard import artifacts, jobs, scanning
 from dashboard.models import Checkpoint, Export, Job, Run
 from tests.live import LiveWorker, wait_for
 
@@ -71,7 +71,7 @@ def register(roots, template, name: str | None = None) -> Run:
     directory = roots / "checkpoints" / name
     shutil.copytree(template, directory)
     run = Run.objects.create(name=name, directory=str(directory))
-    run.scan()
+    scanning.scan(run)
     return run
 
 
@@ -161,7 +161,7 @@ def test_freeze_failures_end_the_job_failed_with_a_clear_message(roots, demo_tem
                         params={"outputs": ["probs"], "variables_denylist": ["hidden/kernel"]})
     bare = register(roots, demo_template)
     os.unlink(os.path.join(bare.directory, "model.ckpt-25.meta"))
-    bare.scan()
+    scanning.scan(bare)
     no_meta = jobs.start(Job.FREEZE, run=bare, checkpoint=bare.checkpoints.get(step=50),
                          params={"outputs": ["probs"]})
 
@@ -192,7 +192,7 @@ def test_unsafe_graph_is_refused_unless_the_run_is_trusted(roots, worker, tmp_pa
             sess.run(v1.global_variables_initializer())
             v1.train.Saver().save(sess, str(directory / "model.ckpt"), global_step=1)
     run = Run.objects.create(name=directory.name, directory=str(directory))
-    run.scan()
+    scanning.scan(run)
     checkpoint = run.checkpoints.get()
 
     refused = wait_for_job(jobs.start(Job.FREEZE, run=run, checkpoint=checkpoint, params={"outputs": ["probs"]}),
@@ -221,7 +221,7 @@ def test_tf2_checkpoint_freezes_through_the_runs_recipe(roots, worker):
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=module), str(directory), max_to_keep=3)
     manager.save(checkpoint_number=7)
     run = Run.objects.create(name=directory.name, directory=str(directory))
-    run.scan()
+    scanning.scan(run)
     checkpoint = run.checkpoints.get()
     assert checkpoint.format == "tf2"
     client = Client()
@@ -256,7 +256,7 @@ def page_run(demo_template, checkpoint_root, db) -> Run:
     directory = checkpoint_root / "demo"
     shutil.copytree(demo_template, directory)
     run = Run.objects.create(name="demo", directory=str(directory))
-    run.scan()
+    scanning.scan(run)
     yield run
     jobs.get_queue().empty()  # nothing runs these jobs, and their rows are rolled back
 
@@ -360,4 +360,4 @@ def test_freeze_of_a_pruned_checkpoint_is_a_clear_error(page_run):
     Checkpoint.objects.filter(pk=checkpoint.pk).update(status=Checkpoint.PRUNED)
     checkpoint.refresh_from_db()
     with pytest.raises(FreezeError, match="is pruned: its files are gone"):
-        checkpoint.freeze(outputs=["probs"])
+        artifacts.freeze(checkpoint, outputs=["probs"])

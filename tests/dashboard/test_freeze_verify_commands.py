@@ -13,6 +13,7 @@ import sys
 import pytest
 from django.core.management import call_command
 
+from dashboard import scanning
 from dashboard.models import Checkpoint, Export, Run
 from tests.live import BASE_DIR, subprocess_env
 
@@ -33,7 +34,7 @@ def demo(demo_template, checkpoint_root) -> Run:
     directory = checkpoint_root / "demo"
     shutil.copytree(demo_template, directory)
     run = Run.objects.create(name="demo", directory=str(directory))
-    run.scan()
+    scanning.scan(run)
     return run
 
 
@@ -83,7 +84,7 @@ def test_freeze_command_failures_are_one_json_error_and_exit_1(demo, args, messa
 @pytest.mark.django_db
 def test_freeze_command_without_a_meta_graph_says_so(demo):
     os.unlink(os.path.join(demo.directory, "model.ckpt-25.meta"))
-    demo.scan()
+    scanning.scan(demo)
     code, report = run_command("freeze", str(demo.checkpoints.get(step=50).pk), "--outputs", "probs", "--json")
     assert code == 1 and "missing meta graph" in report["error"]
 

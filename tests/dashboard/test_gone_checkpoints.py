@@ -10,6 +10,7 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 
+from dashboard import scanning
 from dashboard.models import Checkpoint, Run
 from dashboard.templatetags.dashboard import size as size_label
 from tests.checkpoint_factory import make_seed_run
@@ -23,11 +24,11 @@ def pruned_run(checkpoint_root) -> Run:
     deletes 200 and keeps only the .meta of 100 (400 restores with it)."""
     made = make_seed_run(checkpoint_root / "seed")
     run = Run.objects.create(name="seed", directory=made.directory, min_age_seconds=0)
-    run.scan()
+    scanning.scan(run)
     for name in os.listdir(made.directory):
         if name.startswith("model.ckpt-300."):
             os.remove(os.path.join(made.directory, name))
-    run.scan(full=True)
+    scanning.scan(run, full=True)
     for c in run.checkpoints.filter(prefix__startswith="model.ckpt-"):
         # As a save job records them: what training measured at each step.
         Checkpoint.objects.filter(pk=c.pk).update(metrics={"loss": 1.0 / c.step, "accuracy": c.step / 1000})

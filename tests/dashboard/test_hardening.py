@@ -10,6 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from dashboard import pruning, retention
 from dashboard.models import Checkpoint, Export, Job, Run
 from tests.dashboard.test_prune_plan import fake_run
 from tests.live import BASE_DIR
@@ -107,11 +108,11 @@ def test_the_preview_is_planned_once_and_reused_until_the_run_changes(client, ma
     # Every change the plan depends on shows at once.
     checkpoint = run.checkpoints.get(step=2)
     checkpoint.run = run
-    checkpoint.pin("shipped", actor=maintainer)
+    pruning.pin(checkpoint, "shipped", actor=maintainer)
     pinned = _preview(client, run)
     assert pinned["planned"] and "Prune now: delete 8 checkpoints" in pinned["html"]
 
-    run.update_retention({"max_to_keep": 6}, actor=maintainer)
+    retention.update_retention(run, {"max_to_keep": 6}, actor=maintainer)
     policy = _preview(client, run)
     assert policy["planned"] and "Prune now: delete 5 checkpoints" in policy["html"]
 
@@ -140,7 +141,7 @@ def test_a_young_checkpoint_is_replanned_once_it_is_old_enough(client, maintaine
     min_age = 600
     run = fake_run(checkpoint_root / "r", "r", [1, 2, 3], max_to_keep=1, min_age_seconds=min_age,
                    start=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=min_age - 3), hours_apart=0)
-    facts = run.retention_facts()
+    facts = retention.retention_facts(run)
     young_since = facts[0].saved_at
     assert _plan_valid_until(facts, min_age, young_since + 10) == pytest.approx(young_since + min_age)
     assert _plan_valid_until(facts, min_age, young_since + min_age + 1) == float("inf")

@@ -14,7 +14,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import connection
 from django.urls import reverse
 
-from dashboard import access, jobs
+from dashboard import access, jobs, retention, scanning
 from dashboard.models import AuditEvent, Checkpoint, Job, Run
 from tests.dashboard import job_recipes as recipes
 from tests.live import LiveWorker, run_jobs_to_completion, wait_for
@@ -43,7 +43,7 @@ def tiny_run(root, name: str, n: int) -> Run:
 
     made = make_many_tiny_checkpoints(root / name, n)
     run = Run.objects.create(name=name, directory=made.directory, max_to_keep=2, min_age_seconds=0)
-    run.scan()
+    scanning.scan(run)
     return run
 
 
@@ -96,7 +96,7 @@ def test_an_operator_cannot_retry_a_maintainers_canceled_prune_and_nothing_is_de
 
 def test_an_operator_cannot_cancel_a_running_prune(client, operator, maintainer, checkpoint_root, tmp_path):
     run = tiny_run(checkpoint_root, "r", 80)
-    plan = run.plan_retention()
+    plan = retention.plan_retention(run)
     prune = jobs.start(Job.PRUNE, run=run, params={"fingerprint": plan.fingerprint}, user=maintainer)
 
     with LiveWorker(log_path=tmp_path / "worker.log", PRUNE_PROGRESS_DELAY_SECONDS="0.05"):

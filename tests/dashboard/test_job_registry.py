@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.utils.module_loading import import_string
 
-from dashboard import jobs
+from dashboard import jobs, retention
 from dashboard.jobs import registry
 from dashboard.models import Job, Run
 from tests.dashboard.test_prune_plan import fake_run, on_disk
@@ -50,7 +50,7 @@ def test_the_periodic_functions_are_importable_by_the_path_rq_stores():
 
 def test_run_inline_records_the_outcome_like_a_worker(checkpoint_root):
     run = fake_run(checkpoint_root / "r", "r", [1, 2, 3], max_to_keep=1)
-    plan = run.plan_retention()
+    plan = retention.plan_retention(run)
     job = Job.objects.create(kind=Job.PRUNE, run=run, params={"fingerprint": plan.fingerprint})
 
     result = jobs.run_inline(job)

@@ -15,6 +15,7 @@ import textwrap
 import pytest
 from django.urls import reverse
 
+from dashboard import scanning
 from dashboard.models import AuditEvent, Checkpoint, Run
 from tests import checkpoint_factory as factory
 from tests.live import BASE_DIR
@@ -33,7 +34,7 @@ def seed(seed_template, checkpoint_root) -> Run:
     directory = checkpoint_root / "seed"
     shutil.copytree(seed_template.directory, directory)
     run = Run.objects.create(name="seed", directory=str(directory))
-    run.scan()
+    scanning.scan(run)
     return run
 
 

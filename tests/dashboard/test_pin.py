@@ -7,8 +7,8 @@ import os
 import pytest
 from django.urls import reverse
 
+from dashboard import artifacts, locks, pruning, retention
 from dashboard.models import AuditEvent, Checkpoint, Job
-from dashboard.models import _this_process as this_process
 from tests.dashboard.test_prune_plan import fake_run
 
 pytestmark = pytest.mark.django_db
@@ -38,16 +38,16 @@ def test_pin_from_the_history_table_keeps_it_through_a_prune(client, maintainer,
     assert (event.actor, event.checkpoint, event.run) == (maintainer, second, run)
     assert event.summary == "Pinned model.ckpt-2: shipped as v3"
 
-    decision = next(d for d in run.plan_retention().decisions if d.prefix == "model.ckpt-2")
+    decision = next(d for d in retention.plan_retention(run).decisions if d.prefix == "model.ckpt-2")
     assert decision.keep and decision.reasons == ["kept: pinned (shipped as v3)"]
-    run.apply_plan(run.plan_retention())
+    pruning.apply_plan(run, retention.plan_retention(run))
     assert os.path.exists(os.path.join(run.directory, "model.ckpt-2.index"))
     assert run.checkpoints.get(step=3).status == Checkpoint.PRUNED
 
 
 def test_unpin_from_the_checkpoint_page_is_audited_with_what_it_was_pinned_for(client, maintainer, run):
     first = run.checkpoints.get(step=1)
-    first.pin("baseline", actor=maintainer)
+    pruning.pin(first, "baseline", actor=maintainer)
     client.force_login(maintainer)
     page = client.get(first.get_absolute_url()).content.decode()
     assert "pinned: baseline" in page and ">Unpin</button>" in page
@@ -99,18 +99,19 @@ def test_a_pin_never_leaves_the_site(client, maintainer, run):
 
 def test_pin_and_make_latest_wait_for_a_running_prune(client, maintainer, run):
     # A prune that has planned must not delete what is pinned (or made latest) after it planned.
-    holder = Job.objects.create(kind=Job.PRUNE, run=run, status=Job.RUNNING, result={"holder": this_process()})
+    holder = Job.objects.create(kind=Job.PRUNE, run=run, status=Job.RUNNING, result={"holder": {"pid": os.getpid()}})
     checkpoint = run.checkpoints.get(step=2)
     client.force_login(maintainer)
-    response = client.post(pin_url(checkpoint), {"action": "pin", "reason": "x"}, follow=True)
-    assert f"A prune of run r is running (job #{holder.pk})" in response.content.decode()
-    assert not Checkpoint.objects.get(pk=checkpoint.pk).pinned
-    with pytest.raises(ValueError, match="A prune of run r is running"):
-        run.make_latest(checkpoint, user=maintainer)
+    with locks.run_lock(run):  # what a running prune holds
+        response = client.post(pin_url(checkpoint), {"action": "pin", "reason": "x"}, follow=True)
+        assert f"A prune of run r is running (job #{holder.pk})" in response.content.decode()
+        assert not Checkpoint.objects.get(pk=checkpoint.pk).pinned
+        with pytest.raises(ValueError, match="A prune of run r is running"):
+            artifacts.make_latest(run, checkpoint, user=maintainer)
 
-    # A holder whose process is gone (kill -9) holds nothing; its job is failed on the way.
-    Job.objects.filter(pk=holder.pk).update(result={"holder": {**this_process(), "pid": 2**22 + 12345}})
-    checkpoint.pin("now it can", actor=maintainer)
+    # A holder whose lock is gone (its process died: kill -9 frees it) holds nothing; its job is
+    # failed on the way.
+    pruning.pin(checkpoint, "now it can", actor=maintainer)
     assert Checkpoint.objects.get(pk=checkpoint.pk).pinned
     holder.refresh_from_db()
     assert holder.status == Job.FAILED and "died" in holder.error

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from dashboard import retention, scanning
 from dashboard.models import Checkpoint, Run
 from tests.checkpoint_factory import make_seed_run
 
@@ -22,7 +23,7 @@ WARNING = "No checkpoint of this run has metric “{}”; the best-2 rule keeps 
 def run(checkpoint_root) -> Run:
     made = make_seed_run(checkpoint_root / "seed")
     run = Run.objects.create(name="seed", directory=made.directory, min_age_seconds=0)
-    run.scan()
+    scanning.scan(run)
     for c in run.checkpoints.exclude(step=None):
         Checkpoint.objects.filter(pk=c.pk).update(metrics={"loss": 1.0 / c.step})  # as training recorded
     return run
@@ -38,7 +39,7 @@ def test_unrecorded_metric_is_saved_with_a_warning_on_the_form_and_the_preview(c
     assert (run.keep_best_n, run.best_metric) == (2, "accuracy")
     # The plan indeed keeps nothing by that rule.
     # The plan indeed keeps nothing by that rule (the page shows a cached summary of this very plan).
-    plan = run.plan_retention()
+    plan = retention.plan_retention(run)
     assert response.context["plan"].fingerprint == plan.fingerprint
     assert "best 2 by accuracy" not in " ".join(r for d in plan.decisions for r in d.reasons)
 
@@ -54,7 +55,7 @@ def test_a_recorded_metric_gives_no_warning(client, maintainer, run):
     assert "No checkpoint of this run has metric" not in html
     assert "kept: best 2 by loss (min)" in html  # the page's rows carry each decision's reasons
     run.refresh_from_db()
-    plan = run.plan_retention()
+    plan = retention.plan_retention(run)
     assert response.context["plan"].fingerprint == plan.fingerprint
     assert "kept: best 2 by loss (min)" in " ".join(r for d in plan.decisions for r in d.reasons)
     assert "No checkpoint of this run has metric" not in client.get(reverse("run-retention", args=["seed"])).content.decode()

@@ -1,7 +1,7 @@
 """Property: prunes and save-job rotations together never delete a protected checkpoint.
 
 Random sequences of saves (the save job's own guard around ``persistence.training.train``), pins,
-exports and prunes (``Run.plan_retention`` + ``Run.apply_plan``) run against real TensorFlow
+exports and prunes (``retention.plan_retention`` + ``pruning.apply_plan``) run against real TensorFlow
 checkpoints and the real database. After every step, every checkpoint ever pinned or exported is
 whole on disk, every ``.meta`` a checkpoint on disk restores with exists, and TensorFlow's
 ``latest_checkpoint`` names a checkpoint on disk.
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dashboard import saving
+from dashboard import pruning, retention, saving, scanning
 from dashboard.models import Checkpoint, Export, Run
 
 pytestmark = [pytest.mark.tf, pytest.mark.django_db]
@@ -44,7 +44,7 @@ def _save(run: Run, max_to_keep: int, write_meta: str) -> None:
     guard = saving.rotation_guard(run, own=written, state_file="checkpoint")
 
     def on_saved(saved) -> None:
-        run.record_saved(saved)
+        scanning.record_saved(run, saved)
         written.add(saved.prefix)
 
     train(run.directory, AntiSpamRecipe(), steps=10, save_every=5,
@@ -79,7 +79,7 @@ def test_prunes_and_saves_never_delete_what_is_protected(operations, checkpoint_
             _save(run, operation[1], operation[2])
         elif kind == "pin" and on_disk:
             row = on_disk[operation[1] % len(on_disk)]
-            row.pin("property")
+            pruning.pin(row, "property")
             protected.add(row.prefix)
         elif kind == "export" and on_disk:
             row = on_disk[operation[1] % len(on_disk)]
@@ -89,6 +89,6 @@ def test_prunes_and_saves_never_delete_what_is_protected(operations, checkpoint_
             protected.add(row.prefix)
         elif kind == "prune":
             run.refresh_from_db()
-            plan = run.plan_retention(policy=run.retention_policy(max_to_keep=operation[1], min_age_seconds=0))
-            run.apply_plan(plan)
+            plan = retention.plan_retention(run, policy=retention.retention_policy(run, max_to_keep=operation[1], min_age_seconds=0))
+            pruning.apply_plan(run, plan)
         _check(run, protected)

@@ -17,8 +17,8 @@ from django.core.management import CommandError, call_command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dashboard import locks, scanning
 from dashboard.models import AuditEvent, Checkpoint, Job, Run
-from dashboard.models import _this_process as this_process
 from tests.dashboard.test_prune_plan import DATA, fake_run, on_disk
 
 pytestmark = pytest.mark.django_db
@@ -91,8 +91,8 @@ def test_without_dry_run_it_executes_through_the_job_code_path_and_audits(checkp
 
 def test_refuses_while_another_prune_holds_the_run(checkpoint_root):
     run = fake_run(checkpoint_root / "r", "r", [1, 2, 3], max_to_keep=1)
-    holder = Job.objects.create(kind=Job.PRUNE, run=run, status=Job.RUNNING, result={"holder": this_process()})
-    with pytest.raises(CommandError, match=f"Another prune of run r is running \\(job #{holder.pk}\\)"):
+    holder = Job.objects.create(kind=Job.PRUNE, run=run, status=Job.RUNNING, result={"holder": {"pid": os.getpid()}})
+    with locks.run_lock(run), pytest.raises(CommandError, match=f"Another prune of run r is running \\(job #{holder.pk}\\)"):
         call_command("prune", "r", stdout=io.StringIO())
     assert len(on_disk(run.directory)) == 8  # untouched
     assert Job.objects.exclude(pk=holder.pk).get().status == Job.FAILED
@@ -161,7 +161,7 @@ def tensorflow_and_scanned_plan(directory: Path, max_to_keep, hours, start_offse
     kept_by_tensorflow = {n[: -len(".index")] for n in os.listdir(truth) if n.endswith(".index")}
 
     run = Run.objects.create(name=f"tf-{uuid.uuid4().hex[:8]}", directory=str(everything))
-    run.scan()
+    scanning.scan(run)
     assert run.checkpoints.count() == len(gaps)
     report = prune_json(run.name, "--dry-run", "--max-to-keep", str(max_to_keep or 0),
                         "--keep-checkpoint-every-n-hours", str(hours or 0), "--min-age", "0")

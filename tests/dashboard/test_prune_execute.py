@@ -11,7 +11,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from dashboard import jobs
+from dashboard import jobs, retention, scanning
 from dashboard.models import AuditEvent, Checkpoint, Job, Run
 from persistence.statefile import read_state_file
 from tests.dashboard.test_prune_plan import fake_run, on_disk
@@ -26,7 +26,7 @@ def preview(client, name: str):
     response = client.get(reverse("run-prune", args=[name]))
     assert response.status_code == 200
     shown = response.context["plan"]
-    plan = Run.objects.get(name=name).plan_retention()
+    plan = retention.plan_retention(Run.objects.get(name=name))
     assert shown.fingerprint == plan.fingerprint
     assert (shown.deleted_count, shown.kept_count, shown.bytes_freed, shown.files_to_delete) == (
         plan.deleted_count, plan.kept_count, plan.bytes_freed, plan.files_to_delete)
@@ -87,7 +87,7 @@ def test_a_run_that_changed_since_the_preview_refuses(client, maintainer, checkp
     seen = preview(client, "r")
     prune_now(client, "r", seen.fingerprint)
     before = on_disk(run.directory)
-    run.update_retention({"max_to_keep": 1}, actor=maintainer)
+    retention.update_retention(run, {"max_to_keep": 1}, actor=maintainer)
     run_jobs_to_completion()
     job = Job.objects.get(kind=Job.PRUNE)
     assert job.status == Job.FAILED and "The run changed since the preview — preview again." in job.error
@@ -98,7 +98,7 @@ def test_a_run_that_changed_since_the_preview_refuses(client, maintainer, checkp
 
 def test_viewers_and_operators_cannot_prune(client, viewer, operator, checkpoint_root):
     run = fake_run(checkpoint_root / "r", "r", [1, 2, 3], max_to_keep=1)
-    fingerprint = run.plan_retention().fingerprint
+    fingerprint = retention.plan_retention(run).fingerprint
     for user in (viewer, operator):
         client.force_login(user)
         assert prune_now(client, "r", fingerprint).status_code == 403
@@ -107,7 +107,7 @@ def test_viewers_and_operators_cannot_prune(client, viewer, operator, checkpoint
 
 def test_a_second_prune_of_the_same_run_is_refused_while_one_runs(client, maintainer, checkpoint_root, tmp_path):
     run = fake_run(checkpoint_root / "r", "r", list(range(1, 301)), max_to_keep=3)
-    plan = run.plan_retention()
+    plan = retention.plan_retention(run)
     first = jobs.start(Job.PRUNE, run=run, params={"fingerprint": plan.fingerprint}, user=maintainer)
     second = jobs.start(Job.PRUNE, run=run, params={"fingerprint": plan.fingerprint}, user=maintainer)
 
@@ -156,7 +156,7 @@ def test_seed_trap_newest_still_restores_with_the_first_meta_and_training_carrie
     prefixes = [c.prefix for c in trained.checkpoints]
     assert [p.endswith(".meta") for p in os.listdir(directory)].count(True) == 1
     run = Run.objects.create(name="seed", directory=directory)
-    run.scan()
+    scanning.scan(run)
 
     client.force_login(maintainer)
     policy = {"max_to_keep": "3", "min_age_seconds": "0", "best_mode": "min", "protect_exported": "on"}
@@ -199,7 +199,7 @@ def test_tf2_manager_directory_after_a_prune_names_only_checkpoints_on_disk_and_
 
     made = make_tf2_manager_run(checkpoint_root / "tf2", saves=6, max_to_keep=None)
     run = Run.objects.create(name="tf2", directory=made.directory, min_age_seconds=0)
-    run.scan()
+    scanning.scan(run)
     call_command("prune", "tf2", "--max-to-keep", "2", stdout=io.StringIO())
 
     state = tf.train.get_checkpoint_state(made.directory)

@@ -21,6 +21,7 @@ from django.urls import reverse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dashboard import pruning, retention
 from dashboard.models import Checkpoint, Export, Run
 from persistence.statefile import write_state_file
 
@@ -79,7 +80,7 @@ def test_rows_become_facts_with_meta_source_latest_pin_and_export(checkpoint_roo
     run = fake_run(checkpoint_root / "r", "r", [10, 20, 30])
     run.checkpoints.filter(step=20).update(pinned=True, pin_reason="shipped")
     Export.objects.create(checkpoint=run.checkpoints.get(step=10), path="/x.pb", sha256="0" * 64)
-    facts = {f.prefix: f for f in run.retention_facts()}
+    facts = {f.prefix: f for f in retention.retention_facts(run)}
 
     first, middle, last = facts["model.ckpt-10"], facts["model.ckpt-20"], facts["model.ckpt-30"]
     assert first.meta_file == "model.ckpt-10.meta" and first.meta_source == "model.ckpt-10"
@@ -94,7 +95,7 @@ def test_rows_become_facts_with_meta_source_latest_pin_and_export(checkpoint_roo
 
 def test_plan_from_rows_keeps_the_meta_source_alive_and_explains_every_decision(checkpoint_root):
     run = fake_run(checkpoint_root / "r", "r", [1, 2, 3, 4, 5], max_to_keep=2)
-    plan = run.plan_retention()
+    plan = retention.plan_retention(run)
 
     assert kept(plan) == ["model.ckpt-4", "model.ckpt-5"]
     reasons = {d.prefix: d.reasons for d in plan.decisions}
@@ -106,27 +107,27 @@ def test_plan_from_rows_keeps_the_meta_source_alive_and_explains_every_decision(
 
 def test_a_pruned_row_takes_part_only_through_its_kept_meta(checkpoint_root):
     run = fake_run(checkpoint_root / "r", "r", [1, 2, 3, 4], max_to_keep=2)
-    run.apply_plan(run.plan_retention())
+    pruning.apply_plan(run, retention.plan_retention(run))
     first = run.checkpoints.get(step=1)
     assert first.status == Checkpoint.PRUNED
     assert [f["name"] for f in first.files] == ["model.ckpt-1.meta"]
     assert on_disk(run.directory) >= {"model.ckpt-1.meta", "model.ckpt-4.index"}
 
-    again = run.plan_retention()
+    again = retention.plan_retention(run)
     assert [d.prefix for d in again.decisions] == ["model.ckpt-1", "model.ckpt-3", "model.ckpt-4"]
     assert again.decisions[0].reasons == ["kept: .meta needed by model.ckpt-4 and 1 more"]
     assert again.files_to_delete == []
 
     # Once no kept checkpoint needs it, the leftover .meta goes too, and its row lists nothing.
-    run.update_retention({"max_to_keep": 1})
+    retention.update_retention(run, {"max_to_keep": 1})
     run.checkpoints.filter(step=4).update(meta_source=None)
-    plan = run.plan_retention()
+    plan = retention.plan_retention(run)
     assert "model.ckpt-1.meta" in plan.files_to_delete
     assert plan.decisions[0].reasons == ["deleted: left over from a pruned checkpoint"]
-    run.apply_plan(plan)
+    pruning.apply_plan(run, plan)
     assert run.checkpoints.get(step=1).files == []
     assert "model.ckpt-1.meta" not in on_disk(run.directory)
-    assert [d.prefix for d in run.plan_retention().decisions] == ["model.ckpt-4"]
+    assert [d.prefix for d in retention.plan_retention(run).decisions] == ["model.ckpt-4"]
 
 
 def test_missing_rows_count_only_through_files_still_on_disk(checkpoint_root):
@@ -136,7 +137,7 @@ def test_missing_rows_count_only_through_files_still_on_disk(checkpoint_root):
     os.unlink(os.path.join(run.directory, f"model.ckpt-1{DATA}"))
     os.unlink(os.path.join(run.directory, "model.ckpt-2.index"))  # a half-deleted checkpoint: its shard stays
 
-    plan = run.plan_retention()
+    plan = retention.plan_retention(run)
     decisions = {d.prefix: d for d in plan.decisions}
     assert "model.ckpt-1" not in decisions  # nothing left on disk: history, not part of the plan
     assert decisions["model.ckpt-2"].delete_files == [f"model.ckpt-2{DATA}"]
@@ -160,8 +161,8 @@ def test_state_file_times_keep_the_hours_rule_exact_below_a_microsecond(checkpoi
     write_state_file(run.directory, latest="model.ckpt-3", all_prefixes=list(times), timestamps=times,
                      last_preserved_timestamp=anchor)
 
-    assert kept(run.plan_retention()) == ["model.ckpt-3"]
-    assert {f.prefix: f.saved_at for f in run.retention_facts()} == times
+    assert kept(retention.plan_retention(run)) == ["model.ckpt-3"]
+    assert {f.prefix: f.saved_at for f in retention.retention_facts(run)} == times
 
 
 # --- the preview page --------------------------------------------------------------------------
@@ -169,7 +170,7 @@ def test_state_file_times_keep_the_hours_rule_exact_below_a_microsecond(checkpoi
 
 def test_preview_shows_the_plan_totals_reasons_and_timeline(client, maintainer, checkpoint_root):
     run = fake_run(checkpoint_root / "r", "r", list(range(1, 8)), max_to_keep=3, keep_every_n_steps=2)
-    plan = run.plan_retention()
+    plan = retention.plan_retention(run)
     client.force_login(maintainer)
     response = client.get(reverse("run-prune", args=["r"]))
     html = response.content.decode()
@@ -298,8 +299,8 @@ def test_pinned_latest_and_exported_checkpoints_survive_every_policy(checkpoint_
         created.append(checkpoint.pk)
         row["protected"] = not gone and (row["pinned"] or row["latest"] or (row["export"] and policy["protect_exported"]))
 
-    plan = run.plan_retention()
-    run.apply_plan(plan)
+    plan = retention.plan_retention(run)
+    pruning.apply_plan(run, plan)
 
     left = on_disk(directory)
     decisions = {d.prefix: d for d in plan.decisions}

@@ -11,6 +11,7 @@ import stat
 import pytest
 from django.core.management import call_command
 
+from dashboard import artifacts, scanning
 from dashboard.models import Checkpoint, Run
 from tests import checkpoint_factory as factory
 
@@ -44,7 +45,7 @@ def seed(seed_template, checkpoint_root) -> Run:
         path.write_text(path.read_text().replace(seed_template.directory, str(directory)))
         os.chmod(path, 0o644)
     run = Run.objects.create(name="seed", directory=str(directory))
-    run.scan()
+    scanning.scan(run)
     return run
 
 
@@ -72,7 +73,7 @@ def test_make_latest_keeps_the_state_files_mode_and_path_style(seed, umask_022):
     os.chmod(f"{seed.directory}/checkpoint", 0o664)
     older = seed.checkpoints.get(prefix="model.ckpt-200")
 
-    seed.make_latest(older)
+    artifacts.make_latest(seed, older)
 
     assert mode(f"{seed.directory}/checkpoint") == 0o664
     assert f'model_checkpoint_path: "{seed.directory}/model.ckpt-200"\n' in open(f"{seed.directory}/checkpoint").read()
@@ -81,6 +82,6 @@ def test_make_latest_keeps_the_state_files_mode_and_path_style(seed, umask_022):
 def test_export_is_0644_under_umask_022(seed, settings, umask_022):
     checkpoint = seed.checkpoints.get(prefix="model.ckpt-400")
 
-    export = checkpoint.freeze(outputs=["probs"])
+    export = artifacts.freeze(checkpoint, outputs=["probs"])
 
     assert export.verified and mode(export.path) == 0o644

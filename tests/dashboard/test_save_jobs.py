@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from django.urls import reverse
 
-from dashboard import jobs
+from dashboard import jobs, pruning, scanning
 from dashboard.models import AuditEvent, Checkpoint, Export, Job, Run
 from tests.dashboard import job_recipes as recipes
 from tests.dashboard.conftest import make_user
@@ -144,7 +144,7 @@ def test_continuing_with_max_to_keep_keeps_pinned_exported_and_earlier_checkpoin
                                                                      max_to_keep=5))
     recipes.wait_for_job(first, Job.FINISHED, timeout=120)
     rows = {c.step: c for c in run.checkpoints.all()}
-    rows[20].pin("baseline for the report")
+    pruning.pin(rows[20], "baseline for the report")
     freeze = jobs.start(Job.FREEZE, run=run, checkpoint=rows[30], params={"outputs": ["probs"]})
     recipes.wait_for_job(freeze, (Job.FINISHED, Job.FAILED), timeout=120)
     assert freeze.status == Job.FINISHED, freeze.error
@@ -324,7 +324,7 @@ def demo_run(run) -> Run:
     from persistence.training import make_demo_run
 
     make_demo_run(run.directory, steps=50, save_every=25)
-    run.scan()
+    scanning.scan(run)
     return run
 
 

@@ -11,6 +11,7 @@ import shutil
 import pytest
 from django.core.management import CommandError, call_command
 
+from dashboard import scanning
 from dashboard.models import Checkpoint, Run
 from tests import checkpoint_factory as factory
 
@@ -114,7 +115,7 @@ def test_rescan_is_incremental_and_marks_vanished_checkpoints_missing(checkpoint
     scan_json(str(checkpoint_root / "run"), "--name", "run")
     run = Run.objects.get(name="run")
 
-    counts = run.scan()
+    counts = scanning.scan(run)
     assert (counts["created"], counts["updated"], counts["missing"]) == (0, 0, 0)
 
     gone = seed.prefixes[1]

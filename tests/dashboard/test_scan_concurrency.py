@@ -16,7 +16,7 @@ from django.core.management import call_command
 from django.db.models import Count
 from django.utils import timezone
 
-from dashboard import jobs
+from dashboard import jobs, pruning, retention, scanning
 from dashboard.models import Checkpoint, Job, Run
 from tests import checkpoint_factory as factory
 from tests.dashboard import job_recipes as recipes
@@ -80,7 +80,7 @@ def test_two_scans_and_a_save_job_at_once_record_every_checkpoint_once(root, tmp
 def test_a_pin_during_a_long_scan_waits_for_one_chunk_not_the_whole_scan(root, tmp_path):
     run = new_run(root)
     factory.make_many_tiny_checkpoints(run.directory, 5, family="first.ckpt", hardlink=True)
-    run.scan()
+    scanning.scan(run)
     target = run.checkpoints.get(prefix="first.ckpt-5")
     # Fewer than discovery.FORK_FROM: read in the worker's own process, chunk after chunk.
     factory.make_many_tiny_checkpoints(run.directory, 1900, family="more.ckpt", hardlink=True)
@@ -91,7 +91,7 @@ def test_a_pin_during_a_long_scan_waits_for_one_chunk_not_the_whole_scan(root, t
         wait_for(lambda: Job.objects.get(pk=scan.pk).status == Job.RUNNING, 120, what="the scan to start")
         time.sleep(2.5)  # a few chunks into an eight-chunk scan
         started = time.monotonic()
-        target.pin("the one we ship", actor=None)
+        pruning.pin(target, "the one we ship", actor=None)
         took = time.monotonic() - started
         recorded = run.checkpoints.count()
         scan.refresh_from_db()
@@ -109,8 +109,8 @@ def test_a_pin_during_a_long_scan_waits_for_one_chunk_not_the_whole_scan(root, t
 def test_scans_overlapping_a_prune_leave_its_rows_pruned(root, tmp_path, settings):
     run = new_run(root, max_to_keep=3, min_age_seconds=0)
     many = factory.make_many_tiny_checkpoints(run.directory, 600, hardlink=True)
-    run.scan()
-    plan = run.plan_retention()
+    scanning.scan(run)
+    plan = retention.plan_retention(run)
     doomed = sorted(plan.deleted_prefixes)
     assert len(doomed) == 600 - 3
 
@@ -121,9 +121,9 @@ def test_scans_overlapping_a_prune_leave_its_rows_pruned(root, tmp_path, setting
         wait_for(lambda: Job.objects.get(pk=prune.pk).progress >= 5, 120, what="the prune to be deleting")
         # What the periodic rescan does on a second worker: scan again and again while files go.
         while not Job.objects.get(pk=prune.pk).is_ended:
-            Run.objects.get(pk=run.pk).scan()
+            scanning.scan(Run.objects.get(pk=run.pk))
             scans += 1
-        Run.objects.get(pk=run.pk).scan(full=True)
+        scanning.scan(Run.objects.get(pk=run.pk), full=True)
     prune.refresh_from_db()
 
     assert prune.status == Job.FINISHED, prune.error
@@ -144,7 +144,7 @@ def test_a_scan_outlasting_a_save_leaves_the_saves_latest_flagged(root, tmp_path
         save = jobs.start(Job.SAVE, run=run, params=recipes.save_params(recipes.SLOW, steps=60, save_every=10))
         wait_for(lambda: run.checkpoints.exists(), 120, what="the save's first checkpoint")
         # Lists the directory (and its state file) now, then stores for seconds: the save ends meanwhile.
-        Run.objects.get(pk=run.pk).scan()
+        scanning.scan(Run.objects.get(pk=run.pk))
         scanned = timezone.now()
         recipes.wait_for_job(save, Job.ENDED, timeout=120)
     finally:
@@ -161,7 +161,7 @@ def test_a_scan_outlasting_a_save_leaves_the_saves_latest_flagged(root, tmp_path
 def test_status_transitions_never_turn_pruned_into_missing(root):
     run = new_run(root)
     factory.make_many_tiny_checkpoints(run.directory, 3, hardlink=True)
-    run.scan()
+    scanning.scan(run)
     run.checkpoints.filter(prefix="model.ckpt-1").update(status=Checkpoint.PRUNED)
     assert set(run.checkpoints.may_become(Checkpoint.MISSING).values_list("prefix", flat=True)) == {
         "model.ckpt-2", "model.ckpt-3"}
@@ -171,6 +171,6 @@ def test_status_transitions_never_turn_pruned_into_missing(root):
     for name in os.listdir(run.directory):
         if name.startswith(("model.ckpt-1.", "model.ckpt-2.")) and not name.endswith(".meta"):
             os.unlink(os.path.join(run.directory, name))
-    run.scan(full=True)
+    scanning.scan(run, full=True)
     assert dict(run.checkpoints.values_list("prefix", "status")) == {
         "model.ckpt-1": Checkpoint.PRUNED, "model.ckpt-2": Checkpoint.MISSING, "model.ckpt-3": Checkpoint.PRESENT}

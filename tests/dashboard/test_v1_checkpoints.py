@@ -10,6 +10,7 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 
+from dashboard import artifacts, scanning
 from dashboard.models import Checkpoint, Job, Run
 from tests.checkpoint_factory import make_v1_run
 
@@ -20,7 +21,7 @@ pytestmark = [pytest.mark.tf, pytest.mark.django_db]
 def v1_run(checkpoint_root) -> Run:
     made = make_v1_run(checkpoint_root / "v1")
     run = Run.objects.create(name="v1", directory=made.directory, min_age_seconds=0)
-    run.scan()
+    scanning.scan(run)
     return run
 
 
@@ -54,7 +55,7 @@ def test_verify_and_freeze_refuse_v1_with_the_reason(client, operator, v1_run):
     assert "V1 checkpoint format" in response.content.decode()
     assert not Job.objects.exists()
     with pytest.raises(ValueError, match="V1 checkpoint format"):
-        checkpoint.verify()
+        artifacts.verify(checkpoint)
     checkpoint.refresh_from_db()
     assert checkpoint.status == Checkpoint.PRESENT  # never taken for missing
 

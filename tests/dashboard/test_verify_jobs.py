@@ -11,7 +11,7 @@ import pytest
 from django.test import override_settings
 from django.urls import reverse
 
-from dashboard import jobs
+from dashboard import artifacts, jobs, scanning
 from dashboard.models import Checkpoint, Job, Run
 from tests import checkpoint_factory as factory
 from tests.live import LiveWorker, wait_for
@@ -51,7 +51,7 @@ def register(directory_root, template, name: str | None = None) -> Run:
     directory = directory_root / name
     shutil.copytree(template, directory)
     run = Run.objects.create(name=name, directory=str(directory))
-    run.scan()
+    scanning.scan(run)
     return run
 
 
@@ -184,7 +184,7 @@ def test_viewers_cannot_verify_and_get_is_not_allowed(client, viewer, operator, 
 
 def test_checkpoint_page_shows_the_verification(client, viewer, page_run):
     checkpoint = page_run.checkpoints.get(step=50)
-    checkpoint.verify(output="probs")
+    artifacts.verify(checkpoint, output="probs")
     client.force_login(viewer)
     html = client.get(checkpoint.get_absolute_url()).content.decode()
     assert "all checksums match" in html and "Per-variable statistics (15 tensors" in html
@@ -192,7 +192,7 @@ def test_checkpoint_page_shows_the_verification(client, viewer, page_run):
     assert "<code>probs</code>" in html and "[4, 2]" in html
 
     flip_one_byte(checkpoint.path + ".data-00000-of-00001")
-    checkpoint.verify()
+    artifacts.verify(checkpoint)
     html = client.get(checkpoint.get_absolute_url()).content.decode()
     assert "Checksum does not match" in html and 'class="badge bad">corrupt' in html
 

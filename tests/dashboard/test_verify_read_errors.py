@@ -15,7 +15,7 @@ import uuid
 import pytest
 from django.test import override_settings
 
-from dashboard import jobs
+from dashboard import jobs, retention, scanning
 from dashboard.models import Checkpoint, Job, Run
 from tests.live import LiveWorker, wait_for, without_file_permission_override
 
@@ -82,7 +82,7 @@ def test_permission_denied_leaves_the_status_and_records_the_error(roots, demo_t
     directory = roots / "checkpoints" / name
     shutil.copytree(demo_template, directory)
     run = Run.objects.create(name=name, directory=str(directory), max_to_keep=1, min_age_seconds=0)
-    run.scan()
+    scanning.scan(run)
     newest = run.checkpoints.get(step=75)
     run_job(worker, Job.RESTORE, run=run, checkpoint=newest)
     newest.refresh_from_db()
@@ -103,7 +103,7 @@ def test_permission_denied_leaves_the_status_and_records_the_error(roots, demo_t
     html = client.get(newest.get_absolute_url()).content.decode()
     assert "could not read this checkpoint" in html and "Permission denied" in html
     # Retention still sees a good checkpoint: it is the newest one kept, nothing deletes it.
-    decision = {d.prefix: d for d in run.plan_retention().decisions}[newest.prefix]
+    decision = {d.prefix: d for d in retention.plan_retention(run).decisions}[newest.prefix]
     assert decision.keep and "kept: newest 1" in decision.reasons
 
     # A full rescan cannot read the index either: the status stays, the problem is shown.
@@ -145,7 +145,7 @@ def test_a_corrupt_checkpoint_is_deleted_only_with_the_reason_in_the_preview(che
     client.force_login(maintainer)
 
     html = client.get(reverse("run-prune", args=["r"])).content.decode()
-    plan = {d.prefix: d for d in run.plan_retention().decisions}
+    plan = {d.prefix: d for d in retention.plan_retention(run).decisions}
 
     # The corrupt one does not take a "newest" slot; its deletion says it is corrupt, on the page.
     assert plan["model.ckpt-4"].reasons == ["deleted: no rule keeps it (corrupt)"]

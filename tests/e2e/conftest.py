@@ -221,13 +221,14 @@ def demo_directory(e2e_roots):
 
 @pytest.fixture
 def demo_run(transactional_db, demo_directory):
+    from dashboard import scanning
     from dashboard.models import Run
 
     directory, result = demo_directory
     # Not ``result.recipe`` (the recipe's short name "antispam"): Run.recipe is a dotted path.
     run = Run.objects.create(name="antispam", directory=str(directory), recipe=DEMO_RECIPE)
-    run.scan(full=True)
-    run.record_metrics({c.prefix: c.metrics for c in result.checkpoints})
+    scanning.scan(run, full=True)
+    scanning.record_metrics(run, {c.prefix: c.metrics for c in result.checkpoints})
     return run
 
 
@@ -239,6 +240,7 @@ def make_run(transactional_db, demo_directory, e2e_roots):
     ``copy_demo=True`` copies it (mtimes included, so saved times and ages are the demo's),
     then scans and records the training metrics; otherwise the directory starts empty.
     """
+    from dashboard import scanning
     from dashboard.models import Run
 
     def make(name: str, *, copy_demo: bool = False) -> Run:
@@ -250,8 +252,8 @@ def make_run(transactional_db, demo_directory, e2e_roots):
             directory.mkdir()
         run = Run.objects.create(name=name, directory=str(directory), recipe=DEMO_RECIPE)
         if copy_demo:
-            run.scan(full=True)
-            run.record_metrics({c.prefix: c.metrics for c in demo_directory[1].checkpoints})
+            scanning.scan(run, full=True)
+            scanning.record_metrics(run, {c.prefix: c.metrics for c in demo_directory[1].checkpoints})
         return run
 
     return make

@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import Client
 
-from dashboard import jobs
+from dashboard import jobs, scanning
 from dashboard.models import Checkpoint, Job, Run
 from tests.dashboard import job_recipes as recipes
 from tests.live import wait_for
@@ -86,7 +86,7 @@ def test_prune_while_a_save_writes_into_the_same_run(root, run, tmp_path):
     final = {d["prefix"] for d in plans[-1]["plan"] if d["keep"]}
     for prefix in final:
         assert os.path.exists(os.path.join(run.directory, prefix + ".index")), prefix
-    run.scan(full=True)
+    scanning.scan(run, full=True)
     rows_match_files(run)
     latest = tf.train.latest_checkpoint(run.directory)
     assert latest and latest.endswith(f"model.ckpt-{STEPS}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from django.urls import reverse
 
+from dashboard import scanning
 from dashboard.models import Checkpoint, Run
 from persistence import graphsafety
 from persistence.freeze import FreezeError, freeze_checkpoint
@@ -82,7 +83,7 @@ def test_damaged_file_ends_in_a_definite_state(kind, seed, base_run, checkpoint_
 
     # Scan: every checkpoint gets a status, a garbage state file is a problem, nothing raises.
     run = Run.objects.create(name="run", directory=str(directory))
-    counts = run.scan(full=True)
+    counts = scanning.scan(run, full=True)
     statuses = dict(run.checkpoints.values_list("prefix", "status"))
     assert set(seed_run.prefixes) <= set(statuses), what
     assert set(statuses.values()) <= SCAN_STATUSES, (what, statuses)

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from django.test import override_settings
 
-from dashboard import jobs
+from dashboard import artifacts, jobs, scanning
 from dashboard.models import Checkpoint, Export, Job, Run
 from tests.live import BASE_DIR, LiveWorker, subprocess_env, wait_for
 
@@ -314,7 +314,7 @@ def hostile_run(root: Path, template: Path, attack: Attack, placement: str, *,
     where = plant(meta, attack, placement)
     meta_path.write_bytes(meta.SerializeToString())
     run = Run.objects.create(name=name, directory=str(directory), trusted=trusted)
-    run.scan()
+    scanning.scan(run)
     return run.checkpoints.get(prefix=PREFIX), where
 
 
@@ -349,7 +349,7 @@ def test_a_planted_write_file_really_writes_when_the_run_is_trusted(checkpoint_r
     checkpoint, _ = hostile_run(checkpoint_root, template, attack, "control", trusted=True, name=name)
     assert not attack.writes[0].exists()
 
-    export = checkpoint.freeze(outputs=[OUTPUT])
+    export = artifacts.freeze(checkpoint, outputs=[OUTPUT])
 
     assert Path(export.path).parent == export_directory
     assert export.verified and export.verification["unsafe_ops_allowed"] == ["WriteFile"]
@@ -359,7 +359,7 @@ def test_a_planted_write_file_really_writes_when_the_run_is_trusted(checkpoint_r
     anywhere = write_file(loot)
     checkpoint, _ = hostile_run(checkpoint_root, template, anywhere, "control", trusted=True)
     with override_settings(GRAPH_SANDBOX_ISOLATE=False):
-        export = checkpoint.freeze(outputs=[OUTPUT])
+        export = artifacts.freeze(checkpoint, outputs=[OUTPUT])
     assert export.verified and export.verification["unsafe_ops_allowed"] == ["WriteFile"]
     assert anywhere.writes[0].read_text().startswith("import os")
 
@@ -380,14 +380,14 @@ def test_attack_is_refused_by_verify_and_freeze_before_anything_runs(
     attack = ATTACKS[attack_name](loot)
     checkpoint, where = hostile_run(checkpoint_root, template, attack, placement)
 
-    verification = checkpoint.verify(output=OUTPUT)
+    verification = artifacts.verify(checkpoint, output=OUTPUT)
     assert verification["status"] == "verified"  # the tensors are sound; running the graph is not
     restore = verification["restore"]
     assert restore["ok"] is False
     _assert_refusal_names(restore["error"], attack, where)
 
     with pytest.raises((UnsafeGraph, FreezeError)) as refused:
-        checkpoint.freeze(outputs=[OUTPUT])
+        artifacts.freeze(checkpoint, outputs=[OUTPUT])
     assert isinstance(refused.value, UnsafeGraph), refused.value
     _assert_refusal_names(str(refused.value), attack, where)
     if placement in ("alone", "control"):
@@ -416,12 +416,12 @@ def test_restore_v2_on_the_savers_restore_path_with_a_foreign_prefix_is_refused(
     restore.input[0] = "save/foreign"
     meta_path.write_bytes(meta.SerializeToString())
     run = Run.objects.create(name=name, directory=str(directory))
-    run.scan()
+    scanning.scan(run)
     checkpoint = run.checkpoints.get()
 
-    assert "filename tensor" in checkpoint.verify(output=OUTPUT)["restore"]["error"]
+    assert "filename tensor" in artifacts.verify(checkpoint, output=OUTPUT)["restore"]["error"]
     with pytest.raises(UnsafeGraph, match=r"RestoreV2 \('save/RestoreV2' in the graph: reads a prefix"):
-        checkpoint.freeze(outputs=[OUTPUT])
+        artifacts.freeze(checkpoint, outputs=[OUTPUT])
 
 
 @pytest.mark.django_db
@@ -438,10 +438,10 @@ def test_the_savers_own_save_behind_the_outputs_control_dependency_is_refused(ch
     output.input.append("^" + meta.saver_def.save_tensor_name.split(":")[0])
     meta_path.write_bytes(meta.SerializeToString())
     run = Run.objects.create(name=name, directory=str(directory))
-    run.scan()
+    scanning.scan(run)
 
     with pytest.raises(UnsafeGraph, match=r"SaveV2 \('save/SaveV2' in the graph: the outputs depend on it"):
-        run.checkpoints.get().freeze(outputs=[OUTPUT])
+        artifacts.freeze(run.checkpoints.get(), outputs=[OUTPUT])
     assert sorted(p.name for p in directory.iterdir()) == sorted(p.name for p in template.iterdir())
 
 

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from dashboard import jobs
+from dashboard import jobs, scanning
 from dashboard.models import Export, Job, Run
 from persistence.files import TEMP_MARKER
 from tests.live import LiveWorker, wait_for
@@ -68,7 +68,7 @@ def test_kill_9_mid_freeze_leaves_no_pb_and_the_next_freeze_cleans_up(tmp_path, 
     name = f"big-{uuid.uuid4().hex[:6]}"
     make_large_checkpoint(root / name)
     run = Run.objects.create(name=name, directory=str(root / name))
-    run.scan()
+    scanning.scan(run)
     checkpoint = run.checkpoints.get()
     target_dir = settings.EXPORT_ROOT / name / "1"
     final = target_dir / "probs.pb"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from dashboard import jobs
+from dashboard import jobs, retention, scanning
 from dashboard.models import AuditEvent, Job, Run
 from persistence.statefile import read_state_file
 from tests.dashboard.conftest import make_user
@@ -46,10 +46,10 @@ def test_kill_9_mid_prune_then_prune_again_ends_like_an_uninterrupted_prune(chec
     shutil.copytree(made.directory, checkpoint_root / "calm")  # copy2: the same times, so the same plan
     killed = Run.objects.create(name="killed", directory=made.directory, **POLICY)
     calm = Run.objects.create(name="calm", directory=str(checkpoint_root / "calm"), **POLICY)
-    killed.scan()
-    calm.scan()
-    plan = killed.plan_retention()
-    assert plan.fingerprint == calm.plan_retention().fingerprint and plan.deleted_count == 388
+    scanning.scan(killed)
+    scanning.scan(calm)
+    plan = retention.plan_retention(killed)
+    assert plan.fingerprint == retention.plan_retention(calm).fingerprint and plan.deleted_count == 388
     doomed = set(plan.files_to_delete)
     kept = listing(made.directory) - doomed
 

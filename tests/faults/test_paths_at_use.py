@@ -21,6 +21,7 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 
+from dashboard import artifacts, comparing, scanning
 from dashboard.models import Checkpoint, Comparison, Export, Run
 from persistence import files
 from persistence.freeze import FreezeError
@@ -53,7 +54,7 @@ def run(checkpoint_root, seed_template) -> Run:
     directory = checkpoint_root / "seed"
     shutil.copytree(seed_template, directory)
     run = Run.objects.create(name="seed", directory=str(directory))
-    run.scan()
+    scanning.scan(run)
     return run
 
 
@@ -78,7 +79,7 @@ def command(*args: str) -> tuple[int, dict]:
 
 def test_a_link_added_after_registration_never_enters_the_history(run, outside):
     link_checkpoint(run.directory, "model.ckpt-997", outside / "seed", "model.ckpt-300")
-    run.scan(full=True)
+    scanning.scan(run, full=True)
     assert not run.checkpoints.filter(prefix="model.ckpt-997").exists()
     assert any("model.ckpt-997.index is a symbolic link" in p for p in Run.objects.get(pk=run.pk).scan_problems)
 
@@ -88,7 +89,7 @@ def test_a_link_inside_the_roots_is_still_followed(run, checkpoint_root, seed_te
     other = checkpoint_root / "other"
     shutil.copytree(seed_template, other)
     link_checkpoint(run.directory, "model.ckpt-998", other, "model.ckpt-300")
-    run.scan(full=True)
+    scanning.scan(run, full=True)
     assert run.checkpoints.get(prefix="model.ckpt-998").status == Checkpoint.PRESENT
 
 
@@ -98,7 +99,7 @@ def test_freeze_verify_and_compare_refuse_files_swapped_for_links_after_the_scan
     link_checkpoint(run.directory, recorded.prefix, outside / "seed", "model.ckpt-300")
 
     with pytest.raises(FreezeError, match="leads outside the allowed roots"):
-        recorded.freeze(outputs=["probs"])
+        artifacts.freeze(recorded, outputs=["probs"])
     assert not os.path.exists(settings.EXPORT_ROOT / "seed" / "300" / "probs.pb")
     assert not Export.objects.exists()
 
@@ -106,12 +107,12 @@ def test_freeze_verify_and_compare_refuse_files_swapped_for_links_after_the_scan
     assert code == 1 and "outside the allowed roots" in report["error"]
 
     with pytest.raises(files.UnsafeFile):
-        recorded.verify(output="probs:0")
+        artifacts.verify(recorded, output="probs:0")
     recorded.refresh_from_db()
     assert recorded.status == Checkpoint.PRESENT  # refused, not judged
 
     with pytest.raises(Comparison.CannotCompare, match="outside the allowed roots"):
-        Comparison.compute(other, recorded)
+        comparing.compute(other, recorded)
 
 
 def test_a_meta_graph_linked_to_a_secret_is_refused_without_echoing_it(run, outside):
@@ -120,10 +121,10 @@ def test_a_meta_graph_linked_to_a_secret_is_refused_without_echoing_it(run, outs
     os.remove(meta)
     os.symlink(outside / "secret.txt", meta)
     with pytest.raises(files.UnsafeFile) as caught:
-        checkpoint.verify(output="probs:0")
+        artifacts.verify(checkpoint, output="probs:0")
     assert SECRET not in str(caught.value) and "hunter2" not in str(caught.value)
     with pytest.raises(FreezeError) as frozen:
-        run.checkpoints.get(prefix="model.ckpt-300").freeze(outputs=["probs"])
+        artifacts.freeze(run.checkpoints.get(prefix="model.ckpt-300"), outputs=["probs"])
     assert "hunter2" not in str(frozen.value)
 
 
@@ -132,7 +133,7 @@ def test_a_meta_graph_that_is_not_one_is_reported_without_its_text(run):
     checkpoint = run.checkpoints.get(prefix="model.ckpt-100")
     with open(os.path.join(run.directory, "model.ckpt-100.meta"), "w") as handle:
         handle.write(f"{SECRET} more private words\n")
-    verification = checkpoint.verify(output="probs:0")
+    verification = artifacts.verify(checkpoint, output="probs:0")
     text = json.dumps(verification)
     assert verification["restore"]["ok"] is False and "not a MetaGraphDef" in verification["restore"]["error"]
     assert "hunter2" not in text
@@ -141,7 +142,7 @@ def test_a_meta_graph_that_is_not_one_is_reported_without_its_text(run):
 def test_a_state_file_linked_outside_is_not_read(run, outside):
     os.remove(os.path.join(run.directory, "checkpoint"))
     os.symlink(outside / "secret.txt", os.path.join(run.directory, "checkpoint"))
-    run.scan(full=True)
+    scanning.scan(run, full=True)
     run.refresh_from_db()
     shown = json.dumps([run.scan_problems, run.state_files])
     assert "hunter2" not in shown
@@ -163,7 +164,7 @@ def operator(db):
 
 @pytest.fixture
 def export(run, settings) -> Export:
-    return run.checkpoints.get(prefix="model.ckpt-300").freeze(outputs=["probs"])
+    return artifacts.freeze(run.checkpoints.get(prefix="model.ckpt-300"), outputs=["probs"])
 
 
 class Hung(Exception):

@@ -11,6 +11,7 @@ import sys
 import pytest
 from django.test import override_settings
 
+from dashboard import artifacts, scanning
 from dashboard.models import Checkpoint, Run
 from persistence import restore, sandbox
 from tests import checkpoint_factory as factory
@@ -42,7 +43,7 @@ def _writing_run(root, outside: str) -> Run:
         sess.run(v1.global_variables_initializer())
         v1.train.Saver().save(sess, str(directory / "model.ckpt"), global_step=1)
     run = Run.objects.create(name="writer", directory=str(directory), trusted=True)
-    run.scan()
+    scanning.scan(run)
     return run
 
 
@@ -52,7 +53,7 @@ def test_graph_job_cannot_write_outside_its_scratch_directory(checkpoint_root, t
     run = _writing_run(checkpoint_root, outside)
     checkpoint = run.checkpoints.get()
 
-    verification = checkpoint.verify(output="probs")
+    verification = artifacts.verify(checkpoint, output="probs")
 
     assert verification["status"] == "verified"  # the tensors are sound; running the graph is not
     assert verification["restore"]["ok"] is False
@@ -117,10 +118,10 @@ def test_memory_bomb_index_is_refused_before_reading_with_bounded_memory(checkpo
     prefix = factory.write_declaring_index(directory / "model.ckpt-5")
     assert os.path.getsize(prefix + ".index") < 200
     run = Run.objects.create(name="bomb", directory=str(directory))
-    run.scan()
+    scanning.scan(run)
     checkpoint = run.checkpoints.get()
 
-    verification = checkpoint.verify()
+    verification = artifacts.verify(checkpoint)
 
     checkpoint.refresh_from_db()
     assert checkpoint.status == Checkpoint.CORRUPT
@@ -129,7 +130,7 @@ def test_memory_bomb_index_is_refused_before_reading_with_bounded_memory(checkpo
     # The same read, measured: the child never grows towards the gigabytes the shape declares.
     report = sandbox.SandboxReport()
     result = sandbox.run_sandboxed(restore.verify_checkpoint, prefix, report=report,
-                                   limits=checkpoint.sandbox_limits())
+                                   limits=artifacts.sandbox_limits(checkpoint))
     assert result.status == restore.CORRUPT
     assert 0 < report.peak_rss_bytes < 1536 * 2**20
 
@@ -148,13 +149,13 @@ def test_memory_limit_stops_a_read_with_a_clear_message_and_keeps_the_status(che
                       tensors=[tf.zeros([elements], tf.float32)])
     assert os.path.getsize(directory / "model.ckpt-1.data-00000-of-00001") == elements * 4
     run = Run.objects.create(name="big", directory=str(directory))
-    run.scan()
+    scanning.scan(run)
     checkpoint = run.checkpoints.get()
     before = checkpoint.status
 
     with override_settings(GRAPH_MEMORY_LIMIT_BASE_MB=256, GRAPH_MEMORY_LIMIT_FACTOR=0), \
             pytest.raises(sandbox.SandboxError, match=r"ran out of the 256 MB memory limit") as caught:
-        checkpoint.verify()
+        artifacts.verify(checkpoint)
 
     assert caught.value.reason == "memory"
     checkpoint.refresh_from_db()

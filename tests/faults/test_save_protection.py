@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from dashboard import jobs
+from dashboard import jobs, pruning, scanning
 from dashboard.models import Checkpoint, Export, Job, Run
 from tests.checkpoint_factory import make_seed_run
 from tests.dashboard import job_recipes as recipes
@@ -54,11 +54,11 @@ def test_save_with_max_to_keep_deletes_nothing_protected(worker, fault_root):
     name = f"seed-{uuid.uuid4().hex[:6]}"
     seed = make_seed_run(fault_root / name, steps=(100, 200, 300, 400), max_to_keep=10)
     run = Run.objects.create(name=name, directory=str(fault_root / name))
-    run.scan()
+    scanning.scan(run)
     rows = {c.step: c for c in run.checkpoints.filter(prefix__startswith="model.ckpt-")}
     assert sorted(rows) == [100, 200, 300, 400] and seed.meta_prefix == "model.ckpt-100"
     assert rows[400].meta_source_id == rows[100].pk  # the only .meta is model.ckpt-100's
-    rows[200].pin("release candidate")
+    pruning.pin(rows[200], "release candidate")
     Export.objects.create(checkpoint=rows[300], path=str(fault_root / "exports" / "300.pb"), sha256="0" * 64)
     listed = [os.path.basename(p) for p in _tf().train.get_checkpoint_state(run.directory).all_model_checkpoint_paths]
     assert listed == ["model.ckpt-100", "model.ckpt-200", "model.ckpt-300", "model.ckpt-400"]
@@ -68,7 +68,7 @@ def test_save_with_max_to_keep_deletes_nothing_protected(worker, fault_root):
     params.update(restore_from=rows[400].pk, start_step=400, target_step=520)
     job = jobs.start(Job.SAVE, run=run, checkpoint=rows[400], params=params)
     mid = wait_for(lambda: run.checkpoints.filter(prefix="model.ckpt-440").first(), 90, what="model.ckpt-440")
-    mid.pin("looked good on the dashboard")
+    pruning.pin(mid, "looked good on the dashboard")
     recipes.wait_for_job(job, (Job.FINISHED, Job.FAILED), timeout=180)
     assert job.status == Job.FINISHED, job.error
 

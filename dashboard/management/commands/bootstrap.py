@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
+from dashboard import scanning
 from dashboard.models import Run
 
 DEMO_RUN = "antispam-demo"
@@ -53,8 +54,8 @@ class Command(BaseCommand):
         run = Run.objects.create(
             name=DEMO_RUN, directory=str(directory.resolve()), recipe=DEMO_RECIPE,
         )
-        run.scan()
-        run.record_metrics({c.prefix: c.metrics for c in result.checkpoints})
+        scanning.scan(run)
+        scanning.record_metrics(run, {c.prefix: c.metrics for c in result.checkpoints})
         self.stdout.write(self.style.SUCCESS(
             f"Demo run “{DEMO_RUN}”: {len(result.checkpoints)} checkpoints, "
             f"held-out accuracy {result.initial_metrics.get('accuracy', 0):.2f} → "

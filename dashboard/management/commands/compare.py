@@ -2,7 +2,7 @@
 
     python manage.py compare A_ID B_ID [--json]
 
-Same code path as the compare job (``Comparison.compute``), so the dashboard shows the result too.
+Same code path as the compare job (``comparing.compute``), so the dashboard shows the result too.
 With ``--json`` stdout holds exactly one JSON object: the comparison, or ``{"error": ...}`` with
 exit status 1 (an unknown id, a checkpoint whose files are gone or cannot be read). Never a
 traceback: this is meant for scripts.
@@ -15,6 +15,7 @@ import logging
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from dashboard import comparing
 from dashboard.models import Checkpoint, Comparison
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class Command(BaseCommand):
         as_json = options["json"]
         try:
             a, b = self._load(options["a"]), self._load(options["b"])
-            comparison = Comparison.compute(a, b)
+            comparison = comparing.compute(a, b)
         except (Comparison.CannotCompare, LookupError) as exc:
             self._fail(str(exc), as_json)
         except Exception as exc:  # a script gets a message and a status, never a traceback

@@ -16,6 +16,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from dashboard import artifacts
 from dashboard.models import Checkpoint
 
 
@@ -41,7 +42,8 @@ class Command(BaseCommand):
         if checkpoint is None:
             self._fail(f"no checkpoint with id {options['checkpoint_id']}", options["json"])
         try:
-            export = checkpoint.freeze(
+            export = artifacts.freeze(
+                checkpoint,
                 outputs=_names(options["outputs"]),
                 clear_devices=not options["keep_devices"],
                 variables_allowlist=_names(options["allow"]),

@@ -6,7 +6,7 @@
 
 Flags override the run's stored policy for this invocation only. Without ``--dry-run`` the plan
 is executed inline as a prune job (``jobs.run_inline``: a ``Job`` row claimed, run by the prune
-body, ``Run.prune``, and recorded exactly as a worker does): the same lock, the same checks, the
+body, ``pruning.prune``, and recorded exactly as a worker does): the same lock, the same checks, the
 same audit event. ``--json`` prints one object::
 
     {"run": NAME, "plan": [{"prefix", "step", "keep", "reasons", "bytes"}], "bytes_freed": N, ...}
@@ -24,7 +24,7 @@ import math
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from dashboard import jobs
+from dashboard import jobs, retention
 from dashboard.models import Job, Run
 
 
@@ -70,9 +70,9 @@ class Command(BaseCommand):
             known = ", ".join(Run.objects.order_by("name").values_list("name", flat=True)[:20]) or "none yet"
             raise CommandError(f"No run named {options['run']!r} (runs: {known}).")
         overrides = self._overrides(options)
-        facts = run.retention_facts()
+        facts = retention.retention_facts(run)
         try:
-            plan = run.plan_retention(policy=run.retention_policy(**overrides), facts=facts)
+            plan = retention.plan_retention(run, policy=retention.retention_policy(run, **overrides), facts=facts)
         except ValueError as exc:
             raise CommandError(f"Cannot plan a prune of {run.name}: {exc}") from None
 

@@ -13,7 +13,9 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.text import slugify
 
-from dashboard.models import Checkpoint, Run, checkpoint_directory
+from dashboard import scanning
+from dashboard.models import Checkpoint, Run
+from dashboard.roots import checkpoint_directory
 
 
 class Command(BaseCommand):
@@ -37,7 +39,7 @@ class Command(BaseCommand):
         if not options["directory"]:
             raise CommandError("Give a directory to scan, or --all.")
         run = self._get_or_register(options["directory"], options["name"])
-        counts = run.scan(full=options["full"])
+        counts = scanning.scan(run, full=options["full"])
         if options["json"]:
             self.stdout.write(json.dumps(self._report(run, counts["problems"])))
         else:
@@ -68,7 +70,7 @@ class Command(BaseCommand):
         report = {}
         for run in Run.objects.all():
             try:
-                report[run.name] = run.scan(full=full)
+                report[run.name] = scanning.scan(run, full=full)
             except ValueError as exc:  # directory no longer inside the roots, or gone
                 report[run.name] = {"error": str(exc)}
         if as_json:

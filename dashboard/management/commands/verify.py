@@ -14,6 +14,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from dashboard import artifacts
 from dashboard.models import Checkpoint
 
 
@@ -32,7 +33,7 @@ class Command(BaseCommand):
         try:
             if checkpoint is None:
                 raise ValueError(f"no checkpoint with id {options['checkpoint_id']}")
-            verification = checkpoint.verify(output=options["output"].strip())
+            verification = artifacts.verify(checkpoint, output=options["output"].strip())
         except Exception as exc:  # a message and exit code 1, never a traceback
             report = {"status": None, "error": str(exc) or type(exc).__name__, "variables": []}
             self._print(report, options["json"])

@@ -1,0 +1,84 @@
+"""A file made from a checkpoint (a frozen graph), as it was verified when written."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+from persistence import files
+
+
+class Export(models.Model):
+    FROZEN_PB = "frozen_pb"
+    KIND_CHOICES = [(FROZEN_PB, "Frozen GraphDef (.pb)")]
+
+    checkpoint = models.ForeignKey("dashboard.Checkpoint", related_name="exports", on_delete=models.PROTECT)
+    kind = models.CharField(max_length=16, choices=KIND_CHOICES, default=FROZEN_PB)
+    path = models.CharField(max_length=1024)
+    size_bytes = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64)
+    inputs = models.JSONField(default=list)
+    outputs = models.JSONField(default=list)
+    node_count = models.PositiveIntegerField(default=0)
+    op_histogram = models.JSONField(default=dict)
+    max_abs_diff = models.FloatField(null=True, blank=True)
+    verified = models.BooleanField(default=False)
+    verification = models.JSONField(default=dict, blank=True)
+    # The file's mtime when it was verified: with the size, what tells "changed on disk" cheaply.
+    file_mtime_ns = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+
+    class Meta:
+        ordering = ["-created_at"]
+        # One row per file: two rows for one path made every later freeze of it fail.
+        constraints = [models.UniqueConstraint(fields=["path"], name="unique_export_path")]
+
+    def __str__(self) -> str:
+        return f"{self.checkpoint} → {self.path}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("export", args=[self.pk])
+
+    @property
+    def display_name(self) -> str:
+        """The export's name within its step directory (``probs`` for ``.../300/probs.pb``)."""
+        return Path(self.path).stem
+
+    def file_path(self) -> Path:
+        """The file, resolved with symlinks; raises ``files.PathOutsideRoots`` unless inside ``EXPORT_ROOT``."""
+        return files.resolve_inside(self.path, [settings.EXPORT_ROOT])
+
+    def disk_change(self, info: os.stat_result | None = None) -> str | None:
+        """Why the file no longer is the one that was verified (None: it still is, as far as size
+        and mtime tell). ``info``: an ``fstat`` of the opened file, else the path is looked at."""
+        if info is None:
+            try:
+                info = os.stat(self.file_path())
+            except (OSError, files.PathOutsideRoots):
+                return "missing"
+        if info.st_size != self.size_bytes:
+            return f"{info.st_size} bytes on disk, not the {self.size_bytes} recorded"
+        if self.file_mtime_ns is not None and info.st_mtime_ns != self.file_mtime_ns:
+            return "modified after it was verified"
+        return None
+
+    def download_filename(self) -> str:
+        """``<run>-step<step>-<name>.pb``: chosen by the server, never taken from the request."""
+
+        step = f"step{self.checkpoint.step}" if self.checkpoint.step is not None else "nostep"
+        name = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{self.checkpoint.run.name}-{step}-{self.display_name}")
+        return f"{name.strip('_') or 'export'}.pb"
+
+    def as_json(self) -> dict:
+        """What ``manage.py freeze --json`` prints (and a freeze job stores) for the export."""
+        return {
+            "id": self.pk, "path": self.path, "sha256": self.sha256, "size_bytes": self.size_bytes,
+            "outputs": self.outputs, "max_abs_diff": self.max_abs_diff, "verified": self.verified,
+        }

@@ -1,0 +1,400 @@
+"""Scanning: reconciling what is on disk in a run's directory into checkpoint rows.
+
+Scans, save jobs recording what they wrote, and state-file refreshes all write rows of one run;
+each store happens in a short transaction under the run's row lock (``locks.lock_row``), so that
+writers of one run see each other's work before they write, and none waits for a whole scan.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+from persistence import discovery
+
+from .locks import lock_row
+from .models import AuditEvent, Checkpoint, Run
+from .pruning import running_prune
+from .roots import checkpoint_directory
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+
+    from persistence.training import SavedCheckpoint
+
+    User = AbstractBaseUser | AnonymousUser
+
+# A scan stores what it read every this many rows or seconds, whichever comes first: one
+# transaction (and on SQLite one commit to sync) per discovery chunk of 250 cost a first scan
+# a fifth of its time, and a writer waiting on the run lock waits for one such store only.
+SCAN_STORE_ROWS = 2500
+SCAN_STORE_SECONDS = 1.0
+
+
+def scan(run: Run, *, full: bool = False, now: dt.datetime | None = None) -> dict:
+    """Rescan the directory and record what was found; return counts of what changed.
+
+    When the directory has not changed since the last scan (see ``discovery.directory_stamp``)
+    nothing is listed or read, unless ``full``. Imports TensorFlow when an index must be read.
+    Checkpoints are stored chunk by chunk as discovery describes them; with thousands to read
+    and a processor to spare, discovery reads in a forked child meanwhile (it never touches
+    this process's database connection; see ``discovery.describe_chunks``).
+    """
+    checkpoint_directory(run.directory)  # the root list may have changed since registration
+    stamp = discovery.directory_stamp(run.directory)
+    if stamp and stamp == run.directory_stamp and not full:
+        run.last_scanned_at = now or timezone.now()
+        run.save(update_fields=["last_scanned_at"])
+        return {
+            "created": 0, "updated": 0, "missing": 0, "unchanged_directory": True,
+            "checkpoints": run.checkpoints.on_disk().count(), "problems": list(run.scan_problems),
+        }
+    listing = discovery.list_directory(run.directory, roots=settings.CHECKPOINT_ROOTS)
+    known = {} if full else known_fingerprints(run)
+    # Meta sources first: the checkpoints that restore with them are then inserted linked.
+    sources = set(listing.meta_sources.values())
+    order = [p for p in listing.prefixes if p in sources] + [p for p in listing.prefixes if p not in sources]
+    chunks = _slowed(discovery.describe_chunks(listing, order, known=known))
+    with discovery.gc_paused():
+        counts, found = record_scan(
+            run, chunks, listing.state_files, listing.problems, now=now, stamp=stamp or ""
+        )
+    if not stamp or discovery.directory_stamp(run.directory) != stamp:
+        # The directory changed while it was read (a trainer saved): the state files listed
+        # at the start may be older than what a save job recorded meanwhile.
+        refresh_latest(run)
+    return {**counts, "unchanged_directory": False, "checkpoints": found, "problems": list(listing.problems)}
+
+
+def apply_scan(
+    run: Run, result: discovery.ScanResult, *, now: dt.datetime | None = None, stamp: str = ""
+) -> dict[str, int]:
+    """Reconcile a scan of this run's directory into rows; return counts of what changed.
+
+    Unchanged checkpoints (same fingerprint) are not touched, which keeps a rescan of a large
+    run to a handful of queries. Rows whose files vanished become ``missing``; rows we pruned
+    stay ``pruned``.
+    """
+    with discovery.gc_paused():
+        counts, _ = record_scan(
+            run, [result.checkpoints], result.state_files, result.problems, now=now, stamp=stamp
+        )
+    return counts
+
+
+def record_scan(
+    run: Run,
+    chunks: Iterable[list[discovery.DiscoveredCheckpoint]],
+    state_files: list[discovery.StateFile],
+    problems: list[str],
+    *,
+    now: dt.datetime | None,
+    stamp: str,
+) -> tuple[dict[str, int], int]:
+    """``apply_scan`` for checkpoints that arrive in chunks (each stored as it comes); also
+    returns how many checkpoints were found. ``chunks`` must hold every checkpoint on disk.
+
+    Producing a chunk reads index files (TensorFlow): that happens outside any transaction.
+    What was read is then stored in short transactions (every ``SCAN_STORE_ROWS`` rows or
+    ``SCAN_STORE_SECONDS``), and the run-wide updates (missing rows, latest flags, the run's
+    fields) in a last one, each under the run's row lock, which prunes, saves, pins and other
+    scans of the run take too. So a writer waits for one store at most, never for the whole
+    scan (on SQLite a long transaction stops every other writer), and what another writer
+    did meanwhile is seen before anything is written:
+    rows it inserted are not inserted again, rows whose status it changed are not overwritten
+    with what this scan read before (see ``Checkpoint.STATUS_TRANSITIONS``).
+    """
+    now = now or timezone.now()
+    latest_by_prefix: dict[str, list[str]] = {}
+    for state in state_files:
+        if state.latest:
+            latest_by_prefix.setdefault(state.latest, []).append(state.name)
+    default_state = next((s for s in state_files if s.name == "checkpoint"), None)
+    found: dict[str, discovery.DiscoveredCheckpoint] = {}
+
+    # Plain tuples, not model instances: a rescan of a large run must stay a few queries.
+    existing = {
+        prefix: (pk, status) for pk, prefix, status in run.checkpoints.values_list("id", "prefix", "status")
+    }
+    ids = {prefix: pk for prefix, (pk, _) in existing.items()}  # and of new rows once inserted
+    unlinked: dict[str, list[str]] = {}  # meta source -> new rows inserted before it
+    counts = {"created": 0, "updated": 0, "missing": 0, "stale": 0}
+    touched: set[str] = set()
+    created_at = timezone.now()
+    shared: dict = {}  # identical variable lists are encoded once
+    pending: list[discovery.DiscoveredCheckpoint] = []
+    stored_at = time.monotonic()
+    for chunk in itertools.chain(chunks, [None]):  # None: store what is left
+        for found_ckpt in chunk or ():
+            found[found_ckpt.prefix] = found_ckpt
+        pending.extend(chunk or ())
+        if pending and (
+            chunk is None or len(pending) >= SCAN_STORE_ROWS
+            or time.monotonic() - stored_at >= SCAN_STORE_SECONDS
+        ):
+            with transaction.atomic():
+                lock_row(run)
+                _store_chunk(run, pending, existing, ids, unlinked, found, shared, created_at, counts, touched)
+            pending, stored_at = [], time.monotonic()
+
+    gone = [p for p, (_, status) in existing.items() if p not in found and status != Checkpoint.PRUNED]
+    with transaction.atomic():
+        lock_row(run)
+        for source, prefixes in unlinked.items():
+            if source in ids:
+                for start in range(0, len(prefixes), 5000):
+                    run.checkpoints.filter(prefix__in=prefixes[start : start + 5000]).update(
+                        meta_source_id=ids[source]
+                    )
+        if gone and running_prune(run) is not None:
+            # A prune is deleting files right now: the rows it deletes are its to mark
+            # (pruned), not missing. Anything else gone is marked by the next scan.
+            counts["stale"] += len(gone)
+        else:
+            for start in range(0, len(gone), 5000):
+                missing = (
+                    run.checkpoints.filter(prefix__in=gone[start : start + 5000])
+                    .may_become(Checkpoint.MISSING)
+                    .exclude(status=Checkpoint.MISSING)
+                )
+                counts["missing"] += missing.update(status=Checkpoint.MISSING)
+
+        _link_meta_sources(run, found, touched=touched)
+        mark_latest(run, latest_by_prefix)
+
+        run.format = discovery.directory_format(found.values()) or run.format
+        run.latest_prefix = (default_state.latest or "") if default_state else ""
+        run.last_preserved_timestamp = default_state.last_preserved_timestamp if default_state else None
+        run.state_files = [{"name": s.name, "latest": s.latest, "problem": s.problem} for s in state_files]
+        run.scan_problems = list(problems)
+        run.last_scanned_at = now
+        # Rows left as another writer had them were not reconciled, and an index that could not
+        # be read must be read again: either way the next scan must not take the directory as
+        # unchanged.
+        unreadable = any(f.status == discovery.UNREADABLE for f in found.values())
+        run.directory_stamp = "" if counts["stale"] or unreadable else stamp
+        run.save(
+            update_fields=[
+                "format", "latest_prefix", "last_preserved_timestamp", "state_files",
+                "scan_problems", "last_scanned_at", "directory_stamp",
+            ]
+        )
+    stale = counts.pop("stale")
+    if stale:
+        counts["left_to_next_scan"] = stale
+    return counts, len(found)
+
+
+def _store_chunk(
+    run: Run, chunk: list[discovery.DiscoveredCheckpoint], existing: dict[str, tuple[int, str]],
+    ids: dict[str, int], unlinked: dict[str, list[str]], found: dict[str, discovery.DiscoveredCheckpoint],
+    shared: dict, created_at: dt.datetime, counts: dict[str, int], touched: set[str],
+) -> None:
+    """Store checkpoints a scan has read; call under the run's row lock. See ``record_scan``."""
+    rows, changed, unreadable = [], [], []
+    for found_ckpt in chunk:
+        known = existing.get(found_ckpt.prefix)
+        if known is None:
+            values = Checkpoint.discovery_values(found_ckpt, shared=shared)
+            values.update(run_id=run.pk, prefix=found_ckpt.prefix, recorded_at=created_at)
+            rows.append(values)
+        elif found_ckpt.status == discovery.UNREADABLE:
+            # The index could not be read just now (permissions, I/O, memory): that says
+            # nothing about the checkpoint, so its status and details stay as they were.
+            unreadable.append(Checkpoint(pk=known[0], fingerprint=found_ckpt.fingerprint,
+                                         problems=list(found_ckpt.problems)))
+        elif not found_ckpt.unchanged:
+            # Missing and pruned rows are left out of ``known_fingerprints``, so every row
+            # here was re-read by discovery and all its fields are fresh.
+            changed.append((known, found_ckpt))
+    if rows:
+        # Another scan or a save job may have recorded some of them since ``existing`` was read.
+        recorded = dict(
+            run.checkpoints.filter(prefix__in=[r["prefix"] for r in rows]).values_list("prefix", "id")
+        )
+        if recorded:
+            ids.update(recorded)
+            rows = [r for r in rows if r["prefix"] not in recorded]
+            counts["stale"] += len(recorded)
+    updated = []
+    if changed:
+        now_status = dict(
+            Checkpoint.objects.filter(pk__in=[pk for (pk, _), _ in changed]).values_list("id", "status")
+        )
+        for (pk, status), found_ckpt in changed:
+            current = now_status.get(pk)
+            if current != status or not Checkpoint.may_move(current, found_ckpt.status):
+                counts["stale"] += 1  # changed by another writer since this scan read it
+                continue
+            updated.append(
+                Checkpoint(pk=pk, run=run, prefix=found_ckpt.prefix, **Checkpoint.discovery_values(found_ckpt))
+            )
+    detail_fields = [
+        "step", "status", "format", "files", "has_own_meta", "size_bytes", "saved_at",
+        "variables", "variable_count", "fingerprint", "problems",
+    ]
+    Checkpoint.objects.bulk_update(updated, detail_fields, batch_size=500)
+    Checkpoint.objects.bulk_update(unreadable, ["fingerprint", "problems"], batch_size=500)
+    touched.update(r.prefix for r in updated)
+    counts["created"] += len(rows)
+    counts["updated"] += len(updated)
+    _insert_linked(run, rows, found, ids, unlinked)
+
+
+def _insert_linked(
+    run: Run, rows: list[dict], found: dict[str, discovery.DiscoveredCheckpoint], ids: dict[str, int],
+    unlinked: dict[str, list[str]],
+) -> None:
+    """Insert new rows with their ``meta_source`` set, sources first.
+
+    Setting the link at insert time saves an UPDATE of every dependent row (all checkpoints
+    of a ``write_meta_graph=False`` run depend on the first one). ``ids`` maps the prefixes of
+    rows already stored to their ids and learns those of new sources; a row whose source is
+    not stored yet is noted in ``unlinked`` (source -> prefixes) for the caller to link later.
+    """
+    new_sources = {found[r["prefix"]].meta_source for r in rows} - ids.keys() - {None}
+    first = [r for r in rows if r["prefix"] in new_sources]
+    if first:
+        Checkpoint.objects.insert_many(first)
+        stored = run.checkpoints.filter(prefix__in=[r["prefix"] for r in first])
+        ids.update(stored.values_list("prefix", "id"))
+        # A checkpoint with its own .meta (every source has one) is its own meta source.
+        stored.update(meta_source_id=models.F("id"))
+    rest = []
+    for row in rows:
+        if row["prefix"] in new_sources:
+            continue
+        source = found[row["prefix"]].meta_source
+        if source is not None:
+            row["meta_source_id"] = ids.get(source)
+            if row["meta_source_id"] is None:
+                unlinked.setdefault(source, []).append(row["prefix"])
+        rest.append(row)
+    Checkpoint.objects.insert_many(rest)
+
+
+def _link_meta_sources(run: Run, found: dict[str, discovery.DiscoveredCheckpoint], touched: set[str]) -> None:
+    # One UPDATE per distinct meta source (usually a single first checkpoint), not one per row.
+    dependents: dict[str, list[str]] = {}
+    for prefix in touched:
+        source = found[prefix].meta_source
+        if source:
+            dependents.setdefault(source, []).append(prefix)
+    if not dependents:
+        return
+    ids = dict(run.checkpoints.filter(prefix__in=list(dependents)).values_list("prefix", "id"))
+    for source, prefixes in dependents.items():
+        for start in range(0, len(prefixes), 5000):
+            run.checkpoints.filter(prefix__in=prefixes[start : start + 5000]).update(
+                meta_source_id=ids.get(source)
+            )
+
+
+def mark_latest(run: Run, latest_by_prefix: dict[str, list[str]]) -> None:
+    # Only the few rows whose flag changes are written: a run has a handful of state files.
+    run.checkpoints.exclude(latest_in=[]).exclude(prefix__in=latest_by_prefix).update(latest_in=[])
+    for prefix, names in latest_by_prefix.items():
+        run.checkpoints.filter(prefix=prefix).update(latest_in=sorted(names))
+
+
+def refresh_latest(run: Run) -> None:
+    """Re-read the run's state files and update which rows are latest (no TensorFlow, no rescan)."""
+    from persistence import statefile
+
+    with transaction.atomic():
+        # Read under the run lock, like a save job records the state file its Saver wrote: the
+        # flags written last are then never older than the file.
+        lock_row(run)
+        names = statefile.find_state_files(run.directory)
+        states = [s for s in (statefile.sniff_state_file(run.directory, n) for n in names) if s is not None]
+        latest_by_prefix: dict[str, list[str]] = {}
+        for state in states:
+            if state.latest:
+                latest_by_prefix.setdefault(state.latest, []).append(state.name)
+        default = next((s for s in states if s.name == statefile.DEFAULT_STATE_FILE), None)
+        mark_latest(run, latest_by_prefix)
+        run.latest_prefix = (default.latest or "") if default else ""
+        run.last_preserved_timestamp = default.last_preserved_timestamp if default else None
+        run.state_files = [{"name": s.name, "latest": s.latest, "problem": s.problem} for s in states]
+        run.save(update_fields=["latest_prefix", "last_preserved_timestamp", "state_files"])
+
+
+def known_fingerprints(run: Run) -> dict[str, str]:
+    return dict(
+        run.checkpoints.exclude(status__in=[Checkpoint.MISSING, Checkpoint.PRUNED]).values_list(
+            "prefix", "fingerprint"
+        )
+    )
+
+
+def record_saved(run: Run, saved: SavedCheckpoint, *, source: Checkpoint | None = None, pruned_note: str = "", actor: User | None = None) -> Checkpoint:
+    """Record a checkpoint our own job has just written, the moment it is written.
+
+    ``saved`` is a ``persistence.training.SavedCheckpoint``. Rows of the checkpoints the
+    Saver's ``max_to_keep`` deleted in that save become ``pruned`` (with ``pruned_note``, and
+    an audit event). Reads the new ``.index`` (TensorFlow): call it from a worker.
+    """
+    found = discovery.describe_checkpoint(run.directory, saved.prefix, meta_source=saved.meta_source)
+    values = {**Checkpoint.discovery_values(found), "metrics": dict(saved.metrics), "recorded_at": timezone.now()}
+    with transaction.atomic():
+        # A scan of this run may be storing this very prefix: the run lock orders the two.
+        lock_row(run)
+        if saved.meta_source:
+            values["meta_source_id"] = run.checkpoints.filter(prefix=saved.meta_source).values_list(
+                "id", flat=True
+            ).first()
+        if source is not None:
+            values["source_id"] = source.pk
+        checkpoint, _ = Checkpoint.objects.update_or_create(run=run, prefix=saved.prefix, defaults=values)
+        gone = run.checkpoints.filter(prefix__in=saved.deleted).exclude(status=Checkpoint.PRUNED)
+        gone_rows = list(gone.values_list("id", "size_bytes")) if saved.deleted else []
+        if gone_rows:
+            note = pruned_note or "Deleted by TensorFlow's Saver (max_to_keep)."
+            Checkpoint.objects.filter(pk__in=[pk for pk, _ in gone_rows]).update(
+                status=Checkpoint.PRUNED, problems=[note]
+            )
+            AuditEvent.record(
+                "saver_pruned", f"Saver max_to_keep deleted {', '.join(saved.deleted)}", actor=actor, run=run,
+                bytes_freed=sum(size for _, size in gone_rows),
+                details={"deleted": saved.deleted, "files": saved.deleted_files, "by_save_of": saved.prefix},
+            )
+        if saved.state_file:
+            _point_state_file(run, saved.state_file, checkpoint)
+    return checkpoint
+
+
+def _point_state_file(run: Run, state_file: str, checkpoint: Checkpoint) -> None:
+    # The Saver just rewrote ``state_file`` to name ``checkpoint`` as latest.
+    for row in run.checkpoints.exclude(latest_in=[]).exclude(pk=checkpoint.pk).only("id", "latest_in"):
+        if state_file in row.latest_in:
+            Checkpoint.objects.filter(pk=row.pk).update(latest_in=[n for n in row.latest_in if n != state_file])
+    checkpoint.latest_in = sorted({*checkpoint.latest_in, state_file})
+    Checkpoint.objects.filter(pk=checkpoint.pk).update(latest_in=checkpoint.latest_in)
+    if state_file == "checkpoint":
+        run.latest_prefix = checkpoint.prefix
+        run.save(update_fields=["latest_prefix"])
+
+
+def record_metrics(run: Run, metrics_by_prefix: dict[str, dict[str, float]]) -> int:
+    """Attach training metrics (loss, accuracy, …) to checkpoints by prefix; return rows updated."""
+    rows = list(run.checkpoints.filter(prefix__in=metrics_by_prefix).only("id", "prefix", "metrics"))
+    for row in rows:
+        row.metrics = {**(row.metrics or {}), **metrics_by_prefix[row.prefix]}
+    Checkpoint.objects.bulk_update(rows, ["metrics"], batch_size=2000)
+    return len(rows)
+
+
+def _slowed(chunks: Iterable[list]) -> Iterator[list]:
+    delay = getattr(settings, "SCAN_CHUNK_DELAY_SECONDS", 0)
+    for chunk in chunks:
+        if delay:
+            time.sleep(delay)  # fault-injection tests only (settings.SCAN_CHUNK_DELAY_SECONDS)
+        yield chunk
