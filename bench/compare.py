@@ -1,4 +1,4 @@
-"""Compare benchmarks: ``compare_vs_bare`` and ``compare_peak_rss_mb`` (DESIGN §8, issue 6).
+"""Compare benchmarks: ``compare_vs_bare`` and ``compare_peak_rss_mb``.
 
 Two checkpoints of 1 GiB each (four float32 variables of 256 MiB; B = A + noise) are compared
   - by ours: ``manage.py compare A B --json`` (``call_command`` in a fresh process), and

@@ -105,7 +105,7 @@ def _env_retention(name: str) -> dict:
     """The retention policy new runs start with: the model's defaults, updated from JSON in ``name``.
 
     e.g. ``DEFAULT_RETENTION='{"max_to_keep": 5, "keep_checkpoint_every_n_hours": 2}'``. Keys are
-    the run's policy fields (DESIGN §5); a value that cannot be a policy stops start-up.
+    the run's policy fields; a value that cannot be a policy stops start-up.
     """
     import json
 
@@ -141,7 +141,7 @@ def _env_retention(name: str) -> dict:
     return policy
 
 
-# Retention policy given to every new run (DESIGN §5); maintainers change it per run.
+# Retention policy given to every new run; maintainers change it per run.
 DEFAULT_RETENTION = _env_retention("DEFAULT_RETENTION")
 # Fault-injection tests only (tests/faults): seconds a prune job sleeps at each progress report
 # (about 100 per prune), so that a worker can be killed in the middle of one. Always 0 in use.

@@ -1,4 +1,4 @@
-"""Compare pages (issue 6): the pair page, the pick page, the step-over-step heatmap, permissions.
+"""Compare pages: the pair page, the pick page, the step-over-step heatmap, permissions.
 
 Jobs run through the real queue and a real worker process; page-only behaviour uses stored rows.
 """

@@ -1,4 +1,4 @@
-"""`manage.py compare A B --json` on real TensorFlow checkpoints, checked against numpy (issue 6)."""
+"""`manage.py compare A B --json` on real TensorFlow checkpoints, checked against numpy."""
 
 from __future__ import annotations
 

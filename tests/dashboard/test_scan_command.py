@@ -1,4 +1,4 @@
-"""`manage.py scan --json` on real TensorFlow checkpoint directories (issue: foundation)."""
+"""`manage.py scan --json` on real TensorFlow checkpoint directories."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Marking a run's graphs trusted is a maintainer's audited decision (DESIGN §6)."""
+"""Marking a run's graphs trusted is a maintainer's audited decision."""
 
 from __future__ import annotations
 

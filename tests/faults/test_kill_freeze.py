@@ -1,4 +1,4 @@
-"""``kill -9`` of the work horse in the middle of a freeze, with a real forked worker (DESIGN §7).
+"""``kill -9`` of the work horse in the middle of a freeze, with a real forked worker.
 
 The freeze writes its ``.pb`` to a temporary file beside the target and renames it only after it
 was verified, so the kill — sent the moment that temporary file appears — leaves nothing at the

@@ -1,4 +1,4 @@
-"""Unsafe-op screening of TF1 graphs (DESIGN §6): real meta graphs built here, never executed."""
+"""Unsafe-op screening of TF1 graphs: real meta graphs built here, never executed."""
 
 from __future__ import annotations
 

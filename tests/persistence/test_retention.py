@@ -397,7 +397,7 @@ def test_pinned_latest_exported_and_needed_meta_survive_every_policy(checkpoints
 
 
 def test_planning_ten_thousand_checkpoints_is_linearithmic():
-    # Not a timing assertion (DESIGN §8): a quadratic step would take minutes here, not a second.
+    # Not a timing assertion (timings live in bench/): a quadratic step would take minutes here, not a second.
     first = "model.ckpt-0"
     checkpoints = [ckpt(s, age_hours=(10_000 - s) / 60, meta_source=first, metrics={"loss": 1 / (s + 1)},
                         pinned=s % 997 == 0) for s in range(10_000)]

@@ -1,6 +1,6 @@
 """Differential test: our keep_checkpoint_every_n_hours / max_to_keep == TensorFlow's CheckpointManager.
 
-TensorFlow is the truth (DESIGN §5). For random save times we let ``tf.train.CheckpointManager``
+TensorFlow is the truth. For random save times we let ``tf.train.CheckpointManager``
 save and sweep on a controlled clock, see which checkpoints it leaves on disk, and check that
 ``plan_retention`` keeps exactly those when given the same timestamps as if every checkpoint were
 still present (saved with ``max_to_keep=None``).
