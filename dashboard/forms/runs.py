@@ -1,0 +1,39 @@
+"""Tracking a directory as a run."""
+
+from __future__ import annotations
+
+from django import forms
+from django.utils.text import slugify
+
+from ..models import Run
+
+
+class RegisterRunForm(forms.ModelForm):
+    """Register a checkpoint directory as a run. The model's ``clean`` checks the directory."""
+
+    class Meta:
+        model = Run
+        fields = ["name", "directory"]
+        help_texts = {
+            "name": "Letters, digits, hyphens and underscores; used in URLs.",
+            "directory": "Absolute path of the directory your training writes checkpoints to.",
+        }
+        widgets = {"directory": forms.TextInput(attrs={"placeholder": "/data/checkpoints/antispam"})}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["name"].required = False
+        self.fields["name"].help_text += " Defaults to the directory's name."
+
+    def clean_name(self) -> str:
+        return self.cleaned_data.get("name", "").strip()
+
+    def clean(self):
+        cleaned = super().clean()
+        directory = cleaned.get("directory") or ""
+        if not cleaned.get("name") and directory:
+            cleaned["name"] = slugify(directory.rstrip("/").rsplit("/", 1)[-1])[:100]
+            if not cleaned["name"]:
+                self.add_error("name", "Choose a name for this run.")
+        return cleaned
+
