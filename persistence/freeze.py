@@ -248,6 +248,50 @@ def _read_back(fd: int, size: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+# Constants of at least this many bytes are fed to the verification run instead of being loaded as
+# ``Const`` nodes (see ``_lift_large_constants``).
+FED_CONSTANT_BYTES = 1 << 20
+
+
+def _lift_large_constants(graph_def: Any, min_bytes: int) -> dict[str, np.ndarray]:
+    """Turn ``graph_def``'s large numeric ``Const`` nodes into placeholders; their values by tensor name.
+
+    Loading a constant into a session copies it several times over (the GraphDef handed to the
+    session, the graph it builds, the partitioned graph, the kernel's tensor): measured, a frozen
+    graph of N bytes of weights needs about 5N to run once. Fed, each value is one array read
+    from the written file's own bytes, and the run still computes with exactly the values the
+    file holds, through every other node of it. A constant whose declared dtype, shape and bytes
+    do not agree is left as it is, for TensorFlow to judge as a server would.
+    """
+    tf = _import_tf()
+    fed: dict[str, np.ndarray] = {}
+    for node in graph_def.node:
+        if node.op != "Const" or "value" not in node.attr or "dtype" not in node.attr:
+            continue
+        tensor = node.attr["value"].tensor
+        if tensor.dtype != node.attr["dtype"].type or tensor.dtype in (7, 20, 21):  # string, resource, variant
+            continue
+        try:
+            dtype = np.dtype(tf.as_dtype(tensor.dtype).as_numpy_dtype)
+        except (TypeError, ValueError):
+            continue
+        if dtype.kind not in "biufc" or tensor.tensor_shape.unknown_rank:
+            continue
+        shape = [dim.size for dim in tensor.tensor_shape.dim]
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if count * dtype.itemsize < min_bytes or any(size < 0 for size in shape):
+            continue
+        content = tensor.tensor_content
+        if len(content) != count * dtype.itemsize:
+            continue
+        fed[node.name + ":0"] = np.frombuffer(content, dtype=dtype).reshape(shape)
+        node.attr["shape"].shape.CopyFrom(tensor.tensor_shape)
+        del tensor, content
+        del node.attr["value"]
+        node.op = "Placeholder"
+    return fed
+
+
 def _write_and_verify(
     holder: list[Any],
     output_path: str,
@@ -293,6 +337,7 @@ def _write_and_verify(
         _report(on_progress, 75, "verifying: loading the written .pb")
         loaded = v1.GraphDef()
         loaded.ParseFromString(_read_back(handle.fileno(), size))
+        constants = _lift_large_constants(loaded, FED_CONSTANT_BYTES)
         with tf.Graph().as_default() as graph:
             v1.import_graph_def(loaded, name="")
             del loaded
@@ -306,7 +351,8 @@ def _write_and_verify(
             config.graph_options.optimizer_options.opt_level = v1.OptimizerOptions.L0
             with v1.Session(graph=graph, config=config) as sess:
                 _report(on_progress, 85, "verifying: running the frozen graph")
-                frozen_values = sess.run(output_tensors, feed_dict=feed)
+                frozen_values = sess.run(output_tensors, feed_dict={**constants, **feed})
+            del constants
         _report(on_progress, 90, "verifying: running the checkpoint")
         reference_values = reference(feed)
         diff = max((max_abs_diff(a, b) for a, b in zip(frozen_values, reference_values, strict=True)),
