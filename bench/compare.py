@@ -62,7 +62,10 @@ def make_checkpoints(directory: Path) -> tuple[str, str, int]:
 
 def _child(args: list[str]) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.compare", *args], cwd=REPO, env=dict(os.environ),
+        # One BLAS thread: the baseline's dot products are memory-bound, and OpenBLAS's threads
+        # fight the rest of a loaded two-core machine (one run took 46 s against ours' 12 s),
+        # which would flatter ours. Ours does not use BLAS, so the setting changes only the baseline.
+        [sys.executable, "-m", "bench.compare", *args], cwd=REPO, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
         capture_output=True, text=True, timeout=1800,
     )
     if proc.returncode != 0:

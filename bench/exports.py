@@ -510,9 +510,7 @@ def download_vs_cat(work: Path, repeat: int = REPEAT) -> dict[str, dict]:
 
 
 def run(work: Path) -> dict[str, dict]:
-    results = freeze_peak_rss(work)
-    print(json.dumps(results, indent=1), flush=True)
-    results.update(freeze_vs_bare(work))
+    results = freeze_vs_bare(work)
     print(json.dumps(results, indent=1), flush=True)
     results.update(download_vs_cat(work))
     return results

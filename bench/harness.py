@@ -41,8 +41,10 @@ NOTES = {
     "freeze_vs_bare": "Freeze job through the queue (105 MB of variables) vs the same TensorFlow calls by hand; "
     "medians of interleaved runs.",
     "freeze_peak_rss_ratio": "(Peak RSS of the freeze engine in its own process - the same process after "
-    "importing TensorFlow and running one tiny session) / checkpoint size, ~420 MB checkpoint. Not: the "
-    "sandbox's fork of a worker (that child shares its parent's pages).",
+    "importing TensorFlow and running one tiny session) / checkpoint size, ~420 MB checkpoint. The peak is "
+    "now TensorFlow's `convert_variables_to_constants` (restored variables + their constants + two "
+    "transient copies of the largest tensor); TensorFlow's oneDNN allocator also keeps the closed "
+    "session's memory pooled. Not: the sandbox's fork of a worker (that child shares its parent's pages).",
     "download_vs_cat": "Download of a 1 GiB export through gunicorn (DEBUG=0) vs `cat` from the page cache; "
     "loopback HTTP cannot reach `cat` (see raw_sendfile_server_mb_s for the ceiling).",
     "download_rss_growth_mb": "Server RSS growth during that download.",

@@ -57,8 +57,6 @@ def run(work: Path, n: int = N_SCAN, repeat: int = REPEAT) -> dict[str, dict]:
     time.sleep(1.5)
 
     bare, first, rescan, changed = [], [], [], []
-    step = made.steps[-1]
-    prefixes = list(made.prefixes)
     for _ in range(repeat):
         bare.append(timed(lambda: bare_scan(str(directory))))
         # Every first scan is one of a run never seen before: nothing recorded, nothing known.
@@ -67,12 +65,13 @@ def run(work: Path, n: int = N_SCAN, repeat: int = REPEAT) -> dict[str, dict]:
         recorded = Checkpoint.objects.filter(run__name="many").count()
         assert recorded == len(made.prefixes), (recorded, len(made.prefixes))
         rescan.append(timed(lambda: call_command("scan", str(directory), stdout=io.StringIO())))
-        step += 1
-        prefixes.append(_add_checkpoint(directory, prefixes[-1], step, prefixes))
+        added = _add_checkpoint(directory, made.prefixes[-1], made.steps[-1] + 1, made.prefixes)
         time.sleep(1.5)  # settled, as above: the fingerprint path, not the always-rescan window
         changed.append(timed(lambda: call_command("scan", str(directory), stdout=io.StringIO())))
         recorded = Checkpoint.objects.filter(run__name="many").count()
-        assert recorded == len(prefixes), (recorded, len(prefixes))
+        assert recorded == n + 1, (recorded, n + 1)
+        _remove_checkpoint(directory, added, made.prefixes)  # the next round starts from the same 10,000
+        time.sleep(1.5)
 
     def spread(times: list[float]) -> dict:
         return {"median": statistics.median(times), "all": [round(t, 4) for t in times]}
@@ -105,6 +104,14 @@ def _add_checkpoint(directory: Path, template: str, step: int, prefixes: list[st
         (directory / (prefix + suffix)).write_bytes((directory / (template + suffix)).read_bytes())
     write_state_file(str(directory), latest=prefix, all_prefixes=[*prefixes, prefix])
     return prefix
+
+
+def _remove_checkpoint(directory: Path, prefix: str, prefixes: list[str]) -> None:
+    from persistence.statefile import write_state_file
+
+    for suffix in (".index", ".data-00000-of-00001"):
+        (directory / (prefix + suffix)).unlink()
+    write_state_file(str(directory), latest=prefixes[-1], all_prefixes=prefixes)
 
 
 def history_queries(work: Path, n: int = N_HISTORY) -> dict[str, dict]:
