@@ -11,7 +11,7 @@ import sys
 
 from bench import harness
 
-GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "retention"]
+GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention"]
 
 
 def main(argv: list[str]) -> int:
@@ -46,6 +46,10 @@ def main(argv: list[str]) -> int:
             from bench import exports
 
             new.update(exports.run(work))
+        if "freeze_memory" in groups:
+            from bench import exports
+
+            new.update(exports.freeze_peak_rss(work))
         if "retention" in groups:
             from bench import retention
 

@@ -90,8 +90,8 @@ print(json.dumps({"seconds": time.perf_counter() - start, "max_abs_diff": diff})
 """.replace("__DIM__", str(INPUT_DIM))
 
 
-def make_large_checkpoint(directory: Path) -> int:
-    """A two-layer TF1 model with 105 MB of float32 variables, saved once; returns the variable bytes."""
+def make_large_checkpoint(directory: Path, hidden: int = HIDDEN) -> int:
+    """A two-layer TF1 model with ``8 KiB x hidden`` of float32 variables, saved once; returns the variable bytes."""
     import tensorflow as tf
 
     v1 = tf.compat.v1
@@ -100,16 +100,16 @@ def make_large_checkpoint(directory: Path) -> int:
         x = v1.placeholder(tf.float32, [None, INPUT_DIM], name="x")
         # Initializer ops, not constants: the .meta stays small, as a trained model's does.
         init = v1.random_uniform_initializer(-0.01, 0.01, seed=1)
-        hidden_kernel = v1.get_variable("hidden/kernel", [INPUT_DIM, HIDDEN], initializer=init)
-        hidden_bias = v1.get_variable("hidden/bias", [HIDDEN], initializer=v1.zeros_initializer())
-        out_kernel = v1.get_variable("output/kernel", [HIDDEN, INPUT_DIM], initializer=init)
+        hidden_kernel = v1.get_variable("hidden/kernel", [INPUT_DIM, hidden], initializer=init)
+        hidden_bias = v1.get_variable("hidden/bias", [hidden], initializer=v1.zeros_initializer())
+        out_kernel = v1.get_variable("output/kernel", [hidden, INPUT_DIM], initializer=init)
         out_bias = v1.get_variable("output/bias", [INPUT_DIM], initializer=v1.zeros_initializer())
-        hidden = tf.nn.relu(tf.matmul(x, hidden_kernel) + hidden_bias)
-        tf.nn.softmax(tf.matmul(hidden, out_kernel) + out_bias, name="probs")
+        activations = tf.nn.relu(tf.matmul(x, hidden_kernel) + hidden_bias)
+        tf.nn.softmax(tf.matmul(activations, out_kernel) + out_bias, name="probs")
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())
             v1.train.Saver().save(sess, str(directory / "model.ckpt"), global_step=1000)
-    return 4 * (2 * INPUT_DIM * HIDDEN + HIDDEN + INPUT_DIM)
+    return 4 * (2 * INPUT_DIM * hidden + hidden + INPUT_DIM)
 
 
 def bare_once(prefix: str, output: Path, config: str) -> float:
@@ -121,6 +121,88 @@ def bare_once(prefix: str, output: Path, config: str) -> float:
     if report["max_abs_diff"] > 1e-6:
         raise RuntimeError(f"bare freeze does not match its checkpoint: {report}")
     return float(report["seconds"])
+
+
+# A freeze measured in a process of its own, so that its peak RSS (VmHWM) is the freeze's and
+# nothing else's. "baseline" does the part every graph-executing child does anyway: import
+# TensorFlow and run one tiny session. The freeze is the engine call the sandboxed job makes.
+PEAK_SCRIPT = """
+import json, os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
+
+def peak_bytes():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+
+mode = sys.argv[1]
+v1 = tf.compat.v1
+with tf.Graph().as_default() as graph:
+    x = v1.placeholder(tf.float32, [None, 4], name="x")
+    y = tf.identity(x * 2.0, name="y")
+    with v1.Session(graph=graph) as sess:
+        sess.run(y, {x: np.ones((1, 4), np.float32)})
+report = {"baseline_peak_bytes": peak_bytes()}
+if mode == "freeze":
+    from persistence.freeze import freeze_checkpoint
+
+    prefix, output = sys.argv[2], sys.argv[3]
+    result = freeze_checkpoint(prefix, prefix + ".meta", output, outputs=["probs"])
+    report["verified"] = result.verified
+    report["seconds"] = result.seconds
+report["peak_bytes"] = peak_bytes()
+print(json.dumps(report))
+"""
+
+# About 420 MB of variables: big enough that copies of it dominate the TensorFlow baseline, small
+# enough to freeze a few times per bench run.
+PEAK_HIDDEN = 51_200
+PEAK_REPEAT = 3
+
+
+def _peak_child(*args: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, *args], cwd=BASE_DIR, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(BASE_DIR)}, timeout=1800,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"freeze peak child {args[0]} failed:\n{done.stdout}\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def freeze_peak_rss(work: Path, hidden: int = PEAK_HIDDEN, repeat: int = PEAK_REPEAT) -> dict[str, dict]:
+    directory = work / "peak"
+    variable_bytes = make_large_checkpoint(directory, hidden)
+    prefix = str(directory / "model.ckpt-1000")
+    size = sum(os.path.getsize(p) for p in directory.iterdir() if p.name.startswith("model.ckpt-1000.data"))
+    output = work / "peak.pb"
+    baselines, peaks, seconds = [], [], []
+    try:
+        for _ in range(repeat):  # alternating, so that drift hits both alike
+            baselines.append(_peak_child("baseline")["peak_bytes"])
+            report = _peak_child("freeze", prefix, str(output))
+            if not report["verified"]:
+                raise RuntimeError(f"the measured freeze did not verify: {report}")
+            peaks.append(report["peak_bytes"])
+            seconds.append(report["seconds"])
+            output.unlink(missing_ok=True)
+    finally:
+        for item in directory.iterdir():
+            item.unlink()
+    baseline = statistics.median(baselines)
+    ratios = [(p - baseline) / size for p in peaks]
+    return {
+        "freeze_peak_rss_ratio": entry(
+            statistics.median(ratios), None, "x checkpoint", "value <= 3",
+            checkpoint_bytes=size, variable_bytes=variable_bytes, repeats=repeat,
+            peak_rss_mb={"median": statistics.median(peaks) / 1e6, "all": [round(p / 1e6) for p in peaks]},
+            tf_baseline_rss_mb={"median": baseline / 1e6, "all": [round(b / 1e6) for b in baselines]},
+            ratio_spread=[round(r, 3) for r in ratios], freeze_seconds=statistics.median(seconds),
+        ),
+    }
 
 
 def _database_url() -> str:

@@ -21,6 +21,7 @@ than serializing it).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import re
@@ -247,8 +248,52 @@ def _read_back(fd: int, size: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+# Constants of at least this many bytes are fed to the verification run instead of being loaded as
+# ``Const`` nodes (see ``_lift_large_constants``).
+FED_CONSTANT_BYTES = 1 << 20
+
+
+def _lift_large_constants(graph_def: Any, min_bytes: int) -> dict[str, np.ndarray]:
+    """Turn ``graph_def``'s large numeric ``Const`` nodes into placeholders; their values by tensor name.
+
+    Loading a constant into a session copies it several times over (the GraphDef handed to the
+    session, the graph it builds, the partitioned graph, the kernel's tensor): measured, a frozen
+    graph of N bytes of weights needs about 5N to run once. Fed, each value is one array read
+    from the written file's own bytes, and the run still computes with exactly the values the
+    file holds, through every other node of it. A constant whose declared dtype, shape and bytes
+    do not agree is left as it is, for TensorFlow to judge as a server would.
+    """
+    tf = _import_tf()
+    fed: dict[str, np.ndarray] = {}
+    for node in graph_def.node:
+        if node.op != "Const" or "value" not in node.attr or "dtype" not in node.attr:
+            continue
+        tensor = node.attr["value"].tensor
+        if tensor.dtype != node.attr["dtype"].type or tensor.dtype in (7, 20, 21):  # string, resource, variant
+            continue
+        try:
+            dtype = np.dtype(tf.as_dtype(tensor.dtype).as_numpy_dtype)
+        except (TypeError, ValueError):
+            continue
+        if dtype.kind not in "biufc" or tensor.tensor_shape.unknown_rank:
+            continue
+        shape = [dim.size for dim in tensor.tensor_shape.dim]
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if count * dtype.itemsize < min_bytes or any(size < 0 for size in shape):
+            continue
+        content = tensor.tensor_content
+        if len(content) != count * dtype.itemsize:
+            continue
+        fed[node.name + ":0"] = np.frombuffer(content, dtype=dtype).reshape(shape)
+        node.attr["shape"].shape.CopyFrom(tensor.tensor_shape)
+        del tensor, content
+        del node.attr["value"]
+        node.op = "Placeholder"
+    return fed
+
+
 def _write_and_verify(
-    frozen: Any,
+    holder: list[Any],
     output_path: str,
     *,
     output_tensors: list[str],
@@ -260,6 +305,10 @@ def _write_and_verify(
 ) -> dict[str, Any]:
     tf = _import_tf()
     v1 = tf.compat.v1
+    # ``holder`` hands over the only reference to the frozen GraphDef, so that it can be freed as
+    # soon as it is serialized: the GraphDef, its bytes, the read-back copy and the verification
+    # graph would otherwise each hold every weight at once.
+    frozen = holder.pop()
     estimate = estimate_graph_def_bytes(frozen)
     if estimate > max_bytes:
         raise FreezeError(
@@ -274,6 +323,9 @@ def _write_and_verify(
         raise FreezeError(f"cannot serialize the frozen graph: {exc}") from exc
     size = len(data)
     sha256 = hashlib.sha256(data).hexdigest()
+    histogram = Counter(node.op for node in frozen.node)
+    node_count = len(frozen.node)
+    del frozen
 
     with atomic_writer(output_path, owner=temp_owner) as handle:
         _report(on_progress, 65, f"writing {size} bytes")
@@ -285,6 +337,7 @@ def _write_and_verify(
         _report(on_progress, 75, "verifying: loading the written .pb")
         loaded = v1.GraphDef()
         loaded.ParseFromString(_read_back(handle.fileno(), size))
+        constants = _lift_large_constants(loaded, FED_CONSTANT_BYTES)
         with tf.Graph().as_default() as graph:
             v1.import_graph_def(loaded, name="")
             del loaded
@@ -293,20 +346,23 @@ def _write_and_verify(
             # preserve values, and values are what this run checks; the server optimises anyway.
             config = v1.ConfigProto()
             config.graph_options.rewrite_options.disable_meta_optimizer = True
+            # The classic graph optimizer's constant folding and CSE copy constants too (measured:
+            # one more checkpoint-sized copy at the peak) for the same value-preserving rewrites.
+            config.graph_options.optimizer_options.opt_level = v1.OptimizerOptions.L0
             with v1.Session(graph=graph, config=config) as sess:
                 _report(on_progress, 85, "verifying: running the frozen graph")
-                frozen_values = sess.run(output_tensors, feed_dict=feed)
+                frozen_values = sess.run(output_tensors, feed_dict={**constants, **feed})
+            del constants
         _report(on_progress, 90, "verifying: running the checkpoint")
         reference_values = reference(feed)
         diff = max((max_abs_diff(a, b) for a, b in zip(frozen_values, reference_values, strict=True)),
                    default=0.0)
     _report(on_progress, 100, "frozen and verified" if diff <= VERIFY_TOLERANCE else "frozen; outputs differ")
-    histogram = Counter(node.op for node in frozen.node)
     return {
         "path": os.fspath(output_path),
         "size_bytes": size,
         "sha256": sha256,
-        "node_count": len(frozen.node),
+        "node_count": node_count,
         "op_histogram": dict(histogram.most_common()),
         "max_abs_diff": diff,
         "verified": bool(diff <= VERIFY_TOLERANCE),
@@ -420,16 +476,26 @@ def freeze_checkpoint(
                 )
             inputs = placeholder_inputs(frozen)
             feed, zero_filled = _verification_feed(inputs, sample_feed)
-
-            def reference(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-                return sess.run(output_tensors, feed_dict=feed)
-
+            # The checkpoint's answer is computed now, so that the restored variables are released
+            # (the session closes below) before the frozen graph is serialized and loaded back.
             try:
-                written = _write_and_verify(frozen, output_path, output_tensors=output_tensors, feed=feed,
-                                            reference=reference, max_bytes=max_bytes, on_progress=on_progress,
-                                            temp_owner=temp_owner)
+                reference_values = sess.run(output_tensors, feed_dict=feed)
             except (tf.errors.OpError, ValueError) as exc:
                 raise FreezeError(f"verification run failed, nothing was written: {_message(exc)}") from exc
+    del graph, saver, sess
+    gc.collect()
+    holder = [frozen]
+    del frozen
+
+    def reference(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return reference_values
+
+    try:
+        written = _write_and_verify(holder, output_path, output_tensors=output_tensors, feed=feed,
+                                    reference=reference, max_bytes=max_bytes, on_progress=on_progress,
+                                    temp_owner=temp_owner)
+    except (tf.errors.OpError, ValueError) as exc:
+        raise FreezeError(f"verification run failed, nothing was written: {_message(exc)}") from exc
     return FreezeResult(
         **written,
         inputs=inputs,
@@ -523,8 +589,10 @@ def freeze_tf2(
         args, kwargs = tf.nest.pack_sequence_as(concrete.structured_input_signature, flat)
         return [np.asarray(t) for t in tf.nest.flatten(concrete(*args, **kwargs))]
 
+    holder = [frozen]
+    del frozen
     try:
-        written = _write_and_verify(frozen, output_path, output_tensors=output_tensors, feed=feed,
+        written = _write_and_verify(holder, output_path, output_tensors=output_tensors, feed=feed,
                                     reference=reference, max_bytes=max_bytes, on_progress=on_progress,
                                     temp_owner=temp_owner)
     except (tf.errors.OpError, ValueError) as exc:

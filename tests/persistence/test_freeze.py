@@ -128,6 +128,47 @@ def test_frozen_pb_gives_the_checkpoints_probs(run, tmp_path):
     assert _entries(output.parent) == ["model.pb"]  # no temporary file left behind
 
 
+def test_verification_feeding_the_files_constants_gives_the_same_answer(run, tmp_path, monkeypatch):
+    """Large constants are fed to the verification run from the written file, not loaded as nodes."""
+    import persistence.freeze as freeze
+
+    first, last = run
+    loaded = freeze_checkpoint(last, first + ".meta", str(tmp_path / "a.pb"), outputs=["probs"], sample_feed=SAMPLE)
+    monkeypatch.setattr(freeze, "FED_CONSTANT_BYTES", 1)  # every constant of the tiny model is "large"
+    lifted = []
+    original = freeze._lift_large_constants
+    monkeypatch.setattr(freeze, "_lift_large_constants",
+                        lambda graph_def, min_bytes: lifted.append(original(graph_def, min_bytes)) or lifted[-1])
+    fed = freeze_checkpoint(last, first + ".meta", str(tmp_path / "b.pb"), outputs=["probs"], sample_feed=SAMPLE)
+
+    assert {"dense/kernel:0", "dense/bias:0"} <= set(lifted[0])
+    assert fed.verified and fed.max_abs_diff == loaded.max_abs_diff
+    # The file itself keeps its constants: only the verification run's copy was changed.
+    graph_def, (probs,) = _run_pb(tmp_path / "b.pb", SAMPLE, ["probs"])
+    assert {n.name: n.op for n in graph_def.node}["dense/kernel"] == "Const"
+    np.testing.assert_allclose(probs, _numpy_probs(last, SAMPLE["x"]), atol=1e-6)
+    assert fed.op_histogram == loaded.op_histogram
+
+
+def test_constants_whose_bytes_disagree_with_their_shape_are_left_to_tensorflow():
+    import tensorflow as tf
+
+    from persistence.freeze import _lift_large_constants
+
+    graph_def = tf.compat.v1.GraphDef()
+    for name, values in (("good", np.arange(6, dtype=np.float32).reshape(2, 3)), ("bad", np.zeros(4, np.float32))):
+        node = graph_def.node.add(name=name, op="Const")
+        node.attr["dtype"].type = tf.float32.as_datatype_enum
+        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(values))
+    graph_def.node[1].attr["value"].tensor.tensor_content = b"\0" * 12  # 3 floats for a shape of 4
+
+    fed = _lift_large_constants(graph_def, 1)
+
+    assert list(fed) == ["good:0"] and fed["good:0"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert [n.op for n in graph_def.node] == ["Placeholder", "Const"]
+    assert graph_def.node[0].attr["shape"].shape.dim[1].size == 3
+
+
 def test_freeze_without_sample_feeds_zeros_and_accepts_tensor_names(run, tmp_path):
     first, _ = run
     progress = []
