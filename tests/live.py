@@ -12,7 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
@@ -152,3 +153,33 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def module_roots(tmp_path_factory, tag: str) -> Iterator[Path]:
+    """Checkpoint and export roots of their own for a whole test module (``base/checkpoints``,
+    ``base/exports``), for modules whose live worker outlives any one test's ``settings``."""
+    from django.test import override_settings
+
+    base = tmp_path_factory.mktemp(tag)
+    (base / "checkpoints").mkdir()
+    with override_settings(CHECKPOINT_ROOTS=[(base / "checkpoints").resolve()],
+                           EXPORT_ROOT=(base / "exports").resolve()):
+        yield base.resolve()
+
+
+@contextmanager
+def module_worker(django_db_blocker, tmp_path_factory, *, command_prefix: list[str] | None = None
+                  ) -> Iterator[LiveWorker]:
+    """A live worker for a whole test module, on an emptied queue (jobs enqueued by page tests whose
+    rows were rolled back must not run)."""
+    from dashboard import jobs
+
+    with django_db_blocker.unblock():
+        jobs.get_queue().empty()
+        kwargs = {"command_prefix": command_prefix} if command_prefix else {}
+        live = LiveWorker(log_path=tmp_path_factory.mktemp("worker") / "worker.log", **kwargs).start()
+    try:
+        yield live
+    finally:
+        live.stop()

@@ -16,12 +16,12 @@ from importlib import import_module
 import numpy as np
 import pytest
 from django.contrib.auth.models import Group, Permission, User
-from django.test import Client, override_settings
+from django.test import Client
 from django.urls import reverse
 
 from dashboard import artifacts, jobs, scanning
 from dashboard.models import Checkpoint, Export, Job, Run
-from tests.live import LiveWorker, wait_for
+from tests.live import LiveWorker, module_roots, module_worker, wait_for
 
 pytestmark = pytest.mark.tf
 
@@ -50,20 +50,14 @@ def demo_template(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
-    base = tmp_path_factory.mktemp("freeze-roots")
-    (base / "checkpoints").mkdir()
-    with override_settings(CHECKPOINT_ROOTS=[(base / "checkpoints").resolve()],
-                           EXPORT_ROOT=(base / "exports").resolve()):
-        yield base.resolve()
+    with module_roots(tmp_path_factory, "freeze-roots") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
 def worker(roots, django_db_setup, django_db_blocker, tmp_path_factory):
-    with django_db_blocker.unblock():
-        jobs.get_queue().empty()  # jobs enqueued by page tests (their rows were rolled back)
-        live = LiveWorker(log_path=tmp_path_factory.mktemp("worker") / "worker.log").start()
-    yield live
-    live.stop()
+    with module_worker(django_db_blocker, tmp_path_factory) as live:
+        yield live
 
 
 def register(roots, template, name: str | None = None) -> Run:

@@ -8,13 +8,12 @@ import uuid
 
 import numpy as np
 import pytest
-from django.test import override_settings
 from django.urls import reverse
 
 from dashboard import artifacts, jobs, scanning
 from dashboard.models import Checkpoint, Job, Run
 from tests import checkpoint_factory as factory
-from tests.live import LiveWorker, wait_for
+from tests.live import LiveWorker, module_roots, module_worker, wait_for
 
 pytestmark = pytest.mark.tf
 
@@ -30,20 +29,14 @@ def demo_template(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
-    base = tmp_path_factory.mktemp("verify-roots")
-    (base / "checkpoints").mkdir()
-    with override_settings(CHECKPOINT_ROOTS=[(base / "checkpoints").resolve()],
-                           EXPORT_ROOT=(base / "exports").resolve()):
-        yield base.resolve()
+    with module_roots(tmp_path_factory, "verify-roots") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
 def worker(roots, django_db_setup, django_db_blocker, tmp_path_factory):
-    with django_db_blocker.unblock():
-        jobs.get_queue().empty()
-        live = LiveWorker(log_path=tmp_path_factory.mktemp("worker") / "worker.log").start()
-    yield live
-    live.stop()
+    with module_worker(django_db_blocker, tmp_path_factory) as live:
+        yield live
 
 
 def register(directory_root, template, name: str | None = None) -> Run:

@@ -13,11 +13,10 @@ import shutil
 import uuid
 
 import pytest
-from django.test import override_settings
 
 from dashboard import jobs, retention, scanning
 from dashboard.models import Checkpoint, Job, Run
-from tests.live import LiveWorker, wait_for, without_file_permission_override
+from tests.live import LiveWorker, module_roots, module_worker, wait_for, without_file_permission_override
 
 pytestmark = [pytest.mark.tf, pytest.mark.django_db(transaction=True)]
 
@@ -35,11 +34,8 @@ def demo_template(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
-    base = tmp_path_factory.mktemp("read-error-roots")
-    (base / "checkpoints").mkdir()
-    with override_settings(CHECKPOINT_ROOTS=[(base / "checkpoints").resolve()],
-                           EXPORT_ROOT=(base / "exports").resolve()):
-        yield base.resolve()
+    with module_roots(tmp_path_factory, "read-error-roots") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +43,8 @@ def worker(roots, django_db_setup, django_db_blocker, tmp_path_factory):
     prefix = without_file_permission_override()
     if prefix is None:
         pytest.skip("cannot drop root's permission override here (setpriv)")
-    with django_db_blocker.unblock():
-        jobs.get_queue().empty()
-        live = LiveWorker(log_path=tmp_path_factory.mktemp("worker") / "worker.log", command_prefix=prefix).start()
-    yield live
-    live.stop()
+    with module_worker(django_db_blocker, tmp_path_factory, command_prefix=prefix) as live:
+        yield live
 
 
 def run_job(worker: LiveWorker, kind: str, **kwargs) -> Job:

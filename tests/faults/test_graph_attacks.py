@@ -29,7 +29,7 @@ from django.test import override_settings
 
 from dashboard import artifacts, jobs, scanning
 from dashboard.models import Checkpoint, Export, Job, Run
-from tests.live import BASE_DIR, LiveWorker, subprocess_env, wait_for
+from tests.live import BASE_DIR, LiveWorker, module_roots, module_worker, subprocess_env, wait_for
 
 pytestmark = [pytest.mark.tf]
 
@@ -450,20 +450,14 @@ def test_the_savers_own_save_behind_the_outputs_control_dependency_is_refused(ch
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
-    base = tmp_path_factory.mktemp("attack-roots")
-    (base / "checkpoints").mkdir()
-    with override_settings(CHECKPOINT_ROOTS=[(base / "checkpoints").resolve()],
-                           EXPORT_ROOT=(base / "exports").resolve()):
-        yield base.resolve()
+    with module_roots(tmp_path_factory, "attack-roots") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
 def worker(roots, django_db_setup, django_db_blocker, tmp_path_factory):
-    with django_db_blocker.unblock():
-        jobs.get_queue().empty()
-        live = LiveWorker(log_path=tmp_path_factory.mktemp("worker") / "worker.log").start()
-    yield live
-    live.stop()
+    with module_worker(django_db_blocker, tmp_path_factory) as live:
+        yield live
 
 
 def _wait(job: Job, worker: LiveWorker) -> Job:
