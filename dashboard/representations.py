@@ -1,0 +1,102 @@
+"""The JSON shapes of runs, checkpoints, exports and jobs as machines see them.
+
+One shape per object, shared by the REST API's responses and the webhook bodies, so that a
+pipeline that reads ``GET /api/v1/exports/7`` and one that receives ``export.verified`` for it parse
+the same fields. Plain dicts of JSON types; URLs are paths (the caller knows its host).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.urls import reverse
+
+from .models import Checkpoint, Export, Job, Run
+
+
+def _time(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def run_item(run: Run) -> dict[str, Any]:
+    return {
+        "name": run.name,
+        "directory": run.directory,
+        "format": run.format,
+        "latest_prefix": run.latest_prefix,
+        "last_scanned_at": _time(run.last_scanned_at),
+        "created_at": _time(run.created_at),
+        "url": run.get_absolute_url(),
+    }
+
+
+def checkpoint_item(checkpoint: Checkpoint) -> dict[str, Any]:
+    return {
+        "id": checkpoint.pk,
+        "prefix": checkpoint.prefix,
+        "step": checkpoint.step,
+        "status": checkpoint.status,
+        "is_latest": checkpoint.is_latest,
+        "pinned": checkpoint.pinned,
+        "size_bytes": checkpoint.size_bytes,
+        "saved_at": _time(checkpoint.saved_at),
+        "metrics": checkpoint.metrics or {},
+    }
+
+
+def checkpoint_detail(checkpoint: Checkpoint) -> dict[str, Any]:
+    """``checkpoint_item`` plus its files and variables (the run is loaded for its name)."""
+    return {
+        **checkpoint_item(checkpoint),
+        "run": checkpoint.run.name,
+        "files": [{"name": f["name"], "size": f["size"]} for f in checkpoint.files],
+        "variables": [
+            {"name": v["name"], "shape": v["shape"], "dtype": v["dtype"], "bytes": v.get("bytes")}
+            for v in checkpoint.variables
+        ],
+        "problems": checkpoint.problems,
+    }
+
+
+def export_item(export: Export) -> dict[str, Any]:
+    """An export; ``export.checkpoint`` and its run are read (select_related them for lists)."""
+    checkpoint = export.checkpoint
+    return {
+        "id": export.pk,
+        "run": checkpoint.run.name,
+        "step": checkpoint.step,
+        "checkpoint_id": checkpoint.pk,
+        "kind": export.kind,
+        "outputs": export.outputs,
+        "sha256": export.sha256,
+        "size_bytes": export.size_bytes,
+        "verified": export.verified,
+        "max_abs_diff": export.max_abs_diff,
+        "created_at": _time(export.created_at),
+        "download_url": f"/api/v1/exports/{export.pk}/download",
+    }
+
+
+def job_item(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.pk,
+        "kind": job.kind,
+        "status": job.status,
+        "progress": job.progress,
+        "message": job.message,
+        "result": job.result or {},
+        "error": job.error,
+        "run": job.run.name if job.run_id else None,
+        "checkpoint_id": job.checkpoint_id,
+        "created_at": _time(job.created_at),
+        "started_at": _time(job.started_at),
+        "ended_at": _time(job.ended_at),
+        "url": reverse("job", args=[job.pk]),
+    }
+
+
+def job_reference(job: Job) -> dict[str, Any]:
+    """What a request that started a job answers: ``{"job": {id, kind, status, url}}``; ``url`` is
+    the API's own address for polling it."""
+    return {"job": {"id": job.pk, "kind": job.kind, "status": job.status, "url": f"/api/v1/jobs/{job.pk}"}}
