@@ -128,9 +128,9 @@ def bare_once(prefix: str, output: Path, config: str) -> float:
 # TensorFlow and run one tiny session. The freeze is the engine call the sandboxed job makes.
 PEAK_SCRIPT = """
 import json, os, sys
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
-import tensorflow as tf
+from persistence.tfruntime import import_tensorflow
+tf = import_tensorflow()  # as the worker imports it
 
 def peak_bytes():
     with open("/proc/self/status") as f:

@@ -27,7 +27,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -200,10 +200,9 @@ class FreezeResult:
 
 
 def _import_tf() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from persistence.tfruntime import import_tensorflow
 
-    return tf
+    return import_tensorflow()
 
 
 def _report(on_progress: ProgressCallback | None, percent: float, message: str) -> None:
@@ -292,6 +291,41 @@ def _lift_large_constants(graph_def: Any, min_bytes: int) -> dict[str, np.ndarra
     return fed
 
 
+_GRAPH_DEF_NODE_TAG = b"\x0a"  # GraphDef.node is field 1, length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if not value:
+            out.append(low)
+            return bytes(out)
+        out.append(low | 0x80)
+
+
+def serialized_chunks(graph_def: Any) -> Iterator[bytes]:
+    """``graph_def.SerializeToString()`` in pieces: each node, then every other field.
+
+    A message's encoding is its fields' encodings in field-number order, and a repeated message
+    field is one tag + length + message per element; ``node`` is field 1, so its elements come
+    first. Serialized whole, a graph of N bytes of weights needs the message plus two more copies
+    (the encoder's buffer and the bytes object) at once; in pieces, the largest node's.
+    """
+    for node in graph_def.node:
+        data = node.SerializeToString()
+        yield _GRAPH_DEF_NODE_TAG + _varint(len(data)) + data
+    rest = type(graph_def)()
+    for descriptor, value in graph_def.ListFields():
+        if descriptor.name == "node":
+            continue
+        if descriptor.message_type is not None:
+            getattr(rest, descriptor.name).CopyFrom(value)
+        else:
+            setattr(rest, descriptor.name, value)
+    yield rest.SerializeToString()
+
+
 def _write_and_verify(
     holder: list[Any],
     output_path: str,
@@ -316,21 +350,24 @@ def _write_and_verify(
             f"{max_bytes / 2**30:.2f} GiB for one message: freeze fewer variables "
             "(variables_allowlist/denylist) or export a SavedModel instead"
         )
-    _report(on_progress, 60, "serializing")
-    try:
-        data = frozen.SerializeToString()
-    except Exception as exc:  # noqa: BLE001 - protobuf's encode errors have no common base
-        raise FreezeError(f"cannot serialize the frozen graph: {exc}") from exc
-    size = len(data)
-    sha256 = hashlib.sha256(data).hexdigest()
     histogram = Counter(node.op for node in frozen.node)
     node_count = len(frozen.node)
-    del frozen
-
     with atomic_writer(output_path, owner=temp_owner) as handle:
-        _report(on_progress, 65, f"writing {size} bytes")
-        handle.write(data)
-        del data
+        _report(on_progress, 65, "writing")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            for chunk in serialized_chunks(frozen):
+                handle.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+        except Exception as exc:  # noqa: BLE001 - protobuf's encode errors have no common base
+            raise FreezeError(f"cannot serialize the frozen graph: {exc}") from exc
+        del frozen, chunk
+        if size > max_bytes:  # the estimate is close, not exact; nothing is renamed into place
+            raise FreezeError(f"the frozen graph is {size} bytes, beyond protobuf's limit of {max_bytes} "
+                              "for one message: freeze fewer variables or export a SavedModel instead")
+        sha256 = digest.hexdigest()
         handle.flush()
         # Verify what is in the file (read back through the same descriptor, from the page cache)
         # before it is renamed into place: a .pb that cannot be loaded never appears.
@@ -388,6 +425,96 @@ def _verification_feed(inputs: list[InputSpec], sample_feed: Mapping[str, Any] |
 # --- TF1: checkpoint + meta graph ------------------------------------------------------------
 
 
+class _ReadOnUse:
+    """The variable values of a conversion, each read from the session when it is asked for.
+
+    TensorFlow's session conversion reads every variable at once before building any constant,
+    so the restored variables, a NumPy copy of all of them and the constants built from those all
+    exist together: three times the checkpoint. The conversion walks the values once, building
+    one constant per value, so reading each on demand holds one NumPy copy at a time; with
+    ``release`` the session's own copy is dropped as soon as it has been read, so that the
+    restored variables shrink as the constants grow.
+    """
+
+    def __init__(self, sess: Any, pending: list[tuple[str, str, int]], tensor_data: type,
+                 release: bool) -> None:
+        self._sess, self._pending, self._tensor_data, self._release = sess, pending, tensor_data, release
+
+    def items(self) -> Any:
+        for node, tensor, dtype in self._pending:
+            value = self._sess.run(tensor)
+            if self._release:
+                _release_variable(self._sess, node)
+            yield node, self._tensor_data(numpy=value, dtype=dtype, index=None)
+            del value
+
+    def values(self) -> Any:
+        # Read only for the input indices of function conversions, never for session graphs.
+        for _node, _tensor, dtype in self._pending:
+            yield self._tensor_data(numpy=None, dtype=dtype, index=None)
+
+
+def _release_variable(sess: Any, node: str) -> None:
+    """Drop variable ``node``'s value in ``sess`` (an empty tensor, or no resource), freeing its memory.
+
+    The variable is unusable afterwards; only a session about to close may do this. Best effort:
+    a variable this cannot assign to keeps its value.
+    """
+    tf = _import_tf()
+    from tensorflow.python.ops import gen_resource_variable_ops
+
+    graph = sess.graph
+    try:
+        with graph.as_default(), graph.name_scope(None):
+            variable = graph.get_operation_by_name(node)
+            if variable.type == "VarHandleOp":
+                # A resource variable's handle carries its shape: destroy the resource instead.
+                release = gen_resource_variable_ops.destroy_resource_op(variable.outputs[0])
+            else:
+                empty = tf.zeros([0], dtype=tf.as_dtype(variable.get_attr("dtype")))
+                release = tf.compat.v1.assign(variable.outputs[0], empty, validate_shape=False).op
+        sess.run(release)
+    except (TypeError, ValueError, KeyError, tf.errors.OpError):
+        pass
+
+
+def convert_session_variables(sess: Any, graph_def: Any, output_nodes: list[str], *,
+                              allowlist: list[str] | None = None,
+                              denylist: list[str] | None = None, release: bool = False) -> Any:
+    """``tf.compat.v1.graph_util.convert_variables_to_constants``, one variable in memory at a time.
+
+    Same selection of variables (the subgraph the outputs need, narrowed by ``allowlist`` and
+    ``denylist``) and the same rewriting, by TensorFlow's own converter, so the GraphDef is the
+    one TensorFlow would build; only the values are read lazily (see ``_ReadOnUse``). With
+    ``release``, each converted variable is emptied in ``sess`` once read (the session must not
+    be used for anything but closing afterwards).
+    """
+    # The converter's classes are private API, tied to the pinned TensorFlow release; a test
+    # checks that the result equals TensorFlow's public function byte for byte.
+    from tensorflow.python.framework import convert_to_constants as c2c
+    from tensorflow.python.util import deprecation
+
+    class _SessionValues(c2c._ConverterData):
+        def __init__(self) -> None:
+            with deprecation.silence():  # extract_sub_graph warns that it is TF1 API, as is this graph
+                subgraph = c2c.graph_util.extract_sub_graph(graph_def, output_nodes)
+            super().__init__(subgraph,
+                             variable_names_allowlist=allowlist, variable_names_denylist=denylist)
+            self._pending = []
+            for node in self.graph_def.node:  # the selection TensorFlow's session converter makes
+                if node.op in _VARIABLE_OPS and self._should_convert(node.name):
+                    read = node.name + "/Read/ReadVariableOp" if node.op == "VarHandleOp" else node.name
+                    self._pending.append((node.name, read + ":0", node.attr["dtype"].type))
+
+        @property
+        def tensor_data(self) -> _ReadOnUse:
+            return _ReadOnUse(sess, self._pending, c2c._TensorData, release)
+
+    converted, _ = c2c._replace_variables_by_constants(_SessionValues())
+    return converted
+
+
+
 def freeze_checkpoint(
     prefix_path: str,
     meta_path: str,
@@ -441,6 +568,8 @@ def freeze_checkpoint(
                           allow_unsafe=allow_unsafe, source=os.path.basename(meta_path))
 
     tf = _import_tf()
+    from tensorflow.python.util import deprecation
+
     v1 = tf.compat.v1
     with tf.Graph().as_default() as graph:
         _report(on_progress, 5, "importing meta graph")
@@ -462,11 +591,21 @@ def freeze_checkpoint(
                     saver.restore(sess, prefix_path)
                 except tf.errors.OpError as exc:
                     raise FreezeError(f"cannot restore {prefix_path}: {exc.message}") from exc
+            graph_def = graph.as_graph_def()
+            with deprecation.silence():
+                inputs = placeholder_inputs(v1.graph_util.extract_sub_graph(graph_def, output_nodes))
+            feed, zero_filled = _verification_feed(inputs, sample_feed)
+            # The checkpoint's answer is computed first: the conversion empties each variable once
+            # it is a constant, so that the restored variables and the frozen graph never both
+            # hold every weight.
+            try:
+                reference_values = sess.run(output_tensors, feed_dict=feed)
+            except (tf.errors.OpError, ValueError) as exc:
+                raise FreezeError(f"verification run failed, nothing was written: {_message(exc)}") from exc
             _report(on_progress, 35, "converting variables to constants")
-            frozen = v1.graph_util.convert_variables_to_constants(
-                sess, graph.as_graph_def(), output_nodes,
-                variable_names_whitelist=variables_allowlist,
-                variable_names_blacklist=variables_denylist,
+            frozen = convert_session_variables(
+                sess, graph_def, output_nodes,
+                allowlist=variables_allowlist, denylist=variables_denylist, release=True,
             )
             kept = [node.name for node in frozen.node if node.op in _VARIABLE_OPS]
             if kept:
@@ -474,14 +613,6 @@ def freeze_checkpoint(
                     f"the outputs need variables that the allowlist/denylist kept from being frozen: "
                     f"{', '.join(kept)}; a .pb has no checkpoint to restore them from"
                 )
-            inputs = placeholder_inputs(frozen)
-            feed, zero_filled = _verification_feed(inputs, sample_feed)
-            # The checkpoint's answer is computed now, so that the restored variables are released
-            # (the session closes below) before the frozen graph is serialized and loaded back.
-            try:
-                reference_values = sess.run(output_tensors, feed_dict=feed)
-            except (tf.errors.OpError, ValueError) as exc:
-                raise FreezeError(f"verification run failed, nothing was written: {_message(exc)}") from exc
     del graph, saver, sess
     gc.collect()
     holder = [frozen]
