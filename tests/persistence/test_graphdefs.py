@@ -1,4 +1,4 @@
-"""Our variable-to-constant conversion builds exactly the GraphDef TensorFlow's own function builds."""
+"""GraphDef mechanics: our variable-to-constant conversion builds exactly TensorFlow's GraphDef; pieces encode it exactly."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from persistence.freeze import convert_session_variables
+from persistence.graphdefs import convert_session_variables
 
 pytestmark = pytest.mark.tf
 
@@ -107,7 +107,7 @@ def test_serialized_chunks_are_the_graph_defs_own_encoding():
     versions and nodes with large constants included)."""
     import tensorflow as tf
 
-    from persistence.freeze import serialized_chunks
+    from persistence.graphdefs import serialized_chunks
 
     @tf.function
     def double(v):
