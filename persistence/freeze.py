@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from persistence.allowed_ops import SAVER_OPS
+from persistence.errors import FreezeError
 from persistence.files import atomic_writer
 from persistence.graphdefs import (
     FED_CONSTANT_BYTES,
@@ -44,24 +45,18 @@ from persistence.graphdefs import (
     lift_large_constants,
     serialized_chunks,
 )
-from persistence.graphsafety import check_graph, load_meta_graph_def, node_name
+from persistence.graphsafety import node_name
 from persistence.restore import (
     InputSpec,
     ProgressCallback,
-    UnknownNameError,
-    check_unknown_names,
     placeholder_inputs,
-    tensor_name,
     unknown_names_message,
     zeros_for,
 )
+from persistence.sources import restored_tf1, restored_tf2
 
 # A frozen graph is "verified" when every output matches the checkpoint's within this.
 VERIFY_TOLERANCE = 1e-6
-
-
-class FreezeError(Exception):
-    """Freezing was refused or failed; the message says why in terms a user can act on."""
 
 
 # --- suggesting output nodes -----------------------------------------------------------------
@@ -313,80 +308,38 @@ def freeze_checkpoint(
     ``temp_owner`` names this writer in the temporary file's name (see ``files.atomic_writer``).
     """
     started = time.monotonic()
-    if not outputs:
-        raise FreezeError("no output nodes given")
-    if not os.path.isfile(meta_path):
-        raise FreezeError(
-            f"missing meta graph {meta_path}: the graph structure is needed to freeze; pick the "
-            ".meta of another checkpoint of the same run (written with write_meta_graph=True)"
-        )
-    if not os.path.isfile(os.fspath(prefix_path) + ".index"):
-        raise FreezeError(f"missing checkpoint {prefix_path} (no .index file)")
-
-    _report(on_progress, 2, "reading meta graph")
-    try:
-        meta_graph_def = load_meta_graph_def(meta_path)
-    except ValueError as exc:
-        raise FreezeError(str(exc)) from exc
-    graph_def = meta_graph_def.graph_def
-    try:
-        check_unknown_names(graph_def, outputs, what="output")
-        check_unknown_names(graph_def, list(sample_feed or {}), what="sample input")
-    except UnknownNameError as exc:
-        raise FreezeError(str(exc)) from None
-    output_nodes = list(dict.fromkeys(node_name(name) for name in outputs))
-    output_tensors = [tensor_name(name) for name in outputs]
-    restore_op = meta_graph_def.saver_def.restore_op_name
-    allowed = check_graph(meta_graph_def, fetches=[*outputs, *([restore_op] if restore_op else [])],
-                          allow_unsafe=allow_unsafe, source=os.path.basename(meta_path))
-
     tf = _import_tf()
     from tensorflow.python.util import deprecation
 
     v1 = tf.compat.v1
-    with tf.Graph().as_default() as graph:
-        _report(on_progress, 5, "importing meta graph")
+    with restored_tf1(prefix_path, meta_path, outputs=outputs, sample_feed=sample_feed, allow_unsafe=allow_unsafe,
+                      clear_devices=clear_devices, on_progress=on_progress) as restored:
+        graph, sess = restored.graph, restored.session
+        output_nodes, output_tensors = restored.output_nodes, restored.output_tensors
+        graph_def = graph.as_graph_def()
+        with deprecation.silence():
+            inputs = placeholder_inputs(v1.graph_util.extract_sub_graph(graph_def, output_nodes))
+        feed, zero_filled = _verification_feed(inputs, sample_feed)
+        # The checkpoint's answer is computed first: the conversion empties each variable once
+        # it is a constant, so that the restored variables and the frozen graph never both
+        # hold every weight.
         try:
-            saver = v1.train.import_meta_graph(meta_graph_def, clear_devices=clear_devices)
-        except (ValueError, KeyError, tf.errors.OpError) as exc:
-            # A damaged .meta can parse as a protobuf yet describe a graph TensorFlow rejects.
-            raise FreezeError(f"the meta graph {os.path.basename(meta_path)} cannot be imported: {exc}") from None
-        del meta_graph_def, graph_def
-        for name in output_tensors:
-            try:
-                graph.get_tensor_by_name(name)
-            except (KeyError, ValueError) as exc:
-                raise FreezeError(f"output {name!r} is not a tensor: {exc}") from None
-        with v1.Session(graph=graph) as sess:
-            _report(on_progress, 15, "restoring variables")
-            if saver is not None:
-                try:
-                    saver.restore(sess, prefix_path)
-                except tf.errors.OpError as exc:
-                    raise FreezeError(f"cannot restore {prefix_path}: {exc.message}") from exc
-            graph_def = graph.as_graph_def()
-            with deprecation.silence():
-                inputs = placeholder_inputs(v1.graph_util.extract_sub_graph(graph_def, output_nodes))
-            feed, zero_filled = _verification_feed(inputs, sample_feed)
-            # The checkpoint's answer is computed first: the conversion empties each variable once
-            # it is a constant, so that the restored variables and the frozen graph never both
-            # hold every weight.
-            try:
-                reference_values = sess.run(output_tensors, feed_dict=feed)
-            except (tf.errors.OpError, ValueError) as exc:
-                raise FreezeError(f"verification run failed, nothing was written: {_message(exc)}") from exc
-            _report(on_progress, 35, "converting variables to constants")
-            frozen = convert_session_variables(
-                sess, graph_def, output_nodes,
-                allowlist=variables_allowlist, denylist=variables_denylist, release=True,
+            reference_values = sess.run(output_tensors, feed_dict=feed)
+        except (tf.errors.OpError, ValueError) as exc:
+            raise FreezeError(f"verification run failed, nothing was written: {_message(exc)}") from exc
+        _report(on_progress, 35, "converting variables to constants")
+        frozen = convert_session_variables(
+            sess, graph_def, output_nodes,
+            allowlist=variables_allowlist, denylist=variables_denylist, release=True,
+        )
+        kept = [node.name for node in frozen.node if node.op in VARIABLE_OPS]
+        if kept:
+            raise FreezeError(
+                f"the outputs need variables that the allowlist/denylist kept from being frozen: "
+                f"{', '.join(kept)}; a .pb has no checkpoint to restore them from"
             )
-            kept = [node.name for node in frozen.node if node.op in VARIABLE_OPS]
-            if kept:
-                raise FreezeError(
-                    f"the outputs need variables that the allowlist/denylist kept from being frozen: "
-                    f"{', '.join(kept)}; a .pb has no checkpoint to restore them from"
-                )
-    del graph, saver, sess
+        allowed = restored.unsafe_ops_allowed
+    del graph, sess, restored
     gc.collect()
     holder = [frozen]
     del frozen
@@ -440,38 +393,13 @@ def freeze_tf2(
     The module is our own code, so its graph is not screened for unsafe ops.
     """
     started = time.monotonic()
-    if not os.path.isfile(os.fspath(prefix_path) + ".index"):
-        raise FreezeError(f"missing checkpoint {prefix_path} (no .index file)")
     tf = _import_tf()
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     from tensorflow.python.util import nest  # has the path-aware flatten that tf.nest lacks
 
-    _report(on_progress, 5, "building module")
-    module = build_module()
-    function = getattr(module, function_name, None)
-    if function is None:
-        raise FreezeError(f"{type(module).__name__} has no function {function_name!r}")
-    if not hasattr(function, "get_concrete_function"):
-        function = tf.function(function)
-    _report(on_progress, 15, "restoring checkpoint")
-    status = tf.train.Checkpoint(**{checkpoint_key: module}).read(os.fspath(prefix_path))
-    try:
-        concrete = (function.get_concrete_function(*input_signature) if input_signature is not None
-                    else function.get_concrete_function())
-    except (TypeError, ValueError) as exc:
-        raise FreezeError(f"cannot trace {function_name}: {exc} (give input_signature)") from exc
-    try:
-        # After tracing, so that variables created on first call have been matched too.
-        status.assert_existing_objects_matched()
-    except AssertionError as exc:
-        status.expect_partial()
-        detail = str(exc).split(":", 1)[0]  # TensorFlow goes on to print every variable's value
-        raise FreezeError(
-            f"the checkpoint does not hold this module's variables under {checkpoint_key!r}: {detail}"
-        ) from None
-    # The rest of the checkpoint (save_counter, optimizer slots) is not part of the model.
-    status.expect_partial()
-
+    _module, concrete = restored_tf2(prefix_path, build_module, checkpoint_key=checkpoint_key,
+                                     function_name=function_name, input_signature=input_signature,
+                                     on_progress=on_progress)
     _report(on_progress, 35, "converting variables to constants")
     frozen_function = convert_variables_to_constants_v2(concrete)
     frozen = frozen_function.graph.as_graph_def()
