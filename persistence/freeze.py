@@ -35,7 +35,7 @@ import numpy as np
 
 from persistence.allowed_ops import SAVER_OPS
 from persistence.errors import FreezeError
-from persistence.files import atomic_writer
+from persistence.files import atomic_writer, read_back
 from persistence.graphdefs import (
     FED_CONSTANT_BYTES,
     PROTOBUF_LIMIT_BYTES,
@@ -51,9 +51,8 @@ from persistence.restore import (
     ProgressCallback,
     placeholder_inputs,
     unknown_names_message,
-    zeros_for,
 )
-from persistence.sources import restored_tf1, restored_tf2
+from persistence.sources import restored_tf1, restored_tf2, verification_feed
 
 # A frozen graph is "verified" when every output matches the checkpoint's within this.
 VERIFY_TOLERANCE = 1e-6
@@ -174,17 +173,6 @@ def max_abs_diff(a: Any, b: Any) -> float:
 Reference = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
-def _read_back(fd: int, size: int) -> bytes:
-    parts, offset = [], 0
-    while offset < size:
-        chunk = os.pread(fd, size - offset, offset)
-        if not chunk:
-            raise FreezeError(f"the written .pb is shorter than expected ({offset} of {size} bytes)")
-        parts.append(chunk)
-        offset += len(chunk)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
 def _write_and_verify(
     holder: list[Any],
     output_path: str,
@@ -232,7 +220,7 @@ def _write_and_verify(
         # before it is renamed into place: a .pb that cannot be loaded never appears.
         _report(on_progress, 75, "verifying: loading the written .pb")
         loaded = v1.GraphDef()
-        loaded.ParseFromString(_read_back(handle.fileno(), size))
+        loaded.ParseFromString(read_back(handle.fileno(), size))
         constants = lift_large_constants(loaded, FED_CONSTANT_BYTES)
         with tf.Graph().as_default() as graph:
             v1.import_graph_def(loaded, name="")
@@ -263,22 +251,6 @@ def _write_and_verify(
         "max_abs_diff": diff,
         "verified": bool(diff <= VERIFY_TOLERANCE),
     }
-
-
-def _verification_feed(inputs: list[InputSpec], sample_feed: Mapping[str, Any] | None
-                       ) -> tuple[dict[str, np.ndarray], list[str]]:
-    given = {node_name(k): v for k, v in (sample_feed or {}).items()}
-    feed, zero_filled = {}, []
-    for spec in inputs:
-        zeros = zeros_for(spec)
-        if spec.name in given:
-            # The eager reference (TF2) does not cast like a Session feed does: float64 sample
-            # arrays would not match a float32 signature.
-            feed[spec.name + ":0"] = np.asarray(given[spec.name], dtype=zeros.dtype)
-        else:
-            feed[spec.name + ":0"] = zeros
-            zero_filled.append(spec.name)
-    return feed, zero_filled
 
 
 # --- TF1: checkpoint + meta graph ------------------------------------------------------------
@@ -319,7 +291,7 @@ def freeze_checkpoint(
         graph_def = graph.as_graph_def()
         with deprecation.silence():
             inputs = placeholder_inputs(v1.graph_util.extract_sub_graph(graph_def, output_nodes))
-        feed, zero_filled = _verification_feed(inputs, sample_feed)
+        feed, zero_filled = verification_feed(inputs, sample_feed)
         # The checkpoint's answer is computed first: the conversion empties each variable once
         # it is a constant, so that the restored variables and the frozen graph never both
         # hold every weight.
@@ -414,7 +386,7 @@ def freeze_tf2(
     unknown = [k for k in (sample_feed or {}) if node_name(k) not in input_names]
     if unknown:
         raise FreezeError(unknown_names_message(unknown, input_names, what="sample input"))
-    feed, zero_filled = _verification_feed(inputs, sample_feed)
+    feed, zero_filled = verification_feed(inputs, sample_feed)
 
     def reference(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         flat = [tf.constant(feed[name + ":0"]) for name in input_names]

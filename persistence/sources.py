@@ -15,9 +15,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from persistence.errors import FreezeError
 from persistence.graphsafety import check_graph, load_meta_graph_def, node_name
-from persistence.restore import ProgressCallback, UnknownNameError, check_unknown_names, tensor_name
+from persistence.restore import (
+    InputSpec,
+    ProgressCallback,
+    UnknownNameError,
+    check_unknown_names,
+    tensor_name,
+    zeros_for,
+)
 from persistence.tfruntime import import_tensorflow
 
 
@@ -139,3 +148,21 @@ def restored_tf2(prefix_path: str, build_module: Callable[[], Any], *, checkpoin
     # The rest of the checkpoint (save_counter, optimizer slots) is not part of the model.
     status.expect_partial()
     return module, concrete
+
+
+def verification_feed(inputs: list[InputSpec], sample_feed: Mapping[str, Any] | None
+                      ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """What both sides of a verification are fed, by tensor name: the sample where it names an
+    input, zeros elsewhere (those inputs are listed second)."""
+    given = {node_name(k): v for k, v in (sample_feed or {}).items()}
+    feed, zero_filled = {}, []
+    for spec in inputs:
+        zeros = zeros_for(spec)
+        if spec.name in given:
+            # The eager reference (TF2) does not cast like a Session feed does: float64 sample
+            # arrays would not match a float32 signature.
+            feed[spec.name + ":0"] = np.asarray(given[spec.name], dtype=zeros.dtype)
+        else:
+            feed[spec.name + ":0"] = zeros
+            zero_filled.append(spec.name)
+    return feed, zero_filled
