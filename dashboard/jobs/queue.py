@@ -16,7 +16,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from dashboard import artifacts
-from dashboard.models import Checkpoint, Job, Run
+from dashboard.models import Checkpoint, Export, Job, Run
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -161,7 +161,8 @@ def start(
     """
     with transaction.atomic():
         if kind == Job.FREEZE and checkpoint is not None:
-            artifacts.check_no_freeze_running(checkpoint, (params or {}).get("outputs") or [])
+            artifacts.check_no_freeze_running(checkpoint, (params or {}).get("outputs") or [],
+                                              kind=(params or {}).get("kind", Export.FROZEN_PB))
         job = Job.objects.create(
             kind=kind,
             run=run,

@@ -38,7 +38,7 @@ def test_freeze_a_step_watch_it_verify_then_download_the_same_bytes(
     expect(page.get_by_text("x", exact=True)).to_be_visible()  # the graph's input, listed
     tracked.shot("freeze-form")
 
-    page.get_by_role("button", name="Start freeze job").click()
+    page.get_by_role("button", name="Start export job").click()
     page.wait_for_selector(f"h1 >> text=model.ckpt-{STEP}")
     expect(page.locator(".messages")).to_contain_text(f"Freezing model.ckpt-{STEP}: the export appears below")
     loads_after_submit = tracked.loads()
