@@ -2,8 +2,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from dashboard.views import aliases, compare, exports, jobs, retention, runs, saves
 from dashboard.views import checkpoints as checkpoint_actions
-from dashboard.views import compare, exports, jobs, retention, runs, saves
 
 urlpatterns = [
     path("", runs.runs, name="runs"),
@@ -38,6 +38,9 @@ urlpatterns = [
     path("runs/<slug:name>/prune/", retention.prune_preview, name="run-prune"),
     path("runs/<slug:name>/prune/now/", retention.prune_now, name="run-prune-now"),
     path("runs/<slug:name>/checkpoints/<int:pk>/pin/", retention.checkpoint_pin, name="checkpoint-pin"),
+    path("runs/<slug:name>/checkpoints/<int:pk>/alias/", aliases.checkpoint_alias, name="checkpoint-alias"),
+    path("runs/<slug:name>/aliases/", aliases.run_aliases, name="run-aliases"),
+    path("runs/<slug:name>/aliases/<slug:alias>/remove/", aliases.alias_remove, name="alias-remove"),
     path("audit/", retention.audit, name="audit"),
     path("jobs/", jobs.job_list, name="jobs"),
     path("jobs/<int:pk>/", jobs.job_detail, name="job"),

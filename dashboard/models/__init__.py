@@ -7,6 +7,7 @@ transaction, takes a lock or writes the audit log lives in the operation modules
 ``retention``, ``pruning``, ``artifacts``, ``comparing``).
 """
 
+from .alias import Alias
 from .audit import AuditEvent
 from .checkpoint import Checkpoint, CheckpointQuerySet
 from .comparison import Comparison
@@ -14,4 +15,4 @@ from .export import Export
 from .job import Job, temp_owner_ended
 from .run import Run
 
-__all__ = ["AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "Export", "Job", "Run", "temp_owner_ended"]
+__all__ = ["Alias", "AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "Export", "Job", "Run", "temp_owner_ended"]
