@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from . import serving
 from .locks import lock_row
 from .models import Alias, AuditEvent, Checkpoint, Run
 from .models.alias import ALIAS_NAME
@@ -58,6 +59,7 @@ def set_alias(run: Run, name: str, checkpoint: Checkpoint, *, actor: User | None
             details={"alias": name, "from_step": before.step if before else None, "to_step": checkpoint.step,
                      "from_checkpoint": before.pk if before else None, "to_checkpoint": checkpoint.pk},
         )
+    serving.refresh_labels(run)  # TF Serving's labels follow the aliases
     return alias
 
 
@@ -74,6 +76,7 @@ def remove_alias(run: Run, name: str, *, actor: User | None = None) -> None:
                           checkpoint=before,
                           details={"alias": name, "from_step": before.step, "to_step": None,
                                    "from_checkpoint": before.pk, "to_checkpoint": None})
+    serving.refresh_labels(run)
 
 
 def alias_history(run: Run, limit: int = 50) -> list[AuditEvent]:

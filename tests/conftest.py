@@ -61,6 +61,7 @@ def checkpoint_root(tmp_path, settings):
     root.mkdir()
     settings.CHECKPOINT_ROOTS = [root.resolve()]
     settings.EXPORT_ROOT = (tmp_path / "exports").resolve()
+    settings.SERVING_ROOT = (tmp_path / "serving").resolve()
     return root.resolve()
 
 

@@ -14,5 +14,6 @@ from .comparison import Comparison
 from .export import Export
 from .job import Job, temp_owner_ended
 from .run import Run
+from .serving import ServingTarget
 
-__all__ = ["Alias", "AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "Export", "Job", "Run", "temp_owner_ended"]
+__all__ = ["Alias", "AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "Export", "Job", "Run", "ServingTarget", "temp_owner_ended"]

@@ -16,7 +16,7 @@ def run_aliases(request: HttpRequest, name: str) -> HttpResponse:
     run = access.get_run_for_user(request, name)
     return render(request, "dashboard/partials/run_aliases.html", {
         "run": run, "aliases": list(run.aliases.select_related("checkpoint", "updated_by")),
-        "history": aliases.alias_history(run),
+        "history": aliases.alias_history(run), "targets": list(run.serving_targets.all()),
     })
 
 
