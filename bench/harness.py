@@ -40,11 +40,18 @@ NOTES = {
     "job_overhead_seconds": "Queue + rows + progress around a small freeze job vs the bare calls.",
     "freeze_vs_bare": "Freeze job through the queue (105 MB of variables) vs the same TensorFlow calls by hand; "
     "medians of interleaved runs.",
-    "freeze_peak_rss_ratio": "(Peak RSS of the freeze engine in its own process - the same process after "
-    "importing TensorFlow and running one tiny session) / checkpoint size, ~420 MB checkpoint. The peak is "
-    "now TensorFlow's `convert_variables_to_constants` (restored variables + their constants + two "
-    "transient copies of the largest tensor); TensorFlow's oneDNN allocator also keeps the closed "
-    "session's memory pooled. Not: the sandbox's fork of a worker (that child shares its parent's pages).",
+    "freeze_peak_rss_ratio": "(Peak RSS of the freeze engine in its own process, TensorFlow imported the way "
+    "the worker imports it - the same process after importing TensorFlow and running one tiny session) / "
+    "checkpoint size, ~420 MB checkpoint. The peak is the conversion: the restored variables shrinking as "
+    "their constants grow, plus one variable's transient copies. Not: the sandbox's fork of a worker (that "
+    "child shares its parent's pages).",
+    "savedmodel_vs_bare": "SavedModel export of a 105 MB checkpoint by our engine (restore, signature, "
+    "Builder, load back with tf.saved_model.load and compare, reproducible .tar) vs the same TensorFlow "
+    "calls in a bare script (without the .tar); each in its own process after importing TensorFlow; "
+    "medians of interleaved runs.",
+    "tar_download_vs_file": "Download rate of a SavedModel's .tar vs a single-file export of the same size, "
+    "both through the download view (in-process, page cache warm): the .tar is written once when the "
+    "export is verified, so it is served like any file. Not: HTTP overhead (see download_vs_cat).",
     "download_vs_cat": "Download of a 1 GiB export through gunicorn (DEBUG=0) vs `cat` from the page cache; "
     "loopback HTTP cannot reach `cat` (see raw_sendfile_server_mb_s for the ceiling).",
     "download_rss_growth_mb": "Server RSS growth during that download.",

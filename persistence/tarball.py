@@ -61,9 +61,14 @@ def write_tar(directory: str | os.PathLike[str], tar_path: str | os.PathLike[str
             size += len(data)
             return self._handle.write(data)
 
+        def tell(self) -> int:
+            return size
+
     with atomic_writer(tar_path, owner=owner) as handle:
-        with tarfile.open(fileobj=_Hashing(handle), mode="w|", format=tarfile.USTAR_FORMAT,
-                          bufsize=_CHUNK) as archive:
+        # Not stream mode ("w|"): its buffer is grown by concatenation, a copy per block (measured:
+        # 175 MB/s); plain "w" writes each block straight through.
+        with tarfile.open(fileobj=_Hashing(handle), mode="w", format=tarfile.USTAR_FORMAT) as archive:
+            archive.copybufsize = _CHUNK
             archive.addfile(_info(directory, top))
             for path in _entries(directory):
                 info = _info(path, "/".join((top, *path.relative_to(directory).parts)))

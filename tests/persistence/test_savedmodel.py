@@ -166,3 +166,37 @@ def test_onnx_runs_in_onnxruntime_like_the_checkpoint(run, tmp_path):
     (probs,) = session.run(["probs"], {"x": SAMPLE["x"]})
     np.testing.assert_allclose(probs, _numpy_probs(last, SAMPLE["x"]), atol=ONNX_TOLERANCE)
     assert _entries(tmp_path) == ["probs.onnx"]
+
+
+@pytest.mark.parametrize("kind", [TFLITE, ONNX])
+def test_tf2_recipe_single_file_kinds_match_the_module(tf2_prefix, tmp_path, kind):
+    import tensorflow as tf
+
+    from persistence.recipes.antispam import AntiSpamRecipe
+
+    sample = AntiSpamRecipe().sample_input()
+    result = export_file(kind, tf2_prefix, str(tmp_path / f"serve.{kind}"), recipe_path=RECIPE, sample_feed=sample)
+
+    assert result.verified and not result.quantized and result.max_abs_diff <= max(TFLITE_TOLERANCE, ONNX_TOLERANCE)
+    module = AntiSpamRecipe().build_tf2_module()
+    tf.train.Checkpoint(model=module).read(tf2_prefix).expect_partial()
+    expected = module.serve(tf.constant(sample["x"]))["probs"].numpy()
+    data = (tmp_path / f"serve.{kind}").read_bytes()
+    (key,) = result.signature_inputs
+    if kind == TFLITE:
+        got = tf.lite.Interpreter(model_content=data).get_signature_runner("serving_default")(**{key: sample["x"]})["probs"]
+    else:
+        import onnxruntime
+
+        (got,) = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"]).run(["probs"], {key: sample["x"]})
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_tf1_quantized_tflite_is_smaller_and_agrees_on_the_top_class(run, tmp_path):
+    first, last = run
+    float_model = export_file(TFLITE, last, str(tmp_path / "f.tflite"), meta_path=first + ".meta",
+                              outputs=["probs"], sample_feed=SAMPLE)
+    quantized = export_file(TFLITE, last, str(tmp_path / "q.tflite"), quantize=True, meta_path=first + ".meta",
+                            outputs=["probs"], sample_feed=SAMPLE)
+    assert quantized.quantized and quantized.size_bytes <= float_model.size_bytes
+    assert quantized.top_class_agreement is not None and 0.0 <= quantized.top_class_agreement <= 1.0
