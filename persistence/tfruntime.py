@@ -24,9 +24,22 @@ ENVIRONMENT = {
 }
 
 
+# A host that runs one worker per core gives each worker's TensorFlow one thread for its ops and
+# one for scheduling them (``WORKER_TF_THREADS=1``): two workers on two cores then run two jobs
+# side by side instead of four thread pools fighting over the same cores. TensorFlow reads these
+# for every session and for eager execution alike.
+THREADS_SETTING = "WORKER_TF_THREADS"
+
+
 def configure_environment() -> None:
     for name, value in ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    threads = os.environ.get(THREADS_SETTING, "").strip()
+    if threads:
+        if not threads.isdigit() or int(threads) < 1:
+            raise ValueError(f"{THREADS_SETTING} must be a whole number of threads, at least 1, not {threads!r}")
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", threads)
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", threads)
 
 
 def import_tensorflow() -> Any:
