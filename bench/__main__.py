@@ -11,7 +11,7 @@ import sys
 
 from bench import harness
 
-GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving"]
+GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving", "downloads"]
 
 
 def main(argv: list[str]) -> int:
@@ -54,6 +54,10 @@ def main(argv: list[str]) -> int:
             from bench import retention
 
             new.update(retention.run(work))
+        if "downloads" in groups:
+            from bench import downloads
+
+            new.update(downloads.downloads_vs_nginx(work))
         if "serving" in groups:
             from bench import serving
 

@@ -51,10 +51,12 @@ NOTES = {
     "medians of interleaved runs.",
     "tar_download_vs_file": "Download rate of a SavedModel's .tar vs a single-file export of the same size, "
     "both through the download view (in-process, page cache warm): the .tar is written once when the "
-    "export is verified, so it is served like any file. Not: HTTP overhead (see download_vs_cat).",
-    "download_vs_cat": "Download of a 1 GiB export through gunicorn (DEBUG=0) vs `cat` from the page cache; "
-    "loopback HTTP cannot reach `cat` (see raw_sendfile_server_mb_s for the ceiling).",
-    "download_rss_growth_mb": "Server RSS growth during that download.",
+    "export is verified, so it is served like any file. Not: HTTP overhead (see download_vs_nginx).",
+    "download_vs_nginx": "Download of a 1 GiB export from the dashboard as the README deploys it "
+    "(gunicorn.conf.py, DEBUG=0) vs nginx serving the same file statically; same curl, page cache warm.",
+    "download_accel_vs_nginx": "The same download through deploy/nginx.conf with X-Accel-Redirect (the "
+    "dashboard checks, nginx sends) vs nginx serving the file statically.",
+    "download_rss_growth_mb": "Server RSS growth during the gunicorn downloads.",
     "prune_plan_10k_seconds": "Planning a prune of 10,000 checkpoints from the database, as the preview does.",
     "prune_exec_vs_bare": "Executing a plan deleting 10,000 files vs `os.remove` of the same, caches dropped "
     "before each side (disk-bound; our side's database file is cold too); best of 5 alternating.",
