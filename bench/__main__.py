@@ -11,7 +11,7 @@ import sys
 
 from bench import harness
 
-GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving", "downloads"]
+GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving", "downloads", "scale"]
 
 
 def main(argv: list[str]) -> int:
@@ -54,6 +54,10 @@ def main(argv: list[str]) -> int:
             from bench import retention
 
             new.update(retention.run(work))
+        if "scale" in groups:
+            from bench import scale
+
+            new.update(scale.run(work))
         if "downloads" in groups:
             from bench import downloads
 
