@@ -469,11 +469,17 @@ def _record_export(checkpoint: Checkpoint, kind: str, target: Path, data: dict, 
 def recheck_export(export: Export, *, actor: User | None = None) -> bool:
     """Hash the file again; if it is byte for byte what was verified, accept its new mtime.
 
-    Returns True when the export is whole again, False when its contents differ (freeze again).
-    Audited either way.
+    A directory export's ``.tar`` is made again from the directory first (it is reproducible), so
+    a lost or damaged archive is healed and a changed directory is caught. Returns True when the
+    export is whole again, False when its contents differ (export again). Audited either way.
     """
     import hashlib
 
+    if export.is_directory:
+        from persistence.tarball import write_tar
+
+        directory = files.resolve_inside(export.path, [settings.EXPORT_ROOT])
+        write_tar(directory, str(directory) + ".tar")
     with open(files.open_regular_file(export.file_path()), "rb") as handle:
         info = os.fstat(handle.fileno())
         digest = hashlib.sha256()
@@ -485,7 +491,7 @@ def recheck_export(export: Export, *, actor: User | None = None) -> bool:
         export.save(update_fields=["file_mtime_ns"])
     AuditEvent.record(
         "export_recheck",
-        f"Export #{export.pk} ({export.display_name}.pb): "
+        f"Export #{export.pk} ({export.file_name}): "
         + ("contents unchanged, accepted again" if same else "contents changed on disk; refused until frozen again"),
         actor=actor, run=export.checkpoint.run, checkpoint=export.checkpoint,
         details={"sha256_on_disk": digest.hexdigest(), "size_on_disk": info.st_size},

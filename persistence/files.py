@@ -146,7 +146,7 @@ def _take_over_mode(fd: int, target: Path) -> None:
 
 
 @contextmanager
-def atomic_writer(path: str | os.PathLike[str], *, owner: str | None = None) -> Iterator[BinaryIO]:
+def atomic_writer(path: str | os.PathLike[str], *, owner: str | None = None, sync: bool = True) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path``; on success move it into place atomically.
 
     The file at ``path`` keeps its mode (and owner where allowed); a new one gets ``0666`` less
@@ -154,7 +154,8 @@ def atomic_writer(path: str | os.PathLike[str], *, owner: str | None = None) -> 
     see :func:`process_owner`) so that :func:`remove_stale_temp_files` never removes a live
     writer's file. On any exception (or if the process dies) nothing appears at ``path``; the
     temporary file is removed when Python gets the chance, and :func:`remove_stale_temp_files`
-    cleans up after a ``kill -9``.
+    cleans up after a ``kill -9``. ``sync=False`` skips the ``fsync`` calls, for files that can
+    be made again from what is durable (after a power loss such a file may be empty).
     """
     target = Path(path)
     owner = owner or process_owner()
@@ -167,7 +168,8 @@ def atomic_writer(path: str | os.PathLike[str], *, owner: str | None = None) -> 
             _take_over_mode(handle.fileno(), target)
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
         os.replace(tmp_name, target)
     except BaseException:
         try:
@@ -175,7 +177,8 @@ def atomic_writer(path: str | os.PathLike[str], *, owner: str | None = None) -> 
         except FileNotFoundError:
             pass
         raise
-    fsync_directory(target.parent)
+    if sync:
+        fsync_directory(target.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -15,10 +15,12 @@ from django.urls import reverse
 from dashboard.models import Export, Job
 from dashboard.retention import plan_retention, retention_policy
 from tests.dashboard import test_freeze_jobs as freezing
+from tests.dashboard import test_freeze_verify_commands as commands
 from tests.dashboard.test_freeze_jobs import register, role_user, wait_for_job
 
 # The freeze tests' module fixtures: the trained demo template, the roots, the live worker.
 demo_template, roots, worker = freezing.demo_template, freezing.roots, freezing.worker
+demo = commands.demo  # a scanned copy of the template under the test's own roots (no worker)
 
 pytestmark = pytest.mark.tf
 
@@ -112,3 +114,26 @@ def test_variable_lists_are_refused_for_kinds_that_keep_every_variable(roots, de
                            {"kind": "saved_model", "outputs": ["probs"], "variables_denylist": "hidden/bias"})
     assert response.status_code == 200 and "Only a frozen .pb can leave variables out" in response.content.decode()
     assert not Job.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_lost_or_damaged_tar_is_made_again_by_the_recheck_but_a_changed_directory_is_refused(demo, client):
+    from dashboard import artifacts
+
+    export = artifacts.freeze(demo.checkpoints.get(step=25), outputs=["probs"], kind=Export.SAVED_MODEL)
+    tar = export.path + ".tar"
+    with open(tar, "r+b") as handle:  # a power failure left the (unsynced) archive short
+        handle.truncate(1000)
+    assert export.disk_change()
+    client.force_login(role_user("vera", "viewer"))
+    assert client.get(reverse("export-download", args=[export.pk])).status_code == 404
+
+    assert artifacts.recheck_export(export)  # made again from the directory: the same bytes
+    assert export.disk_change() is None
+    data = b"".join(client.get(reverse("export-download", args=[export.pk])).streaming_content)
+    assert hashlib.sha256(data).hexdigest() == export.sha256
+
+    with open(os.path.join(export.path, "variables", "variables.index"), "ab") as handle:
+        handle.write(b"tampered")
+    assert not artifacts.recheck_export(export)
+    assert export.disk_change()
