@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from persistence.errors import FreezeError
 from persistence.files import atomic_directory, atomic_writer, process_owner, read_back, scratch_directory
-from persistence.freeze import max_abs_diff
+from persistence.freeze import FreezeResult, max_abs_diff
 from persistence.graphsafety import node_name
 from persistence.restore import InputSpec, ProgressCallback, placeholder_inputs
 from persistence.sources import report, restored_tf1, restored_tf2, verification_feed
@@ -45,33 +45,17 @@ ONNX_TOLERANCE = 1e-4  # likewise onnxruntime's
 
 
 @dataclass
-class ExportResult:
-    path: str  # the SavedModel directory or the .tflite file
-    kind: str
-    size_bytes: int  # of what is downloaded: the .tar of a directory, else the file
-    sha256: str  # of the same
-    inputs: list[InputSpec]
-    outputs: list[str]
-    signature_inputs: dict[str, str]  # signature key -> tensor name in the source graph
-    signature_outputs: dict[str, str]
-    max_abs_diff: float
-    tolerance: float
-    verified: bool
+class ExportResult(FreezeResult):
+    """A SavedModel, TFLite or ONNX export: a freeze's result, plus what these kinds add."""
+
+    kind: str = SAVED_MODEL
+    signature_inputs: dict[str, str] = field(default_factory=dict)  # signature key -> source tensor name
+    signature_outputs: dict[str, str] = field(default_factory=dict)
+    tolerance: float = SAVEDMODEL_TOLERANCE
     quantized: bool = False
     top_class_agreement: float | None = None  # quantized only: share of samples whose argmax agrees
     archive_path: str | None = None  # the .tar beside a directory export
     content_bytes: int = 0  # the files themselves
-    source_prefix: str = ""
-    meta_path: str | None = None
-    zero_filled: list[str] = field(default_factory=list)
-    unsafe_ops_allowed: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if not np.isfinite(self.max_abs_diff):
-            data["max_abs_diff"] = None  # JSON has no inf
-        return data
 
 
 def _key(name: str) -> str:
@@ -235,7 +219,7 @@ def export_saved_model(prefix_path: str, output_dir: str, *, meta_path: str | No
     tar_path, size, sha256 = _archive(output_dir, temp_owner)
     report(on_progress, 100, "exported and verified")
     return ExportResult(
-        path=os.fspath(output_dir), kind=SAVED_MODEL, size_bytes=size, sha256=sha256,
+        path=os.fspath(output_dir), kind=SAVED_MODEL, size_bytes=size, sha256=sha256, node_count=0, op_histogram={},
         inputs=built["inputs"], outputs=built["outputs"], signature_inputs=built["signature_inputs"],
         signature_outputs=built["signature_outputs"], max_abs_diff=diff, tolerance=SAVEDMODEL_TOLERANCE,
         verified=True, archive_path=tar_path, content_bytes=content, source_prefix=os.fspath(prefix_path),
@@ -353,7 +337,7 @@ def export_file(kind: str, prefix_path: str, output_path: str, *, quantize: bool
                               f"(tolerance {tolerance:g}); it was not kept")
     report(on_progress, 100, "exported and verified")
     return ExportResult(
-        path=os.fspath(target), kind=kind, size_bytes=size, sha256=sha256,
+        path=os.fspath(target), kind=kind, size_bytes=size, sha256=sha256, node_count=0, op_histogram={},
         inputs=built["inputs"], outputs=built["outputs"], signature_inputs=built["signature_inputs"],
         signature_outputs=built["signature_outputs"], max_abs_diff=diff, tolerance=tolerance,
         verified=quantize or diff <= tolerance, quantized=quantize, top_class_agreement=agreement,

@@ -29,12 +29,7 @@ def test_edit_policy_preview_prune_and_see_history_and_disk_change(tracked, e2e_
     tracked.goto(f"/runs/{run.name}/")
     page.get_by_role("button", name="Retention").click()
     page.wait_for_selector("h1 >> text=Retention policy")
-    page.get_by_label("Keep the newest").fill("5")
-    page.get_by_label("Also keep one every … hours").fill("")
-    page.get_by_label("Keep every … steps").fill("")
-    page.get_by_label("Keep the best").fill("")
-    page.get_by_label("Never delete younger than (seconds)").fill("0")
-    page.get_by_label("Prune automatically after every scan").uncheck()
+    fill_newest_only_policy(page, 5)
     tracked.shot("retention-policy")
     page.get_by_role("button", name="Save policy").click()
 
@@ -99,6 +94,16 @@ def test_edit_policy_preview_prune_and_see_history_and_disk_change(tracked, e2e_
     assert len(planned) == 2 * 55 and not planned & on_disk
     with open(os.path.join(directory, "checkpoint")) as state:
         assert state.readline().strip().endswith('model.ckpt-300"')
+
+
+def fill_newest_only_policy(page, newest: int) -> None:
+    """On the retention page: keep the newest ``newest``, no other rule, nothing young protected."""
+    page.get_by_label("Keep the newest").fill(str(newest))
+    page.get_by_label("Also keep one every … hours").fill("")
+    page.get_by_label("Keep every … steps").fill("")
+    page.get_by_label("Keep the best").fill("")
+    page.get_by_label("Never delete younger than (seconds)").fill("0")
+    page.get_by_label("Prune automatically after every scan").uncheck()
 
 
 def _row(page, row_selector: str, prefix: str):

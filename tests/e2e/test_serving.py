@@ -8,7 +8,7 @@ import os
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.test_prune import _row, _stat
+from tests.e2e.test_prune import _row, _stat, fill_newest_only_policy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.tf, pytest.mark.django_db(transaction=True)]
 
@@ -60,12 +60,7 @@ def test_export_saved_model_alias_publish_then_prune_keeps_the_aliased_step(
 
     # Prune the run down to its newest 5: the aliased step stays, and says why.
     tracked.goto(f"/runs/{run.name}/retention/")
-    page.get_by_label("Keep the newest").fill("5")
-    page.get_by_label("Also keep one every … hours").fill("")
-    page.get_by_label("Keep every … steps").fill("")
-    page.get_by_label("Keep the best").fill("")
-    page.get_by_label("Never delete younger than (seconds)").fill("0")
-    page.get_by_label("Prune automatically after every scan").uncheck()
+    fill_newest_only_policy(page, 5)
     page.get_by_role("button", name="Save policy").click()
     page.wait_for_selector("h1 >> text=Prune preview")
     kept = _row(page, "tr.plan-keep", f"model.ckpt-{STEP}")
