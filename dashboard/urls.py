@@ -9,6 +9,7 @@ from django.urls import include, path
 from dashboard.views import checkpoints as checkpoint_actions
 from dashboard.views import compare, exports, jobs, retention, runs, saves
 
+
 def favicon(request: HttpRequest) -> HttpResponse:
     # Browsers and feed readers ask for /favicon.ico whatever the page's <link rel="icon"> says.
     return redirect(static("dashboard/favicon.svg"), permanent=True)

@@ -13,6 +13,7 @@ from django.views.decorators.http import require_POST
 
 from dashboard import access, artifacts
 from dashboard.forms import RegisterRunForm
+from dashboard.forms.artifacts import verify_output_choices
 from dashboard.models import Checkpoint, Export, Job, Run
 from dashboard.views.common import start_job
 
@@ -70,15 +71,39 @@ def run_detail(request: HttpRequest, name: str) -> HttpResponse:
     summary = run.checkpoints.on_disk().aggregate(
         count=Count("id"), total_bytes=Sum("size_bytes"), latest_step=Max("step")
     )
-    recent_jobs = list(run.jobs.order_by("-created_at")[:5])
+    active_jobs, ended_jobs = _jobs_for_run_page(run, summary["count"])
     return render(
         request,
         "dashboard/run_detail.html",
         {
-            "run": run, "page": page, "sort": sort, "summary": summary, "recent_jobs": recent_jobs,
-            "metric_names": metric_names,
+            "run": run, "page": page, "sort": sort, "summary": summary, "recent_jobs": active_jobs,
+            "ended_jobs": ended_jobs, "metric_names": metric_names,
         },
     )
+
+
+RUN_PAGE_ENDED_JOBS = 5
+
+
+def _jobs_for_run_page(run: Run, checkpoints_on_disk: int) -> tuple[list[Job], list[Job]]:
+    """Jobs still queued or running (with their progress bars), and the few newest that ended.
+
+    Only the newest ended scan is worth a mention, and not when it found nothing while the run
+    has checkpoints now: "0 found" from before the trainer saved only misleads.
+    """
+    fields = ("log", "traceback", "result", "params")
+    active = list(run.jobs.exclude(status__in=Job.ENDED).defer(*fields).order_by("-created_at")[:10])
+    ended, seen_scan = [], False
+    for job in run.jobs.filter(status__in=Job.ENDED).defer(*fields).order_by("-created_at")[:20]:
+        if job.kind == Job.SCAN:
+            stale = checkpoints_on_disk and job.status == Job.FINISHED and job.message.startswith("0 checkpoints")
+            if seen_scan or stale:
+                continue
+            seen_scan = True
+        ended.append(job)
+        if len(ended) == RUN_PAGE_ENDED_JOBS:
+            break
+    return active, ended
 
 
 def run_chart(request: HttpRequest, name: str) -> JsonResponse:
@@ -148,6 +173,7 @@ def checkpoint_detail(request: HttpRequest, name: str, pk: int) -> HttpResponse:
         {
             "run": run,
             "checkpoint": checkpoint,
+            "verify_outputs": verify_output_choices(checkpoint),
             "files_left": files_left,
             "bytes_left": sum(f["size"] for f in files_left or []),
             "exports": list(checkpoint.exports.all()),
