@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, Exists, Max, OuterRef, Q, Sum
@@ -11,7 +12,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from dashboard import access, artifacts
+from dashboard import access, artifacts, roots
 from dashboard.forms import RegisterRunForm
 from dashboard.forms.artifacts import verify_output_choices
 from dashboard.models import Checkpoint, Export, Job, Run
@@ -51,7 +52,10 @@ def run_new(request: HttpRequest) -> HttpResponse:
         start_job(request, Job.SCAN, run=run)
         messages.success(request, f"Run “{run.name}” registered; its first scan has started.")
         return redirect(run)
-    return render(request, "dashboard/run_new.html", {"form": form})
+    candidates, truncated = roots.untracked_checkpoint_directories(Run.objects.values_list("directory", flat=True))
+    return render(request, "dashboard/run_new.html", {
+        "form": form, "roots": settings.CHECKPOINT_ROOTS, "candidates": candidates, "candidates_truncated": truncated,
+    })
 
 
 def run_detail(request: HttpRequest, name: str) -> HttpResponse:

@@ -258,8 +258,16 @@ def test_heatmap_empty_states_and_stored_result_with_legend(client, operator, vi
     Job.objects.create(kind=Job.COMPARE, run=run, status=Job.FINISHED, params={"mode": "steps", "last": 50},
                        result=result)
     client.force_login(viewer)
+    # By default each variable is scaled to its own largest change: kernel's 0.0042 is pale next
+    # to its 3.5, which takes the darkest colour; each cell opens the comparison of its pair.
     html = client.get(reverse("run-steps", args=["three"])).content.decode()
-    assert 'class="heatmap"' in html and 'aria-label="Colour scale"' in html
+    kernel = html.split("<tbody>", 1)[1].split("<code>kernel</code>", 1)[1].split("</tr>", 1)[0]
+    assert 'class="cell hm-ffffd9" title="0.0042"' in kernel and 'class="cell hm-3f0013 dark" title="3.5"' in kernel
+    assert f'href="/compare/?a={ckpts[0].pk}&amp;b={ckpts[1].pk}" class="cell-link"' in kernel
+    assert 'aria-checked="false"' in html and "of the variable&#x27;s largest change" in html
+
+    html = client.get(reverse("run-steps", args=["three"]) + "?scale=absolute&log=1").content.decode()
+    assert 'class="heatmap heatmap-wide"' in html and 'aria-label="Colour scale"' in html
     body = html.split("<tbody>", 1)[1]
     kernel = body.split("<code>kernel</code>", 1)[1].split("</tr>", 1)[0]
     # The 0.001 – 0.01 decade's colour, by a class (the Content-Security-Policy refuses style
@@ -355,7 +363,7 @@ def test_step_over_step_job_on_a_real_worker_renders_the_heatmap(client, operato
     assert [c["step"] for c in job.result["checkpoints"]] == [50, 75]  # only the newest two
     assert comparing.latest_step_over_step(demo) == job
     html = client.get(steps_url).content.decode()
-    assert 'class="heatmap"' in html and 'aria-label="Colour scale"' in html
+    assert 'class="heatmap heatmap-wide"' in html and 'aria-label="Colour scale"' in html
 
     import tensorflow as tf
 
