@@ -95,10 +95,11 @@ def _jobs_for_run_page(run: Run, checkpoints_on_disk: int) -> tuple[list[Job], l
     Only the newest ended scan is worth a mention, and not when it found nothing while the run
     has checkpoints now: "0 found" from before the trainer saved only misleads.
     """
-    fields = ("log", "traceback", "result", "params")
-    active = list(run.jobs.exclude(status__in=Job.ENDED).defer(*fields).order_by("-created_at")[:10])
+    # One query: the newest jobs hold the running ones (jobs run in the order they were asked for).
+    newest = list(run.jobs.defer("log", "traceback", "result", "params").order_by("-created_at")[:30])
+    active = [job for job in newest if not job.is_ended][:10]
     ended, seen_scan = [], False
-    for job in run.jobs.filter(status__in=Job.ENDED).defer(*fields).order_by("-created_at")[:20]:
+    for job in (job for job in newest if job.is_ended):
         if job.kind == Job.SCAN:
             stale = checkpoints_on_disk and job.status == Job.FINISHED and job.message.startswith("0 checkpoints")
             if seen_scan or stale:

@@ -95,19 +95,24 @@ def test_table_sorts_largest_relative_change_first_and_filters(client, viewer, p
     client.force_login(viewer)
     html = client.get(compare_url(a, b)).content.decode()
     # A bias that moved away from all zeros has no finite ratio: it sorts first ("did anything blow up?").
-    assert table_names(html) == ["dense/bias", "output/kernel", "dense/kernel", "embedding", "output/kernel/Adam"]
+    # Model weights only by default: the optimizer's slot is hidden until the switch is turned off
+    # (the filter form sent without it).
+    assert table_names(html) == ["dense/bias", "output/kernel", "dense/kernel", "embedding"]
+    assert "1 optimizer and training variables hidden" in html
+    every = client.get(compare_url(a, b, filtered="1")).content.decode()
+    assert table_names(every) == ["dense/bias", "output/kernel", "dense/kernel", "embedding", "output/kernel/Adam"]
     assert "−0.5" in html or "-0.5" in html  # metric delta
     data = chart_data(html)
     assert data["labels"] == ["output/kernel", "dense/kernel", "embedding"] and data["values"] == [0.5, 0.05, 0.0]
 
-    changed = client.get(compare_url(a, b, changed="1")).content.decode()
+    changed = client.get(compare_url(a, b, changed="1", filtered="1")).content.decode()
     assert "embedding" not in table_names(changed)
     assert "output/kernel/Adam" in table_names(changed)  # present on one side only counts as a change
-    assert table_names(client.get(compare_url(a, b, q="KERNEL")).content.decode()) == [
+    assert table_names(client.get(compare_url(a, b, q="KERNEL", filtered="1")).content.decode()) == [
         "output/kernel", "dense/kernel", "output/kernel/Adam"
     ]
     assert chart_data(client.get(compare_url(a, b, q="dense")).content.decode())["labels"] == ["dense/kernel"]
-    by_name = client.get(compare_url(a, b, sort="name")).content.decode()
+    by_name = client.get(compare_url(a, b, sort="name", filtered="1")).content.decode()
     assert table_names(by_name) == sorted(r[0] for r in VARIABLES)
     by_cosine = table_names(client.get(compare_url(a, b, sort="cosine")).content.decode())
     assert by_cosine[:3] == ["output/kernel", "dense/kernel", "embedding"]  # ascending, missing values last
@@ -326,7 +331,7 @@ def test_compare_job_on_a_real_worker_stores_the_result_and_the_second_open_is_i
     assert comparison.job_id == job.pk and job.result["comparison"] == comparison.pk
     assert client.get(status_url).headers["HX-Refresh"] == "true"  # the polling page reloads into the result
 
-    html = client.get(url).content.decode()
+    html = client.get(url + "&filtered=1").content.decode()  # the weights-only switch off
     names = table_names(html)
     assert sorted(names) == sorted(v["name"] for v in comparison.variables)
     relative = {v["name"]: v["relative_change"] for v in comparison.variables}
