@@ -103,8 +103,9 @@ def test_jobs_list_filter_is_one_row_and_names_each_job_once(tracked, e2e_mainta
     page = tracked.page
     tracked.login(e2e_maintainer.username)
     tracked.goto("/jobs/")
-    tops = {round(box["y"]) for box in (c.bounding_box() for c in page.locator("form.job-filters > :visible").all())}
-    assert len(tops) == 1, f"the filter wraps onto {len(tops)} rows at 1280 px"
+    boxes = [c.bounding_box() for c in page.locator("form.job-filters > :visible").all()]
+    middles = [box["y"] + box["height"] / 2 for box in boxes]
+    assert len(boxes) >= 4 and max(middles) - min(middles) < 10, f"the filter wraps at 1280 px: {boxes}"
     row = page.locator("tbody tr").first
     assert row.inner_text().count(f"#{job.pk}") == 1, row.inner_text()
     assert row.inner_text().count("scan #") == 1, row.inner_text()

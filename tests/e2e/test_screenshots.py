@@ -10,6 +10,14 @@ from tests.live import wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.tf, pytest.mark.django_db(transaction=True)]
 
 WIDTHS = (1280, 390)
+# The innermost elements that stick out on the right, to say what made a page too wide.
+WIDEST_SCRIPT = """
+Array.from(document.querySelectorAll("body *"))
+  .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1)
+  .filter((e) => !Array.from(e.children).some((c) => c.getBoundingClientRect().right > window.innerWidth + 1))
+  .slice(0, 4)
+  .map((e) => `${e.tagName.toLowerCase()}.${e.className || ""} "${(e.textContent || "").trim().slice(0, 30)}"`)
+"""
 
 
 def _finished_jobs(run, checkpoint, older):
@@ -79,6 +87,6 @@ def test_every_page_at_laptop_and_phone_width(tracked, e2e_maintainer, e2e_worke
             tracked.shot(f"{name}-{width}")
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             if overflow > 1:
-                too_wide.append(f"{name} ({overflow} px)")
+                too_wide.append(f"{name} ({overflow} px: {', '.join(page.evaluate(WIDEST_SCRIPT))})")
         # Wide tables scroll inside their own box; the page itself never scrolls sideways.
         assert not too_wide, f"wider than {width} px: {', '.join(too_wide)}"
