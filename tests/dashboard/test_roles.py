@@ -114,6 +114,8 @@ EXPECTED: dict[str, tuple[Expect, ...]] = {
     # Signing in is open to everyone; an empty form is shown again with its errors.
     "login": (Expect(get=(200, 200, 200, 200), post=(200, 200, 200, 200)),),
     "logout": (Expect(get=(LOGIN, 405, 405, 405), post=(LOGIN, 302, 302, 302)),),
+    # Browsers ask for it before anyone logs in: a redirect to the static file, for everyone.
+    "favicon": (Expect(get=(301, 301, 301, 301), post=(405, 405, 405, 405)),),
 }
 
 # Included URL confs with a login of their own: only staff get in (asserted below).

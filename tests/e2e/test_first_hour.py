@@ -171,3 +171,34 @@ def test_trusting_graphs_explains_what_it_allows_and_asks_first(tracked, e2e_mai
     expect(page.locator(".badge", has_text="trusted graphs")).to_be_visible()
     demo_run.refresh_from_db()
     assert demo_run.trusted
+
+
+def test_heatmap_scales_each_variable_offers_log_and_its_cells_open_the_pair(tracked, e2e_operator, e2e_worker, demo_run):
+    page = tracked.page
+    tracked.login(e2e_operator.username)
+    tracked.goto(f"/runs/{demo_run.name}/steps/")
+    page.get_by_label("Newest").select_option("10")
+    page.get_by_role("button", name="Compute").click()
+    table = page.locator("table.heatmap")
+    expect(table).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    # Full width, each variable on its own scale (its largest change takes the darkest colour).
+    assert table.bounding_box()["width"] > 0.9 * (page.viewport_size["width"] - 60)
+    expect(page.get_by_label("Colour legend")).to_contain_text("of the variable's largest change")
+    for row in page.locator("table.heatmap tbody tr").all():
+        if row.locator("td.cell.hm-3f0013, td.cell.hm-eaecf0").count() == 0:
+            raise AssertionError(f"no darkest cell in {row.inner_text()[:40]}")
+
+    log = page.get_by_role("switch", name=re.compile("log"))
+    expect(log).to_have_attribute("aria-checked", "false")
+    log.click()
+    page.wait_for_url(re.compile(r"log=1"))
+    expect(page.get_by_role("switch", name=re.compile("log"))).to_have_attribute("aria-checked", "true")
+    page.get_by_role("link", name="same for all variables").click()
+    page.wait_for_url(re.compile(r"scale=absolute"))
+    expect(page.get_by_label("Colour legend")).to_contain_text("10⁻⁶ – 10⁻⁵")
+
+    cell = page.locator("table.heatmap tbody tr").first.locator("a.cell-link").last
+    cell.click()
+    page.wait_for_url(re.compile(r"/compare/\?a=\d+&b=\d+$"))
+    expect(page.get_by_role("heading", name="Compare checkpoints")).to_be_visible()
+    expect(page.locator(".compare-side").nth(1)).to_contain_text("model.ckpt-300")
