@@ -5,19 +5,22 @@ PY := $(VENV)/bin/python
 
 .PHONY: install run test bench lint clean
 
+# pip prints a line per package (and a progress bar on a terminal): the first install takes minutes.
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	@test -x $(PY) || { echo "creating $(VENV) …"; $(PYTHON) -m venv $(VENV); }
+	@$(PY) -m pip install --quiet --upgrade pip
+	@echo "installing requirements (TensorFlow is ~600 MB; the first time takes a few minutes) …"
+	$(PY) -m pip install --progress-bar on -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
-	touch $@
+	@touch $@
 
 install: $(VENV)/.installed
 
 run: install
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py bootstrap
-	$(PY) manage.py runlocal
+	@echo "preparing the database under var/ …"
+	@$(PY) manage.py migrate --noinput -v 0
+	@$(PY) manage.py bootstrap
+	@$(PY) manage.py runlocal
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

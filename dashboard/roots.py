@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -28,3 +30,66 @@ def checkpoint_directory(path: str) -> Path:
     if not real.is_dir():
         raise ValueError("This directory does not exist." if not real.exists() else "This is not a directory.")
     return real
+
+
+# The walk behind "directories that hold checkpoints but are not tracked": it runs on every view
+# of the form, so it is bounded in depth and in directories visited, and it never follows a
+# symbolic link (a link could lead outside the roots, or round in a circle).
+CANDIDATE_MAX_DEPTH = 4
+CANDIDATE_MAX_DIRECTORIES = 2000
+CANDIDATES_SHOWN = 25
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A directory under a root with checkpoint index files in it, not tracked by any run."""
+
+    path: str
+    checkpoints: int
+    suggested_name: str
+
+
+def untracked_checkpoint_directories(
+    tracked: Iterable[str], *, max_depth: int = CANDIDATE_MAX_DEPTH,
+    max_directories: int = CANDIDATE_MAX_DIRECTORIES, limit: int = CANDIDATES_SHOWN,
+) -> tuple[list[Candidate], bool]:
+    """Directories under ``CHECKPOINT_ROOTS`` holding ``*.index`` files that no run tracks.
+
+    Returns them (at most ``limit``, in path order) and whether the walk stopped at one of its
+    bounds, so that the page can say the list may be incomplete.
+    """
+    from django.utils.text import slugify
+
+    skip = {os.path.realpath(t) for t in tracked}
+    found: list[Candidate] = []
+    visited, truncated = 0, False
+    pending = [(Path(root), 0) for root in settings.CHECKPOINT_ROOTS]
+    while pending:
+        directory, depth = pending.pop(0)
+        visited += 1
+        if visited > max_directories:
+            truncated = True
+            break
+        indexes, children = 0, []
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.is_symlink():
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        children.append(entry.path)
+                    elif entry.name.endswith(".index") and entry.is_file(follow_symlinks=False):
+                        indexes += 1
+        except OSError:
+            continue  # unreadable or gone meanwhile: nothing to offer there
+        if indexes and str(directory) not in skip:
+            name = slugify(directory.name)[:100] or "run"
+            found.append(Candidate(str(directory), indexes, name))
+            if len(found) >= limit:
+                truncated = bool(pending or children)
+                break
+        if depth < max_depth:
+            pending.extend((Path(child), depth + 1) for child in sorted(children))
+        elif children:
+            truncated = True
+    return sorted(found, key=lambda c: c.path), truncated

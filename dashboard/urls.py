@@ -1,9 +1,21 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_not_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.decorators.http import require_safe
 
 from dashboard.views import aliases, compare, exports, jobs, retention, runs, saves, serving
 from dashboard.views import checkpoints as checkpoint_actions
+
+
+@require_safe
+def favicon(request: HttpRequest) -> HttpResponse:
+    # Browsers and feed readers ask for /favicon.ico whatever the page's <link rel="icon"> says.
+    return redirect(static("dashboard/favicon.svg"), permanent=True)
+
 
 urlpatterns = [
     path("", runs.runs, name="runs"),
@@ -52,6 +64,7 @@ urlpatterns = [
     path("jobs/<int:pk>/progress/", jobs.job_progress, name="job-progress"),
     path("jobs/<int:pk>/cancel/", jobs.job_cancel, name="job-cancel"),
     path("jobs/<int:pk>/retry/", jobs.job_retry, name="job-retry"),
+    path("favicon.ico", login_not_required(favicon), name="favicon"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/django-rq/", include("django_rq.urls")),

@@ -25,6 +25,34 @@ from dashboard.queue_outage import MAX_RETRY_SECONDS, OUTAGE_ERRORS, OutageBacko
 
 logger = logging.getLogger("dashboard.worker")
 
+# What the scheduler enqueues every few seconds. At INFO, RQ logs two lines per job: for the 15 s
+# reconciler alone that is hundreds of lines an hour saying nothing happened.
+PERIODIC_FUNCTIONS = ("dashboard.jobs.scan.scan_all_runs", "dashboard.jobs.reconcile.reconcile_jobs")
+
+
+class PeriodicJobsAtDebug(logging.Filter):
+    """Logs RQ's routine lines about periodic jobs at DEBUG; anything else, and any failure, as is."""
+
+    REMEMBERED = 64
+
+    def __init__(self, worker_log: logging.Logger):
+        super().__init__()
+        self.worker_log = worker_log
+        self.periodic_ids: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not isinstance(record.args, tuple):
+            return True
+        texts = [str(arg) for arg in record.args]
+        if any(name in text for text in texts for name in PERIODIC_FUNCTIONS):
+            # RQ names the job by its description when it takes it ("... (job id)"), later by id.
+            if str(record.msg).endswith("(%s)"):
+                self.periodic_ids = [*self.periodic_ids[-self.REMEMBERED + 1:], texts[-1]]
+        elif not any(text in self.periodic_ids for text in texts):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self.worker_log.isEnabledFor(logging.DEBUG)
+
 
 def preload_tensorflow() -> None:
     from persistence.tfruntime import import_tensorflow
@@ -37,10 +65,15 @@ class PreloadingWorker(Worker):
     # minute after Redis is back.
     max_connection_wait_time = MAX_RETRY_SECONDS
 
+    # "job result is kept for N seconds" after every job: nothing an operator acts on.
+    log_result_lifespan = False
+
     def __init__(self, *args, **kwargs):
         preload_tensorflow()
         super().__init__(*args, **kwargs)
         self._outage: BaseException | None = None
+        if not any(isinstance(f, PeriodicJobsAtDebug) for f in self.log.filters):
+            self.log.addFilter(PeriodicJobsAtDebug(self.log))
 
     def fork_work_horse(self, job, queue):
         # A database socket shared between parent and horse would interleave their traffic.

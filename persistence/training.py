@@ -52,6 +52,23 @@ _TF1_SLOT = re.compile(
     r"ProximalGradientDescent|Nadam|Adamax)(_\d+)?$"
 )
 _TF1_OPTIMIZER_SCALAR = re.compile(r"^(beta1_power|beta2_power)(_\d+)?$")
+# Training bookkeeping that is not the model: the step counter, TF2's save counter, and the
+# optimizer state of a TF2 object checkpoint (under "optimizer/" or marked as a slot).
+_TRAINING_COUNTER = re.compile(r"^(global_step|save_counter(/\.ATTRIBUTES/VARIABLE_VALUE)?)$")
+_TF2_OPTIMIZER_KEY = re.compile(r"(^optimizer/|/\.OPTIMIZER_SLOT/)")
+
+
+def is_training_state(name: str) -> bool:
+    """True for a checkpoint variable that holds optimizer or training state, not model weights.
+
+    By name alone (no TensorFlow, so the web process can filter comparisons with it): TF1 slot
+    names (``<var>/Adam``, ``<var>/Adam_1``, ``<var>/Momentum``, …), ``beta1_power`` /
+    ``beta2_power``, ``global_step``, and TF2 optimizer keys and ``save_counter``.
+    """
+    return bool(
+        _TF1_SLOT.search(name) or _TF1_OPTIMIZER_SCALAR.match(name)
+        or _TRAINING_COUNTER.match(name) or _TF2_OPTIMIZER_KEY.search(name)
+    )
 
 
 RotationGuard = Callable[[str], str | None]

@@ -157,6 +157,22 @@ class FreezeForm(forms.Form):
         }
 
 
+def verify_output_choices(checkpoint) -> list[str] | None:
+    """Outputs a verify may run after restoring (the freeze form's suggestions); None: type a name.
+
+    Empty when there is no graph to restore into, None when the graph is too large to outline
+    here (the job then checks a typed name).
+    """
+    from persistence.discovery import TF2
+
+    if checkpoint.format == TF2 or not (checkpoint.has_own_meta or checkpoint.meta_source_id):
+        return []
+    outline, problem = outline_for_checkpoint(checkpoint)
+    if outline is None:
+        return None if not problem else []
+    return list(outline.suggestions[:SUGGESTIONS_SHOWN])
+
+
 class VerifyForm(forms.Form):
     """Verify a checkpoint; optionally run one output after restoring it."""
 

@@ -14,16 +14,23 @@ class RegisterRunForm(forms.ModelForm):
     class Meta:
         model = Run
         fields = ["name", "directory"]
-        help_texts = {
-            "name": "Letters, digits, hyphens and underscores; used in URLs.",
-            "directory": "Absolute path of the directory your training writes checkpoints to.",
-        }
-        widgets = {"directory": forms.TextInput(attrs={"placeholder": "/data/checkpoints/antispam"})}
+        help_texts = {"name": "Letters, digits, hyphens and underscores; used in URLs."}
+        widgets = {"directory": forms.TextInput()}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        from django.conf import settings
+
         self.fields["name"].required = False
         self.fields["name"].help_text += " Defaults to the directory's name."
+        roots = [str(r) for r in settings.CHECKPOINT_ROOTS]
+        # An example that would be accepted: a directory inside the first root.
+        self.fields["directory"].widget.attrs["placeholder"] = f"{roots[0].rstrip('/')}/my-run"
+        self.fields["directory"].help_text = (
+            "Absolute path of the directory your training writes checkpoints to; it must be inside "
+            f"{'one of ' if len(roots) > 1 else ''}the checkpoint root{'s' if len(roots) > 1 else ''} "
+            f"{', '.join(roots)}."
+        )
 
     def clean_name(self) -> str:
         return self.cleaned_data.get("name", "").strip()

@@ -85,10 +85,16 @@ class SaveJobForm(forms.Form):
         if run.recipe in dict(self.fields["recipe"].choices):
             self.fields["recipe"].initial = run.recipe
         newest = run.checkpoints.on_disk().exclude(step=None).order_by("-step")[:RESTORE_CHOICES_SHOWN]
+        newest = list(newest.only("id", "prefix", "step", "latest_in"))
         self.fields["restore_from"].choices = [("", "Nothing: start from fresh weights")] + [
-            (c.pk, f"{c.prefix} (step {c.step})") for c in newest.only("id", "prefix", "step")
+            (c.pk, f"{c.prefix} (step {c.step}){' — latest' if c.latest_in else ''}") for c in newest
         ]
         self.restore_checkpoint = None
+        # Training on from where the run stands is what a second save on a run almost always
+        # means (and starting again at step 0 would collide with its existing prefixes).
+        self.default_restore = next((c for c in newest if c.latest_in), newest[0] if newest else None)
+        if self.default_restore is not None:
+            self.fields["restore_from"].initial = self.default_restore.pk
 
     def known_variable_names(self, recipe_path: str) -> set[str]:
         """Names the form can vouch for without TensorFlow; empty means "cannot tell"."""
@@ -171,7 +177,7 @@ class SaveJobForm(forms.Form):
 
         values = {name: self.fields[name].initial for name in ("prefix", "steps", "save_every", "max_to_keep",
                                                                "write_meta_graph")}
-        restore = None
+        restore = self.default_restore
         if self.is_bound:
             self.is_valid()
             for name in values:

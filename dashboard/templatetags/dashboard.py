@@ -71,3 +71,15 @@ STATUS_STYLE = {
 @register.simple_tag
 def status_badge(status: str) -> str:
     return format_html('<span class="badge {}">{}</span>', STATUS_STYLE.get(status, "muted"), status)
+
+
+@register.filter
+def latest_label(state_files: list[str] | None) -> str:
+    """'latest (state file)' for TensorFlow's default state file, else the state files by name.
+
+    A directory can hold several state files (``latest_filename=``): then which one matters.
+    """
+    names = list(state_files or [])
+    if names == ["checkpoint"]:
+        return "latest (state file)"
+    return f"latest (state file{'s' if len(names) > 1 else ''} {', '.join(names)})"

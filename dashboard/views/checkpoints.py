@@ -57,7 +57,19 @@ def checkpoint_freeze(request: HttpRequest, name: str, pk: int) -> HttpResponse:
         if job:
             messages.success(request, f"Freezing {checkpoint.prefix}: the export appears below once it is verified.")
         return redirect(checkpoint)
-    return render(request, "dashboard/freeze_form.html", {"run": checkpoint.run, "checkpoint": checkpoint, "form": form})
+    return render(request, "dashboard/freeze_form.html", {
+        "run": checkpoint.run, "checkpoint": checkpoint, "form": form, "export_directory": _export_directory(checkpoint),
+    })
+
+
+def _export_directory(checkpoint: Checkpoint) -> str:
+    """Where this checkpoint's freezes are written, as the worker will resolve it."""
+    from persistence.files import PathOutsideRoots
+
+    try:
+        return str(artifacts.export_path(checkpoint, "outputs").parent)
+    except PathOutsideRoots:
+        return "(outside the export root: the freeze will be refused)"
 
 
 def checkpoint_partial_restore(request: HttpRequest, name: str, pk: int) -> HttpResponse:

@@ -21,6 +21,7 @@ from django.views.decorators.http import require_POST
 from dashboard import access, comparing
 from dashboard.jobs import STEP_OVER_STEP_MODE
 from dashboard.models import Checkpoint, Comparison, Job, Run
+from dashboard.views import heatmap
 from dashboard.views.common import start_job
 
 PICK_LIMIT = 500  # newest checkpoints offered per run in the pick page's selects
@@ -92,7 +93,7 @@ def step_over_step(request: HttpRequest, name: str) -> HttpResponse:
     context = {
         "run": run, "job": newest_job, "latest": latest, "readable": readable,
         "last": last, "choices": sorted({*STEPS_CHOICES, last}),
-        "heatmap": _heatmap(latest.result) if latest else None,
+        "heatmap": heatmap.heatmap(latest.result, scale=heatmap.Scale.from_query(request.GET)) if latest else None,
         "changed_since": _changed_since(run, latest.result) if latest else False,
     }
     return render(request, "dashboard/heatmap.html", context)
@@ -284,14 +285,39 @@ def _display_row(row: dict) -> dict:
     }
 
 
+def _weights_totals(rows: list[dict]) -> dict:
+    """The summary's totals over model weights only (optimizer slots and counters left out)."""
+    compared = [r for r in rows if r.get("l2_diff") is not None]
+    finite = [r for r in compared if isinstance(r.get("relative_change"), int | float)
+              and math.isfinite(r["relative_change"])]
+    top = max(finite, key=lambda r: r["relative_change"], default=None)
+    return {
+        "variables": len(rows), "compared": len(compared), "changed": sum(1 for r in rows if r.get("changed")),
+        "total_l2_diff": math.sqrt(sum(r["l2_diff"] ** 2 for r in compared if math.isfinite(r["l2_diff"]))),
+        "max_relative_change": top["relative_change"] if top else None,
+        "max_relative_change_variable": top["name"] if top else None,
+    }
+
+
 def _result_context(request: HttpRequest, comparison: Comparison) -> dict:
+    from persistence.training import is_training_state
+
     changed_only = request.GET.get("changed") == "1"
+    # Optimizer slots move with every step and dwarf what people compare checkpoints for: the
+    # model's weights. They are hidden unless the filter form was sent without the switch, in
+    # the table and in the totals.
+    weights_only = request.GET.get("weights") == "1" if "filtered" in request.GET else True
     contains = request.GET.get("q", "")[:200]
     sort = request.GET.get("sort", Comparison.DEFAULT_SORT)
     if sort.lstrip("-") not in Comparison.SORT_KEYS:
         sort = Comparison.DEFAULT_SORT
     rows = comparison.rows(changed_only=changed_only, contains=contains, sort=sort)
-    keep = {"changed": "1" if changed_only else "", "q": contains}
+    summary = dict(comparison.summary)
+    hidden = [r for r in comparison.variables if is_training_state(r["name"])] if weights_only else []
+    if hidden:
+        rows = [r for r in rows if not is_training_state(r["name"])]
+        summary.update(_weights_totals([r for r in comparison.variables if not is_training_state(r["name"])]))
+    keep = {"changed": "1" if changed_only else "", "q": contains, "filtered": "1", "weights": "1" if weights_only else ""}
     headers = []
     for key, label, numeric in COLUMNS:
         header = {"label": label, "numeric": numeric, "url": None, "aria": None, "arrow": ""}
@@ -306,7 +332,6 @@ def _result_context(request: HttpRequest, comparison: Comparison) -> dict:
                 arrow=" ▼" if descending else " ▲" if ascending else "",
             )
         headers.append(header)
-    summary = comparison.summary
     metrics = [
         {"name": name, "a": _num(m.get("a")) if isinstance(m.get("a"), int | float) else (m.get("a") or "—"),
          "b": _num(m.get("b")) if isinstance(m.get("b"), int | float) else (m.get("b") or "—"),
@@ -316,9 +341,11 @@ def _result_context(request: HttpRequest, comparison: Comparison) -> dict:
     ]
     return {
         "rows": [_display_row(r) for r in rows],
-        "total_rows": len(comparison.variables),
+        "total_rows": len(comparison.variables) - len(hidden),
         "headers": headers,
-        "filters": {"changed": changed_only, "q": contains, "sort": sort},
+        "summary": summary,
+        "hidden_training_state": len(hidden),
+        "filters": {"changed": changed_only, "q": contains, "sort": sort, "weights_only": weights_only},
         "chart": _chart(rows),
         "metrics": metrics,
         "facts": {
@@ -346,76 +373,6 @@ def _chart(rows: list[dict]) -> dict:
         "total": len(rows),
         "without_value": len(rows) - len(finite),
     }
-
-
-# Heatmap colours: one per decade of relative change (a sequential yellow-orange-red scale, light
-# = barely moving, dark = moving a lot), so the legend is exact and readable without hovering.
-DECADES = [
-    (1e-6, "#ffffd9", "< 10⁻⁶"),
-    (1e-5, "#fff3b0", "10⁻⁶ – 10⁻⁵"),
-    (1e-4, "#fed976", "10⁻⁵ – 10⁻⁴"),
-    (1e-3, "#feb24c", "10⁻⁴ – 10⁻³"),
-    (1e-2, "#fd8d3c", "0.001 – 0.01"),
-    (1e-1, "#f03b20", "0.01 – 0.1"),
-    (1.0, "#bd0026", "0.1 – 1"),
-    (10.0, "#800026", "1 – 10"),
-    (math.inf, "#3f0013", "≥ 10"),
-]
-DARK_FROM = 5  # index of the first decade whose colour needs white text
-SPECIAL = {
-    "zero": ("#eaecf0", "0", "no change"),
-    "from_zero": ("#7a5af8", "↑0", "moved away from all zeros (no ratio)"),
-    "not_finite": ("#101828", "NaN", "NaN or Inf"),
-    "not_comparable": ("#ffffff", "×", "not comparable (only on one side, shape or dtype changed)"),
-    "absent": ("#ffffff", "", "absent from both"),
-}
-
-
-def _cell(value: float | None, l2_diff: float | None, note: str | None) -> dict:
-    if value is not None:
-        if value == 0:
-            color, text, _ = SPECIAL["zero"]
-            return {"color": color, "text": text, "title": "0 (no change)", "dark": False}
-        index = next(i for i, (upper, _, _) in enumerate(DECADES) if value < upper)
-        return {"color": DECADES[index][1], "text": "", "title": f"{value:.3g}", "dark": index >= DARK_FROM}
-    if note == Comparison.NOTE_ABSENT:
-        kind = "absent"
-    elif note == Comparison.NOTE_NOT_FINITE:
-        kind = "not_finite"
-    elif note == "A is all zeros" and l2_diff is not None:
-        kind = "from_zero"
-    else:
-        kind = "not_comparable"
-    color, text, title = SPECIAL[kind]
-    if note and kind == "not_comparable":
-        title = note
-    if kind == "from_zero":
-        title = f"{title}; L2 diff {l2_diff:.3g}"
-    return {"color": color, "text": text, "title": title, "dark": kind in ("from_zero", "not_finite")}
-
-
-def _heatmap(result: dict) -> dict:
-    """Rows of coloured cells (variables × consecutive pairs) from a step-over-step result."""
-    checkpoints = result.get("checkpoints", [])
-    columns = [
-        {"a": checkpoints[i], "b": checkpoints[i + 1],
-         "label": checkpoints[i + 1]["step"] if checkpoints[i + 1]["step"] is not None else checkpoints[i + 1]["prefix"]}
-        for i in range(len(checkpoints) - 1)
-    ]
-    rows = []
-    for name in result.get("variables", []):
-        values = result["relative_change"][name]
-        diffs = result["l2_diff"][name]
-        notes = result["notes"][name]
-        cells = [_cell(values[i], diffs[i], notes[i]) for i in range(len(values))]
-        last = values[-1] if values else None
-        rows.append({"name": name, "cells": cells, "last": _num(last) if last is not None else "—"})
-    legend = [{"color": color, "label": label} for _, color, label in DECADES]
-    specials = [
-        {"color": c, "text": t, "label": label, "dark": kind in ("from_zero", "not_finite")}
-        for kind, (c, t, label) in SPECIAL.items() if t
-    ]
-    return {"columns": columns, "rows": rows, "legend": legend, "specials": specials}
 
 
 def _changed_since(run: Run, result: dict) -> bool:

@@ -62,7 +62,9 @@ def job_progress(request: HttpRequest, pk: int) -> HttpResponse:
     job = get_object_or_404(Job.objects.defer("log", "traceback", "result", "params"), pk=pk)
     reload_on_end = bool(request.GET.get("reload"))
     response = render(
-        request, "dashboard/partials/job_progress.html", {"job": job, "reload_on_end": reload_on_end}
+        request, "dashboard/partials/job_progress.html",
+        # compact: in the jobs list, whose row names the job already
+        {"job": job, "reload_on_end": reload_on_end, "compact": bool(request.GET.get("compact"))},
     )
     if reload_on_end and job.is_ended:
         # The job page shows the result, log and error only once the job has ended: reload it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, Exists, Max, OuterRef, Q, Sum
@@ -11,8 +12,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from dashboard import access, artifacts
+from dashboard import access, artifacts, roots
 from dashboard.forms import RegisterRunForm
+from dashboard.forms.artifacts import verify_output_choices
 from dashboard.models import Checkpoint, Export, Job, Run
 from dashboard.views.common import start_job
 
@@ -50,7 +52,10 @@ def run_new(request: HttpRequest) -> HttpResponse:
         start_job(request, Job.SCAN, run=run)
         messages.success(request, f"Run “{run.name}” registered; its first scan has started.")
         return redirect(run)
-    return render(request, "dashboard/run_new.html", {"form": form})
+    candidates, truncated = roots.untracked_checkpoint_directories(Run.objects.values_list("directory", flat=True))
+    return render(request, "dashboard/run_new.html", {
+        "form": form, "roots": settings.CHECKPOINT_ROOTS, "candidates": candidates, "candidates_truncated": truncated,
+    })
 
 
 def run_detail(request: HttpRequest, name: str) -> HttpResponse:
@@ -70,15 +75,40 @@ def run_detail(request: HttpRequest, name: str) -> HttpResponse:
     summary = run.checkpoints.on_disk().aggregate(
         count=Count("id"), total_bytes=Sum("size_bytes"), latest_step=Max("step")
     )
-    recent_jobs = list(run.jobs.order_by("-created_at")[:5])
+    active_jobs, ended_jobs = _jobs_for_run_page(run, summary["count"])
     return render(
         request,
         "dashboard/run_detail.html",
         {
-            "run": run, "page": page, "sort": sort, "summary": summary, "recent_jobs": recent_jobs,
-            "metric_names": metric_names,
+            "run": run, "page": page, "sort": sort, "summary": summary, "recent_jobs": active_jobs,
+            "ended_jobs": ended_jobs, "metric_names": metric_names,
         },
     )
+
+
+RUN_PAGE_ENDED_JOBS = 5
+
+
+def _jobs_for_run_page(run: Run, checkpoints_on_disk: int) -> tuple[list[Job], list[Job]]:
+    """Jobs still queued or running (with their progress bars), and the few newest that ended.
+
+    Only the newest ended scan is worth a mention, and not when it found nothing while the run
+    has checkpoints now: "0 found" from before the trainer saved only misleads.
+    """
+    # One query: the newest jobs hold the running ones (jobs run in the order they were asked for).
+    newest = list(run.jobs.defer("log", "traceback", "result", "params").order_by("-created_at")[:30])
+    active = [job for job in newest if not job.is_ended][:10]
+    ended, seen_scan = [], False
+    for job in (job for job in newest if job.is_ended):
+        if job.kind == Job.SCAN:
+            stale = checkpoints_on_disk and job.status == Job.FINISHED and job.message.startswith("0 checkpoints")
+            if seen_scan or stale:
+                continue
+            seen_scan = True
+        ended.append(job)
+        if len(ended) == RUN_PAGE_ENDED_JOBS:
+            break
+    return active, ended
 
 
 def run_chart(request: HttpRequest, name: str) -> JsonResponse:
@@ -149,6 +179,7 @@ def checkpoint_detail(request: HttpRequest, name: str, pk: int) -> HttpResponse:
         {
             "run": run,
             "checkpoint": checkpoint,
+            "verify_outputs": verify_output_choices(checkpoint),
             "files_left": files_left,
             "bytes_left": sum(f["size"] for f in files_left or []),
             "exports": list(checkpoint.exports.all()),

@@ -95,19 +95,24 @@ def test_table_sorts_largest_relative_change_first_and_filters(client, viewer, p
     client.force_login(viewer)
     html = client.get(compare_url(a, b)).content.decode()
     # A bias that moved away from all zeros has no finite ratio: it sorts first ("did anything blow up?").
-    assert table_names(html) == ["dense/bias", "output/kernel", "dense/kernel", "embedding", "output/kernel/Adam"]
+    # Model weights only by default: the optimizer's slot is hidden until the switch is turned off
+    # (the filter form sent without it).
+    assert table_names(html) == ["dense/bias", "output/kernel", "dense/kernel", "embedding"]
+    assert "1 optimizer and training variables hidden" in html
+    every = client.get(compare_url(a, b, filtered="1")).content.decode()
+    assert table_names(every) == ["dense/bias", "output/kernel", "dense/kernel", "embedding", "output/kernel/Adam"]
     assert "−0.5" in html or "-0.5" in html  # metric delta
     data = chart_data(html)
     assert data["labels"] == ["output/kernel", "dense/kernel", "embedding"] and data["values"] == [0.5, 0.05, 0.0]
 
-    changed = client.get(compare_url(a, b, changed="1")).content.decode()
+    changed = client.get(compare_url(a, b, changed="1", filtered="1")).content.decode()
     assert "embedding" not in table_names(changed)
     assert "output/kernel/Adam" in table_names(changed)  # present on one side only counts as a change
-    assert table_names(client.get(compare_url(a, b, q="KERNEL")).content.decode()) == [
+    assert table_names(client.get(compare_url(a, b, q="KERNEL", filtered="1")).content.decode()) == [
         "output/kernel", "dense/kernel", "output/kernel/Adam"
     ]
     assert chart_data(client.get(compare_url(a, b, q="dense")).content.decode())["labels"] == ["dense/kernel"]
-    by_name = client.get(compare_url(a, b, sort="name")).content.decode()
+    by_name = client.get(compare_url(a, b, sort="name", filtered="1")).content.decode()
     assert table_names(by_name) == sorted(r[0] for r in VARIABLES)
     by_cosine = table_names(client.get(compare_url(a, b, sort="cosine")).content.decode())
     assert by_cosine[:3] == ["output/kernel", "dense/kernel", "embedding"]  # ascending, missing values last
@@ -258,8 +263,16 @@ def test_heatmap_empty_states_and_stored_result_with_legend(client, operator, vi
     Job.objects.create(kind=Job.COMPARE, run=run, status=Job.FINISHED, params={"mode": "steps", "last": 50},
                        result=result)
     client.force_login(viewer)
+    # By default each variable is scaled to its own largest change: kernel's 0.0042 is pale next
+    # to its 3.5, which takes the darkest colour; each cell opens the comparison of its pair.
     html = client.get(reverse("run-steps", args=["three"])).content.decode()
-    assert 'class="heatmap"' in html and 'aria-label="Colour scale"' in html
+    kernel = html.split("<tbody>", 1)[1].split("<code>kernel</code>", 1)[1].split("</tr>", 1)[0]
+    assert 'class="cell hm-ffffd9" title="0.0042"' in kernel and 'class="cell hm-3f0013 dark" title="3.5"' in kernel
+    assert f'href="/compare/?a={ckpts[0].pk}&amp;b={ckpts[1].pk}" class="cell-link"' in kernel
+    assert 'aria-checked="false"' in html and "of the variable&#x27;s largest change" in html
+
+    html = client.get(reverse("run-steps", args=["three"]) + "?scale=absolute&log=1").content.decode()
+    assert 'class="heatmap heatmap-wide"' in html and 'aria-label="Colour scale"' in html
     body = html.split("<tbody>", 1)[1]
     kernel = body.split("<code>kernel</code>", 1)[1].split("</tr>", 1)[0]
     # The 0.001 – 0.01 decade's colour, by a class (the Content-Security-Policy refuses style
@@ -318,7 +331,7 @@ def test_compare_job_on_a_real_worker_stores_the_result_and_the_second_open_is_i
     assert comparison.job_id == job.pk and job.result["comparison"] == comparison.pk
     assert client.get(status_url).headers["HX-Refresh"] == "true"  # the polling page reloads into the result
 
-    html = client.get(url).content.decode()
+    html = client.get(url + "&filtered=1").content.decode()  # the weights-only switch off
     names = table_names(html)
     assert sorted(names) == sorted(v["name"] for v in comparison.variables)
     relative = {v["name"]: v["relative_change"] for v in comparison.variables}
@@ -355,7 +368,7 @@ def test_step_over_step_job_on_a_real_worker_renders_the_heatmap(client, operato
     assert [c["step"] for c in job.result["checkpoints"]] == [50, 75]  # only the newest two
     assert comparing.latest_step_over_step(demo) == job
     html = client.get(steps_url).content.decode()
-    assert 'class="heatmap"' in html and 'aria-label="Colour scale"' in html
+    assert 'class="heatmap heatmap-wide"' in html and 'aria-label="Colour scale"' in html
 
     import tensorflow as tf
 

@@ -76,7 +76,7 @@ def test_templates_have_no_inline_scripts_styles_or_handlers():
 
 
 def test_heatmap_palette_has_a_class_for_every_colour():
-    from dashboard.views.compare import DECADES, SPECIAL
+    from dashboard.views.heatmap import DECADES, SPECIAL
 
     css = (BASE_DIR / "dashboard/static/dashboard/site.css").read_text()
     colours = {c for _, c, _ in DECADES} | {c for c, _, _ in SPECIAL.values()}

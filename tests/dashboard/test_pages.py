@@ -61,7 +61,7 @@ def test_run_page_badges(client, viewer, demo_rows):
     Checkpoint.objects.filter(run=demo_rows, step=2).update(status="corrupt", pinned=True, pin_reason="golden")
     client.force_login(viewer)
     html = client.get(reverse("run", args=["rows"])).content.decode()
-    for badge in (">latest<", ">corrupt<", ">pinned<", ">meta<"):
+    for badge in (">latest (state file)<", ">corrupt<", ">pinned<", ">meta<"):
         assert badge in html
 
 
@@ -105,7 +105,7 @@ def test_checkpoint_page_shows_files_variables_and_meta_source(client, viewer, d
     html = client.get(second.get_absolute_url()).content.decode()
     assert "hidden/kernel" in html and "[512, 64]" in html and "131.1 kB" in html
     assert first.prefix in html and "meta graph of" in html
-    assert "latest in checkpoint" in html
+    assert "latest (state file)" in html and "latest in checkpoint" not in html
 
 
 def test_checkpoint_of_another_run_is_404(client, viewer, demo_rows, checkpoint_root):

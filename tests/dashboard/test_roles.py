@@ -17,7 +17,7 @@ from django.contrib.auth.models import User
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from dashboard import jobs
-from dashboard.models import Checkpoint, Export, Job, Run
+from dashboard.models import Checkpoint, Export, Job, Run, ServingTarget
 
 pytestmark = pytest.mark.django_db
 
@@ -105,6 +105,15 @@ EXPECTED: dict[str, tuple[Expect, ...]] = {
     "run-prune": (READ,),  # the preview; deleting is run-prune-now
     "run-prune-now": (MAINTAIN_ACTION,),
     "checkpoint-pin": (MAINTAIN_ACTION.on("checkpoint"),),
+    "checkpoint-alias": (MAINTAIN_ACTION.on("checkpoint"),),
+    "run-aliases": (READ,),
+    "alias-remove": (MAINTAIN_ACTION,),
+    # Publishing to TF Serving writes outside the export directory: maintainers only.
+    "serving-new": (Expect(get=(LOGIN, 403, 403, 200), post=(LOGIN, 403, 403, 200)),),
+    "serving": (READ,),
+    "serving-target": (READ.on("serving"),),
+    "serving-publish": (MAINTAIN_ACTION.on("serving"),),
+    "serving-prune": (MAINTAIN_ACTION.on("serving"),),
     "audit": (READ,),
     "jobs": (READ,),
     "job": _every_kind(READ, "running job"),
@@ -114,6 +123,8 @@ EXPECTED: dict[str, tuple[Expect, ...]] = {
     # Signing in is open to everyone; an empty form is shown again with its errors.
     "login": (Expect(get=(200, 200, 200, 200), post=(200, 200, 200, 200)),),
     "logout": (Expect(get=(LOGIN, 405, 405, 405), post=(LOGIN, 302, 302, 302)),),
+    # Browsers ask for it before anyone logs in: a redirect to the static file, for everyone.
+    "favicon": (Expect(get=(301, 301, 301, 301), post=(405, 405, 405, 405)),),
 }
 
 # Included URL confs with a login of their own: only staff get in (asserted below).
@@ -136,7 +147,8 @@ def objects(checkpoint_root) -> dict:
     export = Export.objects.create(
         checkpoint=ckpt, path=str(pb), size_bytes=pb.stat().st_size, sha256=hashlib.sha256(b"frozen graph").hexdigest()
     )
-    return {"run": run, "checkpoint": ckpt, "export": export}
+    serving = ServingTarget.objects.create(run=run, model_name="m", base_path=str(settings.SERVING_ROOT))
+    return {"run": run, "checkpoint": ckpt, "export": export, "serving": serving}
 
 
 @pytest.fixture
@@ -151,7 +163,9 @@ def _url(name: str, entry: URLPattern, case: Expect, objects: dict) -> str:
     for converter in entry.pattern.converters:
         if converter == "name":
             kwargs["name"] = objects["run"].name
-        elif converter == "pk" and case.pk in ("checkpoint", "export"):
+        elif converter == "alias":
+            kwargs["alias"] = "prod"
+        elif converter == "pk" and case.pk in ("checkpoint", "export", "serving"):
             kwargs["pk"] = objects[case.pk].pk
         elif converter == "pk" and case.pk in ("running job", "failed job"):
             # A fresh job per request target: one route's POST (a cancel) must not change another's.
@@ -227,7 +241,9 @@ def test_pages_show_only_the_buttons_a_role_may_use(client, objects, role, reque
     assert ("Scan now" in page) is (role != VIEWER)
     assert ("Retention" in page) is (role == MAINTAINER)
     checkpoint_page = client.get(reverse("checkpoint", args=[name, pk])).content.decode()
-    assert ("Freeze…" in checkpoint_page) is (role != VIEWER)
+    assert ("Freeze / export…" in checkpoint_page) is (role != VIEWER)
+    assert ("Set alias" in checkpoint_page) is (role == MAINTAINER)
+    assert ("Publish to TF Serving" in page) is (role == MAINTAINER)
     assert ("Make latest" in checkpoint_page) is (role == MAINTAINER)
     for kind in KINDS:
         running = Job.objects.create(kind=kind, run=objects["run"], status=Job.RUNNING)

@@ -22,7 +22,7 @@ def test_browse_history_to_a_checkpoint(tracked, e2e_maintainer, demo_run):
     page.wait_for_selector("table.history")
     page.locator("#history-chart").wait_for()
     assert page.locator("table.history tbody tr").count() == 50
-    assert page.get_by_text("latest", exact=True).first.is_visible()
+    assert page.get_by_text("latest (state file)", exact=True).first.is_visible()
     tracked.shot("run-history")
 
     page.get_by_role("link", name="Next ›").click()

@@ -40,14 +40,20 @@ def test_compare_two_ticked_steps_then_filter_changed_only(tracked, e2e_operator
     # visit) and shows its progress until the result replaces it, with no click from the test.
     assert loads.count(compare_url) >= 2, loads
 
-    # The summary: 15 variables, all read; training moved the weights.
+    # The summary: 15 variables, all read; training moved the weights. The page opens on the
+    # model's weights only: Adam's slots, its beta powers and global_step are hidden, also from
+    # the totals.
     from dashboard.models import Comparison
+    from persistence.training import is_training_state
 
     comparison = Comparison.objects.get(a=older, b=newer)
-    changed = comparison.summary["changed"]
-    total = len(comparison.variables)
-    assert total == 15 and 0 < changed <= total
-    expect(_stat(summary, "variables")).to_have_text(str(total))
+    assert len(comparison.variables) == 15
+    weights = [v for v in comparison.variables if not is_training_state(v["name"])]
+    changed = sum(1 for v in weights if v.get("changed"))
+    total = len(weights)
+    assert 0 < changed <= total < 15
+    expect(page.get_by_label("Model weights only")).to_be_checked()
+    expect(_stat(summary, "model weights")).to_have_text(str(total))
     expect(_stat(summary, "changed")).to_have_text(str(changed))
     expect(_stat(summary, "steps")).to_have_text(f"+{NEWER - OLDER}")
     expect(page.locator(".metrics-table")).to_contain_text("accuracy")
@@ -68,11 +74,12 @@ def test_compare_two_ticked_steps_then_filter_changed_only(tracked, e2e_operator
     expect(page.get_by_label("Changed only")).to_be_checked()
     tracked.shot("compare-changed-only")
 
-    # Narrowed further by name; then the pick page, the other way in.
+    # Narrowed further by name, with the optimizer's slots shown again; then the pick page.
     page.get_by_label("Variable name contains").fill("Adam_1")
-    page.get_by_role("button", name="Filter").click()
+    page.get_by_label("Model weights only").uncheck()  # applies at once
     page.wait_for_url(re.compile(r"q=Adam_1"))
     expect(rows).to_have_count(4)
+    expect(page.get_by_label("Model weights only")).not_to_be_checked()
     page.get_by_role("button", name="Choose others").click()
     page.wait_for_selector("h1 >> text=Compare checkpoints")
     expect(page.get_by_label("Checkpoint").first).to_be_visible()

@@ -22,6 +22,25 @@ from dashboard.queue_outage import OUTAGE_ERRORS, OutageBackoff
 logger = logging.getLogger("dashboard.scheduler")
 
 
+class EnqueuedAtDebug(logging.Filter):
+    """"Enqueued job reconcile_jobs" every 15 s is routine: DEBUG; the scheduler's other lines as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and str(record.msg).startswith("Enqueued job "):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def quiet_scheduler_logs(level: int) -> None:
+    # RQ applies its logging level only when its logger has no handler of its own yet; Django's
+    # LOGGING has given the root one, so the level is set here.
+    cron_log = logging.getLogger("rq.cron")
+    cron_log.setLevel(level)
+    if not any(isinstance(f, EnqueuedAtDebug) for f in cron_log.filters):
+        cron_log.addFilter(EnqueuedAtDebug())
+
+
 class OutageTolerantCronScheduler(DjangoCronScheduler):
     """Runs RQ's scheduler loop again once Redis answers, instead of exiting."""
 
@@ -70,7 +89,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        scheduler = OutageTolerantCronScheduler(logging_level=getattr(logging, options["logging_level"]))
+        level = getattr(logging, options["logging_level"])
+        quiet_scheduler_logs(level)
+        scheduler = OutageTolerantCronScheduler(logging_level=level)
         scheduler.load_config_from_file(options["config_path"])
         # Short, explicit socket timeouts: a Redis that hangs instead of refusing must look like
         # an outage too, not block the loop forever.

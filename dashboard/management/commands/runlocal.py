@@ -5,15 +5,22 @@ RQ cron scheduler (periodic rescans), and the web server on http://127.0.0.1:800
 
 It supervises them: a child that exits is started again (with a growing delay if it keeps
 exiting), and so is the private redis-server if it dies; the worker and scheduler wait for it.
+
+This is how people run the dashboard on their own machine, so it serves what production serves:
+DEBUG off (the site's own error pages, static files through whitenoise) unless ``DEBUG=1`` is set,
+and a quiet console: workers and the scheduler log warnings only unless ``LOG_LEVEL`` asks for more.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
@@ -24,6 +31,8 @@ RESTART_FIRST_SECONDS = 1.0
 RESTART_MAX_SECONDS = 30.0
 # A child that ran this long before exiting was not crash-looping: restart it without delay.
 STABLE_SECONDS = 60.0
+# rqworker's verbosity for each LOG_LEVEL; unset means warnings only.
+WORKER_VERBOSITY = {"DEBUG": "2", "INFO": "1"}
 
 
 def _die_with_parent() -> None:
@@ -35,6 +44,64 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+
+
+def local_environment(environ: os._Environ | dict, var_dir: Path, addr: str) -> dict[str, str]:
+    """The children's environment: production-like settings for one machine, unless set already."""
+    env = dict(environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if env.get("DEBUG", "").strip():
+        return env
+    env["DEBUG"] = "0"
+    if not env.get("SECRET_KEY"):
+        env["SECRET_KEY"] = _local_secret_key(var_dir)
+    host = addr.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
+    env.setdefault("ALLOWED_HOSTS", ",".join(dict.fromkeys([host, "127.0.0.1", "localhost", "[::1]"])))
+    # Plain HTTP on this machine: cookies marked Secure would never come back, and nobody could log in.
+    env.setdefault("SECURE_COOKIES", "0")
+    return env
+
+
+def _local_secret_key(var_dir: Path) -> str:
+    # Kept across restarts so that sessions survive them; readable by this user only.
+    path = var_dir / "secret-key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+def _answers(addr: str) -> bool:
+    host, _, port = addr.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def ready_banner(addr: str, var_dir: Path, env: dict[str, str]) -> str:
+    """One block that says where to go and how to log in, printed once the web server answers."""
+    credentials = var_dir / "initial-admin-password.txt"
+    if credentials.exists():
+        user = (credentials.read_text().split() or ["admin"])[0]
+        login = [f"  user      {user}", f"  password  in {credentials}"]
+    else:
+        login = ["  log in    with your account (new ones: manage.py createuser)"]
+    mode = "DEBUG on: error pages show tracebacks" if env.get("DEBUG") != "0" else "DEBUG off (DEBUG=1 shows tracebacks)"
+    level = env.get("LOG_LEVEL", "").strip().upper()
+    console = f"LOG_LEVEL={level}" if level else "warnings only (LOG_LEVEL=INFO or DEBUG shows more)"
+    line = "─" * 72
+    return "\n".join([
+        line,
+        "  The checkpoint dashboard is running",
+        f"  open      http://{addr}/",
+        *login,
+        f"  console   {console} · {mode}",
+        "  stop      Ctrl-C (stops the web server, workers, scheduler and Redis)",
+        line,
+    ])
 
 
 class Command(BaseCommand):
@@ -50,7 +117,14 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         for directory in [settings.VAR_DIR, *settings.CHECKPOINT_ROOTS, settings.EXPORT_ROOT]:
             os.makedirs(directory, exist_ok=True)
-        env = dict(os.environ)
+        env = local_environment(os.environ, Path(settings.VAR_DIR), options["addr"])
+        if env.get("DEBUG") == "0":
+            self.stdout.write("collecting static files …")
+            subprocess.run(
+                [sys.executable, str(settings.BASE_DIR / "manage.py"), "collectstatic", "--noinput", "-v", "0"],
+                env=env, cwd=settings.BASE_DIR, check=True,
+            )
+        log_level = os.environ.get("LOG_LEVEL", "").strip().upper()
         private_redis = None
         if not os.environ.get("REDIS_URL"):
             private_redis = PrivateRedis(settings.VAR_DIR / "redis.sock").start()
@@ -61,10 +135,12 @@ class Command(BaseCommand):
         commands = {
             **{
                 f"worker-{i + 1}": [*manage, "rqworker", settings.JOB_QUEUE,
-                                    "--worker-class", "dashboard.worker.PreloadingWorker"]
+                                    "--worker-class", "dashboard.worker.PreloadingWorker",
+                                    "--verbosity", WORKER_VERBOSITY.get(log_level, "0")]
                 for i in range(max(1, options["workers"]))
             },
-            "scheduler": [*manage, "rqcron", "dashboard.cron", "--logging-level", "WARNING"],
+            "scheduler": [*manage, "rqcron", "dashboard.cron", "--logging-level",
+                          log_level if log_level in ("DEBUG", "INFO", "ERROR", "CRITICAL") else "WARNING"],
             "web": [*manage, "runserver", options["addr"], "--noreload"],
         }
         children: dict[str, subprocess.Popen] = {}
@@ -89,12 +165,13 @@ class Command(BaseCommand):
         try:
             for name in commands:
                 spawn(name)
-            self.stdout.write(self.style.SUCCESS(
-                f"Dashboard on http://{options['addr']}/  (Ctrl-C stops the web server, worker and queue)"
-            ))
+            announced = False
             redis_retry_at = 0.0
             while not stopping:
                 now = time.monotonic()
+                if not announced and _answers(options["addr"]):
+                    announced = True
+                    self.stdout.write(self.style.SUCCESS(ready_banner(options["addr"], Path(settings.VAR_DIR), env)))
                 if private_redis is not None and not private_redis.running and now >= redis_retry_at:
                     redis_retry_at = self._restart_redis(private_redis, now)
                 for name, child in list(children.items()):

@@ -56,6 +56,11 @@
     }
   }
 
+  // Switches that change what the page shows apply at once (the Filter button does the same).
+  document.querySelectorAll("input[data-submit-on-change]").forEach((input) => {
+    input.addEventListener("change", () => input.form && input.form.requestSubmit());
+  });
+
   // History table: at most two ticks; the Compare button says how many are ticked.
   const form = document.getElementById("compare-form");
   if (form) {
