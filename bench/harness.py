@@ -48,6 +48,10 @@ NOTES = {
     "download_vs_cat": "Download of a 1 GiB export through gunicorn (DEBUG=0) vs `cat` from the page cache; "
     "loopback HTTP cannot reach `cat` (see raw_sendfile_server_mb_s for the ceiling).",
     "download_rss_growth_mb": "Server RSS growth during that download.",
+    "live_latency_seconds": "Median over 20 checkpoints of a Saver saving once a second (max_to_keep 2) with "
+    "`manage.py watch` running: `.index` written → the run page's change endpoint (asked every 50 ms) moved and "
+    "its live partial shows the row; baseline: a bare `watchfiles` loop seeing the `.index` event. Not: the "
+    "browser's own up-to-1 s poll interval, nor polling mode (NFS).",
     "prune_plan_10k_seconds": "Planning a prune of 10,000 checkpoints from the database, as the preview does.",
     "prune_exec_vs_bare": "Executing a plan deleting 10,000 files vs `os.remove` of the same, caches dropped "
     "before each side (disk-bound; our side's database file is cold too); best of 5 alternating.",

@@ -207,7 +207,7 @@ def partial_restore(checkpoint: Checkpoint, *, recipe_path: str, variables: list
     from persistence.recipes import RecipeError, load_recipe
     from persistence.sandbox import run_sandboxed
 
-    if checkpoint.status in (Checkpoint.PRUNED, Checkpoint.MISSING):
+    if checkpoint.status in Checkpoint.GONE:
         raise ValueError(f"{checkpoint.prefix} is {checkpoint.status}: its files are gone")
     if checkpoint.v1_refusal:
         raise ValueError(checkpoint.v1_refusal)
@@ -339,7 +339,7 @@ def freeze(checkpoint: Checkpoint, *, outputs: list[str], clear_devices: bool = 
     from persistence.restore import placeholder_inputs
     from persistence.sandbox import SandboxChildError, SandboxError, run_sandboxed
 
-    if checkpoint.status in (Checkpoint.PRUNED, Checkpoint.MISSING):
+    if checkpoint.status in Checkpoint.GONE:
         raise engine.FreezeError(f"{checkpoint.prefix} is {checkpoint.status}: its files are gone")
     if checkpoint.v1_refusal:
         raise engine.FreezeError(checkpoint.v1_refusal)

@@ -3,13 +3,15 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from dashboard.views import checkpoints as checkpoint_actions
-from dashboard.views import compare, exports, jobs, retention, runs, saves
+from dashboard.views import compare, exports, jobs, live, retention, runs, saves
 
 urlpatterns = [
     path("", runs.runs, name="runs"),
     path("runs/new/", runs.run_new, name="run-new"),
     path("runs/<slug:name>/", runs.run_detail, name="run"),
     path("runs/<slug:name>/chart.json", runs.run_chart, name="run-chart"),
+    path("runs/<slug:name>/changes/", live.run_changes, name="run-changes"),
+    path("runs/<slug:name>/live/", live.run_live, name="run-live"),
     path("runs/<slug:name>/scan/", runs.run_scan, name="run-scan"),
     path("runs/<slug:name>/trust/", runs.run_trust, name="run-trust"),
     path("runs/<slug:name>/checkpoints/<int:pk>/", runs.checkpoint_detail, name="checkpoint"),

@@ -12,6 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from dashboard import access, artifacts
+from dashboard.changes import RECENT_JOBS, change_stamp
 from dashboard.forms import RegisterRunForm
 from dashboard.models import Checkpoint, Export, Job, Run
 from dashboard.views.common import start_job
@@ -30,7 +31,7 @@ CHART_MAX_POINTS = 500
 
 def runs(request: HttpRequest) -> HttpResponse:
     access.require(request, access.VIEW)
-    on_disk = ~Q(checkpoints__status__in=[Checkpoint.PRUNED, Checkpoint.MISSING])
+    on_disk = ~Q(checkpoints__status__in=Checkpoint.GONE)
     rows = Run.objects.annotate(
         checkpoint_count=Count("checkpoints", filter=on_disk),
         latest_step=Max("checkpoints__step", filter=on_disk),
@@ -55,6 +56,12 @@ def run_new(request: HttpRequest) -> HttpResponse:
 
 def run_detail(request: HttpRequest, name: str) -> HttpResponse:
     run = access.get_run_for_user(request, name)
+    return render(request, "dashboard/run_detail.html", history_context(request, run))
+
+
+def history_context(request: HttpRequest, run: Run) -> dict:
+    """What the run page shows (also what its live refresh re-renders): the page of history rows
+    its query string asks for, the summary, recent jobs, and the change stamp they were read at."""
     sort = request.GET.get("sort", "-step")
     if sort not in HISTORY_SORTS:
         sort = "-step"
@@ -68,17 +75,17 @@ def run_detail(request: HttpRequest, name: str) -> HttpResponse:
     for c in page:
         c.metric_values = [(c.metrics or {}).get(name) for name in metric_names]
     summary = run.checkpoints.on_disk().aggregate(
-        count=Count("id"), total_bytes=Sum("size_bytes"), latest_step=Max("step")
+        count=Count("id"), total_bytes=Sum("size_bytes"), latest_step=Max("step"), last_recorded=Max("recorded_at")
     )
-    recent_jobs = list(run.jobs.order_by("-created_at")[:5])
-    return render(
-        request,
-        "dashboard/run_detail.html",
-        {
-            "run": run, "page": page, "sort": sort, "summary": summary, "recent_jobs": recent_jobs,
-            "metric_names": metric_names,
-        },
-    )
+    recent_jobs = list(run.jobs.order_by("-created_at")[:RECENT_JOBS])
+    query = request.GET.copy()
+    query.pop("since", None)
+    return {
+        "run": run, "page": page, "sort": sort, "summary": summary, "recent_jobs": recent_jobs,
+        "metric_names": metric_names,
+        "page_path": run.get_absolute_url() + (f"?{query.urlencode()}" if query else ""),
+        "stamp": change_stamp(run, summary["last_recorded"], [(j.pk, j.status) for j in recent_jobs]),
+    }
 
 
 def run_chart(request: HttpRequest, name: str) -> JsonResponse:
@@ -96,7 +103,7 @@ def run_chart(request: HttpRequest, name: str) -> JsonResponse:
     points = list(
         Checkpoint.objects.filter(id__in=chosen).order_by("step").values_list("step", "size_bytes", "metrics", "status")
     )
-    gone = [status in (Checkpoint.PRUNED, Checkpoint.MISSING) for *_, status in points]
+    gone = [status in Checkpoint.GONE for *_, status in points]
     metric_names = sorted({k for _, _, m, _ in points for k, v in (m or {}).items() if isinstance(v, int | float)})
     return JsonResponse(
         {

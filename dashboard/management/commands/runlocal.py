@@ -1,7 +1,8 @@
 """Start everything the dashboard needs on one machine; Ctrl-C stops all of it.
 
 A private redis-server (unless ``REDIS_URL`` is set), one RQ worker that preloads TensorFlow, the
-RQ cron scheduler (periodic rescans), and the web server on http://127.0.0.1:8000.
+RQ cron scheduler (periodic rescans), the directory watcher (records checkpoints as they are
+written), and the web server on http://127.0.0.1:8000.
 
 It supervises them: a child that exits is started again (with a growing delay if it keeps
 exiting), and so is the private redis-server if it dies; the worker and scheduler wait for it.
@@ -38,7 +39,8 @@ def _die_with_parent() -> None:
 
 
 class Command(BaseCommand):
-    help = "Run the web server, a worker, the scheduler and (if REDIS_URL is unset) a private redis-server."
+    help = ("Run the web server, a worker, the scheduler, the directory watcher and (if REDIS_URL is unset) "
+            "a private redis-server.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--addr", default="127.0.0.1:8000", help="Address for the web server.")
@@ -65,6 +67,7 @@ class Command(BaseCommand):
                 for i in range(max(1, options["workers"]))
             },
             "scheduler": [*manage, "rqcron", "dashboard.cron", "--logging-level", "WARNING"],
+            "watcher": [*manage, "watch"],
             "web": [*manage, "runserver", options["addr"], "--noreload"],
         }
         children: dict[str, subprocess.Popen] = {}
@@ -90,7 +93,7 @@ class Command(BaseCommand):
             for name in commands:
                 spawn(name)
             self.stdout.write(self.style.SUCCESS(
-                f"Dashboard on http://{options['addr']}/  (Ctrl-C stops the web server, worker and queue)"
+                f"Dashboard on http://{options['addr']}/  (Ctrl-C stops the web server, workers, watcher and queue)"
             ))
             redis_retry_at = 0.0
             while not stopping:
