@@ -156,6 +156,8 @@ def verify(checkpoint: Checkpoint, *, output: str = "", on_progress: Progress | 
 
     if checkpoint.status == Checkpoint.PRUNED:
         raise ValueError(f"{checkpoint.prefix} was pruned: its files are gone")
+    if not checkpoint.on_disk:
+        raise ValueError(f"the files of {checkpoint.prefix} are gone ({checkpoint.gone_reason})")
     if checkpoint.v1_refusal:
         raise ValueError(checkpoint.v1_refusal)
     checkpoint_directory(checkpoint.run.directory)

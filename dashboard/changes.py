@@ -13,11 +13,15 @@ RECENT_JOBS = 5
 
 
 def change_stamp(run: Run, last_recorded: dt.datetime | None, jobs: list[tuple[int, str]]) -> str:
-    """An opaque token that changes whenever what the run page shows may have changed."""
+    """An opaque token that changes whenever what the run page shows may have changed.
+
+    From what the page reads anyway (the run, its summary's newest ``recorded_at``, its recent
+    jobs), so that rendering the page costs no query for it.
+    """
     parts = [
         run.last_scanned_at.isoformat() if run.last_scanned_at else "",
         last_recorded.isoformat() if last_recorded else "",
-        ",".join(f"{pk}:{status}" for pk, status in jobs),
+        ",".join(f"{pk}:{status}" for pk, status in sorted(jobs)),
     ]
     return hashlib.blake2b("|".join(parts).encode(), digest_size=8).hexdigest()
 

@@ -31,8 +31,10 @@ from .models import Run
 logger = logging.getLogger("dashboard.watching")
 
 # A run whose scan failed (its directory is gone, the database is unreachable) is tried again
-# after this long, while nothing else about it changes.
+# after RETRY_SECONDS, doubling with each failure up to RETRY_MAX_SECONDS (a run whose directory
+# was removed for good is not reported every few seconds), and at once when its directory changes.
 RETRY_SECONDS = 5.0
+RETRY_MAX_SECONDS = 300.0
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Watcher:
         self.stats = WatchStats()
         self._runs: dict[str, int] = {}
         self._retry: dict[str, float] = {}  # directory -> when to try its scan again
+        self._failures: dict[str, int] = {}  # directory -> scans failed in a row
 
     def directories(self) -> list[str]:
         try:
@@ -91,12 +94,15 @@ class Watcher:
                 counts = scanning.scan(run)
             except Exception as exc:  # one run's trouble must not stop the watching of the others
                 self.stats.failures += 1
-                self._retry[directory] = time.monotonic() + RETRY_SECONDS
+                failures = self._failures[directory] = self._failures.get(directory, 0) + 1
+                delay = min(RETRY_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS)
+                self._retry[directory] = time.monotonic() + delay
                 gone = not os.path.isdir(directory)
                 self.report(f"{name}: {'directory is gone; waiting for it to come back' if gone else exc}")
                 close_old_connections()
                 continue
             self._retry.pop(directory, None)
+            self._failures.pop(directory, None)
             self.stats.scans += 1
             self.stats.by_run[run.name] = self.stats.by_run.get(run.name, 0) + 1
             self.report(describe_counts(run.name, counts))

@@ -126,6 +126,7 @@ def watch(
         on_change(set(current))
         watched = current
         polling = settings.polling if settings.polling is not None else (polling_forced or needs_polling(current))
+        started = False
         try:
             for changes in backend(
                 *sorted(current), stop_event=stop, debounce=settings.batch_ms, step=settings.quiet_ms,
@@ -133,6 +134,7 @@ def watch(
                 force_polling=polling, poll_delay_ms=settings.poll_interval_ms, recursive=False,
                 raise_interrupt=False, ignore_permission_denied=True, watch_filter=None,
             ):
+                started = True
                 changed = {d for d in (_directory_of(path, current) for _, path in changes) if d}
                 if changed:
                     on_change(changed)
@@ -142,8 +144,10 @@ def watch(
         except FileNotFoundError:
             continue  # a directory vanished while the watch started: look again
         except (OSError, RuntimeError) as exc:
-            if polling:
-                logger.warning("watching failed: %s; trying again in %.0f s", exc, settings.recheck_seconds)
+            if polling or started:
+                # A failure once watching ran (a directory went away under the watch) is not
+                # inotify being unavailable: start over as before.
+                logger.warning("watching failed: %s; starting again in %.0f s", exc, settings.recheck_seconds)
                 stop.wait(settings.recheck_seconds)
             else:
                 # Out of inotify instances or watches (fs.inotify.max_user_*), or no inotify at all.
