@@ -114,32 +114,28 @@ def watch(
     """
     backend = backend or _watchfiles_backend()
     polling_forced = False
-    watched: dict[str, Identity] = {}
     while not stop.is_set():
-        wanted = {os.path.realpath(d) for d in directories()}
-        current = identities(wanted)
+        current = identities({os.path.realpath(d) for d in directories()})
         if not current:
-            watched = {}
             stop.wait(settings.recheck_seconds)
             continue
         # Started or restarted: report every directory, since events between two watches are lost.
         on_change(set(current))
-        watched = current
         polling = settings.polling if settings.polling is not None else (polling_forced or needs_polling(current))
         started = False
+        batches = backend(
+            *sorted(current), stop_event=stop, debounce=settings.batch_ms, step=settings.quiet_ms,
+            rust_timeout=int(settings.recheck_seconds * 1000), yield_on_timeout=True,
+            force_polling=polling, poll_delay_ms=settings.poll_interval_ms, recursive=False,
+            raise_interrupt=False, ignore_permission_denied=True, watch_filter=None,
+        )
         try:
-            for changes in backend(
-                *sorted(current), stop_event=stop, debounce=settings.batch_ms, step=settings.quiet_ms,
-                rust_timeout=int(settings.recheck_seconds * 1000), yield_on_timeout=True,
-                force_polling=polling, poll_delay_ms=settings.poll_interval_ms, recursive=False,
-                raise_interrupt=False, ignore_permission_denied=True, watch_filter=None,
-            ):
+            for changes in batches:
                 started = True
                 changed = {d for d in (_directory_of(path, current) for _, path in changes) if d}
                 if changed:
                     on_change(changed)
-                wanted = {os.path.realpath(d) for d in directories()}
-                if identities(wanted) != watched:
+                if identities({os.path.realpath(d) for d in directories()}) != current:
                     break  # a run was added or removed, or a directory vanished or came back
         except FileNotFoundError:
             continue  # a directory vanished while the watch started: look again
@@ -154,6 +150,8 @@ def watch(
                 logger.warning("inotify is unavailable (%s): polling every %d ms instead", exc,
                                settings.poll_interval_ms)
                 polling_forced = True
+        finally:
+            batches.close()  # the inotify instance goes now, not whenever the generator is collected
 
 
 def _directory_of(path: str, watched: dict[str, Identity]) -> str | None:

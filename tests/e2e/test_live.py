@@ -43,20 +43,20 @@ def test_run_page_follows_an_external_trainer_without_reloading(tracked, e2e_vie
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
         )
         rows = page.locator("table.history tbody tr")
-        # The first row appears by itself, within 3 s of its files being written (a little slack
-        # for a shared machine).
-        first_seen = None
+        # Each row appears by itself, within 3 s of its .index being written. Measured as seen here
+        # (after reading the trainer's line): never less than the real delay.
         saved: list[tuple[str, float]] = []
+        delays: list[float] = []
         for line in trainer.stdout:
             if line.startswith("saved "):
                 _, prefix, written = line.split()
                 saved.append((prefix, float(written)))
-                if first_seen is None:
-                    page.locator("table.history", has_text=prefix).wait_for(timeout=10_000)
-                    first_seen = time.time() - float(written)
+                page.locator("table.history code", has_text=prefix).first.wait_for(timeout=10_000)
+                delays.append(time.time() - float(written))
         assert trainer.wait(timeout=60) == 0, trainer.stderr.read()[-3000:]
         assert len(saved) == SAVES
-        assert first_seen is not None and first_seen < 5, f"first row appeared {first_seen:.1f} s after its write"
+        delays.sort()
+        assert delays[len(delays) // 2] <= 3, f"rows appeared {delays} s after their .index was written"
 
         wait_for(lambda: rows.count() == SAVES and page.locator("table.history", has_text="rotated out").count()
                  and page.get_by_text("by the trainer's max_to_keep").count() == SAVES - 2, 20,
