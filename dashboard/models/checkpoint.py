@@ -244,6 +244,7 @@ class Checkpoint(models.Model):
             "prefix": self.prefix,
             "step": self.step,
             "status": self.status,
+            "gone_at": self.gone_at.isoformat() if self.gone_at else None,  # when rotated out / missing
             "size_bytes": self.size_bytes,
             "saved_at": self.saved_at.isoformat(),
             "files": [f["name"] for f in self.files],

@@ -91,7 +91,7 @@ def history_context(request: HttpRequest, run: Run) -> dict:
 def run_chart(request: HttpRequest, name: str) -> JsonResponse:
     """Size and metrics over steps, thinned to at most ``CHART_MAX_POINTS`` evenly spaced points.
 
-    Steps whose files are gone (pruned, missing) stay on the metric curves, flagged in ``gone``:
+    Steps whose files are gone (pruned, rotated out, missing) stay on the metric curves, flagged in ``gone``:
     what training measured does not go away with the files. They have no size on disk (null).
     """
     run = access.get_run_for_user(request, name)

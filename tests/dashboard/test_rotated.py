@@ -138,8 +138,9 @@ def test_scan_json_lists_rotated_status(run):
     out = StringIO()
     call_command("scan", run.directory, "--json", stdout=out)
     report = json.loads(out.getvalue())
-    by_prefix = {c["prefix"]: c["status"] for c in report["checkpoints"]}
-    assert by_prefix["model.ckpt-1"] == "rotated"
+    by_prefix = {c["prefix"]: c for c in report["checkpoints"]}
+    assert by_prefix["model.ckpt-1"]["status"] == "rotated" and by_prefix["model.ckpt-1"]["gone_at"]
+    assert by_prefix["model.ckpt-3"]["status"] == "present" and by_prefix["model.ckpt-3"]["gone_at"] is None
 
 
 def test_run_page_reads_rotated_out_by_the_trainer_not_missing(client, viewer, run):
