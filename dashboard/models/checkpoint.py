@@ -301,7 +301,7 @@ class Checkpoint(models.Model):
         """Why its files are gone, in words ("" while they are on disk)."""
         return {
             self.ROTATED: "rotated out by the trainer's max_to_keep",
-            self.MISSING: "they vanished unexpectedly",
+            self.MISSING: "missing",
             self.PRUNED: "pruned",
         }.get(self.status, "")
 

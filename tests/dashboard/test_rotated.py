@@ -151,7 +151,7 @@ def test_run_page_reads_rotated_out_by_the_trainer_not_missing(client, viewer, r
         scanning.scan(run)
     client.force_login(viewer)
     html = client.get(reverse("run", args=[run.name])).content.decode()
-    assert "rotated out" in html and "by the trainer&#x27;s max_to_keep" in html
+    assert "rotated out" in html and "by the trainer's max_to_keep" in html
     assert "badge bad\">missing" not in html
     detail = client.get(reverse("checkpoint", args=[run.name, run.checkpoints.get(prefix="model.ckpt-1").pk]))
     assert "rotated out by the trainer&#x27;s max_to_keep" in detail.content.decode()
