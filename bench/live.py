@@ -56,6 +56,9 @@ def run(work: Path, n: int = N_CHECKPOINTS) -> dict[str, dict]:
     changes_url = f"/runs/{run_row.name}/changes/"
     live_url = f"/runs/{run_row.name}/live/"
 
+    import logging
+
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
     # Baseline: a bare watchfiles loop noting when each .index shows up.
     seen_bare: dict[str, float] = {}
     stop = threading.Event()

@@ -10,6 +10,7 @@ checkpoints a trainer's max_to_keep deleted in between).
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 
@@ -37,6 +38,8 @@ class Command(BaseCommand):
 
         # The first new checkpoint's index is read at once, not after TensorFlow's 4 s import.
         preload_tensorflow()
+        # watchfiles logs every batch of file events; the lines below say what each one led to.
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)
         stop = threading.Event()
 
         def request_stop(signum, frame):
