@@ -155,3 +155,36 @@ def test_run_page_reads_rotated_out_by_the_trainer_not_missing(client, viewer, r
     assert "badge bad\">missing" not in html
     detail = client.get(reverse("checkpoint", args=[run.name, run.checkpoints.get(prefix="model.ckpt-1").pk]))
     assert "rotated out by the trainer&#x27;s max_to_keep" in detail.content.decode()
+
+
+def test_checkpoint_manager_rotation_reads_rotated_too(run):
+    import tensorflow as tf
+
+    checkpoint = tf.train.Checkpoint(w=tf.Variable([1.0, 2.0]))
+    manager = tf.train.CheckpointManager(checkpoint, run.directory, max_to_keep=2)
+    manager.save(), manager.save()
+    scanning.scan(run)
+    manager.save()  # deletes ckpt-1, then rewrites the state file without it
+    scanning.scan(run)
+    assert statuses(run) == {"ckpt-1": "rotated", "ckpt-2": "present", "ckpt-3": "present"}
+
+
+def test_a_scan_racing_the_managers_rotation_first_sees_missing_then_rotated(run):
+    import tensorflow as tf
+
+    from persistence.statefile import write_state_file
+
+    checkpoint = tf.train.Checkpoint(w=tf.Variable([1.0, 2.0]))
+    manager = tf.train.CheckpointManager(checkpoint, run.directory, max_to_keep=2)
+    manager.save(), manager.save()
+    scanning.scan(run)
+    # What a scan between CheckpointManager's sweep and its second state-file write sees: ckpt-1's
+    # files gone while the state file still lists it.
+    for name in os.listdir(run.directory):
+        if name.startswith("ckpt-1."):
+            os.remove(os.path.join(run.directory, name))
+    scanning.scan(run)
+    assert statuses(run)["ckpt-1"] == Checkpoint.MISSING
+    write_state_file(run.directory, latest="ckpt-2", all_prefixes=["ckpt-2"])
+    scanning.scan(run)
+    assert statuses(run)["ckpt-1"] == Checkpoint.ROTATED
