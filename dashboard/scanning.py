@@ -166,9 +166,10 @@ def record_scan(
             # (pruned), not missing. Anything else gone is marked by the next scan.
             counts["stale"] += len(gone)
         else:
-            rotated = _rotated_out(run, gone, state_files, found, now=now)
-            for status, prefixes in ((Checkpoint.ROTATED, sorted(rotated)),
-                                     (Checkpoint.MISSING, [p for p in gone if p not in rotated])):
+            rotated = _rotated_out(run, gone, existing, state_files, found, now=now)
+            # Rows already missing when this scan began stay as they are: not written again.
+            newly_missing = [p for p in gone if p not in rotated and existing[p][1] != Checkpoint.MISSING]
+            for status, prefixes in ((Checkpoint.ROTATED, sorted(rotated)), (Checkpoint.MISSING, newly_missing)):
                 for start in range(0, len(prefixes), 5000):
                     rows = (
                         run.checkpoints.filter(prefix__in=prefixes[start : start + 5000])
@@ -310,7 +311,7 @@ def _link_meta_sources(run: Run, found: dict[str, discovery.DiscoveredCheckpoint
 
 
 def _rotated_out(
-    run: Run, gone: list[str], state_files: list[discovery.StateFile],
+    run: Run, gone: list[str], existing: dict[str, tuple[int, str]], state_files: list[discovery.StateFile],
     found: dict[str, discovery.DiscoveredCheckpoint], *, now: dt.datetime,
 ) -> set[str]:
     """Which of the checkpoints whose files are gone the trainer rotated out itself.
@@ -328,15 +329,21 @@ def _rotated_out(
     candidates = [p for p in gone if p not in listed]
     if not newest or not candidates:
         return set()
+    race = now - dt.timedelta(seconds=ROTATION_RACE_SECONDS)
+    if any(existing[p][1] == Checkpoint.MISSING for p in candidates):
+        # A run can hold many rows missing for long: read only the few that went missing just now.
+        recent = set(
+            run.checkpoints.filter(status=Checkpoint.MISSING, gone_at__gte=race).values_list("prefix", flat=True)
+        )
+        candidates = [p for p in candidates if existing[p][1] != Checkpoint.MISSING or p in recent]
     rotated = set()
     for start in range(0, len(candidates), 5000):
         rows = run.checkpoints.filter(prefix__in=candidates[start : start + 5000]).values_list(
             "prefix", "step", "saved_at", "status", "gone_at"
         )
-        race = now - dt.timedelta(seconds=ROTATION_RACE_SECONDS)
         for prefix, step, saved_at, status, gone_at in rows:
             if status == Checkpoint.MISSING and (gone_at is None or gone_at < race):
-                continue
+                continue  # missing for longer than a scan racing a rotation explains
             if any(
                 latest.step > step if latest.step is not None and step is not None
                 else latest.saved_at > saved_at.timestamp()
