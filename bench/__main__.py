@@ -11,7 +11,7 @@ import sys
 
 from bench import harness
 
-GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving", "downloads", "scale"]
+GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving", "downloads", "scale", "live"]
 
 
 def main(argv: list[str]) -> int:
@@ -66,6 +66,10 @@ def main(argv: list[str]) -> int:
             from bench import serving
 
             new.update(serving.run(work))
+        if "live" in groups:
+            from bench import live
+
+            new.update(live.run(work))
         results = harness.write_results(new)
     finally:
         shutil.rmtree(work, ignore_errors=True)

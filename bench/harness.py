@@ -57,6 +57,10 @@ NOTES = {
     "download_accel_vs_nginx": "The same download through deploy/nginx.conf with X-Accel-Redirect (the "
     "dashboard checks, nginx sends) vs nginx serving the file statically.",
     "download_rss_growth_mb": "Server RSS growth during the gunicorn downloads.",
+    "live_latency_seconds": "Median over 20 checkpoints of a Saver saving once a second (max_to_keep 2) with "
+    "`manage.py watch` running: `.index` written → the run page's change endpoint (asked every 50 ms) moved and "
+    "its live partial shows the row; baseline: a bare `watchfiles` loop seeing the `.index` event. Not: the "
+    "browser's own up-to-1 s poll interval, nor polling mode (NFS).",
     "prune_plan_10k_seconds": "Planning a prune of 10,000 checkpoints from the database, as the preview does.",
     "prune_exec_vs_bare": "Executing a plan deleting 10,000 files vs `os.remove` of the same, caches dropped "
     "before each side (disk-bound; our side's database file is cold too); best of 5 alternating.",

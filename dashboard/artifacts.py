@@ -156,6 +156,8 @@ def verify(checkpoint: Checkpoint, *, output: str = "", on_progress: Progress | 
 
     if checkpoint.status == Checkpoint.PRUNED:
         raise ValueError(f"{checkpoint.prefix} was pruned: its files are gone")
+    if not checkpoint.on_disk:
+        raise ValueError(f"the files of {checkpoint.prefix} are gone ({checkpoint.gone_reason})")
     if checkpoint.v1_refusal:
         raise ValueError(checkpoint.v1_refusal)
     checkpoint_directory(checkpoint.run.directory)
@@ -207,7 +209,7 @@ def partial_restore(checkpoint: Checkpoint, *, recipe_path: str, variables: list
     from persistence.recipes import RecipeError, load_recipe
     from persistence.sandbox import run_sandboxed
 
-    if checkpoint.status in (Checkpoint.PRUNED, Checkpoint.MISSING):
+    if checkpoint.status in Checkpoint.GONE:
         raise ValueError(f"{checkpoint.prefix} is {checkpoint.status}: its files are gone")
     if checkpoint.v1_refusal:
         raise ValueError(checkpoint.v1_refusal)
@@ -346,7 +348,7 @@ def freeze(checkpoint: Checkpoint, *, outputs: list[str], clear_devices: bool = 
 
     if kind not in Export.SUFFIXES:
         raise engine.FreezeError(f"unknown export kind {kind!r}")
-    if checkpoint.status in (Checkpoint.PRUNED, Checkpoint.MISSING):
+    if checkpoint.status in Checkpoint.GONE:
         raise engine.FreezeError(f"{checkpoint.prefix} is {checkpoint.status}: its files are gone")
     if checkpoint.v1_refusal:
         raise engine.FreezeError(checkpoint.v1_refusal)

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 # a fifth of its time, and a writer waiting on the run lock waits for one such store only.
 SCAN_STORE_ROWS = 2500
 SCAN_STORE_SECONDS = 1.0
+# A CheckpointManager deletes a rotated checkpoint's files before it rewrites the state file
+# without it: a scan in between finds it missing. A row that went missing this recently becomes
+# rotated once the state file drops it; one missing for longer vanished for another reason.
+ROTATION_RACE_SECONDS = 5.0
 
 
 def scan(run: Run, *, full: bool = False, now: dt.datetime | None = None) -> dict:
@@ -54,7 +58,7 @@ def scan(run: Run, *, full: bool = False, now: dt.datetime | None = None) -> dic
         run.last_scanned_at = now or timezone.now()
         run.save(update_fields=["last_scanned_at"])
         return {
-            "created": 0, "updated": 0, "missing": 0, "unchanged_directory": True,
+            "created": 0, "updated": 0, "missing": 0, "rotated": 0, "unchanged_directory": True,
             "checkpoints": run.checkpoints.on_disk().count(), "problems": list(run.scan_problems),
         }
     listing = discovery.list_directory(run.directory, roots=settings.CHECKPOINT_ROOTS)
@@ -80,8 +84,8 @@ def apply_scan(
     """Reconcile a scan of this run's directory into rows; return counts of what changed.
 
     Unchanged checkpoints (same fingerprint) are not touched, which keeps a rescan of a large
-    run to a handful of queries. Rows whose files vanished become ``missing``; rows we pruned
-    stay ``pruned``.
+    run to a handful of queries. Rows whose files vanished become ``rotated`` when the trainer
+    rotated them out (see ``_rotated_out``), else ``missing``; rows we pruned stay ``pruned``.
     """
     with discovery.gc_paused():
         counts, _ = record_scan(
@@ -126,7 +130,7 @@ def record_scan(
     }
     ids = {prefix: pk for prefix, (pk, _) in existing.items()}  # and of new rows once inserted
     unlinked: dict[str, list[str]] = {}  # meta source -> new rows inserted before it
-    counts = {"created": 0, "updated": 0, "missing": 0, "stale": 0}
+    counts = {"created": 0, "updated": 0, "missing": 0, "rotated": 0, "stale": 0}
     touched: set[str] = set()
     created_at = timezone.now()
     shared: dict = {}  # identical variable lists are encoded once
@@ -145,7 +149,10 @@ def record_scan(
                 _store_chunk(run, pending, existing, ids, unlinked, found, shared, created_at, counts, touched)
             pending, stored_at = [], time.monotonic()
 
-    gone = [p for p, (_, status) in existing.items() if p not in found and status != Checkpoint.PRUNED]
+    gone = [
+        p for p, (_, status) in existing.items()
+        if p not in found and status not in (Checkpoint.PRUNED, Checkpoint.ROTATED)
+    ]
     with transaction.atomic():
         lock_row(run)
         for source, prefixes in unlinked.items():
@@ -159,13 +166,17 @@ def record_scan(
             # (pruned), not missing. Anything else gone is marked by the next scan.
             counts["stale"] += len(gone)
         else:
-            for start in range(0, len(gone), 5000):
-                missing = (
-                    run.checkpoints.filter(prefix__in=gone[start : start + 5000])
-                    .may_become(Checkpoint.MISSING)
-                    .exclude(status=Checkpoint.MISSING)
-                )
-                counts["missing"] += missing.update(status=Checkpoint.MISSING)
+            rotated = _rotated_out(run, gone, existing, state_files, found, now=now)
+            # Rows already missing when this scan began stay as they are: not written again.
+            newly_missing = [p for p in gone if p not in rotated and existing[p][1] != Checkpoint.MISSING]
+            for status, prefixes in ((Checkpoint.ROTATED, sorted(rotated)), (Checkpoint.MISSING, newly_missing)):
+                for start in range(0, len(prefixes), 5000):
+                    rows = (
+                        run.checkpoints.filter(prefix__in=prefixes[start : start + 5000])
+                        .may_become(status)
+                        .exclude(status=status)
+                    )
+                    counts[status] += rows.update(status=status, gone_at=now)
 
         _link_meta_sources(run, found, touched=touched)
         mark_latest(run, latest_by_prefix)
@@ -212,7 +223,7 @@ def _store_chunk(
             unreadable.append(Checkpoint(pk=known[0], fingerprint=found_ckpt.fingerprint,
                                          problems=list(found_ckpt.problems)))
         elif not found_ckpt.unchanged:
-            # Missing and pruned rows are left out of ``known_fingerprints``, so every row
+            # Rows whose files were gone are left out of ``known_fingerprints``, so every row
             # here was re-read by discovery and all its fields are fresh.
             changed.append((known, found_ckpt))
     if rows:
@@ -235,11 +246,12 @@ def _store_chunk(
                 counts["stale"] += 1  # changed by another writer since this scan read it
                 continue
             updated.append(
-                Checkpoint(pk=pk, run=run, prefix=found_ckpt.prefix, **Checkpoint.discovery_values(found_ckpt))
+                Checkpoint(pk=pk, run=run, prefix=found_ckpt.prefix, gone_at=None,
+                           **Checkpoint.discovery_values(found_ckpt))
             )
     detail_fields = [
         "step", "status", "format", "files", "has_own_meta", "size_bytes", "saved_at",
-        "variables", "variable_count", "fingerprint", "problems",
+        "variables", "variable_count", "fingerprint", "problems", "gone_at",
     ]
     Checkpoint.objects.bulk_update(updated, detail_fields, batch_size=500)
     Checkpoint.objects.bulk_update(unreadable, ["fingerprint", "problems"], batch_size=500)
@@ -298,6 +310,49 @@ def _link_meta_sources(run: Run, found: dict[str, discovery.DiscoveredCheckpoint
             )
 
 
+def _rotated_out(
+    run: Run, gone: list[str], existing: dict[str, tuple[int, str]], state_files: list[discovery.StateFile],
+    found: dict[str, discovery.DiscoveredCheckpoint], *, now: dt.datetime,
+) -> set[str]:
+    """Which of the checkpoints whose files are gone the trainer rotated out itself.
+
+    A Saver's ``max_to_keep`` (and a ``CheckpointManager``) drops the oldest checkpoint from the
+    state file's list when it records a newer one, then deletes its files. So: a checkpoint no
+    state file lists any more, older than one a state file names as latest and that is on
+    disk. Anything else that vanished (files deleted by hand, a state file deleted too, a
+    checkpoint newer than the latest) is ``missing``: nothing explains it. A row already missing
+    qualifies only within ``ROTATION_RACE_SECONDS``; a directory emptied and then trained into
+    again later does not turn its old rows into rotated ones.
+    """
+    listed = {p for s in state_files for p in [*s.all_prefixes, s.latest] if p}
+    newest = [found[s.latest] for s in state_files if s.latest in found]
+    candidates = [p for p in gone if p not in listed]
+    if not newest or not candidates:
+        return set()
+    race = now - dt.timedelta(seconds=ROTATION_RACE_SECONDS)
+    if any(existing[p][1] == Checkpoint.MISSING for p in candidates):
+        # A run can hold many rows missing for long: read only the few that went missing just now.
+        recent = set(
+            run.checkpoints.filter(status=Checkpoint.MISSING, gone_at__gte=race).values_list("prefix", flat=True)
+        )
+        candidates = [p for p in candidates if existing[p][1] != Checkpoint.MISSING or p in recent]
+    rotated = set()
+    for start in range(0, len(candidates), 5000):
+        rows = run.checkpoints.filter(prefix__in=candidates[start : start + 5000]).values_list(
+            "prefix", "step", "saved_at", "status", "gone_at"
+        )
+        for prefix, step, saved_at, status, gone_at in rows:
+            if status == Checkpoint.MISSING and (gone_at is None or gone_at < race):
+                continue  # missing for longer than a scan racing a rotation explains
+            if any(
+                latest.step > step if latest.step is not None and step is not None
+                else latest.saved_at > saved_at.timestamp()
+                for latest in newest
+            ):
+                rotated.add(prefix)
+    return rotated
+
+
 def mark_latest(run: Run, latest_by_prefix: dict[str, list[str]]) -> None:
     # Only the few rows whose flag changes are written: a run has a handful of state files.
     run.checkpoints.exclude(latest_in=[]).exclude(prefix__in=latest_by_prefix).update(latest_in=[])
@@ -329,7 +384,7 @@ def refresh_latest(run: Run) -> None:
 
 def known_fingerprints(run: Run) -> dict[str, str]:
     return dict(
-        run.checkpoints.exclude(status__in=[Checkpoint.MISSING, Checkpoint.PRUNED]).values_list(
+        run.checkpoints.exclude(status__in=Checkpoint.GONE).values_list(
             "prefix", "fingerprint"
         )
     )
@@ -343,7 +398,8 @@ def record_saved(run: Run, saved: SavedCheckpoint, *, source: Checkpoint | None 
     an audit event). Reads the new ``.index`` (TensorFlow): call it from a worker.
     """
     found = discovery.describe_checkpoint(run.directory, saved.prefix, meta_source=saved.meta_source)
-    values = {**Checkpoint.discovery_values(found), "metrics": dict(saved.metrics), "recorded_at": timezone.now()}
+    values = {**Checkpoint.discovery_values(found), "metrics": dict(saved.metrics), "recorded_at": timezone.now(),
+              "gone_at": None}
     with transaction.atomic():
         # A scan of this run may be storing this very prefix: the run lock orders the two.
         lock_row(run)

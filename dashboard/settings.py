@@ -96,6 +96,14 @@ if DOWNLOAD_X_ACCEL_REDIRECT and not (DOWNLOAD_X_ACCEL_REDIRECT.startswith("/") 
 # dashboard appear by themselves. 0 turns the periodic rescan off.
 SCAN_INTERVAL_SECONDS = _env_float("SCAN_INTERVAL_SECONDS", 60.0)
 
+# How ``manage.py watch`` sees changes: unset or "auto" uses inotify, and polls for directories on
+# network file systems (another host's writes raise no inotify event) or when inotify fails;
+# 1 always polls, 0 never does. WATCH_POLL_INTERVAL_MS is how often polling lists a directory.
+WATCH_POLLING = None if os.environ.get("WATCH_POLLING", "auto").strip().lower() in {"", "auto"} else _env_bool(
+    "WATCH_POLLING", False
+)
+WATCH_POLL_INTERVAL_MS = int(_env_float("WATCH_POLL_INTERVAL_MS", 300.0, minimum=50.0))
+
 # Model recipes that save jobs can train, as dotted paths.
 CHECKPOINT_RECIPES = [
     r.strip()

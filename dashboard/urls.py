@@ -7,7 +7,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.decorators.http import require_safe
 
-from dashboard.views import aliases, compare, exports, jobs, retention, runs, saves, serving
+from dashboard.views import aliases, compare, exports, jobs, live, retention, runs, saves, serving
 from dashboard.views import checkpoints as checkpoint_actions
 
 
@@ -22,6 +22,8 @@ urlpatterns = [
     path("runs/new/", runs.run_new, name="run-new"),
     path("runs/<slug:name>/", runs.run_detail, name="run"),
     path("runs/<slug:name>/chart.json", runs.run_chart, name="run-chart"),
+    path("runs/<slug:name>/changes/", live.run_changes, name="run-changes"),
+    path("runs/<slug:name>/live/", live.run_live, name="run-live"),
     path("runs/<slug:name>/scan/", runs.run_scan, name="run-scan"),
     path("runs/<slug:name>/trust/", runs.run_trust, name="run-trust"),
     path("runs/<slug:name>/checkpoints/<int:pk>/", runs.checkpoint_detail, name="checkpoint"),

@@ -62,7 +62,7 @@ from persistence.statefile import (
 
 HEALTHY_STATUSES = frozenset({"present", "verified"})
 BROKEN_STATUSES = frozenset({"incomplete", "corrupt"})
-GONE_STATUSES = frozenset({"pruned", "missing"})
+GONE_STATUSES = frozenset({"pruned", "missing", "rotated"})
 KNOWN_STATUSES = HEALTHY_STATUSES | BROKEN_STATUSES | GONE_STATUSES
 
 BEST_MODES = ("min", "max")

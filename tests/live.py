@@ -73,14 +73,16 @@ class LiveWorker:
         self.process: subprocess.Popen | None = None
         self._log = None
 
-    def start(self) -> LiveWorker:
+    def command(self) -> list[str]:
         cmd = [
             *self.command_prefix,
             sys.executable, str(BASE_DIR / "manage.py"), "rqworker", settings.JOB_QUEUE,
             "--worker-class", "dashboard.worker.PreloadingWorker",
         ]
-        if self.burst:
-            cmd.append("--burst")
+        return [*cmd, "--burst"] if self.burst else cmd
+
+    def start(self) -> LiveWorker:
+        cmd = self.command()
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             cmd, cwd=BASE_DIR, env=subprocess_env(**self.env), stdout=self._log, stderr=subprocess.STDOUT,
@@ -124,6 +126,39 @@ class LiveWorker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class LiveWatcher(LiveWorker):
+    """``manage.py watch -v 2`` in a subprocess of its own (one log line per scan it makes).
+
+    ``args``: extra options, e.g. ``["--polling"]``. Give a ``log_path`` to read its lines.
+    """
+
+    def __init__(self, *, args: list[str] | None = None, log_path: Path | None = None, **env: str):
+        super().__init__(log_path=log_path, **env)
+        self.args = list(args or [])
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(BASE_DIR / "manage.py"), "watch", "-v", "2", *self.args]
+
+    def lines(self) -> list[str]:
+        return self.log_path.read_text(errors="replace").splitlines() if self.log_path and self.log_path.exists() else []
+
+    def wait_until_watching(self, timeout: float = 60) -> None:
+        """Until it has imported TensorFlow and made its first pass over the run directories."""
+        wait_for(lambda: any(line.startswith("Watching") for line in self.lines()) or self.process.poll() is not None,
+                 timeout, what="the watcher to start")
+        assert self.process.poll() is None, "\n".join(self.lines())
+
+    def stop(self) -> None:
+        """SIGTERM first (the watcher stops cleanly), SIGKILL if it does not within 10 s."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        super().stop()
 
 
 def without_file_permission_override() -> list[str] | None:

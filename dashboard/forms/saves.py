@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django import forms
 
-from ..models import Run
+from ..models import Checkpoint, Run
 from .names import (
     KNOWN_NAMES_FROM_CHECKPOINTS,
     MAX_TO_KEEP_LIMIT,
@@ -248,7 +248,7 @@ class ResaveForm(forms.Form):
         if problem := file_prefix_problem(prefix):
             raise forms.ValidationError(problem)
         run = self.checkpoint.run
-        if run.checkpoints.filter(prefix=prefix).exclude(status__in=["pruned", "missing"]).exists() or (
+        if run.checkpoints.filter(prefix=prefix).exclude(status__in=Checkpoint.GONE).exists() or (
             checkpoint_files(run.directory, prefix)
         ):
             raise forms.ValidationError(f"{prefix} already exists in this run; choose another prefix.")

@@ -188,7 +188,7 @@ def resave_job(job: Job, ctx: JobContext) -> dict:
     run = Run.objects.get(pk=job.run_id)
     directory = str(checkpoint_directory(run.directory))
     source = Checkpoint.objects.filter(pk=job.checkpoint_id, run=run).first()
-    if source is None or source.status in (Checkpoint.PRUNED, Checkpoint.MISSING):
+    if source is None or source.status in Checkpoint.GONE:
         raise TrainingError("the source checkpoint is no longer on disk")
     _check_source_files(source)
     new_prefix = params["new_prefix"]

@@ -41,7 +41,7 @@ def _cached_adapter(adapt_value):
 
 class CheckpointQuerySet(models.QuerySet):
     def on_disk(self) -> CheckpointQuerySet:
-        return self.exclude(status__in=[Checkpoint.PRUNED, Checkpoint.MISSING])
+        return self.exclude(status__in=Checkpoint.GONE)
 
     def may_become(self, status: str) -> CheckpointQuerySet:
         """Only the rows whose status may move to ``status`` (``Checkpoint.STATUS_TRANSITIONS``):
@@ -119,15 +119,25 @@ class CheckpointQuerySet(models.QuerySet):
 class Checkpoint(models.Model):
     PRESENT, INCOMPLETE, CORRUPT = discovery.PRESENT, discovery.INCOMPLETE, discovery.CORRUPT
     VERIFIED, PRUNED, MISSING = "verified", "pruned", "missing"
-    STATUS_CHOICES = [(s, s) for s in (PRESENT, INCOMPLETE, CORRUPT, VERIFIED, PRUNED, MISSING)]
+    # Deleted by the trainer's own rotation (a Saver's max_to_keep, a CheckpointManager): its files
+    # vanished after the state file stopped listing it. Expected, unlike missing.
+    ROTATED = "rotated"
+    STATUS_CHOICES = [(s, s) for s in (PRESENT, INCOMPLETE, CORRUPT, VERIFIED, PRUNED, MISSING, ROTATED)]
+    # Statuses whose files are gone: such rows keep what was recorded (step, metrics) for history.
+    GONE = (PRUNED, MISSING, ROTATED)
     # Where a status may move. A pruned checkpoint was deleted on purpose: its files being gone
     # is what pruned means, so it never becomes missing (a scan that read the directory while a
     # prune was deleting would say so), and it is not verified without being found again first.
     # It comes back only when a scan finds its files on disk again (a trainer re-saved the step).
-    _ANY = frozenset({PRESENT, INCOMPLETE, CORRUPT, VERIFIED, PRUNED, MISSING})
+    # A rotated one likewise never becomes missing: its files are gone as the trainer meant. A
+    # missing one becomes rotated once the state file no longer lists it (a CheckpointManager
+    # deletes files before it rewrites the state file), and one of our save jobs' rotations
+    # makes it pruned.
+    _ANY = frozenset({PRESENT, INCOMPLETE, CORRUPT, VERIFIED, PRUNED, MISSING, ROTATED})
     STATUS_TRANSITIONS = {
         PRESENT: _ANY, INCOMPLETE: _ANY, CORRUPT: _ANY, VERIFIED: _ANY, MISSING: _ANY,
         PRUNED: frozenset({PRUNED, PRESENT, INCOMPLETE, CORRUPT}),
+        ROTATED: frozenset({ROTATED, PRUNED, PRESENT, INCOMPLETE, CORRUPT}),
     }
 
     run = models.ForeignKey("dashboard.Run", related_name="checkpoints", on_delete=models.CASCADE)
@@ -156,6 +166,8 @@ class Checkpoint(models.Model):
         help_text="The checkpoint this one was re-saved from.",
     )
     recorded_at = models.DateTimeField(default=timezone.now)
+    # When a scan found its files gone (rotated or missing); None while they are on disk.
+    gone_at = models.DateTimeField(null=True, blank=True)
 
     objects = CheckpointQuerySet.as_manager()
 
@@ -166,6 +178,8 @@ class Checkpoint(models.Model):
             models.Index(fields=["run", "saved_at"]),
             models.Index(fields=["run", "size_bytes"]),
             models.Index(fields=["run", "status"]),
+            # The run page's change stamp reads the newest recorded_at of a run every second.
+            models.Index(fields=["run", "recorded_at"], name="checkpoint_run_recorded"),
         ]
         ordering = ["-step", "-saved_at"]
 
@@ -230,6 +244,7 @@ class Checkpoint(models.Model):
             "prefix": self.prefix,
             "step": self.step,
             "status": self.status,
+            "gone_at": self.gone_at.isoformat() if self.gone_at else None,  # when rotated out / missing
             "size_bytes": self.size_bytes,
             "saved_at": self.saved_at.isoformat(),
             "files": [f["name"] for f in self.files],
@@ -282,8 +297,17 @@ class Checkpoint(models.Model):
             self.job = job
 
     @property
+    def gone_reason(self) -> str:
+        """Why its files are gone, in words ("" while they are on disk)."""
+        return {
+            self.ROTATED: "rotated out by the trainer's max_to_keep",
+            self.MISSING: "missing",
+            self.PRUNED: "pruned",
+        }.get(self.status, "")
+
+    @property
     def on_disk(self) -> bool:
-        return self.status not in (self.PRUNED, self.MISSING)
+        return self.status not in self.GONE
 
     @property
     def v1_refusal(self) -> str:

@@ -60,6 +60,7 @@ STATUS_STYLE = {
     "corrupt": "bad",
     "missing": "bad",
     "pruned": "muted",
+    "rotated": "muted",
     "queued": "muted",
     "running": "info",
     "finished": "ok",

@@ -33,6 +33,9 @@ def checkpoint_verify(request: HttpRequest, name: str, pk: int) -> HttpResponse:
         messages.error(request, " ".join(form.errors.get("output", ["Invalid request."])))
     elif checkpoint.status == Checkpoint.PRUNED:
         messages.error(request, f"{checkpoint.prefix} was pruned: there is nothing left to verify.")
+    elif not checkpoint.on_disk:
+        messages.error(request, f"The files of {checkpoint.prefix} are gone ({checkpoint.gone_reason}): "
+                                "there is nothing left to verify.")
     elif checkpoint.v1_refusal:
         messages.error(request, checkpoint.v1_refusal)
     elif start_job(request, Job.RESTORE, run=checkpoint.run, checkpoint=checkpoint, params=form.job_params()):

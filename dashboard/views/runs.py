@@ -13,6 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from dashboard import access, artifacts, roots
+from dashboard.changes import RECENT_JOBS, change_stamp
 from dashboard.forms import RegisterRunForm
 from dashboard.forms.artifacts import verify_output_choices
 from dashboard.models import Checkpoint, Export, Job, Run
@@ -32,7 +33,7 @@ CHART_MAX_POINTS = 500
 
 def runs(request: HttpRequest) -> HttpResponse:
     access.require(request, access.VIEW)
-    on_disk = ~Q(checkpoints__status__in=[Checkpoint.PRUNED, Checkpoint.MISSING])
+    on_disk = ~Q(checkpoints__status__in=Checkpoint.GONE)
     rows = Run.objects.annotate(
         checkpoint_count=Count("checkpoints", filter=on_disk),
         latest_step=Max("checkpoints__step", filter=on_disk),
@@ -60,6 +61,12 @@ def run_new(request: HttpRequest) -> HttpResponse:
 
 def run_detail(request: HttpRequest, name: str) -> HttpResponse:
     run = access.get_run_for_user(request, name)
+    return render(request, "dashboard/run_detail.html", history_context(request, run))
+
+
+def history_context(request: HttpRequest, run: Run) -> dict:
+    """What the run page shows (also what its live refresh re-renders): the page of history rows
+    its query string asks for, the summary, recent jobs, and the change stamp they were read at."""
     sort = request.GET.get("sort", "-step")
     if sort not in HISTORY_SORTS:
         sort = "-step"
@@ -73,24 +80,26 @@ def run_detail(request: HttpRequest, name: str) -> HttpResponse:
     for c in page:
         c.metric_values = [(c.metrics or {}).get(name) for name in metric_names]
     summary = run.checkpoints.on_disk().aggregate(
-        count=Count("id"), total_bytes=Sum("size_bytes"), latest_step=Max("step")
+        count=Count("id"), total_bytes=Sum("size_bytes"), latest_step=Max("step"), last_recorded=Max("recorded_at")
     )
-    active_jobs, ended_jobs = _jobs_for_run_page(run, summary["count"])
-    return render(
-        request,
-        "dashboard/run_detail.html",
-        {
-            "run": run, "page": page, "sort": sort, "summary": summary, "recent_jobs": active_jobs,
-            "ended_jobs": ended_jobs, "metric_names": metric_names,
-        },
-    )
+    newest, active_jobs, ended_jobs = _jobs_for_run_page(run, summary["count"])
+    query = request.GET.copy()
+    query.pop("since", None)
+    return {
+        "run": run, "page": page, "sort": sort, "summary": summary, "recent_jobs": active_jobs,
+        "ended_jobs": ended_jobs, "metric_names": metric_names,
+        "page_path": run.get_absolute_url() + (f"?{query.urlencode()}" if query else ""),
+        # The stamp the change endpoint computes: from the same newest jobs.
+        "stamp": change_stamp(run, summary["last_recorded"], [(j.pk, j.status) for j in newest[:RECENT_JOBS]]),
+    }
 
 
 RUN_PAGE_ENDED_JOBS = 5
 
 
-def _jobs_for_run_page(run: Run, checkpoints_on_disk: int) -> tuple[list[Job], list[Job]]:
-    """Jobs still queued or running (with their progress bars), and the few newest that ended.
+def _jobs_for_run_page(run: Run, checkpoints_on_disk: int) -> tuple[list[Job], list[Job], list[Job]]:
+    """The newest jobs, those of them still queued or running (with their progress bars), and the
+    few newest that ended.
 
     Only the newest ended scan is worth a mention, and not when it found nothing while the run
     has checkpoints now: "0 found" from before the trainer saved only misleads.
@@ -108,13 +117,13 @@ def _jobs_for_run_page(run: Run, checkpoints_on_disk: int) -> tuple[list[Job], l
         ended.append(job)
         if len(ended) == RUN_PAGE_ENDED_JOBS:
             break
-    return active, ended
+    return newest, active, ended
 
 
 def run_chart(request: HttpRequest, name: str) -> JsonResponse:
     """Size and metrics over steps, thinned to at most ``CHART_MAX_POINTS`` evenly spaced points.
 
-    Steps whose files are gone (pruned, missing) stay on the metric curves, flagged in ``gone``:
+    Steps whose files are gone (pruned, rotated out, missing) stay on the metric curves, flagged in ``gone``:
     what training measured does not go away with the files. They have no size on disk (null).
     """
     run = access.get_run_for_user(request, name)
@@ -126,7 +135,7 @@ def run_chart(request: HttpRequest, name: str) -> JsonResponse:
     points = list(
         Checkpoint.objects.filter(id__in=chosen).order_by("step").values_list("step", "size_bytes", "metrics", "status")
     )
-    gone = [status in (Checkpoint.PRUNED, Checkpoint.MISSING) for *_, status in points]
+    gone = [status in Checkpoint.GONE for *_, status in points]
     metric_names = sorted({k for _, _, m, _ in points for k, v in (m or {}).items() if isinstance(v, int | float)})
     return JsonResponse(
         {

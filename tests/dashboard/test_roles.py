@@ -49,6 +49,8 @@ class Expect:
 LOGIN = 302  # anonymous users are sent to the login page everywhere
 # A page that changes nothing; a POST to it renders it again.
 READ = Expect(get=(LOGIN, 200, 200, 200), post=(LOGIN, 200, 200, 200))
+# What a page's script polls: GET only.
+POLL = Expect(get=(LOGIN, 200, 200, 200), post=(LOGIN, 405, 405, 405))
 # A form that starts a job or registers a run: GET shows it, an empty POST shows it with errors.
 OPERATE_FORM = Expect(get=(LOGIN, 403, 200, 200), post=(LOGIN, 403, 200, 200))
 # POST-only actions.
@@ -82,6 +84,8 @@ EXPECTED: dict[str, tuple[Expect, ...]] = {
     "run-new": (OPERATE_FORM,),
     "run": (READ,),
     "run-chart": (READ,),
+    "run-changes": (POLL,),
+    "run-live": (POLL,),
     "run-scan": (OPERATE_ACTION,),
     "run-trust": (MAINTAIN_ACTION,),
     "checkpoint": (READ.on("checkpoint"),),

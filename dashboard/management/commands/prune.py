@@ -25,7 +25,7 @@ import math
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from dashboard import jobs, retention
-from dashboard.models import Job, Run
+from dashboard.models import Checkpoint, Job, Run
 
 
 def _count(text: str) -> int:
@@ -80,7 +80,7 @@ class Command(BaseCommand):
         if not options["dry_run"]:
             outcome = self._execute(run, plan, overrides)
         if options["json"]:
-            on_disk = {f.prefix for f in facts if f.status not in ("pruned", "missing")}
+            on_disk = {f.prefix for f in facts if f.status not in Checkpoint.GONE}
             self.stdout.write(json.dumps(self._report(run, plan, on_disk, outcome)))
         else:
             self._print(run, plan, outcome)

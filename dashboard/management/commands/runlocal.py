@@ -1,7 +1,8 @@
 """Start everything the dashboard needs on one machine; Ctrl-C stops all of it.
 
 A private redis-server (unless ``REDIS_URL`` is set), one RQ worker that preloads TensorFlow, the
-RQ cron scheduler (periodic rescans), and the web server on http://127.0.0.1:8000.
+RQ cron scheduler (periodic rescans), the directory watcher (records checkpoints as they are
+written), and the web server on http://127.0.0.1:8000.
 
 It supervises them: a child that exits is started again (with a growing delay if it keeps
 exiting), and so is the private redis-server if it dies; the worker and scheduler wait for it.
@@ -99,13 +100,14 @@ def ready_banner(addr: str, var_dir: Path, env: dict[str, str]) -> str:
         f"  open      http://{addr}/",
         *login,
         f"  console   {console} · {mode}",
-        "  stop      Ctrl-C (stops the web server, workers, scheduler and Redis)",
+        "  stop      Ctrl-C (stops the web server, workers, watcher, scheduler and Redis)",
         line,
     ])
 
 
 class Command(BaseCommand):
-    help = "Run the web server, a worker, the scheduler and (if REDIS_URL is unset) a private redis-server."
+    help = ("Run the web server, a worker, the scheduler, the directory watcher and (if REDIS_URL is unset) "
+            "a private redis-server.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--addr", default="127.0.0.1:8000", help="Address for the web server.")
@@ -141,6 +143,7 @@ class Command(BaseCommand):
             },
             "scheduler": [*manage, "rqcron", "dashboard.cron", "--logging-level",
                           log_level if log_level in ("DEBUG", "INFO", "ERROR", "CRITICAL") else "WARNING"],
+            "watcher": [*manage, "watch"],
             "web": [*manage, "runserver", options["addr"], "--noreload"],
         }
         children: dict[str, subprocess.Popen] = {}

@@ -1,14 +1,19 @@
 // History chart on the run page: size and every recorded metric over steps.
 // Data comes thinned by the server (at most a few hundred points), so runs of any length draw fast.
-// Steps whose files are gone (pruned or missing) keep their metrics on the curves, drawn as crosses.
+// Steps whose files are gone (pruned, rotated out or missing) keep their metrics on the curves, drawn as crosses.
+// The live refresh (live.js) fires "run:changed" on the document: the data is fetched and drawn again.
 (function () {
   "use strict";
   const canvas = document.getElementById("history-chart");
   if (!canvas || typeof Chart === "undefined") return;
+  const section = canvas.closest("section") || canvas.closest("figure");
   const palette = ["#2e90fa", "#12b76a", "#f79009", "#9e77ed", "#f04438", "#0ba5ec"];
-  fetch(canvas.dataset.src, { credentials: "same-origin" })
+  let chart = null;
+  const draw = () => fetch(canvas.dataset.src, { credentials: "same-origin", cache: "no-store" })
     .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
     .then((data) => {
+      section.hidden = data.steps.length === 0;
+      if (chart) chart.destroy();
       const gone = data.gone || [];
       const dense = data.steps.length > 60;
       const isGone = (ctx) => gone[ctx.dataIndex] === true;
@@ -24,7 +29,7 @@
           pointRadius: (ctx) => (isGone(ctx) ? 5 : dense ? 0 : 2),
           pointBorderWidth: (ctx) => (isGone(ctx) ? 2 : 1) });
       });
-      new Chart(canvas, {
+      chart = new Chart(canvas, {
         type: "line",
         data: { labels: data.steps, datasets },
         options: {
@@ -42,5 +47,7 @@
       const note = document.getElementById("history-chart-gone");
       if (note) note.hidden = !gone.some(Boolean);
     })
-    .catch(() => { canvas.closest("figure").hidden = true; });
+    .catch(() => { if (!chart) section.hidden = true; });
+  draw();
+  document.addEventListener("run:changed", draw);
 })();

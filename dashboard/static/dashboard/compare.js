@@ -61,9 +61,11 @@
     input.addEventListener("change", () => input.form && input.form.requestSubmit());
   });
 
-  // History table: at most two ticks; the Compare button says how many are ticked.
-  const form = document.getElementById("compare-form");
-  if (form) {
+  // History table: at most two ticks; the Compare button says how many are ticked. Set up again
+  // when the live refresh (live.js) has re-rendered the rows.
+  const setUpTicks = () => {
+    const form = document.getElementById("compare-form");
+    if (!form) return;
     // The checkboxes sit in the table and join the form through their form="compare-form".
     const boxes = Array.from(document.querySelectorAll('input[type="checkbox"][form="compare-form"]'));
     const button = form.querySelector("button[data-compare]");
@@ -78,5 +80,7 @@
     };
     boxes.forEach((b) => b.addEventListener("change", update));
     update();
-  }
+  };
+  setUpTicks();
+  document.addEventListener("run:changed", setUpTicks);
 })();
