@@ -12,6 +12,10 @@ from .checkpoint import Checkpoint, CheckpointQuerySet
 from .comparison import Comparison
 from .export import Export
 from .job import Job, temp_owner_ended
+from .metrics import EventFile, MetricChunk, MetricSeries
 from .run import Run
 
-__all__ = ["AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "Export", "Job", "Run", "temp_owner_ended"]
+__all__ = [
+    "AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "EventFile", "Export", "Job", "MetricChunk",
+    "MetricSeries", "Run", "temp_owner_ended",
+]
