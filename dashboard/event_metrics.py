@@ -55,11 +55,13 @@ def read_events(run: Run) -> dict:
             reads.append((ref, row, None, f"{EVENT_PROBLEM}{ref.path}: cannot be read ({exc})"))
             continue
         reads.append((ref, row, read, ""))
-    with transaction.atomic():
-        lock_row(run)
-        stored = _store(run, reads)
-        _attach(run, stored)
-        problems = _note_problems(run, reads)
+    stored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if reads or run.checkpoints.filter(metric_steps__isnull=True).exists():
+        with transaction.atomic():
+            lock_row(run)
+            stored = _store(run, reads)
+            _attach(run, stored)
+    problems = _note_problems(run, [ref.path for ref in refs], known, reads)
     return {"metric_points": sum(len(s) for s, _ in stored.values()), "event_problems": problems}
 
 
@@ -206,11 +208,19 @@ def _attach(run: Run, new: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     Checkpoint.objects.bulk_update(changed, ["metrics", "metric_steps"], batch_size=1000)
 
 
-def _note_problems(run: Run, reads: list) -> list[str]:
-    """Show event-file problems among the run's scan problems (the run page lists those)."""
-    problems = [note for *_, note in reads if note]
-    for path_problems in run.event_files.exclude(problems=[]).values_list("problems", flat=True):
-        problems.extend(path_problems)
+def _note_problems(run: Run, present: list[str], known: dict[str, EventFile], reads: list) -> list[str]:
+    """Show the problems of the event files on disk among the run's scan problems (the run page
+    lists those)."""
+    problems = []
+    read = {ref.path: (result, note) for ref, _, result, note in reads}
+    for path in present:
+        result, note = read.get(path, (None, ""))
+        if note:
+            problems.append(note)
+        elif result is not None:
+            problems.extend(result.state.problems)
+        elif path in known:
+            problems.extend(known[path].problems or [])
     problems = list(dict.fromkeys(problems))
     others = [p for p in run.scan_problems or [] if not p.startswith(EVENT_PROBLEM)]
     if others + problems != list(run.scan_problems or []):

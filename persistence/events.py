@@ -140,19 +140,28 @@ def read_event_file(
     appenders: dict[str, tuple] = {}  # raw tag -> (steps.append, values.append)
     parse = event_pb2.Event.FromString
     reader = tf_record.tf_record_random_reader(path)
+    retried_at = -1
     try:
         while True:
             try:
                 record, end = reader.read(offset)
-            except IndexError:  # the end of the file
+            except IndexError:
+                # The end of the file, or (TensorFlow says "out of range" for it too) a length
+                # header not completely written yet: that record is read next time.
+                pending = offset < os.stat(path).st_size
                 break
             except errors.DataLossError:
-                verdict, next_offset = _after_refusal(path, offset, reader)
-                if verdict == "pending":
+                verdict, next_offset = _after_refusal(path, offset, tf_record.tf_record_random_reader)
+                if verdict == "retry" and retried_at != offset:
+                    # Completed since the reader looked: read it with a reader that has not
+                    # buffered the short tail.
+                    retried_at = offset
+                    reader.close()
+                    reader = tf_record.tf_record_random_reader(path)
+                    continue
+                if verdict in ("pending", "retry"):
                     pending = True
                     break
-                if verdict == "retry":
-                    continue
                 note = _problem(ref.path, offset, next_offset)
                 if note not in problems:
                     problems.append(note)
@@ -205,7 +214,7 @@ def read_event_file(
     return EventRead(EventFileState(offset, plugins, problems), points, records, pending, restarted)
 
 
-def _after_refusal(path: str, offset: int, reader) -> tuple[str, int | None]:
+def _after_refusal(path: str, offset: int, open_reader) -> tuple[str, int | None]:
     """TensorFlow's reader refused the record at ``offset``: is it still being written
     ("pending"), complete now ("retry"), or damaged ("corrupt", with where the next record starts,
     None when the length header itself is damaged and nothing after it can be framed)?
@@ -225,10 +234,13 @@ def _after_refusal(path: str, offset: int, reader) -> tuple[str, int | None]:
     if end > size:
         return "pending", None
     # The record was short when the reader looked and may have been completed since: read again.
+    reader = open_reader(path)
     try:
         reader.read(offset)
     except Exception:  # noqa: BLE001 - any refusal of a complete record means it is damaged
         return "corrupt", end
+    finally:
+        reader.close()
     return "retry", None
 
 
