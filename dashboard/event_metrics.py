@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import numpy as np
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Max, Min
 from django.utils import timezone
 
@@ -204,8 +204,24 @@ def _attach(run: Run, new: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         new_metrics = {**own, **{tag: value for tag, (value, _) in attached.items()}}
         new_steps = {tag: at for tag, (_, at) in attached.items()}
         if metric_steps is None or new_metrics != metrics or new_steps != metric_steps:
-            changed.append(Checkpoint(pk=pk, metrics=new_metrics, metric_steps=new_steps))
-    Checkpoint.objects.bulk_update(changed, ["metrics", "metric_steps"], batch_size=1000)
+            changed.append((pk, new_metrics, new_steps))
+    _write_metrics(changed)
+
+
+def _write_metrics(changed: list[tuple[int, dict, dict]]) -> None:
+    # One parameterised UPDATE per row, sent as one batch: the first read of a long run's event
+    # files sets every checkpoint's metrics, and ``bulk_update``'s CASE expressions grow with
+    # the batch (minutes for 100,000 rows).
+    if not changed:
+        return
+    ops = connection.ops
+    table = ops.quote_name(Checkpoint._meta.db_table)
+    sql = f"UPDATE {table} SET {ops.quote_name('metrics')} = %s, {ops.quote_name('metric_steps')} = %s WHERE id = %s"
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, [
+            (ops.adapt_json_value(metrics, None), ops.adapt_json_value(steps, None), pk)
+            for pk, metrics, steps in changed
+        ])
 
 
 def _note_problems(run: Run, present: list[str], known: dict[str, EventFile], reads: list) -> list[str]:

@@ -139,7 +139,10 @@ def read_event_file(
     points: dict[str, tuple[array, array]] = {}
     appenders: dict[str, tuple] = {}  # raw tag -> (steps.append, values.append)
     parse = event_pb2.Event.FromString
-    reader = tf_record.tf_record_random_reader(path)
+    try:
+        reader = tf_record.tf_record_random_reader(path)
+    except errors.OpError as exc:  # permissions, I/O: what TensorFlow raises for OSError
+        raise OSError(exc.message) from None
     retried_at = -1
     try:
         while True:
@@ -170,6 +173,8 @@ def read_event_file(
                                      restarted=restarted)
                 offset = next_offset
                 continue
+            except errors.OpError as exc:
+                raise OSError(exc.message) from None
             offset = end
             records += 1
             try:
