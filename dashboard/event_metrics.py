@@ -29,6 +29,10 @@ from .models import Checkpoint, EventFile, MetricChunk, MetricSeries, Run
 CHUNK_POINTS = 16_384
 CHART_POINTS = 2_000
 EVENT_PROBLEM = "event file "  # how event-file problems begin among a run's scan problems
+# Event files are written by code we do not control: a tag longer than the column, or a run
+# logging thousands of distinct scalars (one per layer and step, say), is reported, not stored.
+MAX_TAG_LENGTH = 255
+MAX_TAGS_PER_RUN = 1000
 
 
 def read_events(run: Run) -> dict:
@@ -73,14 +77,23 @@ def _store(run: Run, reads: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     new_points: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
     create, update = [], []
     now = timezone.now()
+    tags = set(run.metric_series.values_list("tag", flat=True)) if reads else set()
     for ref, row, read, _ in reads:
         if read is None:
             continue
         if current.get(ref.path) != (row.offset if row is not None else None):
             continue  # another scan read and stored this file since this one started
+        state, count = read.state, 0
         for tag, (steps, values) in read.points.items():
+            if tag not in tags and (len(tag) > MAX_TAG_LENGTH or len(tags) >= MAX_TAGS_PER_RUN):
+                note = (f"{EVENT_PROBLEM}{ref.path}: tag {tag[:80]!r} is not stored "
+                        f"(tags are kept up to {MAX_TAG_LENGTH} characters, {MAX_TAGS_PER_RUN} per run)")
+                if note not in state.problems:
+                    state.problems.append(note)
+                continue
+            tags.add(tag)
+            count += len(steps)
             new_points[tag].append((np.frombuffer(steps, dtype=np.int64), np.frombuffer(values, dtype=np.float64)))
-        state, count = read.state, sum(len(s) for s, _ in read.points.values())
         if row is None:
             create.append(EventFile(run=run, path=ref.path, offset=state.offset, size=ref.size, plugins=state.plugins,
                                     problems=state.problems, stuck=state.stuck, points=count, read_at=now))
