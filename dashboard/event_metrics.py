@@ -60,7 +60,7 @@ def read_events(run: Run) -> dict:
             continue
         reads.append((ref, row, read, ""))
     stored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if reads or run.checkpoints.filter(metric_steps__isnull=True).exists():
+    if reads or (run.metric_series.exists() and run.checkpoints.filter(metric_steps__isnull=True).exists()):
         with transaction.atomic():
             lock_row(run)
             stored = _store(run, reads)
