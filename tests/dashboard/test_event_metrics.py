@@ -9,6 +9,8 @@ import os
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from dashboard import comparing, event_metrics, retention, scanning
@@ -136,8 +138,9 @@ def test_chunks_fill_up_and_curves_read_back_whole(checkpoint_root, monkeypatch)
 def test_best_n_by_an_event_file_metric_keeps_the_right_checkpoints(seed_with_events):
     directory, *_ = seed_with_events
     run = Run.objects.get(pk=scan_json(directory)["run"]["id"])
-    Run.objects.filter(pk=run.pk).update(keep_best_n=2, best_metric="eval/accuracy", best_mode="max",
-                                         min_age_seconds=0, max_to_keep=None, keep_checkpoint_every_n_hours=None,
+    # Best 4: the seed run saves each step twice (model.ckpt- and its subset.ckpt-), with the same metrics.
+    Run.objects.filter(pk=run.pk).update(keep_best_n=4, best_metric="eval/accuracy", best_mode="max",
+                                         min_age_seconds=0, max_to_keep=1, keep_checkpoint_every_n_hours=None,
                                          keep_every_n_steps=None)
     run.refresh_from_db()
     plan = retention.plan_retention(run)
@@ -195,17 +198,22 @@ def test_run_page_says_from_which_step_and_keeps_its_query_budget(client, viewer
     assert "eval/accuracy · at step" in detail.content.decode()
 
 
-def test_chart_has_full_curves_cut_to_2000_points_and_marks_pruned_checkpoints(
-    client, viewer, checkpoint_root, django_assert_max_num_queries
-):
+def test_chart_has_full_curves_cut_to_2000_points_and_marks_pruned_checkpoints(client, viewer, checkpoint_root):
     directory = checkpoint_root / "long"
     factory.make_seed_run(directory, steps=(1000, 2000, 3000), max_to_keep=None)
     write_tf1_events(directory, {"loss": [(step, 1.0 / step) for step in range(1, 3001)]})
     run = Run.objects.get(pk=scan_json(directory)["run"]["id"])
     run.checkpoints.filter(step=2000).update(status=Checkpoint.PRUNED)  # model.ckpt- and subset.ckpt-
     client.force_login(viewer)
-    with django_assert_max_num_queries(8):
+    with CaptureQueriesContext(connection) as long_run:
         data = client.get(reverse("run-chart", args=[run.name])).json()
+    short = checkpoint_root / "short"
+    factory.make_seed_run(short, steps=(1, 2), max_to_keep=None)
+    write_tf1_events(short, {"loss": [(1, 1.0), (2, 0.5)]})
+    short_url = reverse("run-chart", args=[scan_json(short)["run"]["name"]])
+    with CaptureQueriesContext(connection) as short_run:
+        assert client.get(short_url).json()["curves"]
+    assert len(long_run) == len(short_run)  # one query for every curve, whatever its length
     curve = data["curves"]["loss"]
     assert curve["total"] == 3000 and 1000 <= len(curve["steps"]) <= 2000
     assert curve["steps"][0] == 1 and curve["steps"][-1] == 3000
