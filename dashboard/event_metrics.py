@@ -63,15 +63,15 @@ def read_events(run: Run) -> dict:
     if reads or (run.metric_series.exists() and run.checkpoints.filter(metric_steps__isnull=True).exists()):
         with transaction.atomic():
             lock_row(run)
-            stored = _store(run, reads)
-            _attach(run, stored)
+            stored, whole = _store(run, reads)
+            _attach(run, stored, whole)
     problems = _note_problems(run, [ref.path for ref in refs], known, reads)
     return {"metric_points": sum(len(s) for s, _ in stored.values()), "event_problems": problems}
 
 
-def _store(run: Run, reads: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _store(run: Run, reads: list) -> tuple[dict, dict]:
     """Store the points of ``reads`` whose files nobody stored meanwhile; return the new points
-    by tag (in the order read). Call under the run's row lock."""
+    by tag (in the order read) and the whole curves of those tags. Call under the run's row lock."""
     paths = [ref.path for ref, *_ in reads]
     current = {path: offset for path, offset in run.event_files.filter(path__in=paths).values_list("path", "offset")}
     new_points: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
@@ -110,13 +110,11 @@ def _store(run: Run, reads: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         values = np.concatenate([p[1] for p in parts])
         if len(steps):
             merged[tag] = (steps, values)
-    if merged:
-        _append(run, merged, now)
-    return merged
+    return merged, _append(run, merged, now) if merged else {}
 
 
-def _append(run: Run, new: dict[str, tuple[np.ndarray, np.ndarray]], now) -> None:
-    """Append points to each tag's chunks and recompute its chart copy."""
+def _append(run: Run, new: dict[str, tuple[np.ndarray, np.ndarray]], now) -> dict:
+    """Append points to each tag's chunks and recompute its chart copy; return the whole curves."""
     series = {s.tag: s for s in run.metric_series.filter(tag__in=list(new))}
     missing = [MetricSeries(run=run, tag=tag, updated_at=now) for tag in new if tag not in series]
     if missing:
@@ -126,7 +124,7 @@ def _append(run: Run, new: dict[str, tuple[np.ndarray, np.ndarray]], now) -> Non
     growing = [s.pk for s in series.values() if s.chunk_count]
     for chunk in MetricChunk.objects.filter(series_id__in=growing).order_by("series_id", "seq"):
         old[chunk.series_id].append(chunk)
-    create, rewrite = [], []
+    create, rewrite, whole = [], [], {}
     for tag, (steps, values) in new.items():
         row = series[tag]
         chunks = old.get(row.pk, [])
@@ -147,7 +145,7 @@ def _append(run: Run, new: dict[str, tuple[np.ndarray, np.ndarray]], now) -> Non
             _fill(chunk, steps[begin : begin + CHUNK_POINTS], values[begin : begin + CHUNK_POINTS])
             create.append(chunk)
             seq += 1
-        curve = events.merge([*parts, (steps, values)])
+        curve = whole[tag] = events.merge([*parts, (steps, values)])
         chart_steps, chart_values = events.downsample(*curve, CHART_POINTS)
         row.chart_steps, row.chart_values = events.pack(chart_steps, chart_values)
         row.count += len(steps)
@@ -161,6 +159,7 @@ def _append(run: Run, new: dict[str, tuple[np.ndarray, np.ndarray]], now) -> Non
         ["chart_steps", "chart_values", "count", "chunk_count", "first_step", "last_step", "updated_at"],
         batch_size=100,
     )
+    return whole
 
 
 def _fill(chunk: MetricChunk, steps: np.ndarray, values: np.ndarray) -> None:
@@ -183,9 +182,10 @@ def curves(run: Run, *, after_step: int | None = None, tags: list[str] | None = 
     return {tag: events.merge(p) for tag, p in parts.items()}
 
 
-def _attach(run: Run, new: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+def _attach(run: Run, new: dict[str, tuple[np.ndarray, np.ndarray]], whole: dict) -> None:
     """Attach curve values to the checkpoints whose save interval saw new points, and to
-    checkpoints not matched yet (new rows). Call under the run's row lock."""
+    checkpoints not matched yet (new rows). ``whole``: curves already at hand, by tag. Call under
+    the run's row lock."""
     if not new and not run.metric_series.exists():
         return
     unmatched = run.checkpoints.filter(metric_steps__isnull=True)
@@ -208,7 +208,9 @@ def _attach(run: Run, new: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         window = steps[0] - (steps[1] - steps[0])
     else:
         window = None
-    found = events.attach(curves(run, after_step=window), steps, previous=previous)
+    others = [tag for tag in run.metric_series.values_list("tag", flat=True) if tag not in whole]
+    at_hand = {**(curves(run, after_step=window, tags=others) if others else {}), **whole}
+    found = events.attach(at_hand, steps, previous=previous)
     changed = []
     for pk, step, metrics, metric_steps in rows:
         metrics = metrics or {}

@@ -139,6 +139,7 @@ def read_event_file(
     points: dict[str, tuple[array, array]] = {}
     appenders: dict[str, tuple] = {}  # raw tag -> (steps.append, values.append)
     parse = event_pb2.Event.FromString
+    unpack_float = struct.Struct("<f").unpack
     try:
         reader = tf_record.tf_record_random_reader(path)
     except errors.OpError as exc:  # permissions, I/O: what TensorFlow raises for OSError
@@ -203,9 +204,14 @@ def read_event_file(
                             plugins[tag] = plugin
                     if plugins.get(tag) != SCALARS_PLUGIN:
                         continue
-                    number = _tensor_scalar(value.tensor)
-                    if number is None:
-                        continue
+                    tensor = value.tensor
+                    content = tensor.tensor_content
+                    if tensor.dtype == 1 and len(content) == 4:  # float32, as tf.summary.scalar writes
+                        number = unpack_float(content)[0]
+                    else:
+                        number = _tensor_scalar(tensor)
+                        if number is None:
+                            continue
                 else:
                     continue
                 append = appenders.get(value.tag)
