@@ -266,3 +266,17 @@ def test_a_store_loses_to_another_scan_that_stored_the_same_bytes_first(checkpoi
     assert MetricSeries.objects.get(run=run, tag="loss").count == 10
     assert sum(MetricChunk.objects.filter(series__run=run).values_list("count", flat=True)) == 10
     assert run.checkpoints.get(prefix="model.ckpt-10").metrics["loss"] == pytest.approx(1.0)
+
+
+def test_overlong_tags_are_reported_and_the_other_tags_stored(checkpoint_root):
+    directory = checkpoint_root / "tags"
+    factory.make_seed_run(directory, steps=(10,), max_to_keep=None)
+    long_tag = "x" * (event_metrics.MAX_TAG_LENGTH + 1)
+    write_tf1_events(directory, {"loss": LOSS[:10], long_tag: LOSS[:10]})
+    report = scan_json(directory)
+    assert [p for p in report["problems"] if "is not stored" in p] == [
+        f"event file {os.path.basename(newest_event_file(directory))}: tag {long_tag[:80]!r} is not stored "
+        f"(tags are kept up to {event_metrics.MAX_TAG_LENGTH} characters, {event_metrics.MAX_TAGS_PER_RUN} per run)"
+    ]
+    assert list(MetricSeries.objects.values_list("tag", flat=True)) == ["loss"]
+    assert set(model_rows(report)[10]["metrics"]) == {"loss"}
