@@ -35,16 +35,26 @@ MAX_TAG_LENGTH = 255
 MAX_TAGS_PER_RUN = 1000
 
 
-def read_events(run: Run) -> dict:
+def read_events(run: Run, *, directory_unchanged: bool = False) -> dict:
     """Read new scalar points from the run's event files, store them and attach them to
     checkpoints; return ``{"metric_points": new points, "event_problems": [...]}``.
+
+    ``directory_unchanged``: no entry of the run directory was added or removed since the last
+    scan (its stamp is the same): only the files and subdirectories where event files were found
+    before are looked at, not the directory's thousands of checkpoint files. A subdirectory a
+    trainer creates changes the stamp, so it is found by that scan.
 
     TensorFlow reads the files outside any transaction; what was read is stored in one short
     transaction under the run's row lock, together with each file's new offset, so that a point is
     stored once: a file another scan has stored meanwhile (its offset moved) is left to it.
     """
-    refs = events.find_event_files(run.directory)
     known = {f.path: f for f in run.event_files.all()}
+    if directory_unchanged:
+        if not known:
+            return {"metric_points": 0, "event_problems": []}
+        refs = events.find_event_files(run.directory, only={path.split("/")[0] for path in known})
+    else:
+        refs = events.find_event_files(run.directory)
     if not refs and not known:
         return {"metric_points": 0, "event_problems": []}
     reads: list[tuple[events.EventFileRef, EventFile | None, events.EventRead | None, str]] = []
@@ -53,6 +63,7 @@ def read_events(run: Run) -> dict:
         if row is not None and ref.size == row.size and (row.offset == ref.size or row.stuck):
             continue  # nothing appended since the last read
         state = row.state() if row is not None else events.EventFileState()
+        state.problems = [p for p in state.problems if not p.startswith(f"{EVENT_PROBLEM}{ref.path}: cannot be read")]
         try:
             read = events.read_event_file(run.directory, ref, state, roots=settings.CHECKPOINT_ROOTS)
         except (files.UnsafeFile, OSError) as exc:
@@ -78,11 +89,16 @@ def _store(run: Run, reads: list) -> tuple[dict, dict]:
     create, update = [], []
     now = timezone.now()
     tags = set(run.metric_series.values_list("tag", flat=True)) if reads else set()
-    for ref, row, read, _ in reads:
-        if read is None:
-            continue
+    for ref, row, read, note in reads:
         if current.get(ref.path) != (row.offset if row is not None else None):
             continue  # another scan read and stored this file since this one started
+        if read is None:  # kept with the reason, so that every scan tries it again
+            if row is None:
+                create.append(EventFile(run=run, path=ref.path, problems=[note], read_at=now))
+            else:
+                row.problems, row.read_at = [note], now
+                update.append(row)
+            continue
         state, count = read.state, 0
         for tag, (steps, values) in read.points.items():
             if tag not in tags and (len(tag) > MAX_TAG_LENGTH or len(tags) >= MAX_TAGS_PER_RUN):

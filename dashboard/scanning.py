@@ -57,7 +57,7 @@ def scan(run: Run, *, full: bool = False, now: dt.datetime | None = None) -> dic
         run.save(update_fields=["last_scanned_at"])
         # Trainers append to event files in place (and in subdirectories): the stamp does not
         # see that, so they are looked at on every scan; only new bytes are read.
-        metrics = event_metrics.read_events(run)
+        metrics = event_metrics.read_events(run, directory_unchanged=True)
         return {
             "created": 0, "updated": 0, "missing": 0, "unchanged_directory": True,
             "checkpoints": run.checkpoints.on_disk().count(), "problems": list(run.scan_problems),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import struct
 from array import array
 from collections.abc import Iterable, Sequence
@@ -38,6 +39,7 @@ MAX_DEPTH = 3
 # after the reader refused a record (see ``_after_refusal``); the reading itself is TensorFlow's.
 _HEADER, _FOOTER = 12, 4
 SCALARS_PLUGIN = "scalars"
+_NOT_DIRECTORIES = (".index", ".meta", ".pb", ".tmp", ".json", ".txt", ".h5", ".keras", "checkpoint")
 _DATA_CLASS_SCALAR = 1  # summary_pb2.DataClass.DATA_CLASS_SCALAR
 
 STEP_DTYPE, VALUE_DTYPE = np.dtype("<i8"), np.dtype("<f8")
@@ -79,31 +81,44 @@ class EventRead:
     restarted: bool = False  # the file was shorter than the offset (rewritten): read from the start
 
 
-def find_event_files(directory: str, *, max_depth: int = MAX_DEPTH) -> list[EventFileRef]:
+def find_event_files(
+    directory: str, *, max_depth: int = MAX_DEPTH, only: Iterable[str] | None = None
+) -> list[EventFileRef]:
     """Event files in ``directory`` and its subdirectories, in the order they were written.
 
+    ``only``: names in ``directory`` to look at instead of listing it (subdirectories are still
+    listed): for a directory whose entries did not change since event files were last looked
+    for (``discovery.directory_stamp``), the names those files were found under. A large run's
+    directory then is not listed on every rescan.
     Symbolic links to directories are not followed; files are checked against the roots when
     they are read (``read_event_file``). A subdirectory that cannot be listed is skipped.
     """
     found: list[EventFileRef] = []
 
-    def walk(folder: str, rel: str, depth: int) -> None:
-        try:
-            with os.scandir(folder) as entries:
-                listed = list(entries)
-        except OSError:
-            return
-        for entry in listed:
-            name = entry.name
+    def walk(folder: str, rel: str, depth: int, names: Iterable[str] | None = None) -> None:
+        if names is None:
             try:
-                if name.startswith(EVENT_FILE_MARK):
-                    found.append(EventFileRef(f"{rel}{name}", entry.stat().st_size))
-                elif depth < max_depth and not name.startswith(".") and entry.is_dir(follow_symlinks=False):
-                    walk(entry.path, f"{rel}{name}/", depth + 1)
-            except OSError:  # gone since it was listed
-                continue
+                names = os.listdir(folder)
+            except OSError:
+                return
+        # A run directory holds thousands of checkpoint files: names alone (no DirEntry, no stat)
+        # rule them out, so that a rescan of a large run stays cheap.
+        deeper = depth < max_depth
+        for name in names:
+            if name.startswith(EVENT_FILE_MARK):
+                try:
+                    found.append(EventFileRef(f"{rel}{name}", os.stat(os.path.join(folder, name)).st_size))
+                except OSError:  # gone since it was listed
+                    pass
+            elif deeper and not name.endswith(_NOT_DIRECTORIES) and ".data-" not in name and name[0] != ".":
+                path = os.path.join(folder, name)
+                try:
+                    if stat.S_ISDIR(os.lstat(path).st_mode):  # lstat: a link to a directory is not followed
+                        walk(path, f"{rel}{name}/", depth + 1)
+                except OSError:
+                    pass
 
-    walk(directory, "", 0)
+    walk(directory, "", 0, None if only is None else sorted(set(only)))
     # Writers name files events.out.tfevents.<seconds>.<host>...: by name is by start time, so a
     # trainer restarted at an earlier step overrides the older file's points (``merge``).
     found.sort(key=lambda ref: (os.path.dirname(ref.path), os.path.basename(ref.path)))

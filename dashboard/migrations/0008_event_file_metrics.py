@@ -1,9 +1,15 @@
 # Curves of scalar metrics read from trainers' TensorBoard event files, where reading each file
-# stopped, and for each checkpoint the step its event-file metrics were logged at.
+# stopped, and for each checkpoint the step its event-file metrics were logged at. Every run's
+# directory stamp is cleared: a rescan of an unchanged directory only looks where event files were
+# found before, so each run's next scan must list its directory once to find them.
 
 import django.db.models.deletion
 import django.utils.timezone
 from django.db import migrations, models
+
+
+def rescan_every_directory(apps, schema_editor):
+    apps.get_model("dashboard", "Run").objects.update(directory_stamp="")
 
 
 class Migration(migrations.Migration):
@@ -13,6 +19,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.RunPython(rescan_every_directory, migrations.RunPython.noop),
         migrations.AddField(
             model_name="checkpoint",
             name="metric_steps",

@@ -280,3 +280,29 @@ def test_overlong_tags_are_reported_and_the_other_tags_stored(checkpoint_root):
     ]
     assert list(MetricSeries.objects.values_list("tag", flat=True)) == ["loss"]
     assert set(model_rows(report)[10]["metrics"]) == {"loss"}
+
+
+def test_an_unchanged_run_directory_is_not_listed_but_its_event_subdirectories_are(checkpoint_root, monkeypatch):
+    import time
+
+    directory = checkpoint_root / "settled"
+    factory.make_seed_run(directory, steps=(10, 20), max_to_keep=None)
+    write_tf1_events(directory / "eval", {"accuracy": ACCURACY[:1]})
+    past = time.time() - 60
+    os.utime(directory, (past, past))  # settled: the scan records the directory's stamp
+    run = Run.objects.get(pk=scan_json(directory)["run"]["id"])
+    assert run.directory_stamp
+
+    write_tf1_events(directory / "eval", {"accuracy": ACCURACY[1:2]})  # a new file inside eval/ only
+    listed = []
+    real_listdir = os.listdir
+
+    def recording_listdir(path="."):
+        listed.append(os.fspath(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", recording_listdir)
+    result = scanning.scan(run)
+    assert result["unchanged_directory"] and result["metric_points"] == 1
+    assert str(directory) not in listed and str(directory / "eval") in listed
+    assert run.checkpoints.get(prefix="model.ckpt-20").metrics["eval/accuracy"] == pytest.approx(0.9)
