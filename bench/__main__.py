@@ -11,7 +11,7 @@ import sys
 
 from bench import harness
 
-GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving", "downloads", "scale", "live"]
+GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving", "downloads", "scale", "live", "events"]
 
 
 def main(argv: list[str]) -> int:
@@ -70,6 +70,10 @@ def main(argv: list[str]) -> int:
             from bench import live
 
             new.update(live.run(work))
+        if "events" in groups:
+            from bench import events
+
+            new.update(events.run(work))
         results = harness.write_results(new)
     finally:
         shutil.rmtree(work, ignore_errors=True)

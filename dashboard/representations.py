@@ -42,6 +42,8 @@ def checkpoint_item(checkpoint: Checkpoint) -> dict[str, Any]:
         "size_bytes": checkpoint.size_bytes,
         "saved_at": _time(checkpoint.saved_at),
         "metrics": checkpoint.metrics or {},
+        # Event-file metrics: the step each value was logged at (its own, or earlier in its interval).
+        "metric_steps": checkpoint.metric_steps or {},
     }
 
 

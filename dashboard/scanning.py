@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from persistence import discovery
 
+from . import event_metrics
 from .locks import lock_row
 from .models import AuditEvent, Checkpoint, Run
 from .pruning import running_prune
@@ -47,8 +48,9 @@ def scan(run: Run, *, full: bool = False, now: dt.datetime | None = None) -> dic
     """Rescan the directory and record what was found; return counts of what changed.
 
     When the directory has not changed since the last scan (see ``discovery.directory_stamp``)
-    nothing is listed or read, unless ``full``. Imports TensorFlow when an index must be read.
-    Checkpoints are stored chunk by chunk as discovery describes them; with thousands to read
+    no checkpoint is listed or read, unless ``full``. Either way, what trainers appended to
+    TensorBoard event files is read (``event_metrics``). Imports TensorFlow when an index or an
+    event file must be read. Checkpoints are stored chunk by chunk as discovery describes them; with thousands to read
     and a processor to spare, discovery reads in a forked child meanwhile (it never touches
     this process's database connection; see ``discovery.describe_chunks``).
     """
@@ -57,9 +59,13 @@ def scan(run: Run, *, full: bool = False, now: dt.datetime | None = None) -> dic
     if stamp and stamp == run.directory_stamp and not full:
         run.last_scanned_at = now or timezone.now()
         run.save(update_fields=["last_scanned_at"])
+        # Trainers append to event files in place (and in subdirectories): the stamp does not
+        # see that, so they are looked at on every scan; only new bytes are read.
+        metrics = event_metrics.read_events(run, directory_unchanged=True)
         return {
             "created": 0, "updated": 0, "missing": 0, "rotated": 0, "unchanged_directory": True,
             "checkpoints": run.checkpoints.on_disk().count(), "problems": list(run.scan_problems),
+            "metric_points": metrics["metric_points"],
         }
     listing = discovery.list_directory(run.directory, roots=settings.CHECKPOINT_ROOTS)
     known = {} if full else known_fingerprints(run)
@@ -75,7 +81,11 @@ def scan(run: Run, *, full: bool = False, now: dt.datetime | None = None) -> dic
         # The directory changed while it was read (a trainer saved): the state files listed
         # at the start may be older than what a save job recorded meanwhile.
         refresh_latest(run)
-    return {**counts, "unchanged_directory": False, "checkpoints": found, "problems": list(listing.problems)}
+    metrics = event_metrics.read_events(run)
+    return {
+        **counts, "unchanged_directory": False, "checkpoints": found,
+        "problems": [*listing.problems, *metrics["event_problems"]], "metric_points": metrics["metric_points"],
+    }
 
 
 def apply_scan(

@@ -13,7 +13,11 @@ from .checkpoint import Checkpoint, CheckpointQuerySet
 from .comparison import Comparison
 from .export import Export
 from .job import Job, temp_owner_ended
+from .metrics import EventFile, MetricChunk, MetricSeries
 from .run import Run
 from .serving import ServingTarget
 
-__all__ = ["Alias", "AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "Export", "Job", "Run", "ServingTarget", "temp_owner_ended"]
+__all__ = [
+    "Alias", "AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "EventFile", "Export", "Job",
+    "MetricChunk", "MetricSeries", "Run", "ServingTarget", "temp_owner_ended",
+]

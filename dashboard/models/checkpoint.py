@@ -155,6 +155,10 @@ class Checkpoint(models.Model):
     variables = models.JSONField(default=list)  # [{"name", "shape", "dtype", "bytes"}]
     variable_count = models.PositiveIntegerField(default=0)
     metrics = models.JSONField(default=dict, db_default={}, blank=True)
+    # For metrics read from event files: the step each value was logged at (the checkpoint's own,
+    # or an earlier one in its save interval). Other keys of ``metrics`` came from our save jobs.
+    # None: not matched against the event files yet.
+    metric_steps = models.JSONField(null=True, blank=True)
     latest_in = models.JSONField(default=list, db_default=[], blank=True)  # names of state files naming it latest
     pinned = models.BooleanField(default=False, db_default=False)
     pin_reason = models.CharField(max_length=255, blank=True, db_default="")
@@ -252,6 +256,7 @@ class Checkpoint(models.Model):
             "is_latest": self.is_latest,
             "variables": [{"name": v["name"], "shape": v["shape"], "dtype": v["dtype"]} for v in self.variables],
             "metrics": self.metrics,
+            "metric_steps": self.metric_steps or {},
             "problems": self.problems,
         }
 

@@ -78,7 +78,12 @@ def history_context(request: HttpRequest, run: Run) -> dict:
     page = Paginator(history, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
     metric_names = sorted({name for c in page for name in (c.metrics or {})})[:4]
     for c in page:
-        c.metric_values = [(c.metrics or {}).get(name) for name in metric_names]
+        # (value, the step it was logged at when that is not the checkpoint's own: event files)
+        logged = c.metric_steps or {}
+        c.metric_values = [
+            ((c.metrics or {}).get(name), logged[name] if logged.get(name, c.step) != c.step else None)
+            for name in metric_names
+        ]
     summary = run.checkpoints.on_disk().aggregate(
         count=Count("id"), total_bytes=Sum("size_bytes"), latest_step=Max("step"), last_recorded=Max("recorded_at")
     )
@@ -121,7 +126,9 @@ def _jobs_for_run_page(run: Run, checkpoints_on_disk: int) -> tuple[list[Job], l
 
 
 def run_chart(request: HttpRequest, name: str) -> JsonResponse:
-    """Size and metrics over steps, thinned to at most ``CHART_MAX_POINTS`` evenly spaced points.
+    """Size and metrics at checkpoints, thinned to at most ``CHART_MAX_POINTS`` evenly spaced
+    checkpoints, and the full curves read from event files (``curves``: each already cut down to
+    at most ``event_metrics.CHART_POINTS`` points when it was stored, so any length costs one query).
 
     Steps whose files are gone (pruned, rotated out, missing) stay on the metric curves, flagged in ``gone``:
     what training measured does not go away with the files. They have no size on disk (null).
@@ -136,6 +143,10 @@ def run_chart(request: HttpRequest, name: str) -> JsonResponse:
         Checkpoint.objects.filter(id__in=chosen).order_by("step").values_list("step", "size_bytes", "metrics", "status")
     )
     gone = [status in Checkpoint.GONE for *_, status in points]
+    curves = {}
+    for series in run.metric_series.only("tag", "count", "chart_steps", "chart_values"):
+        steps, values = series.chart_points()
+        curves[series.tag] = {"steps": steps, "values": values, "total": series.count}
     metric_names = sorted({k for _, _, m, _ in points for k, v in (m or {}).items() if isinstance(v, int | float)})
     return JsonResponse(
         {
@@ -143,6 +154,7 @@ def run_chart(request: HttpRequest, name: str) -> JsonResponse:
             "size_bytes": [None if g else p[1] for p, g in zip(points, gone, strict=True)],
             "metrics": {n: [(p[2] or {}).get(n) for p in points] for n in metric_names},
             "gone": gone,
+            "curves": curves,
             "total": len(ids),
             "shown": len(points),
         }
@@ -192,9 +204,20 @@ def checkpoint_detail(request: HttpRequest, name: str, pk: int) -> HttpResponse:
             "files_left": files_left,
             "bytes_left": sum(f["size"] for f in files_left or []),
             "exports": list(checkpoint.exports.all()),
+            "metric_rows": _metric_rows(checkpoint),
             "meta_dependents": checkpoint.meta_dependents.count() if checkpoint.has_own_meta else 0,
             "jobs": list(checkpoint.jobs.order_by("-created_at")[:5]),
             "run_aliases": run_aliases,
             "aliases": [a.name for a in run_aliases if a.checkpoint_id == checkpoint.pk],
         },
     )
+
+
+def _metric_rows(checkpoint: Checkpoint) -> list[tuple[str, object, str]]:
+    """(name, value, where an event-file value was logged: "at step" / "from step N" / "")."""
+    logged = checkpoint.metric_steps or {}
+    return [
+        (name, value, "" if name not in logged else "at step" if logged[name] == checkpoint.step
+         else f"from step {logged[name]}")
+        for name, value in (checkpoint.metrics or {}).items()
+    ]
