@@ -13,5 +13,7 @@ from .comparison import Comparison
 from .export import Export
 from .job import Job, temp_owner_ended
 from .run import Run
+from .webhook import WebhookDelivery, WebhookEndpoint
 
-__all__ = ["AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "Export", "Job", "Run", "temp_owner_ended"]
+__all__ = ["AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "Export", "Job", "Run", "WebhookDelivery", "WebhookEndpoint",
+           "temp_owner_ended"]
