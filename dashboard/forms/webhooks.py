@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from django import forms
 
 from .. import webhooks
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+
+    from ..models import WebhookEndpoint
 
 
 class WebhookEndpointForm(forms.Form):
@@ -29,13 +37,14 @@ class WebhookEndpointForm(forms.Form):
         help_text="Leave empty to have a strong secret generated. It is shown once.",
     )
 
-    def __init__(self, *args, with_secret: bool = True, **kwargs):
+    def __init__(self, *args: Any, with_secret: bool = True, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if not with_secret:
             del self.fields["secret"]
         self.descriptions = webhooks.EVENTS
 
-    def save(self, *, endpoint=None, user=None):
+    def save(self, *, endpoint: WebhookEndpoint | None = None,
+             user: AbstractBaseUser | AnonymousUser | None = None) -> tuple[WebhookEndpoint, str | None] | None:
         """Create (returns ``(endpoint, secret)``) or update ``endpoint`` (returns ``(endpoint, None)``);
         None when the operation refused a value (the error is then on its field)."""
         data = self.cleaned_data

@@ -190,7 +190,7 @@ def test_a_rolled_back_change_records_and_sends_nothing(db, django_capture_on_co
     assert len(callbacks) == 1 and WebhookDelivery.objects.count() == 1
 
 
-def test_a_prune_records_retention_pruned_with_what_it_deleted(checkpoint_root):
+def test_a_prune_records_retention_pruned_with_what_it_deleted(db, checkpoint_root):
     webhooks.create_endpoint(url=PUBLIC, events=[webhooks.RETENTION_PRUNED])
     run = fake_run(checkpoint_root / "r", "r", list(range(1, 7)), max_to_keep=2)
     plan = retention.plan_retention(run)

@@ -19,7 +19,7 @@ def test_a_maintainer_adds_an_endpoint_reads_its_log_and_redelivers(tracked, e2e
     tracked.login(e2e_maintainer.username)
 
     page.get_by_role("link", name="Webhooks").click()
-    page.get_by_role("link", name="Add endpoint").click()
+    page.get_by_role("button", name="Add endpoint").click()  # a link styled as a button
     page.fill("input[name=url]", "http://127.0.0.1:9000/hook")
     page.get_by_label("export.verified").check()
     page.get_by_role("button", name="Add endpoint").click()
@@ -40,7 +40,7 @@ def test_a_maintainer_adds_an_endpoint_reads_its_log_and_redelivers(tracked, e2e
     delivery = WebhookDelivery.objects.create(endpoint=endpoint, event=webhooks.JOB_FAILED, event_id="evt_e2e",
                                               payload={"id": "evt_e2e", "event": "job.failed"},
                                               attempts=attempts, state=WebhookDelivery.FAILED)
-    page.get_by_role("link", name="Done").click()
+    page.get_by_role("button", name="Done").click()
     page.wait_for_selector(f"#delivery-{delivery.pk}")
     assert shown not in page.content()  # never shown again
     log = page.locator(f"#delivery-{delivery.pk}")
