@@ -50,6 +50,7 @@ urlpatterns = [
     path("webhooks/<int:pk>/edit/", webhooks.webhook_edit, name="webhook-edit"),
     path("webhooks/<int:pk>/secret/", webhooks.webhook_secret, name="webhook-secret"),
     path("webhooks/<int:pk>/delete/", webhooks.webhook_delete, name="webhook-delete"),
+    path("webhooks/<int:pk>/ping/", webhooks.webhook_ping, name="webhook-ping"),
     path("webhooks/<int:pk>/deliveries/<int:delivery_pk>/redeliver/", webhooks.webhook_redeliver,
          name="webhook-redeliver"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),

@@ -109,3 +109,15 @@ def webhook_redeliver(request: HttpRequest, pk: int, delivery_pk: int) -> HttpRe
     else:
         messages.success(request, f"{delivery.event} {delivery.event_id} queued again as delivery #{again.pk}.")
     return redirect(endpoint)
+
+
+@require_POST
+def webhook_ping(request: HttpRequest, pk: int) -> HttpResponse:
+    endpoint = _endpoint_for_maintainer(request, pk)
+    try:
+        delivery = webhooks.send_test_event(endpoint)
+    except webhooks.InvalidEndpoint as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Test event queued as delivery #{delivery.pk}.")
+    return redirect(endpoint)

@@ -17,6 +17,7 @@ from .endpoints import (
     delete_endpoint,
     generate_secret,
     regenerate_secret,
+    send_test_event,
     update_endpoint,
 )
 from .events import (
@@ -36,5 +37,5 @@ __all__ = [
     "CHECKPOINT_CORRUPT", "CHECKPOINT_RECORDED", "EVENTS", "EXPORT_FAILED", "EXPORT_VERIFIED", "JOB_FAILED",
     "RETENTION_PRUNED", "SIGNATURE_HEADER", "InvalidEndpoint", "body_bytes", "create_endpoint", "delete_endpoint",
     "deliver", "dispatch_due", "emit", "forget_subscriptions", "generate_secret", "redeliver", "regenerate_secret",
-    "signature", "subscribed_events", "update_endpoint",
+    "send_test_event", "signature", "subscribed_events", "update_endpoint",
 ]

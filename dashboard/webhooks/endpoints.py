@@ -8,15 +8,19 @@ address guard here, when it is saved, and again by every delivery (DNS may chang
 from __future__ import annotations
 
 import secrets
+import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
-from dashboard.models import AuditEvent, WebhookEndpoint
+from dashboard.models import AuditEvent, WebhookDelivery, WebhookEndpoint
+from dashboard.representations import webhook_endpoint_item
 from persistence import netguard
 
+from .delivery import enqueue_deliveries
 from .events import EVENTS, forget_subscriptions
 
 if TYPE_CHECKING:
@@ -25,6 +29,8 @@ if TYPE_CHECKING:
 
     User = AbstractBaseUser | AnonymousUser
 
+# Sent on demand, to whatever an endpoint subscribes to: lets a receiver check its signature code.
+PING = "ping"
 SECRET_PREFIX = "whsec_"
 MIN_SECRET_LENGTH = 24
 
@@ -113,6 +119,21 @@ def delete_endpoint(endpoint: WebhookEndpoint, *, user: User | None = None) -> N
         _audit("webhook_deleted", endpoint, user, f"Webhook endpoint {endpoint.url} deleted")
         endpoint.delete()
     forget_subscriptions()
+
+
+def send_test_event(endpoint: WebhookEndpoint) -> WebhookDelivery:
+    """Queue a signed ``ping`` (``{id, event, created_at, endpoint}``) to the endpoint, logged like
+    any delivery. Raises ``InvalidEndpoint`` when the endpoint is disabled."""
+    if not endpoint.active:
+        raise InvalidEndpoint("active", "The endpoint is disabled: enable it to send a test event.")
+    now = timezone.now()
+    body = {"id": f"evt_{uuid.uuid4().hex}", "event": PING, "created_at": now.isoformat(),
+            "endpoint": webhook_endpoint_item(endpoint)}
+    with transaction.atomic():
+        delivery = WebhookDelivery.objects.create(endpoint=endpoint, event=PING, event_id=body["id"], payload=body,
+                                                  created_at=now, next_attempt_at=now)
+        transaction.on_commit(lambda: enqueue_deliveries([delivery.pk]), robust=True)
+    return delivery
 
 
 def _audit(action: str, endpoint: WebhookEndpoint, user: User | None, summary: str) -> None:

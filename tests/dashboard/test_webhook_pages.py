@@ -57,7 +57,7 @@ def test_only_maintainers_reach_the_webhook_pages(client, role, request):
                        ("webhook-edit", [endpoint.pk])]:
         assert client.get(reverse(name, args=args)).status_code == 403, name
     for name, args in [("webhook-new", []), ("webhook-secret", [endpoint.pk]), ("webhook-delete", [endpoint.pk]),
-                       ("webhook-redeliver", [endpoint.pk, delivery.pk])]:
+                       ("webhook-redeliver", [endpoint.pk, delivery.pk]), ("webhook-ping", [endpoint.pk])]:
         assert client.post(reverse(name, args=args), {"url": PUBLIC, "events": ["job.failed"]}).status_code == 403
     assert WebhookEndpoint.objects.get().secret == endpoint.secret
     assert WebhookDelivery.objects.count() == 1

@@ -251,3 +251,16 @@ def test_a_delivery_whose_worker_died_mid_attempt_is_attempted_again(worker, sch
     assert row.state == WebhookDelivery.DELIVERED
     assert "stopped before recording" in row.attempts[0]["error"] and row.attempts[1]["status"] == 200
     assert [r.headers["X-Webhook-Id"] for r in receiver.requests] == ["evt_orphan"]
+
+
+def test_a_test_event_reaches_the_receiver_signed(worker, scheduler):
+    verify = readme_verifier()
+    with Receiver() as receiver:
+        endpoint, secret = endpoint_for(receiver, webhooks.RETENTION_PRUNED)
+        row = delivered(webhooks.send_test_event(endpoint))
+        [got] = receiver.events("ping")
+
+    assert row.state == WebhookDelivery.DELIVERED
+    assert got.json["endpoint"] == representations.webhook_endpoint_item(endpoint)
+    assert secret not in got.body.decode()  # the body names the endpoint, never its secret
+    assert verify(secret, got.headers["X-Webhook-Signature"], got.body)
