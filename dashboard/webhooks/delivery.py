@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 DELIVER = "dashboard.webhooks.delivery.deliver"
 SIGNATURE_HEADER = "X-Webhook-Signature"
 EXCERPT_CHARS = 500
-# A 429's Retry-After is honoured up to this long; a receiver cannot park deliveries for days.
+# The Retry-After of a 429 or 503 is honoured up to this long: a receiver cannot park deliveries
+# for days.
 MAX_RETRY_AFTER_SECONDS = 3600
 USER_AGENT = "checkpoint-dashboard-webhooks/1"
 
@@ -165,7 +166,7 @@ def _send(row: WebhookDelivery, target: netguard.Target, record: dict[str, Any])
     if 300 <= answer.status < 400:
         record["error"] = "The receiver answered with a redirect; redirects are not followed."
     elif answer.status == 429 or answer.status >= 500:
-        return True, answer.retry_after if answer.status == 429 else None
+        return True, answer.retry_after if answer.status in (429, 503) else None
     elif answer.status >= 400:
         record["error"] = f"The receiver refused it ({answer.status}); not retried."
     return False, None
