@@ -266,19 +266,14 @@ def test_a_test_event_reaches_the_receiver_signed(worker, scheduler):
     assert verify(secret, got.headers["X-Webhook-Signature"], got.body)
 
 
-def test_an_event_the_queue_missed_is_still_delivered(worker, scheduler, settings, free_tcp_port):
+def test_an_event_the_queue_missed_is_still_delivered(worker, scheduler, settings):
     with Receiver() as receiver:
         endpoint, _ = endpoint_for(receiver, webhooks.JOB_FAILED)
         # This process cannot reach Redis when the event commits (the worker and scheduler can).
-        unreachable = f"redis://127.0.0.1:{free_tcp_port}/0"
+        unreachable = f"redis://127.0.0.1:{free_port()}/0"
         settings.RQ_QUEUES = {name: {**conf, "URL": unreachable} for name, conf in settings.RQ_QUEUES.items()}
         assert webhooks.emit(webhooks.JOB_FAILED, a_failed_job()) == 1
         row = delivered(WebhookDelivery.objects.get(endpoint=endpoint), timeout=30)
 
     assert row.state == WebhookDelivery.DELIVERED and [a["status"] for a in row.attempts] == [200]
     assert len(receiver.events(webhooks.JOB_FAILED)) == 1
-
-
-@pytest.fixture
-def free_tcp_port() -> int:
-    return free_port()
