@@ -25,11 +25,9 @@ def _endpoint_for_maintainer(request: HttpRequest, pk: int) -> WebhookEndpoint:
 
 
 def _show_secret(request: HttpRequest, endpoint: WebhookEndpoint, secret: str, *, new: bool) -> HttpResponse:
-    # Rendered in the answer to the POST, never redirected to: a secret must not sit in a URL,
-    # a message cookie or the browser's cache.
-    response = render(request, "dashboard/webhook_secret.html", {"endpoint": endpoint, "secret": secret, "new": new})
-    response["Cache-Control"] = "no-store"
-    return response
+    # Rendered in the answer to the POST, never redirected to: a secret must not sit in a URL or a
+    # message cookie. The views that call this are ``never_cache`` (no-store): nor in a cache.
+    return render(request, "dashboard/webhook_secret.html", {"endpoint": endpoint, "secret": secret, "new": new})
 
 
 def webhook_list(request: HttpRequest) -> HttpResponse:
