@@ -9,6 +9,7 @@ from django.core.paginator import Paginator
 from django.db.models import Count, Max, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
@@ -75,6 +76,7 @@ def webhook_detail(request: HttpRequest, pk: int) -> HttpResponse:
     page = Paginator(deliveries, DELIVERIES_PAGE_SIZE).get_page(request.GET.get("page"))
     for delivery in page:
         delivery.body_text = json.dumps(delivery.payload, indent=2, sort_keys=True)
+        delivery.attempt_rows = [{**a, "at": parse_datetime(a.get("at") or "")} for a in delivery.attempts]
     return render(request, "dashboard/webhook_detail.html", {
         "endpoint": endpoint, "page": page, "state": state, "states": [s for s, _ in WebhookDelivery.STATE_CHOICES],
     })
