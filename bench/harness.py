@@ -52,7 +52,7 @@ NOTES = {
     "prune_exec_vs_bare": "Executing a plan deleting 10,000 files vs `os.remove` of the same, caches dropped "
     "before each side (disk-bound; our side's database file is cold too); best of 5 alternating.",
     "webhook_emit_scan_overhead": "Recording a first scan of 10,000 checkpoints with no webhook endpoint vs the "
-    "same with the emit calls stubbed out; best of 5 alternating. Not: a scan while an endpoint subscribes "
+    "same with the emit calls stubbed out; best of 9 alternating. Not: a scan while an endpoint subscribes "
     "(one delivery row per checkpoint, by design), nor index reading.",
     "prune_exec_page_cache_vs_bare": "The same with everything in the page cache, where unlinking is cheap "
     "and our per-file checks, state-file rewrite and row updates show; a guard, not a design target.",
