@@ -363,6 +363,9 @@ WEBHOOK_TIMEOUT_SECONDS = _env_float("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
 # Seconds to wait before each retry of a delivery that met a network error, a 429 or a 5xx; its
 # length is the number of retries. The default tries 9 times over about 4 h 20 min, so a receiver
 # down for an hour still gets every event.
-WEBHOOK_RETRY_SCHEDULE = _env_schedule("WEBHOOK_RETRY_SCHEDULE", "30,120,300,600,1200,2400,3600,7200")
+_DEFAULT_RETRY_SCHEDULE = "30,120,300,600,1200,2400,3600,7200"
+WEBHOOK_RETRY_SCHEDULE = _env_schedule("WEBHOOK_RETRY_SCHEDULE", _DEFAULT_RETRY_SCHEDULE)
 # How often the scheduler hands due retries (and deliveries Redis missed) to the workers.
 WEBHOOK_DISPATCH_SECONDS = int(_env_float("WEBHOOK_DISPATCH_SECONDS", 10, minimum=1))
+# Delivered and failed deliveries are kept in the log this many days.
+WEBHOOK_LOG_DAYS = _env_float("WEBHOOK_LOG_DAYS", 30, minimum=1)

@@ -201,6 +201,7 @@ def dispatch_due(*, now: dt.datetime | None = None, limit: int = 5000) -> dict[s
 
     close_old_connections()
     now = now or timezone.now()
+    _forget_old(now)
     abandoned = _recover_abandoned(now)
     due = list(
         WebhookDelivery.objects.filter(state=WebhookDelivery.PENDING, next_attempt_at__lte=now)
@@ -220,6 +221,18 @@ def dispatch_due(*, now: dt.datetime | None = None, limit: int = 5000) -> dict[s
            if job is None or job.get_status(refresh=False) not in live]
     sent = enqueue_deliveries(ids, attempts=attempts)
     return {"enqueued": sent, "due": len(due), **({"abandoned": abandoned} if abandoned else {})}
+
+
+def _forget_old(now: dt.datetime, batch: int = 5000) -> int:
+    # A bounded slice per tick: a log that grew large is trimmed over a few ticks, never in one
+    # long DELETE. Pending rows are never forgotten, however old.
+    cutoff = now - dt.timedelta(days=settings.WEBHOOK_LOG_DAYS)
+    old = list(WebhookDelivery.objects.filter(
+        state__in=[WebhookDelivery.DELIVERED, WebhookDelivery.FAILED], created_at__lt=cutoff,
+    ).values_list("id", flat=True)[:batch])
+    if old:
+        WebhookDelivery.objects.filter(pk__in=old).delete()  # redeliveries of them keep their own rows
+    return len(old)
 
 
 def _recover_abandoned(now: dt.datetime) -> int:

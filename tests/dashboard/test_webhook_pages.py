@@ -7,6 +7,7 @@ the objects as the API shows them, and vanishes with a rolled-back transaction.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 import pytest
@@ -14,7 +15,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from dashboard import pruning, representations, retention, webhooks
+from dashboard import jobs, pruning, representations, retention, webhooks
 from dashboard.models import AuditEvent, Checkpoint, Job, WebhookDelivery, WebhookEndpoint
 from tests.dashboard.test_prune_plan import fake_run
 from tests.dashboard.webhook_receiver import readme_verifier
@@ -224,3 +225,52 @@ def fake_run_rows():
     run = Run.objects.create(name=f"rows-{Run.objects.count()}", directory="/nonexistent")
     add_checkpoint_rows(run, 3)
     return run
+
+
+@pytest.mark.django_db(transaction=True)  # the reconciler closes stale connections, as a worker job does
+def test_the_reconciler_failing_a_job_records_job_failed():
+    webhooks.create_endpoint(url=PUBLIC, events=[webhooks.JOB_FAILED])
+    # Running, but the queue has never heard of it (Redis was flushed under it).
+    job = Job.objects.create(kind=Job.SCAN, status=Job.RUNNING, rq_job_id="job-987654321", started_at=timezone.now())
+
+    assert job.pk in jobs.reconcile_jobs()["failed"]
+
+    [row] = WebhookDelivery.objects.all()
+    job.refresh_from_db()
+    assert row.payload["job"] == representations.job_item(job) and row.payload["job"]["status"] == "failed"
+    assert "lost this job" in row.payload["job"]["error"]
+
+
+@pytest.mark.django_db(transaction=True)  # dispatch_due closes stale connections, as a worker job does
+def test_finished_deliveries_leave_the_log_after_the_kept_days_and_pending_ones_never(settings):
+    settings.WEBHOOK_LOG_DAYS = 30
+    endpoint, _ = webhooks.create_endpoint(url=PUBLIC, events=[webhooks.JOB_FAILED])
+    old, recent = timezone.now() - dt.timedelta(days=31), timezone.now() - dt.timedelta(days=29)
+    rows = {}
+    for name, state, created in [("old-delivered", WebhookDelivery.DELIVERED, old),
+                                 ("old-failed", WebhookDelivery.FAILED, old),
+                                 ("old-pending", WebhookDelivery.PENDING, old),
+                                 ("recent-failed", WebhookDelivery.FAILED, recent)]:
+        rows[name] = WebhookDelivery.objects.create(
+            endpoint=endpoint, event=webhooks.JOB_FAILED, event_id=name, payload={"id": name}, state=state,
+            created_at=created, next_attempt_at=timezone.now() + dt.timedelta(hours=1) if state == "pending" else None,
+        )
+    again = WebhookDelivery.objects.create(endpoint=endpoint, event=webhooks.JOB_FAILED, event_id="old-failed",
+                                           payload={"id": "old-failed"}, redelivery_of=rows["old-failed"])
+
+    webhooks.dispatch_due()
+
+    left = set(WebhookDelivery.objects.values_list("event_id", flat=True))
+    assert left == {"old-pending", "recent-failed", "old-failed"}
+    again.refresh_from_db()
+    assert again.redelivery_of is None  # the redelivery stays, without its gone original
+
+
+def test_the_default_retry_schedule_outlasts_a_receiver_down_for_ten_minutes():
+    from dashboard import settings as project
+
+    schedule = project._env_schedule("WEBHOOK_SCHEDULE_NOT_SET_HERE", project._DEFAULT_RETRY_SCHEDULE)
+    assert len(schedule) + 1 >= 5 and sum(schedule) >= 30 * 60  # at least 5 tries over at least 30 min
+    # The try after the first one that comes 10 minutes or more after the event still comes.
+    elapsed = [sum(schedule[:i]) for i in range(1, len(schedule) + 1)]
+    assert any(t >= 10 * 60 for t in elapsed[:-1])

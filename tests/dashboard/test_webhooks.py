@@ -8,6 +8,7 @@ is ``http.server`` on 127.0.0.1). Everything else is as deployed.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import subprocess
 import sys
@@ -277,3 +278,22 @@ def test_an_event_the_queue_missed_is_still_delivered(worker, scheduler, setting
 
     assert row.state == WebhookDelivery.DELIVERED and [a["status"] for a in row.attempts] == [200]
     assert len(receiver.events(webhooks.JOB_FAILED)) == 1
+
+
+def test_verifying_a_damaged_checkpoint_sends_checkpoint_corrupt(roots, demo_template, worker, scheduler):
+    run = register(roots, demo_template)
+    checkpoint = run.checkpoints.get(step=50)
+    path = checkpoint.path + ".data-00000-of-00001"
+    with open(path, "r+b") as handle:  # one flipped bit: TensorFlow's CRC check finds it on read
+        handle.seek(os.path.getsize(path) // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    with Receiver() as receiver:
+        endpoint_for(receiver, webhooks.CHECKPOINT_CORRUPT)
+        jobs.start(Job.RESTORE, run=run, checkpoint=checkpoint)
+        [got] = receiver.wait_for(webhooks.CHECKPOINT_CORRUPT, timeout=120)
+
+    checkpoint.refresh_from_db()
+    assert checkpoint.status == "corrupt"
+    assert got.json["checkpoint"] == {**representations.checkpoint_item(checkpoint), "run": run.name}
