@@ -11,7 +11,8 @@ import sys
 
 from bench import harness
 
-GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "webhooks"]
+GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving",
+          "downloads", "scale", "webhooks"]
 
 
 def main(argv: list[str]) -> int:
@@ -54,6 +55,18 @@ def main(argv: list[str]) -> int:
             from bench import retention
 
             new.update(retention.run(work))
+        if "scale" in groups:
+            from bench import scale
+
+            new.update(scale.run(work))
+        if "downloads" in groups:
+            from bench import downloads
+
+            new.update(downloads.downloads_vs_nginx(work))
+        if "serving" in groups:
+            from bench import serving
+
+            new.update(serving.run(work))
         if "webhooks" in groups:
             from bench import webhooks
 

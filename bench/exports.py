@@ -1,4 +1,4 @@
-"""Export benchmarks: ``freeze_vs_bare``, ``download_vs_cat``, ``download_rss_growth_mb``.
+"""Export benchmarks: ``freeze_vs_bare``.
 
 ``freeze_vs_bare``: a freeze job through the whole system (enqueue → our ``Job`` row
 ``finished``, a warm worker that has TensorFlow imported) against the same TensorFlow calls in a
@@ -23,27 +23,16 @@ The job side is timed from ``jobs.start`` until the row reads ``finished`` (poll
 ``job_seconds`` splits it into queue wait, job body and the engine's own time. Both sides run
 interleaved, ``REPEAT`` times each, and the medians are compared.
 
-``download_vs_cat``: a 1 GiB export (random bytes: a download does not parse the graph) fetched
-by ``curl -o /dev/null`` with a logged-in session cookie from gunicorn serving ``dashboard.wsgi``
-with ``DEBUG=0`` (2 sync workers), against ``cat FILE > /dev/null``; both from the page cache.
-``raw_sendfile_server_mb_s`` is the same curl against a 20-line server that only writes a header
-and calls ``socket.sendfile``: the ceiling for any HTTP download on the machine (loopback TCP plus
-curl's copy into user space), which ``cat`` — a page-cache read into a buffer that
-``/dev/null`` discards — is not subject to.
-``download_rss_growth_mb``: the server's resident memory (master + workers, sampled every 20 ms
-during the download) over its value just before.
+Downloads are the ``downloads`` group (``bench/downloads.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -128,9 +117,9 @@ def bare_once(prefix: str, output: Path, config: str) -> float:
 # TensorFlow and run one tiny session. The freeze is the engine call the sandboxed job makes.
 PEAK_SCRIPT = """
 import json, os, sys
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
-import tensorflow as tf
+from persistence.tfruntime import import_tensorflow
+tf = import_tensorflow()  # as the worker imports it
 
 def peak_bytes():
     with open("/proc/self/status") as f:
@@ -312,205 +301,7 @@ def freeze_vs_bare(work: Path, repeat: int = REPEAT) -> dict[str, dict]:
     }
 
 
-# --- download ---------------------------------------------------------------------------------
-
-
-def _write_random_file(path: Path, size: int) -> str:
-    digest = hashlib.sha256()
-    chunk = os.urandom(16 * 2**20)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
-        for offset in range(0, size, len(chunk)):
-            # Vary the chunk a little so the file is not one repeated block (no dedup anywhere).
-            part = offset.to_bytes(8, "little") + chunk[8:min(len(chunk), size - offset)]
-            digest.update(part)
-            handle.write(part)
-    return digest.hexdigest()
-
-
-def _server_pids(master: int) -> list[int]:
-    try:
-        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    except FileNotFoundError:
-        children = []
-    return [master, *map(int, children)]
-
-
-def _rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except FileNotFoundError:
-            pass
-    return total / 1024
-
-
-def _session_cookie() -> str:
-    from django.conf import settings
-    from django.contrib.auth.models import User
-    from django.contrib.sessions.backends.db import SessionStore
-
-    user = User.objects.create_superuser(f"bench-{uuid.uuid4().hex[:6]}", password=secrets.token_hex(16))
-    session = SessionStore()
-    session["_auth_user_id"] = str(user.pk)
-    session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
-    session["_auth_user_hash"] = user.get_session_auth_hash()
-    session.create()
-    return f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
-
-
-def _wait_for_port(port: int, server: subprocess.Popen, log: Path) -> None:
-    import socket
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"gunicorn exited ({server.returncode}):\n{log.read_text()[-3000:]}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError("gunicorn did not start listening")
-
-
-class _RawSendfileServer(threading.Thread):
-    """The least an HTTP server can do: one response header, then ``socket.sendfile`` of the file.
-
-    Measured with the same curl command, it shows how much of ``cat``'s rate a download over TCP
-    on this machine can reach at all (loopback TCP and curl's own copy into user space are the
-    limit, not the server).
-    """
-
-    def __init__(self, path: Path) -> None:
-        import socket
-
-        super().__init__(daemon=True)
-        self.path = path
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.port = self.sock.getsockname()[1]
-
-    def run(self) -> None:
-        size = self.path.stat().st_size
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn, open(self.path, "rb") as handle:
-                conn.recv(65536)
-                conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n".encode())
-                conn.sendfile(handle)
-
-
-def download_vs_cat(work: Path, repeat: int = REPEAT) -> dict[str, dict]:
-    import socket
-
-    from django.conf import settings
-    from django.utils import timezone
-
-    from dashboard.models import Checkpoint, Export, Run
-
-    run_dir = Path(settings.CHECKPOINT_ROOTS[0]) / "download"
-    run_dir.mkdir()
-    run = Run.objects.create(name="download", directory=str(run_dir))
-    checkpoint = Checkpoint.objects.create(run=run, prefix="model.ckpt-1000", step=1000, saved_at=timezone.now())
-    path = Path(settings.EXPORT_ROOT) / "download" / "1000" / "big.pb"
-    sha = _write_random_file(path, DOWNLOAD_BYTES)
-    export = Export.objects.create(checkpoint=checkpoint, path=str(path),
-                                   size_bytes=DOWNLOAD_BYTES, sha256=sha, outputs=["probs"], verified=True)
-    cookie = _session_cookie()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log_path = work / "gunicorn.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed with the server below
-    # The session cookie was signed here, so the server needs this process's key.
-    env = _child_env(DEBUG="0", SECRET_KEY=settings.SECRET_KEY, ALLOWED_HOSTS="127.0.0.1",
-                     SECURE_COOKIES="0", STATIC_ROOT=str(work / "static"))
-    server = subprocess.Popen(
-        [str(BASE_DIR / ".venv" / "bin" / "gunicorn"), "dashboard.wsgi", "--bind", f"127.0.0.1:{port}",
-         "--workers", "2", "--timeout", "300"],
-        cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/exports/{export.pk}/download/"
-
-    def curl(*extra: str) -> tuple[float, str]:
-        started = time.perf_counter()
-        done = subprocess.run(["curl", "--silent", "--show-error", "-o", "/dev/null", "--cookie", cookie,
-                               "-w", "%{http_code} %{size_download}", *extra, url],
-                              capture_output=True, text=True, timeout=600)
-        return time.perf_counter() - started, done.stdout
-
-    def cat() -> float:
-        started = time.perf_counter()
-        subprocess.run(f"cat '{path}' > /dev/null", shell=True, check=True)  # noqa: S602 - our own path
-        return time.perf_counter() - started
-
-    try:
-        _wait_for_port(port, server, log_path)
-        # Warm both workers (imports, first query) and the page cache, like a server in service.
-        for _ in range(4):
-            _, status = curl("--range", "0-0")
-            if not status.startswith("206"):
-                raise RuntimeError(f"warm-up request answered {status}:\n{log_path.read_text()[-3000:]}")
-        cat()
-        pids = _server_pids(server.pid)
-        before = _rss_mb(pids)
-        peak = [before]
-        sampling = threading.Event()
-
-        def sample() -> None:
-            while not sampling.is_set():
-                peak[0] = max(peak[0], _rss_mb(pids))
-                time.sleep(0.02)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        downloads, cats = [], []
-        for _ in range(repeat):
-            seconds, status = curl()
-            if status != f"200 {DOWNLOAD_BYTES}":
-                raise RuntimeError(f"download answered {status!r}")
-            downloads.append(seconds)
-            cats.append(cat())
-        sampling.set()
-        sampler.join()
-        raw = _RawSendfileServer(path)
-        raw.start()
-        raws = []
-        for _ in range(repeat):
-            started = time.perf_counter()
-            subprocess.run(["curl", "--silent", "-o", "/dev/null", f"http://127.0.0.1:{raw.port}/"], check=True,
-                           timeout=600)
-            raws.append(time.perf_counter() - started)
-        raw.sock.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
-        path.unlink(missing_ok=True)
-    mb = DOWNLOAD_BYTES / 1e6
-    download_rate, cat_rate = mb / statistics.median(downloads), mb / statistics.median(cats)
-    return {
-        "download_vs_cat": entry(download_rate, cat_rate, "MB/s", "ratio >= 0.8", bytes=DOWNLOAD_BYTES,
-                                 repeats=repeat, server="gunicorn 2 sync workers, DEBUG=0",
-                                 raw_sendfile_server_mb_s=mb / statistics.median(raws)),
-        "download_rss_growth_mb": entry(peak[0] - before, None, "MB", "value <= 50", rss_before_mb=before,
-                                        rss_peak_mb=peak[0]),
-    }
-
-
 def run(work: Path) -> dict[str, dict]:
     results = freeze_vs_bare(work)
     print(json.dumps(results, indent=1), flush=True)
-    results.update(download_vs_cat(work))
     return results

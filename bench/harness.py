@@ -40,14 +40,23 @@ NOTES = {
     "job_overhead_seconds": "Queue + rows + progress around a small freeze job vs the bare calls.",
     "freeze_vs_bare": "Freeze job through the queue (105 MB of variables) vs the same TensorFlow calls by hand; "
     "medians of interleaved runs.",
-    "freeze_peak_rss_ratio": "(Peak RSS of the freeze engine in its own process - the same process after "
-    "importing TensorFlow and running one tiny session) / checkpoint size, ~420 MB checkpoint. The peak is "
-    "now TensorFlow's `convert_variables_to_constants` (restored variables + their constants + two "
-    "transient copies of the largest tensor); TensorFlow's oneDNN allocator also keeps the closed "
-    "session's memory pooled. Not: the sandbox's fork of a worker (that child shares its parent's pages).",
-    "download_vs_cat": "Download of a 1 GiB export through gunicorn (DEBUG=0) vs `cat` from the page cache; "
-    "loopback HTTP cannot reach `cat` (see raw_sendfile_server_mb_s for the ceiling).",
-    "download_rss_growth_mb": "Server RSS growth during that download.",
+    "freeze_peak_rss_ratio": "(Peak RSS of the freeze engine in its own process, TensorFlow imported the way "
+    "the worker imports it - the same process after importing TensorFlow and running one tiny session) / "
+    "checkpoint size, ~420 MB checkpoint. The peak is the conversion: the restored variables shrinking as "
+    "their constants grow, plus one variable's transient copies. Not: the sandbox's fork of a worker (that "
+    "child shares its parent's pages).",
+    "savedmodel_vs_bare": "SavedModel export of a 105 MB checkpoint by our engine (restore, signature, "
+    "Builder, load back with tf.saved_model.load and compare, reproducible .tar) vs the same TensorFlow "
+    "calls in a bare script (without the .tar); each in its own process after importing TensorFlow; "
+    "medians of interleaved runs.",
+    "tar_download_vs_file": "Download rate of a SavedModel's .tar vs a single-file export of the same size, "
+    "both through the download view (in-process, page cache warm): the .tar is written once when the "
+    "export is verified, so it is served like any file. Not: HTTP overhead (see download_vs_nginx).",
+    "download_vs_nginx": "Download of a 1 GiB export from the dashboard as the README deploys it "
+    "(gunicorn.conf.py, DEBUG=0) vs nginx serving the same file statically; same curl, page cache warm.",
+    "download_accel_vs_nginx": "The same download through deploy/nginx.conf with X-Accel-Redirect (the "
+    "dashboard checks, nginx sends) vs nginx serving the file statically.",
+    "download_rss_growth_mb": "Server RSS growth during the gunicorn downloads.",
     "prune_plan_10k_seconds": "Planning a prune of 10,000 checkpoints from the database, as the preview does.",
     "prune_exec_vs_bare": "Executing a plan deleting 10,000 files vs `os.remove` of the same, caches dropped "
     "before each side (disk-bound; our side's database file is cold too); best of 5 alternating.",

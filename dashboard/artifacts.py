@@ -262,24 +262,26 @@ def clean_outputs(outputs: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(o.strip() for o in outputs if o and o.strip()))
 
 
-def freeze_target(checkpoint: Checkpoint, outputs: Iterable[str]) -> Path:
-    """The file a freeze of ``outputs`` writes; raises ``PathOutsideRoots`` if it would escape."""
+def freeze_target(checkpoint: Checkpoint, outputs: Iterable[str], kind: str = Export.FROZEN_PB) -> Path:
+    """The path an export of ``outputs`` as ``kind`` writes; raises ``PathOutsideRoots`` if it would escape."""
+    suffix = Export.SUFFIXES[kind]
     if checkpoint.format == discovery.TF2:
-        return export_path(checkpoint, "serve")  # the recipe's serve function, whatever is ticked
-    return export_path(checkpoint, export_name(clean_outputs(outputs)))
+        return export_path(checkpoint, "serve", suffix)  # the recipe's serve function, whatever is ticked
+    return export_path(checkpoint, export_name(clean_outputs(outputs)), suffix)
 
 
 def running_freeze(checkpoint: Checkpoint, outputs: Iterable[str], *, statuses: Iterable[str] = ("queued", "running"),
-                   exclude: Job | None = None) -> Job | None:
-    """The freeze job (in ``statuses``) that writes the same file as a freeze of ``outputs``."""
-    target = freeze_target(checkpoint, outputs)
+                   exclude: Job | None = None, kind: str = Export.FROZEN_PB) -> Job | None:
+    """The freeze job (in ``statuses``) that writes the same path as an export of ``outputs`` as ``kind``."""
+    target = freeze_target(checkpoint, outputs, kind)
     candidates = (Job.objects.filter(kind=Job.FREEZE, status__in=list(statuses), run_id=checkpoint.run_id)
                   .select_related("checkpoint__run").order_by("created_at"))
     for job in candidates:
         if exclude is not None and job.pk == exclude.pk or job.checkpoint is None:
             continue
         try:
-            if freeze_target(job.checkpoint, (job.params or {}).get("outputs") or []) == target:
+            params = job.params or {}
+            if freeze_target(job.checkpoint, params.get("outputs") or [], params.get("kind", Export.FROZEN_PB)) == target:
                 return job
         except files.PathOutsideRoots:
             continue
@@ -287,7 +289,7 @@ def running_freeze(checkpoint: Checkpoint, outputs: Iterable[str], *, statuses: 
 
 
 def check_no_freeze_running(checkpoint: Checkpoint, outputs: Iterable[str], *, exclude: Job | None = None,
-                            statuses: Iterable[str] = ("queued", "running")) -> None:
+                            statuses: Iterable[str] = ("queued", "running"), kind: str = Export.FROZEN_PB) -> None:
     """Raise :class:`FreezeRunning` when a freeze writing the same file is queued or running.
 
     Call inside a transaction before recording a new freeze: the checkpoint's row lock makes
@@ -295,12 +297,12 @@ def check_no_freeze_running(checkpoint: Checkpoint, outputs: Iterable[str], *, e
     """
     Checkpoint.objects.select_for_update().filter(pk=checkpoint.pk).first()
     try:
-        other = running_freeze(checkpoint, outputs, statuses=statuses, exclude=exclude)
+        other = running_freeze(checkpoint, outputs, statuses=statuses, exclude=exclude, kind=kind)
     except files.PathOutsideRoots:
         return  # the freeze itself refuses the path, with the reason
     if other is not None:
         raise Checkpoint.FreezeRunning(
-            f"{checkpoint.prefix}: a freeze writing {Path(freeze_target(checkpoint, outputs)).name} is already "
+            f"{checkpoint.prefix}: a freeze writing {Path(freeze_target(checkpoint, outputs, kind)).name} is already "
             f"{other.status} (job #{other.pk}); wait for it to end.", other,
         )
 
@@ -315,34 +317,39 @@ def export_name(outputs: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_-")[:80] or "frozen"
 
 
-def export_path(checkpoint: Checkpoint, name: str) -> Path:
-    """``EXPORT_ROOT/<run>/<step>/<name>.pb``, resolved; raises ``PathOutsideRoots`` if it escapes."""
+def export_path(checkpoint: Checkpoint, name: str, suffix: str = ".pb") -> Path:
+    """``EXPORT_ROOT/<run>/<step>/<name><suffix>``, resolved; raises ``PathOutsideRoots`` if it escapes."""
     import re
 
     root = Path(settings.EXPORT_ROOT)
     step = str(checkpoint.step) if checkpoint.step is not None else re.sub(r"[^A-Za-z0-9_-]+", "_", checkpoint.prefix)
-    return files.resolve_inside(root / checkpoint.run.name / step / f"{name}.pb", [root])
+    return files.resolve_inside(root / checkpoint.run.name / step / f"{name}{suffix}", [root])
 
 
 def freeze(checkpoint: Checkpoint, *, outputs: list[str], clear_devices: bool = True, variables_allowlist: list[str] | None = None,
            variables_denylist: list[str] | None = None, user: User | None = None, on_progress: Progress | None = None,
-           job: Job | None = None) -> Export:
-    """Freeze into ``EXPORT_ROOT/<run>/<step>/<name>.pb``, verify it against the checkpoint, record it.
+           job: Job | None = None, kind: str = Export.FROZEN_PB, quantize: bool = False) -> Export:
+    """Export into ``EXPORT_ROOT/<run>/<step>/<name><suffix>``, verify it against the checkpoint, record it.
 
-    TF1: ``outputs`` are node names of the meta graph (own or meta source's); the recipe's sample
-    input is fed where it fits, zeros elsewhere; unsafe ops are refused unless the run is
-    trusted. TF2: the run's recipe module is traced (``outputs`` must be among its outputs).
-    Raises ``persistence.freeze.FreezeError`` or ``UnsafeGraphError`` with a message for users;
-    nothing is written at the final path then. Re-freezing the same outputs replaces the file
-    and updates its ``Export`` row (downloads keep their id). ``job`` is the freeze job running
-    this, if any. Raises :class:`FreezeRunning` while another freeze writes the same file.
+    ``kind``: a frozen ``.pb`` (the default), a SavedModel directory (with its ``.tar``), a
+    ``.tflite`` (``quantize``: dynamic-range) or an ``.onnx``. TF1: ``outputs`` are node names
+    of the meta graph (own or meta source's); the recipe's sample input is fed where it fits,
+    zeros elsewhere; unsafe ops are refused unless the run is trusted. TF2: the run's recipe
+    module is used (``outputs`` must be among its outputs). Raises
+    ``persistence.freeze.FreezeError`` or ``UnsafeGraphError`` with a message for users; nothing
+    is written at the final path then. Re-exporting the same outputs replaces the export and
+    updates its ``Export`` row (downloads keep their id). ``job`` is the freeze job running this,
+    if any. Raises :class:`FreezeRunning` while another export writes the same path.
     """
     from persistence import freeze as engine
+    from persistence import savedmodel
     from persistence.graphsafety import load_meta_graph_def, node_name
     from persistence.recipes import RecipeError, load_recipe
     from persistence.restore import placeholder_inputs
     from persistence.sandbox import SandboxChildError, SandboxError, run_sandboxed
 
+    if kind not in Export.SUFFIXES:
+        raise engine.FreezeError(f"unknown export kind {kind!r}")
     if checkpoint.status in (Checkpoint.PRUNED, Checkpoint.MISSING):
         raise engine.FreezeError(f"{checkpoint.prefix} is {checkpoint.status}: its files are gone")
     if checkpoint.v1_refusal:
@@ -356,78 +363,87 @@ def freeze(checkpoint: Checkpoint, *, outputs: list[str], clear_devices: bool = 
     # A job was checked when it was started; here only another running one counts (the queued
     # ones start after this). A freeze without a job (the command) also waits for queued ones.
     with transaction.atomic():
-        check_no_freeze_running(checkpoint, outputs, exclude=job,
-                                     statuses=(Job.RUNNING,) if job else (Job.QUEUED, Job.RUNNING))
+        check_no_freeze_running(checkpoint, outputs, exclude=job, kind=kind,
+                                statuses=(Job.RUNNING,) if job else (Job.QUEUED, Job.RUNNING))
     tf2 = checkpoint.format == discovery.TF2
     if tf2:
         try:
             recipe = load_recipe(checkpoint.run.recipe_path())
         except RecipeError as exc:
-            raise engine.FreezeError(f"TF2 checkpoints are frozen through the run's recipe: {exc}") from None
+            raise engine.FreezeError(f"TF2 checkpoints are exported through the run's recipe: {exc}") from None
         unknown = [o for o in outputs if node_name(o) not in recipe.output_names]
         if unknown:
             raise engine.FreezeError(
                 f"unknown output(s) {', '.join(unknown)}: recipe {recipe.name} serves "
                 f"{', '.join(recipe.output_names) or 'nothing'}"
             )
-        name = "serve"
     elif not outputs:
         raise engine.FreezeError("choose at least one output node")
-    else:
-        name = export_name(outputs)
     try:
-        target = export_path(checkpoint, name)
+        target = freeze_target(checkpoint, outputs, kind)
     except files.PathOutsideRoots as exc:
         raise engine.FreezeError(f"export path refused: {exc}") from None
     other = Export.objects.filter(path=str(target)).exclude(checkpoint=checkpoint).select_related("checkpoint").first()
     if other is not None:
         raise engine.FreezeError(
             f"{target.name} in {target.parent} is the export of {other.checkpoint.prefix} (same step): "
-            "freezing this checkpoint there would overwrite it"
+            "exporting this checkpoint there would overwrite it"
         )
-    # A freeze killed mid-write (kill -9) leaves its temporary file beside the target; nothing
-    # else would ever remove it. Only files of writers that have ended go: another freeze
-    # writing into this directory right now keeps its file.
+    # An export killed mid-write (kill -9) leaves its temporary file or directory beside the
+    # target; nothing else would ever remove it. Only those of writers that have ended go:
+    # another export writing into this directory right now keeps its own.
     stale = files.remove_stale_temp_files(target.parent, owner_ended=temp_owner_ended)
     owner = f"job{job.pk}" if job is not None else None  # None: the writing process
     # The child may write only beneath the export directory (and its scratch directory).
     target.parent.mkdir(parents=True, exist_ok=True)
     limits = sandbox_limits(checkpoint, writable=(str(target.parent),))
-    meta = None
+    meta = None if tf2 else checkpoint.meta_path()
     if tf2:
         sample = recipe.sample_input()
-        try:
-            result = run_sandboxed(engine.freeze_tf2_with_recipe, checkpoint.path, str(target),
-                                   recipe_path=checkpoint.run.recipe_path(), sample_feed=sample,
-                                   on_progress=on_progress, limits=limits, temp_owner=owner)
-        except (SandboxError, SandboxChildError) as exc:
-            raise engine.FreezeError(str(exc)) from None
+        source = {"recipe_path": checkpoint.run.recipe_path()}
+    elif meta is None:
+        raise engine.FreezeError(
+            f"missing meta graph: {checkpoint.prefix} has no .meta and no earlier checkpoint of run "
+            f"{checkpoint.run.name} provides one, so there is no graph structure to export"
+        )
     else:
-        meta = checkpoint.meta_path()
-        if meta is None:
-            raise engine.FreezeError(
-                f"missing meta graph: {checkpoint.prefix} has no .meta and no earlier checkpoint of run "
-                f"{checkpoint.run.name} provides one, so there is no graph structure to freeze"
-            )
         try:
             sample = sample_feed(checkpoint.run, placeholder_inputs(load_meta_graph_def(meta).graph_def))
         except (OSError, ValueError):
-            sample = {}  # freeze_checkpoint says what is wrong with the meta graph
-        try:
-            result = run_sandboxed(
-                engine.freeze_checkpoint, checkpoint.path, meta, str(target), outputs=outputs,
-                clear_devices=clear_devices, variables_allowlist=variables_allowlist or None,
-                variables_denylist=variables_denylist or None, sample_feed=sample,
-                allow_unsafe=checkpoint.run.trusted, on_progress=on_progress, limits=limits, temp_owner=owner,
-            )
-        except (SandboxError, SandboxChildError) as exc:
-            raise engine.FreezeError(str(exc)) from None
-    data = result.to_dict()
+            sample = {}  # the engine says what is wrong with the meta graph
+        source = {"meta_path": meta, "outputs": outputs, "allow_unsafe": checkpoint.run.trusted,
+                  "clear_devices": clear_devices}
+    common = {"sample_feed": sample, "on_progress": on_progress, "limits": limits, "temp_owner": owner}
+    if kind == Export.FROZEN_PB and tf2:
+        call = (engine.freeze_tf2_with_recipe, checkpoint.path, str(target), {**source, **common})
+    elif kind == Export.FROZEN_PB:
+        source["variables_allowlist"] = variables_allowlist or None
+        source["variables_denylist"] = variables_denylist or None
+        call = (engine.freeze_checkpoint, checkpoint.path, source.pop("meta_path"), str(target), {**source, **common})
+    elif kind == Export.SAVED_MODEL:
+        call = (savedmodel.export_saved_model, checkpoint.path, str(target), {**source, **common})
+    else:
+        call = (savedmodel.export_file, kind, checkpoint.path, str(target), {**source, **common, "quantize": quantize})
+    function, *args, kwargs = call
+    try:
+        result = run_sandboxed(function, *args, **kwargs)
+    except (SandboxError, SandboxChildError) as exc:
+        raise engine.FreezeError(str(exc)) from None
+    return _record_export(checkpoint, kind, target, result.to_dict(), user=user, sample=sample, meta=meta,
+                          stale=stale, clear_devices=clear_devices, variables_allowlist=variables_allowlist,
+                          variables_denylist=variables_denylist)
+
+
+def _record_export(checkpoint: Checkpoint, kind: str, target: Path, data: dict, *, user: User | None,
+                   sample: dict, meta: str | None, stale: list[str], clear_devices: bool,
+                   variables_allowlist: list[str] | None, variables_denylist: list[str] | None) -> Export:
+    from persistence import freeze as engine
+
     verification = {
-        "tolerance": engine.VERIFY_TOLERANCE,
+        "tolerance": data.get("tolerance", engine.VERIFY_TOLERANCE),
         "sample_inputs": sorted(sample),
         "zero_filled": data["zero_filled"],
-        "output_keys": data["output_keys"],
+        "output_keys": data.get("output_keys") or data.get("signature_outputs") or {},
         "meta": os.path.basename(meta) if meta else None,
         "clear_devices": clear_devices,
         "variables_allowlist": variables_allowlist or [],
@@ -436,14 +452,18 @@ def freeze(checkpoint: Checkpoint, *, outputs: list[str], clear_devices: bool = 
         "stale_temp_files_removed": stale,
         "seconds": round(data["seconds"], 3),
     }
+    for extra in ("signature_inputs", "quantized", "top_class_agreement", "content_bytes"):
+        if extra in data:
+            verification[extra] = data[extra]
+    export = Export(kind=kind, path=str(target))
     export, _ = Export.objects.update_or_create(
         path=str(target),
         defaults={
-            "checkpoint": checkpoint, "kind": Export.FROZEN_PB, "size_bytes": data["size_bytes"], "sha256": data["sha256"],
-            "inputs": data["inputs"], "outputs": data["outputs"], "node_count": data["node_count"],
-            "op_histogram": data["op_histogram"], "max_abs_diff": data["max_abs_diff"],
+            "checkpoint": checkpoint, "kind": kind, "size_bytes": data["size_bytes"], "sha256": data["sha256"],
+            "inputs": data["inputs"], "outputs": data["outputs"], "node_count": data.get("node_count", 0),
+            "op_histogram": data.get("op_histogram", {}), "max_abs_diff": data["max_abs_diff"],
             "verified": data["verified"], "verification": verification, "created_at": timezone.now(),
-            "file_mtime_ns": os.stat(target).st_mtime_ns,
+            "file_mtime_ns": os.stat(export.file_path()).st_mtime_ns,
             "created_by": user if getattr(user, "is_authenticated", False) else None,
         },
     )

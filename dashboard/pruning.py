@@ -168,17 +168,18 @@ def prune(run: Run, job: Job, *, on_progress: Progress | None = None) -> dict:
 
 def _check_still_deletable(run: Run, plan: Plan) -> None:
     # A plan finished after a crash was checked when it started; what the user protected since
-    # (pinned, made latest, exported) must still stop it.
+    # (pinned, made latest, exported, aliased) must still stop it.
     doomed = plan.deleted_prefixes
     protected = (
         run.checkpoints.filter(prefix__in=doomed)
-        .filter(models.Q(pinned=True) | ~models.Q(latest_in=[]) | models.Q(exports__isnull=False))
+        .filter(models.Q(pinned=True) | ~models.Q(latest_in=[]) | models.Q(exports__isnull=False)
+                | models.Q(aliases__isnull=False))
         .values_list("prefix", flat=True)
     )
     names = sorted(set(protected))
     if names:
         raise Run.PruneRefused(
-            f"The unfinished plan deletes {', '.join(names[:5])}, which is now pinned, latest or exported; "
+            f"The unfinished plan deletes {', '.join(names[:5])}, which is now pinned, latest, exported or aliased; "
             "preview again."
         )
 

@@ -16,7 +16,7 @@ from django.db import connections, transaction
 
 from persistence import retention as engine
 
-from .models import AuditEvent, Export, Run
+from .models import Alias, AuditEvent, Export, Run
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -69,7 +69,7 @@ def update_retention(run: Run, values: dict, *, actor: User | None = None) -> di
 def retention_facts(run: Run) -> list[engine.CheckpointFacts]:
     """Every recorded checkpoint of the run as ``CheckpointFacts``: what the planner sees.
 
-    One query for the rows and one for exports. Pruned and missing rows count only through
+    One query for the rows, one for exports and one for aliases. Pruned and missing rows count only through
     files of theirs still on disk (typically a ``.meta`` kept for later checkpoints), so only
     for them is the disk looked at. Times come from the database, which keeps microseconds;
     where a state file records the checkpoint's time (``CheckpointManager``) its exact value is
@@ -77,6 +77,9 @@ def retention_facts(run: Run) -> list[engine.CheckpointFacts]:
     """
     rows = _retention_rows(run)
     exported = set(Export.objects.filter(checkpoint__run=run).values_list("checkpoint_id", flat=True))
+    aliased: dict[int, list[str]] = {}
+    for checkpoint_id, name in Alias.objects.filter(run=run).order_by("name").values_list("checkpoint_id", "name"):
+        aliased.setdefault(checkpoint_id, []).append(name)
     prefix_of = {row[0]: row[1] for row in rows}
     exact = _state_file_timestamps(run)
     facts = []
@@ -95,7 +98,7 @@ def retention_facts(run: Run) -> list[engine.CheckpointFacts]:
                 prefix=prefix, step=step, saved_at=when, size_bytes=size, files=tuple(sizes),
                 meta_file=meta if meta in sizes else None, meta_source=prefix_of.get(source_id),
                 metrics=metrics or {}, pinned=pinned, pin_reason=reason, is_latest=bool(latest_in),
-                has_export=pk in exported, status=status, file_sizes=sizes,
+                has_export=pk in exported, aliases=tuple(aliased.get(pk, ())), status=status, file_sizes=sizes,
             )
         )
     return facts

@@ -3,7 +3,7 @@
 TensorFlow's Saver rotates out whatever falls out of its window, including checkpoints the run
 protects and checkpoints another trainer or job wrote. A save job therefore gives the Saver a
 rotation guard built here: only a checkpoint this job wrote, and that no protection rule keeps
-(pinned, exported, latest in a state file, ``.meta`` source of a checkpoint still on disk), may be
+(pinned, exported, aliased, latest in a state file, ``.meta`` source of a checkpoint still on disk), may be
 rotated out. Everything else is taken out of the Saver's window instead, so it stays on disk and
 the state file stops listing it; deleting it is left to a prune, which shows its plan first.
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from persistence import statefile
 from persistence.training import WRITE_META_FIRST, RotationGuard, planned_save_steps, preview_rotation
 
-from .models import Export, Run
+from .models import Alias, Export, Run
 
 NOT_OURS = "not written by this save job"
 
@@ -41,6 +41,8 @@ def protection_reasons(run: Run, prefixes: Iterable[str], *, state_file: str) ->
             reasons.setdefault(row.prefix, []).append(f"pinned ({row.pin_reason})" if row.pin_reason else "pinned")
     for checkpoint_id in Export.objects.filter(checkpoint_id__in=by_id).values_list("checkpoint_id", flat=True):
         reasons.setdefault(by_id[checkpoint_id].prefix, []).append("has an export")
+    for checkpoint_id, name in Alias.objects.filter(checkpoint_id__in=by_id).values_list("checkpoint_id", "name"):
+        reasons.setdefault(by_id[checkpoint_id].prefix, []).append(f"alias {name}")
     latest: dict[str, set[str]] = {}
     for row in rows:
         for name in row.latest_in or []:

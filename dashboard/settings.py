@@ -80,6 +80,9 @@ for _root in CHECKPOINT_ROOTS:
         raise ImproperlyConfigured(f"CHECKPOINT_ROOTS must not contain the file-system root ({_root})")
 
 EXPORT_ROOT = _env_path("EXPORT_ROOT", VAR_DIR / "exports")
+# Where serving targets (TF Serving model base paths) may be: published versions and models.config
+# are written only beneath it.
+SERVING_ROOT = _env_path("SERVING_ROOT", VAR_DIR / "serving")
 
 # Hand export downloads to nginx: the URL prefix of an ``internal`` location whose alias is
 # EXPORT_ROOT (e.g. "/protected-exports/"). Empty: Django streams the file itself (Range included).

@@ -2,8 +2,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from dashboard.views import aliases, compare, exports, jobs, retention, runs, saves, serving, webhooks
 from dashboard.views import checkpoints as checkpoint_actions
-from dashboard.views import compare, exports, jobs, retention, runs, saves, webhooks
 
 urlpatterns = [
     path("", runs.runs, name="runs"),
@@ -38,6 +38,14 @@ urlpatterns = [
     path("runs/<slug:name>/prune/", retention.prune_preview, name="run-prune"),
     path("runs/<slug:name>/prune/now/", retention.prune_now, name="run-prune-now"),
     path("runs/<slug:name>/checkpoints/<int:pk>/pin/", retention.checkpoint_pin, name="checkpoint-pin"),
+    path("runs/<slug:name>/checkpoints/<int:pk>/alias/", aliases.checkpoint_alias, name="checkpoint-alias"),
+    path("runs/<slug:name>/aliases/", aliases.run_aliases, name="run-aliases"),
+    path("runs/<slug:name>/aliases/<slug:alias>/remove/", aliases.alias_remove, name="alias-remove"),
+    path("runs/<slug:name>/serving/new/", serving.serving_new, name="serving-new"),
+    path("serving/", serving.serving_list, name="serving"),
+    path("serving/<int:pk>/", serving.serving_detail, name="serving-target"),
+    path("serving/<int:pk>/publish/", serving.serving_publish, name="serving-publish"),
+    path("serving/<int:pk>/prune/", serving.serving_prune, name="serving-prune"),
     path("audit/", retention.audit, name="audit"),
     path("jobs/", jobs.job_list, name="jobs"),
     path("jobs/<int:pk>/", jobs.job_detail, name="job"),

@@ -14,7 +14,6 @@ again, however long the outage lasts.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -28,8 +27,9 @@ logger = logging.getLogger("dashboard.worker")
 
 
 def preload_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow  # noqa: F401  (imported for its side effect: loaded before the fork)
+    from persistence.tfruntime import import_tensorflow
+
+    import_tensorflow()  # for its side effect: loaded before the fork
 
 
 class PreloadingWorker(Worker):

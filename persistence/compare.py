@@ -542,10 +542,9 @@ def _stream_chain(
 
 
 def _load_tf() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from persistence.tfruntime import import_tensorflow
 
-    return tf
+    return import_tensorflow()
 
 
 def _row(name: str, ma: _VarMeta | None, mb: _VarMeta | None, result: _VariableResult) -> VariableComparison:

@@ -968,8 +968,9 @@ class _IndexReader:
         """Import TensorFlow now (it is otherwise imported by the first ``read``)."""
         if self._open is not None:
             return
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
+        from persistence.tfruntime import import_tensorflow
+
+        tf = import_tensorflow()
 
         # NewCheckpointReader is this class called with the path's UTF-8 bytes, plus a translation
         # of RuntimeError into OpError with the same message (all we keep). Calling it directly

@@ -26,6 +26,11 @@ class CorruptCheckpoint(CheckpointReadError):
     """The checkpoint's bytes are bad: a CRC32C mismatch, a truncated shard, an index that is not a table."""
 
 
+class FreezeError(Exception):
+    """An export (frozen graph, SavedModel, TFLite) was refused or failed; the message says why in
+    terms a user can act on. Nothing was written at the export's final path."""
+
+
 @dataclass(frozen=True)
 class Refusal:
     """One node that may not run: its op type, its name, where it sits and why it is refused."""
@@ -57,4 +62,4 @@ class UnsafeGraph(Exception):
         )
 
 
-__all__ = ["CheckpointReadError", "CorruptCheckpoint", "Refusal", "UnsafeGraph"]
+__all__ = ["CheckpointReadError", "CorruptCheckpoint", "FreezeError", "Refusal", "UnsafeGraph"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import socket
 import stat
 import tempfile
@@ -186,13 +187,87 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+@contextmanager
+def atomic_directory(path: str | os.PathLike[str], *, owner: str | None = None) -> Iterator[str]:
+    """A temporary directory path beside ``path`` (not yet created); on success it becomes ``path``.
+
+    For exports that are directories (a SavedModel): the writer creates and fills the yielded
+    path, and only a complete directory ever appears under the final name. A directory already
+    at ``path`` is moved aside under a temporary name first and removed after the rename, so a
+    reader sees the old or the new one, never a mix (there is an instant with neither). Named
+    like :func:`atomic_writer`'s files, so :func:`remove_stale_temp_files` cleans up after a
+    ``kill -9``.
+    """
+    target = Path(path)
+    owner = owner or process_owner()
+    if not _OWNER.fullmatch(owner):
+        raise ValueError(f"unusable temporary file owner {owner!r}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = f".{target.name}{TEMP_MARKER}{owner}{_OWNER_END}"
+    tmp = target.parent / (scratch + os.urandom(6).hex())
+    try:
+        yield str(tmp)
+        if not tmp.is_dir():
+            raise FileNotFoundError(f"the writer did not create {tmp}")
+        for root, _dirs, names in os.walk(tmp):
+            for name in names:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            fsync_directory(root)
+        old = None
+        if target.exists():
+            old = target.parent / (scratch + "old-" + os.urandom(6).hex())
+            os.rename(target, old)
+        os.rename(tmp, target)
+        fsync_directory(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_back(fd: int, size: int) -> bytes:
+    """The first ``size`` bytes of the open file ``fd`` (just written: from the page cache)."""
+    parts, offset = [], 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            raise OSError(f"the written file is shorter than expected ({offset} of {size} bytes)")
+        parts.append(chunk)
+        offset += len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+@contextmanager
+def scratch_directory(beside: str | os.PathLike[str], *, owner: str | None = None) -> Iterator[str]:
+    """A new empty directory next to ``beside``, removed afterwards whatever happens.
+
+    Named like :func:`atomic_writer`'s temporary files, so that :func:`remove_stale_temp_files`
+    removes it if the process is killed before it can.
+    """
+    target = Path(beside)
+    owner = owner or process_owner()
+    if not _OWNER.fullmatch(owner):
+        raise ValueError(f"unusable temporary file owner {owner!r}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = tempfile.mkdtemp(prefix=f".{target.name}{TEMP_MARKER}{owner}{_OWNER_END}", dir=target.parent)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def remove_stale_temp_files(
     directory: str | os.PathLike[str],
     *,
     owner_ended: Callable[[str], bool | None] | None = None,
     now: float | None = None,
 ) -> list[str]:
-    """Delete temporary files left in ``directory`` by writers that ended; return their names.
+    """Delete temporary files (and directories) left in ``directory`` by writers that ended; return their names.
 
     A file is removed only when its writer is known to have ended: ``owner_ended(owner)`` says
     so (e.g. the job that wrote it has finished or failed), or it names a process of this machine
@@ -207,7 +282,8 @@ def remove_stale_temp_files(
     except FileNotFoundError:
         return removed
     for entry in entries:
-        if entry.name.startswith(".") and TEMP_MARKER in entry.name and entry.is_file(follow_symlinks=False):
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if entry.name.startswith(".") and TEMP_MARKER in entry.name and (is_dir or entry.is_file(follow_symlinks=False)):
             owner = temp_file_owner(entry.name)
             if owner is None:
                 try:
@@ -221,7 +297,10 @@ def remove_stale_temp_files(
             if not ended:
                 continue
             try:
-                os.unlink(entry.path)
+                if is_dir:
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
                 removed.append(entry.name)
             except FileNotFoundError:
                 pass

@@ -34,30 +34,28 @@ from typing import Any
 import numpy as np
 
 from persistence.allowed_ops import SAVER_OPS
-from persistence.files import atomic_writer
-from persistence.graphsafety import check_graph, load_meta_graph_def, node_name
+from persistence.errors import FreezeError
+from persistence.files import atomic_writer, read_back
+from persistence.graphdefs import (
+    FED_CONSTANT_BYTES,
+    PROTOBUF_LIMIT_BYTES,
+    VARIABLE_OPS,
+    convert_session_variables,
+    estimate_graph_def_bytes,
+    lift_large_constants,
+    serialized_chunks,
+)
+from persistence.graphsafety import node_name
 from persistence.restore import (
     InputSpec,
     ProgressCallback,
-    UnknownNameError,
-    check_unknown_names,
     placeholder_inputs,
-    tensor_name,
     unknown_names_message,
-    zeros_for,
 )
+from persistence.sources import restored_tf1, restored_tf2, verification_feed
 
-# protobuf refuses to serialize or parse a message of 2 GiB or more.
-PROTOBUF_LIMIT_BYTES = 2**31 - 1
 # A frozen graph is "verified" when every output matches the checkpoint's within this.
 VERIFY_TOLERANCE = 1e-6
-
-
-_VARIABLE_OPS = frozenset({"Variable", "VariableV2", "VarHandleOp"})
-
-
-class FreezeError(Exception):
-    """Freezing was refused or failed; the message says why in terms a user can act on."""
 
 
 # --- suggesting output nodes -----------------------------------------------------------------
@@ -110,67 +108,6 @@ def suggest_output_nodes(graph_or_meta: Any) -> list[str]:
     return [name for _, _, name in sorted(candidates)]
 
 
-# --- size check ------------------------------------------------------------------------------
-
-# The repeated field that holds a tensor's values when they are not in tensor_content, by DataType.
-_VALUE_FIELD = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 5: "int_val", 6: "int_val",
-                8: "scomplex_val", 9: "int64_val", 10: "bool_val", 14: "half_val", 17: "int_val",
-                18: "dcomplex_val", 19: "half_val", 22: "uint32_val", 23: "uint64_val"}
-# Per-node bytes beyond names and tensor payload (op, device, dtype/shape attrs, framing); generous.
-_NODE_OVERHEAD = 128
-# Below this, a constant is counted at its full shape without looking closer.
-_SMALL_TENSOR = 64 * 1024
-
-
-def _tensor_payload_bytes(tensor: Any, itemsizes: dict[int, int | None]) -> int:
-    dtype = tensor.dtype
-    if dtype not in itemsizes:
-        tf = _import_tf()
-        try:
-            size = tf.as_dtype(dtype).size
-        except (TypeError, ValueError):
-            size = None
-        itemsizes[dtype] = size if dtype not in (7, 20, 21) else None  # string, resource, variant
-    itemsize = itemsizes[dtype]
-    if itemsize is None:
-        # Strings have no fixed width; they are small in practice, and measuring one tensor is cheap.
-        return tensor.ByteSize()
-    count = 1
-    for dim in tensor.tensor_shape.dim:
-        count *= max(dim.size, 0)
-    full = count * itemsize
-    if full > _SMALL_TENSOR:
-        # A splat constant (tf.zeros([10**9])) stores one value, not its full shape.
-        values = _VALUE_FIELD.get(dtype)
-        n = len(getattr(tensor, values)) if values else 0
-        if n:
-            return n * itemsize
-    return full
-
-
-def estimate_graph_def_bytes(graph_def: Any) -> int:
-    """An upper-bound-leaning estimate of ``graph_def``'s serialized size, without encoding it.
-
-    Constant tensors are counted from their dtype and shape (what dominates a frozen graph), plus
-    names, inputs and a fixed overhead per node; function library nodes count too.
-    """
-    itemsizes: dict[int, int | None] = {}
-    total = 0
-    nodes = list(graph_def.node)
-    for function in graph_def.library.function:
-        nodes.extend(function.node_def)
-    for node in nodes:
-        total += _NODE_OVERHEAD + len(node.name) + len(node.op) + sum(len(i) + 2 for i in node.input)
-        if node.op == "Const" and "value" in node.attr:
-            total += _tensor_payload_bytes(node.attr["value"].tensor, itemsizes)
-    return total
-
-
-def exceeds_protobuf_limit(graph_def: Any, limit: int = PROTOBUF_LIMIT_BYTES) -> bool:
-    """True when ``graph_def`` would be too large to serialize (protobuf's 2 GB limit by default)."""
-    return estimate_graph_def_bytes(graph_def) > limit
-
-
 # --- results ---------------------------------------------------------------------------------
 
 
@@ -200,10 +137,9 @@ class FreezeResult:
 
 
 def _import_tf() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from persistence.tfruntime import import_tensorflow
 
-    return tf
+    return import_tensorflow()
 
 
 def _report(on_progress: ProgressCallback | None, percent: float, message: str) -> None:
@@ -237,61 +173,6 @@ def max_abs_diff(a: Any, b: Any) -> float:
 Reference = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
-def _read_back(fd: int, size: int) -> bytes:
-    parts, offset = [], 0
-    while offset < size:
-        chunk = os.pread(fd, size - offset, offset)
-        if not chunk:
-            raise FreezeError(f"the written .pb is shorter than expected ({offset} of {size} bytes)")
-        parts.append(chunk)
-        offset += len(chunk)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-# Constants of at least this many bytes are fed to the verification run instead of being loaded as
-# ``Const`` nodes (see ``_lift_large_constants``).
-FED_CONSTANT_BYTES = 1 << 20
-
-
-def _lift_large_constants(graph_def: Any, min_bytes: int) -> dict[str, np.ndarray]:
-    """Turn ``graph_def``'s large numeric ``Const`` nodes into placeholders; their values by tensor name.
-
-    Loading a constant into a session copies it several times over (the GraphDef handed to the
-    session, the graph it builds, the partitioned graph, the kernel's tensor): measured, a frozen
-    graph of N bytes of weights needs about 5N to run once. Fed, each value is one array read
-    from the written file's own bytes, and the run still computes with exactly the values the
-    file holds, through every other node of it. A constant whose declared dtype, shape and bytes
-    do not agree is left as it is, for TensorFlow to judge as a server would.
-    """
-    tf = _import_tf()
-    fed: dict[str, np.ndarray] = {}
-    for node in graph_def.node:
-        if node.op != "Const" or "value" not in node.attr or "dtype" not in node.attr:
-            continue
-        tensor = node.attr["value"].tensor
-        if tensor.dtype != node.attr["dtype"].type or tensor.dtype in (7, 20, 21):  # string, resource, variant
-            continue
-        try:
-            dtype = np.dtype(tf.as_dtype(tensor.dtype).as_numpy_dtype)
-        except (TypeError, ValueError):
-            continue
-        if dtype.kind not in "biufc" or tensor.tensor_shape.unknown_rank:
-            continue
-        shape = [dim.size for dim in tensor.tensor_shape.dim]
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if count * dtype.itemsize < min_bytes or any(size < 0 for size in shape):
-            continue
-        content = tensor.tensor_content
-        if len(content) != count * dtype.itemsize:
-            continue
-        fed[node.name + ":0"] = np.frombuffer(content, dtype=dtype).reshape(shape)
-        node.attr["shape"].shape.CopyFrom(tensor.tensor_shape)
-        del tensor, content
-        del node.attr["value"]
-        node.op = "Placeholder"
-    return fed
-
-
 def _write_and_verify(
     holder: list[Any],
     output_path: str,
@@ -316,28 +197,31 @@ def _write_and_verify(
             f"{max_bytes / 2**30:.2f} GiB for one message: freeze fewer variables "
             "(variables_allowlist/denylist) or export a SavedModel instead"
         )
-    _report(on_progress, 60, "serializing")
-    try:
-        data = frozen.SerializeToString()
-    except Exception as exc:  # noqa: BLE001 - protobuf's encode errors have no common base
-        raise FreezeError(f"cannot serialize the frozen graph: {exc}") from exc
-    size = len(data)
-    sha256 = hashlib.sha256(data).hexdigest()
     histogram = Counter(node.op for node in frozen.node)
     node_count = len(frozen.node)
-    del frozen
-
     with atomic_writer(output_path, owner=temp_owner) as handle:
-        _report(on_progress, 65, f"writing {size} bytes")
-        handle.write(data)
-        del data
+        _report(on_progress, 65, "writing")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            for chunk in serialized_chunks(frozen):
+                handle.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+        except Exception as exc:  # noqa: BLE001 - protobuf's encode errors have no common base
+            raise FreezeError(f"cannot serialize the frozen graph: {exc}") from exc
+        del frozen, chunk
+        if size > max_bytes:  # the estimate is close, not exact; nothing is renamed into place
+            raise FreezeError(f"the frozen graph is {size} bytes, beyond protobuf's limit of {max_bytes} "
+                              "for one message: freeze fewer variables or export a SavedModel instead")
+        sha256 = digest.hexdigest()
         handle.flush()
         # Verify what is in the file (read back through the same descriptor, from the page cache)
         # before it is renamed into place: a .pb that cannot be loaded never appears.
         _report(on_progress, 75, "verifying: loading the written .pb")
         loaded = v1.GraphDef()
-        loaded.ParseFromString(_read_back(handle.fileno(), size))
-        constants = _lift_large_constants(loaded, FED_CONSTANT_BYTES)
+        loaded.ParseFromString(read_back(handle.fileno(), size))
+        constants = lift_large_constants(loaded, FED_CONSTANT_BYTES)
         with tf.Graph().as_default() as graph:
             v1.import_graph_def(loaded, name="")
             del loaded
@@ -369,24 +253,7 @@ def _write_and_verify(
     }
 
 
-def _verification_feed(inputs: list[InputSpec], sample_feed: Mapping[str, Any] | None
-                       ) -> tuple[dict[str, np.ndarray], list[str]]:
-    given = {node_name(k): v for k, v in (sample_feed or {}).items()}
-    feed, zero_filled = {}, []
-    for spec in inputs:
-        zeros = zeros_for(spec)
-        if spec.name in given:
-            # The eager reference (TF2) does not cast like a Session feed does: float64 sample
-            # arrays would not match a float32 signature.
-            feed[spec.name + ":0"] = np.asarray(given[spec.name], dtype=zeros.dtype)
-        else:
-            feed[spec.name + ":0"] = zeros
-            zero_filled.append(spec.name)
-    return feed, zero_filled
-
-
 # --- TF1: checkpoint + meta graph ------------------------------------------------------------
-
 
 def freeze_checkpoint(
     prefix_path: str,
@@ -413,76 +280,38 @@ def freeze_checkpoint(
     ``temp_owner`` names this writer in the temporary file's name (see ``files.atomic_writer``).
     """
     started = time.monotonic()
-    if not outputs:
-        raise FreezeError("no output nodes given")
-    if not os.path.isfile(meta_path):
-        raise FreezeError(
-            f"missing meta graph {meta_path}: the graph structure is needed to freeze; pick the "
-            ".meta of another checkpoint of the same run (written with write_meta_graph=True)"
-        )
-    if not os.path.isfile(os.fspath(prefix_path) + ".index"):
-        raise FreezeError(f"missing checkpoint {prefix_path} (no .index file)")
-
-    _report(on_progress, 2, "reading meta graph")
-    try:
-        meta_graph_def = load_meta_graph_def(meta_path)
-    except ValueError as exc:
-        raise FreezeError(str(exc)) from exc
-    graph_def = meta_graph_def.graph_def
-    try:
-        check_unknown_names(graph_def, outputs, what="output")
-        check_unknown_names(graph_def, list(sample_feed or {}), what="sample input")
-    except UnknownNameError as exc:
-        raise FreezeError(str(exc)) from None
-    output_nodes = list(dict.fromkeys(node_name(name) for name in outputs))
-    output_tensors = [tensor_name(name) for name in outputs]
-    restore_op = meta_graph_def.saver_def.restore_op_name
-    allowed = check_graph(meta_graph_def, fetches=[*outputs, *([restore_op] if restore_op else [])],
-                          allow_unsafe=allow_unsafe, source=os.path.basename(meta_path))
-
     tf = _import_tf()
+    from tensorflow.python.util import deprecation
+
     v1 = tf.compat.v1
-    with tf.Graph().as_default() as graph:
-        _report(on_progress, 5, "importing meta graph")
+    with restored_tf1(prefix_path, meta_path, outputs=outputs, sample_feed=sample_feed, allow_unsafe=allow_unsafe,
+                      clear_devices=clear_devices, on_progress=on_progress) as restored:
+        graph, sess = restored.graph, restored.session
+        output_nodes, output_tensors = restored.output_nodes, restored.output_tensors
+        graph_def = graph.as_graph_def()
+        with deprecation.silence():
+            inputs = placeholder_inputs(v1.graph_util.extract_sub_graph(graph_def, output_nodes))
+        feed, zero_filled = verification_feed(inputs, sample_feed)
+        # The checkpoint's answer is computed first: the conversion empties each variable once
+        # it is a constant, so that the restored variables and the frozen graph never both
+        # hold every weight.
         try:
-            saver = v1.train.import_meta_graph(meta_graph_def, clear_devices=clear_devices)
-        except (ValueError, KeyError, tf.errors.OpError) as exc:
-            # A damaged .meta can parse as a protobuf yet describe a graph TensorFlow rejects.
-            raise FreezeError(f"the meta graph {os.path.basename(meta_path)} cannot be imported: {exc}") from None
-        del meta_graph_def, graph_def
-        for name in output_tensors:
-            try:
-                graph.get_tensor_by_name(name)
-            except (KeyError, ValueError) as exc:
-                raise FreezeError(f"output {name!r} is not a tensor: {exc}") from None
-        with v1.Session(graph=graph) as sess:
-            _report(on_progress, 15, "restoring variables")
-            if saver is not None:
-                try:
-                    saver.restore(sess, prefix_path)
-                except tf.errors.OpError as exc:
-                    raise FreezeError(f"cannot restore {prefix_path}: {exc.message}") from exc
-            _report(on_progress, 35, "converting variables to constants")
-            frozen = v1.graph_util.convert_variables_to_constants(
-                sess, graph.as_graph_def(), output_nodes,
-                variable_names_whitelist=variables_allowlist,
-                variable_names_blacklist=variables_denylist,
+            reference_values = sess.run(output_tensors, feed_dict=feed)
+        except (tf.errors.OpError, ValueError) as exc:
+            raise FreezeError(f"verification run failed, nothing was written: {_message(exc)}") from exc
+        _report(on_progress, 35, "converting variables to constants")
+        frozen = convert_session_variables(
+            sess, graph_def, output_nodes,
+            allowlist=variables_allowlist, denylist=variables_denylist, release=True,
+        )
+        kept = [node.name for node in frozen.node if node.op in VARIABLE_OPS]
+        if kept:
+            raise FreezeError(
+                f"the outputs need variables that the allowlist/denylist kept from being frozen: "
+                f"{', '.join(kept)}; a .pb has no checkpoint to restore them from"
             )
-            kept = [node.name for node in frozen.node if node.op in _VARIABLE_OPS]
-            if kept:
-                raise FreezeError(
-                    f"the outputs need variables that the allowlist/denylist kept from being frozen: "
-                    f"{', '.join(kept)}; a .pb has no checkpoint to restore them from"
-                )
-            inputs = placeholder_inputs(frozen)
-            feed, zero_filled = _verification_feed(inputs, sample_feed)
-            # The checkpoint's answer is computed now, so that the restored variables are released
-            # (the session closes below) before the frozen graph is serialized and loaded back.
-            try:
-                reference_values = sess.run(output_tensors, feed_dict=feed)
-            except (tf.errors.OpError, ValueError) as exc:
-                raise FreezeError(f"verification run failed, nothing was written: {_message(exc)}") from exc
-    del graph, saver, sess
+        allowed = restored.unsafe_ops_allowed
+    del graph, sess, restored
     gc.collect()
     holder = [frozen]
     del frozen
@@ -536,38 +365,13 @@ def freeze_tf2(
     The module is our own code, so its graph is not screened for unsafe ops.
     """
     started = time.monotonic()
-    if not os.path.isfile(os.fspath(prefix_path) + ".index"):
-        raise FreezeError(f"missing checkpoint {prefix_path} (no .index file)")
     tf = _import_tf()
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     from tensorflow.python.util import nest  # has the path-aware flatten that tf.nest lacks
 
-    _report(on_progress, 5, "building module")
-    module = build_module()
-    function = getattr(module, function_name, None)
-    if function is None:
-        raise FreezeError(f"{type(module).__name__} has no function {function_name!r}")
-    if not hasattr(function, "get_concrete_function"):
-        function = tf.function(function)
-    _report(on_progress, 15, "restoring checkpoint")
-    status = tf.train.Checkpoint(**{checkpoint_key: module}).read(os.fspath(prefix_path))
-    try:
-        concrete = (function.get_concrete_function(*input_signature) if input_signature is not None
-                    else function.get_concrete_function())
-    except (TypeError, ValueError) as exc:
-        raise FreezeError(f"cannot trace {function_name}: {exc} (give input_signature)") from exc
-    try:
-        # After tracing, so that variables created on first call have been matched too.
-        status.assert_existing_objects_matched()
-    except AssertionError as exc:
-        status.expect_partial()
-        detail = str(exc).split(":", 1)[0]  # TensorFlow goes on to print every variable's value
-        raise FreezeError(
-            f"the checkpoint does not hold this module's variables under {checkpoint_key!r}: {detail}"
-        ) from None
-    # The rest of the checkpoint (save_counter, optimizer slots) is not part of the model.
-    status.expect_partial()
-
+    _module, concrete = restored_tf2(prefix_path, build_module, checkpoint_key=checkpoint_key,
+                                     function_name=function_name, input_signature=input_signature,
+                                     on_progress=on_progress)
     _report(on_progress, 35, "converting variables to constants")
     frozen_function = convert_variables_to_constants_v2(concrete)
     frozen = frozen_function.graph.as_graph_def()
@@ -582,7 +386,7 @@ def freeze_tf2(
     unknown = [k for k in (sample_feed or {}) if node_name(k) not in input_names]
     if unknown:
         raise FreezeError(unknown_names_message(unknown, input_names, what="sample input"))
-    feed, zero_filled = _verification_feed(inputs, sample_feed)
+    feed, zero_filled = verification_feed(inputs, sample_feed)
 
     def reference(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         flat = [tf.constant(feed[name + ":0"]) for name in input_names]

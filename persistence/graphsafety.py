@@ -36,6 +36,7 @@ from typing import Any
 
 from persistence.allowed_ops import ALLOWED_OPS, SAVER_OPS, SAVER_READ_OPS
 from persistence.errors import Refusal, UnsafeGraph
+from persistence.tfruntime import configure_environment
 
 __all__ = ["ALLOWED_OPS", "SAVER_OPS", "Refusal", "UnsafeGraph", "UnsafeGraphError", "check_graph", "find_refusals",
            "load_meta_graph_def", "node_name", "unsafe_ops"]
@@ -56,7 +57,7 @@ def load_meta_graph_def(path: str | os.PathLike[str]) -> Any:
     ``Saver`` writes text with ``as_text=True``). Raises ``ValueError`` when it is neither, and
     ``FileNotFoundError`` when the file does not exist.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    configure_environment()
     from tensorflow.core.protobuf import meta_graph_pb2
 
     from persistence.graphoutline import parse_meta_graph, read_meta_bytes

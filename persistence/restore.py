@@ -48,10 +48,9 @@ _SHARD = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
 
 
 def _import_tf() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from persistence.tfruntime import import_tensorflow
 
-    return tf
+    return import_tensorflow()
 
 
 def _report(on_progress: ProgressCallback | None, percent: float, message: str) -> None:

@@ -94,6 +94,7 @@ class CheckpointFacts:
     pin_reason: str = ""
     is_latest: bool = False  # model_checkpoint_path of any state file
     has_export: bool = False
+    aliases: tuple[str, ...] = ()  # names of the run's aliases pointing at it
     status: str = "present"
     file_sizes: Mapping[str, int] = field(default_factory=dict)
 
@@ -283,6 +284,7 @@ def plan_retention(
             why.append("kept: latest in checkpoint")
         if f.has_export and policy.protect_exported:
             why.append("kept: has export")
+        why.extend(f"kept: alias {name}" for name in f.aliases)
 
     kept = {f.prefix for f in ordered if reasons[f.prefix] and f.status not in GONE_STATUSES}
 
@@ -381,7 +383,7 @@ def _fingerprint(ordered: list[CheckpointFacts], policy: RetentionPolicy,
     """
     facts = [[f.prefix, f.step, f.saved_at, f.size_bytes, f.files, f.meta_file, f.meta_source,
               dict(f.metrics), f.pinned, f.pin_reason, f.is_latest, f.has_export, f.status,
-              dict(f.file_sizes)] for f in ordered]
+              dict(f.file_sizes), list(f.aliases)] for f in ordered]
     inputs = [_FINGERPRINT_VERSION, asdict(policy), last_preserved_timestamp, facts, files_to_delete]
     text = json.dumps(inputs, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -64,6 +64,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from persistence.tfruntime import ENVIRONMENT
+
 ProgressCallback = Callable[[float, str], None]
 
 _CLONE_NEWUSER = 0x10000000
@@ -534,7 +536,7 @@ class _ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env = {**ENVIRONMENT, **env}
         try:
             # Its own session: a Ctrl-C meant for the caller ends the caller, which ends the server.
             self._process = subprocess.Popen(

@@ -185,10 +185,9 @@ class TrainResult:
 
 
 def _import_tf() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from persistence.tfruntime import import_tensorflow
 
-    return tf
+    return import_tensorflow()
 
 
 def _check_positive_int(name: str, value: Any) -> int:

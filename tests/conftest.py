@@ -13,7 +13,10 @@ import uuid
 
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from persistence.tfruntime import configure_environment
+
+# TensorFlow runs in tests as in the worker, whichever module imports it first.
+configure_environment()
 
 _private_redis = None
 
@@ -58,6 +61,7 @@ def checkpoint_root(tmp_path, settings):
     root.mkdir()
     settings.CHECKPOINT_ROOTS = [root.resolve()]
     settings.EXPORT_ROOT = (tmp_path / "exports").resolve()
+    settings.SERVING_ROOT = (tmp_path / "serving").resolve()
     return root.resolve()
 
 

@@ -43,6 +43,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
         JOB_QUEUE=settings.JOB_QUEUE,
         CHECKPOINT_ROOTS=os.pathsep.join(str(r) for r in settings.CHECKPOINT_ROOTS),
         EXPORT_ROOT=str(settings.EXPORT_ROOT),
+        SERVING_ROOT=str(settings.SERVING_ROOT),
         TF_CPP_MIN_LOG_LEVEL="2",
         PYTHONUNBUFFERED="1",
     )
@@ -164,7 +165,7 @@ def module_roots(tmp_path_factory, tag: str) -> Iterator[Path]:
     base = tmp_path_factory.mktemp(tag)
     (base / "checkpoints").mkdir()
     with override_settings(CHECKPOINT_ROOTS=[(base / "checkpoints").resolve()],
-                           EXPORT_ROOT=(base / "exports").resolve()):
+                           EXPORT_ROOT=(base / "exports").resolve(), SERVING_ROOT=(base / "serving").resolve()):
         yield base.resolve()
 
 

@@ -52,8 +52,16 @@ def outline_for_checkpoint(checkpoint) -> tuple[GraphOutline | None, str]:
 
 
 class FreezeForm(forms.Form):
-    """Freeze a checkpoint: output nodes (suggested), clear devices, variables allow- and deny-list."""
+    """Export a checkpoint: the kind, output nodes (suggested), clear devices, variables allow- and deny-list."""
 
+    kind = forms.ChoiceField(
+        choices=[("frozen_pb", "Frozen GraphDef (.pb): one file, for C++ sessions and OpenCV"),
+                 ("saved_model", "SavedModel: for TF Serving, TFLite and ONNX converters (downloads as .tar)"),
+                 ("tflite", "TFLite (.tflite), float32"),
+                 ("tflite_quantized", "TFLite (.tflite), dynamic-range quantized: smaller, reports its difference"),
+                 ("onnx", "ONNX (.onnx), opset 17, checked with onnxruntime")],
+        initial="frozen_pb", widget=forms.RadioSelect, label="Export as", required=False,
+    )
     outputs = forms.MultipleChoiceField(
         required=False, widget=forms.CheckboxSelectMultiple, label="Suggested output nodes",
         help_text="Ops whose outputs nothing consumes, without saver, initialisation and training machinery.",
@@ -127,12 +135,21 @@ class FreezeForm(forms.Form):
                 self.add_error(field, problem)
         if set(cleaned.get("variables_allowlist") or []) & set(cleaned.get("variables_denylist") or []):
             self.add_error("variables_denylist", "A variable cannot be both allowed and denied.")
+        kind = cleaned.get("kind") or "frozen_pb"
+        if kind != "frozen_pb":
+            for field in ("variables_allowlist", "variables_denylist"):
+                if cleaned.get(field):
+                    # Only a frozen graph drops variables; the other kinds keep the checkpoint's.
+                    self.add_error(field, "Only a frozen .pb can leave variables out; clear this or choose .pb.")
         cleaned["all_outputs"] = outputs
         return cleaned
 
     def job_params(self) -> dict:
         data = self.cleaned_data
+        kind = data.get("kind") or "frozen_pb"
         return {
+            "kind": "tflite" if kind == "tflite_quantized" else kind,
+            "quantize": kind == "tflite_quantized",
             "outputs": data["all_outputs"],
             "clear_devices": bool(data.get("clear_devices", True)),
             "variables_allowlist": data.get("variables_allowlist") or [],

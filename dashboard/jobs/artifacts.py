@@ -6,8 +6,10 @@ Thin: the work is ``Checkpoint.verify`` / ``partial_restore`` / ``freeze``, shar
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dashboard import artifacts
-from dashboard.models import Checkpoint, Job
+from dashboard.models import Checkpoint, Export, Job
 
 from .context import JobContext
 
@@ -48,7 +50,8 @@ def partial_restore_job(job: Job, ctx: JobContext) -> dict:
 
 
 def freeze_job(job: Job, ctx: JobContext) -> dict:
-    """Freeze ``job.checkpoint`` with ``params`` outputs / clear_devices / variables allow- and deny-list."""
+    """Export ``job.checkpoint`` with ``params`` kind / quantize / outputs / clear_devices / variables
+    allow- and deny-list (a frozen .pb unless ``kind`` says otherwise)."""
     params = job.params or {}
     checkpoint = Checkpoint.objects.select_related("run", "meta_source__run").get(pk=job.checkpoint_id)
     ctx.progress(1, f"Freezing {checkpoint.prefix}", force=True)
@@ -58,10 +61,13 @@ def freeze_job(job: Job, ctx: JobContext) -> dict:
         clear_devices=params.get("clear_devices", True),
         variables_allowlist=params.get("variables_allowlist") or None,
         variables_denylist=params.get("variables_denylist") or None,
+        kind=params.get("kind", Export.FROZEN_PB),
+        quantize=bool(params.get("quantize")),
         user=job.requested_by,
         on_progress=ctx.progress,
         job=job,
     )
     verdict = "verified" if export.verified else "NOT verified"
-    ctx.progress(100, f"{export.display_name}.pb written, {verdict} (max abs diff {export.max_abs_diff})", force=True)
+    written = Path(export.path).name
+    ctx.progress(100, f"{written} written, {verdict} (max abs diff {export.max_abs_diff})", force=True)
     return {"export": export.as_json()}

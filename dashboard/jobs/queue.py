@@ -15,7 +15,7 @@ from django.db import transaction
 from redis.exceptions import RedisError
 
 from dashboard import artifacts
-from dashboard.models import Checkpoint, Job, Run
+from dashboard.models import Checkpoint, Export, Job, Run
 from dashboard.queue_connection import redis_connection
 
 if TYPE_CHECKING:
@@ -138,7 +138,8 @@ def start(
     """
     with transaction.atomic():
         if kind == Job.FREEZE and checkpoint is not None:
-            artifacts.check_no_freeze_running(checkpoint, (params or {}).get("outputs") or [])
+            artifacts.check_no_freeze_running(checkpoint, (params or {}).get("outputs") or [],
+                                              kind=(params or {}).get("kind", Export.FROZEN_PB))
         job = Job.objects.create(
             kind=kind,
             run=run,

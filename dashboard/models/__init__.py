@@ -7,13 +7,17 @@ transaction, takes a lock or writes the audit log lives in the operation modules
 ``retention``, ``pruning``, ``artifacts``, ``comparing``).
 """
 
+from .alias import Alias
 from .audit import AuditEvent
 from .checkpoint import Checkpoint, CheckpointQuerySet
 from .comparison import Comparison
 from .export import Export
 from .job import Job, temp_owner_ended
 from .run import Run
+from .serving import ServingTarget
 from .webhook import WebhookDelivery, WebhookEndpoint
 
-__all__ = ["AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "Export", "Job", "Run", "WebhookDelivery", "WebhookEndpoint",
-           "temp_owner_ended"]
+__all__ = [
+    "Alias", "AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "Export", "Job", "Run", "ServingTarget",
+    "WebhookDelivery", "WebhookEndpoint", "temp_owner_ended",
+]

@@ -1,4 +1,4 @@
-"""A file made from a checkpoint (a frozen graph), as it was verified when written."""
+"""A file or directory made from a checkpoint (frozen graph, SavedModel, TFLite, ONNX), as verified when written."""
 
 from __future__ import annotations
 
@@ -15,8 +15,15 @@ from persistence import files
 
 
 class Export(models.Model):
-    FROZEN_PB = "frozen_pb"
-    KIND_CHOICES = [(FROZEN_PB, "Frozen GraphDef (.pb)")]
+    FROZEN_PB, SAVED_MODEL, TFLITE, ONNX = "frozen_pb", "saved_model", "tflite", "onnx"
+    KIND_CHOICES = [
+        (FROZEN_PB, "Frozen GraphDef (.pb)"),
+        (SAVED_MODEL, "SavedModel (directory, downloads as .tar)"),
+        (TFLITE, "TFLite (.tflite)"),
+        (ONNX, "ONNX (.onnx)"),
+    ]
+    # What each kind's path ends with; a SavedModel is a directory, downloaded as the .tar beside it.
+    SUFFIXES = {FROZEN_PB: ".pb", SAVED_MODEL: ".savedmodel", TFLITE: ".tflite", ONNX: ".onnx"}
 
     checkpoint = models.ForeignKey("dashboard.Checkpoint", related_name="exports", on_delete=models.PROTECT)
     kind = models.CharField(max_length=16, choices=KIND_CHOICES, default=FROZEN_PB)
@@ -51,9 +58,19 @@ class Export(models.Model):
         """The export's name within its step directory (``probs`` for ``.../300/probs.pb``)."""
         return Path(self.path).stem
 
+    @property
+    def file_name(self) -> str:
+        """``probs.pb``, ``probs.savedmodel``, ``probs.tflite``: the export's name on disk."""
+        return Path(self.path).name
+
+    @property
+    def is_directory(self) -> bool:
+        return self.kind == self.SAVED_MODEL
+
     def file_path(self) -> Path:
-        """The file, resolved with symlinks; raises ``files.PathOutsideRoots`` unless inside ``EXPORT_ROOT``."""
-        return files.resolve_inside(self.path, [settings.EXPORT_ROOT])
+        """The file that is downloaded (a directory's ``.tar``), resolved with symlinks; raises
+        ``files.PathOutsideRoots`` unless inside ``EXPORT_ROOT``."""
+        return files.resolve_inside(self.path + ".tar" if self.is_directory else self.path, [settings.EXPORT_ROOT])
 
     def disk_change(self, info: os.stat_result | None = None) -> str | None:
         """Why the file no longer is the one that was verified (None: it still is, as far as size
@@ -70,15 +87,16 @@ class Export(models.Model):
         return None
 
     def download_filename(self) -> str:
-        """``<run>-step<step>-<name>.pb``: chosen by the server, never taken from the request."""
+        """``<run>-step<step>-<name>.<ext>``: chosen by the server, never taken from the request."""
 
         step = f"step{self.checkpoint.step}" if self.checkpoint.step is not None else "nostep"
         name = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{self.checkpoint.run.name}-{step}-{self.display_name}")
-        return f"{name.strip('_') or 'export'}.pb"
+        extension = ".tar" if self.is_directory else self.SUFFIXES.get(self.kind, ".pb")
+        return f"{name.strip('_') or 'export'}{extension}"
 
     def as_json(self) -> dict:
         """What ``manage.py freeze --json`` prints (and a freeze job stores) for the export."""
         return {
-            "id": self.pk, "path": self.path, "sha256": self.sha256, "size_bytes": self.size_bytes,
+            "id": self.pk, "kind": self.kind, "path": self.path, "sha256": self.sha256, "size_bytes": self.size_bytes,
             "outputs": self.outputs, "max_abs_diff": self.max_abs_diff, "verified": self.verified,
         }

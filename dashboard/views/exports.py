@@ -43,7 +43,7 @@ from django.utils.http import content_disposition_header, parse_etags
 from django.views.decorators.http import require_POST
 
 from dashboard import access, artifacts
-from dashboard.models import Export, Run
+from dashboard.models import Alias, Export, Run
 from persistence import files
 
 EXPORTS_PAGE_SIZE = 50
@@ -53,13 +53,22 @@ _RANGE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
 
 def export_list(request: HttpRequest) -> HttpResponse:
     access.require(request, access.VIEW)
-    run_name = request.GET.get("run", "")
+    run_name, alias, kind = request.GET.get("run", ""), request.GET.get("alias", ""), request.GET.get("kind", "")
     exports = Export.objects.select_related("checkpoint__run", "created_by").order_by("-created_at")
     if run_name:
         exports = exports.filter(checkpoint__run__name=run_name)
+    if alias:
+        # The exports of whatever checkpoint the alias points at now (of every run that has one).
+        exports = exports.filter(checkpoint__aliases__name=alias)
+    if kind in Export.SUFFIXES:
+        exports = exports.filter(kind=kind)
     page = Paginator(exports, EXPORTS_PAGE_SIZE).get_page(request.GET.get("page"))
     runs = Run.objects.filter(checkpoints__exports__isnull=False).distinct().values_list("name", flat=True)
-    return render(request, "dashboard/export_list.html", {"page": page, "run_name": run_name, "runs": list(runs)})
+    alias_names = Alias.objects.order_by("name").values_list("name", flat=True).distinct()
+    return render(request, "dashboard/export_list.html", {
+        "page": page, "run_name": run_name, "runs": list(runs), "alias": alias, "aliases": list(alias_names),
+        "kind": kind, "kinds": Export.KIND_CHOICES, "filtered": bool(run_name or alias or kind),
+    })
 
 
 def export_detail(request: HttpRequest, pk: int) -> HttpResponse:

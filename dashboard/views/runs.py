@@ -142,6 +142,7 @@ def checkpoint_detail(request: HttpRequest, name: str, pk: int) -> HttpResponse:
             f for f in checkpoint.files or []
             if os.path.lexists(os.path.join(run.directory, os.path.basename(f["name"])))
         ]
+    run_aliases = list(run.aliases.select_related("checkpoint"))
     return render(
         request,
         "dashboard/checkpoint_detail.html",
@@ -153,5 +154,7 @@ def checkpoint_detail(request: HttpRequest, name: str, pk: int) -> HttpResponse:
             "exports": list(checkpoint.exports.all()),
             "meta_dependents": checkpoint.meta_dependents.count() if checkpoint.has_own_meta else 0,
             "jobs": list(checkpoint.jobs.order_by("-created_at")[:5]),
+            "run_aliases": run_aliases,
+            "aliases": [a.name for a in run_aliases if a.checkpoint_id == checkpoint.pk],
         },
     )

@@ -116,10 +116,9 @@ class AntiSpamRecipe(Recipe):
     eval_size = 500
 
     def build_graph(self) -> GraphHandles:
-        import os
+        from persistence.tfruntime import import_tensorflow
 
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         v1 = tf.compat.v1
         x = v1.placeholder(tf.float32, [None, FEATURE_DIM], name="x")
@@ -175,10 +174,9 @@ class AntiSpamRecipe(Recipe):
 
 
 def _build_tf2_module() -> Any:
-    import os
+    from persistence.tfruntime import import_tensorflow
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     class Dense(tf.Module):
         def __init__(self, name: str, units_in: int, units_out: int) -> None:

@@ -114,7 +114,7 @@ def test_freeze_from_the_form_exports_a_verified_pb_that_gives_the_checkpoints_p
 
     assert response.status_code == 302 and response["Location"] == checkpoint.get_absolute_url()
     job = Job.objects.get(kind=Job.FREEZE)
-    assert job.params == {"outputs": ["probs"], "clear_devices": True, "variables_allowlist": [],
+    assert job.params == {"kind": "frozen_pb", "quantize": False, "outputs": ["probs"], "clear_devices": True, "variables_allowlist": [],
                           "variables_denylist": []}
     wait_for_job(job, worker)
     assert job.status == Job.FINISHED, job.error
@@ -311,7 +311,8 @@ def test_freeze_form_starts_a_job_with_typed_outputs_and_variable_lists(client, 
     assert response.status_code == 302
     job = Job.objects.get()
     assert job.kind == Job.FREEZE and job.checkpoint == checkpoint and job.requested_by == operator
-    assert job.params == {"outputs": ["probs", "predictions", "logits"], "clear_devices": False,
+    assert job.params == {"kind": "frozen_pb", "quantize": False,
+                          "outputs": ["probs", "predictions", "logits"], "clear_devices": False,
                           "variables_allowlist": ["hidden/kernel", "hidden/bias", "output/kernel", "output/bias"],
                           "variables_denylist": []}
     html = client.get(checkpoint.get_absolute_url()).content.decode()
@@ -326,7 +327,7 @@ def test_freeze_form_without_a_meta_graph_says_so_and_has_no_submit(client, oper
     client.force_login(operator)
     url = reverse("checkpoint-freeze", args=["demo", checkpoint.pk])
     html = client.get(url).content.decode()
-    assert "is missing on disk" in html and "Start freeze job" not in html
+    assert "is missing on disk" in html and "Start export job" not in html
     assert "is missing on disk" in client.post(url, {"outputs": ["probs"]}).content.decode()
     assert not Job.objects.exists()
 

@@ -55,7 +55,8 @@ def test_freeze_command_prints_the_verified_export(demo, settings):
     assert code == 0
     export = Export.objects.get()
     assert report == {"export": {
-        "id": export.pk, "path": str(settings.EXPORT_ROOT / "demo" / "50" / "probs.pb"), "sha256": export.sha256,
+        "id": export.pk, "kind": "frozen_pb", "path": str(settings.EXPORT_ROOT / "demo" / "50" / "probs.pb"),
+        "sha256": export.sha256,
         "size_bytes": os.path.getsize(export.path), "outputs": ["probs"], "max_abs_diff": export.max_abs_diff,
         "verified": True,
     }}

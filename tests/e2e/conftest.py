@@ -74,13 +74,14 @@ def e2e_roots(tmp_path_factory):
     from django.conf import settings
 
     base = tmp_path_factory.mktemp("e2e")
-    saved = settings.CHECKPOINT_ROOTS, settings.EXPORT_ROOT
+    saved = settings.CHECKPOINT_ROOTS, settings.EXPORT_ROOT, settings.SERVING_ROOT
     settings.CHECKPOINT_ROOTS = [(base / "checkpoints").resolve()]
     settings.EXPORT_ROOT = (base / "exports").resolve()
+    settings.SERVING_ROOT = (base / "serving").resolve()
     settings.CHECKPOINT_ROOTS[0].mkdir()
     settings.EXPORT_ROOT.mkdir()
     yield settings.CHECKPOINT_ROOTS[0]
-    settings.CHECKPOINT_ROOTS, settings.EXPORT_ROOT = saved
+    settings.CHECKPOINT_ROOTS, settings.EXPORT_ROOT, settings.SERVING_ROOT = saved
 
 
 @pytest.fixture(scope="package")

@@ -32,13 +32,13 @@ def test_freeze_a_step_watch_it_verify_then_download_the_same_bytes(
     page.get_by_role("link", name=f"model.ckpt-{STEP}", exact=True).click()
     page.wait_for_selector(f"h1 >> text=model.ckpt-{STEP}")
     expect(page.locator("#checkpoint-exports")).to_contain_text("Not frozen yet.")
-    page.get_by_role("button", name="Freeze…").click()
-    page.wait_for_selector(f"h1 >> text=Freeze model.ckpt-{STEP}")
+    page.get_by_role("button", name="Freeze / export…").click()
+    page.wait_for_selector(f"h1 >> text=Export model.ckpt-{STEP}")
     expect(page.get_by_label("probs", exact=True)).to_be_checked()
     expect(page.get_by_text("x", exact=True)).to_be_visible()  # the graph's input, listed
     tracked.shot("freeze-form")
 
-    page.get_by_role("button", name="Start freeze job").click()
+    page.get_by_role("button", name="Start export job").click()
     page.wait_for_selector(f"h1 >> text=model.ckpt-{STEP}")
     expect(page.locator(".messages")).to_contain_text(f"Freezing model.ckpt-{STEP}: the export appears below")
     loads_after_submit = tracked.loads()
@@ -131,7 +131,7 @@ def test_viewers_see_no_freeze_button_and_get_the_403_page(tracked, e2e_viewer, 
     tracked.login(e2e_viewer.username)
     tracked.goto(checkpoint.get_absolute_url())
     page.wait_for_selector(f"h1 >> text=model.ckpt-{STEP}")
-    expect(page.get_by_role("button", name="Freeze…")).to_have_count(0)
+    expect(page.get_by_role("button", name="Freeze / export…")).to_have_count(0)
 
     tracked.expected_statuses = {403, 404}
     response = tracked.goto(f"{checkpoint.get_absolute_url()}freeze/")

@@ -11,13 +11,12 @@ import pytest
 from persistence.errors import UnsafeGraph
 from persistence.freeze import (
     FreezeError,
-    estimate_graph_def_bytes,
-    exceeds_protobuf_limit,
     freeze_checkpoint,
     freeze_tf2,
     max_abs_diff,
     suggest_output_nodes,
 )
+from persistence.graphdefs import estimate_graph_def_bytes, exceeds_protobuf_limit
 from persistence.graphsafety import load_meta_graph_def
 
 pytestmark = pytest.mark.tf
@@ -136,8 +135,8 @@ def test_verification_feeding_the_files_constants_gives_the_same_answer(run, tmp
     loaded = freeze_checkpoint(last, first + ".meta", str(tmp_path / "a.pb"), outputs=["probs"], sample_feed=SAMPLE)
     monkeypatch.setattr(freeze, "FED_CONSTANT_BYTES", 1)  # every constant of the tiny model is "large"
     lifted = []
-    original = freeze._lift_large_constants
-    monkeypatch.setattr(freeze, "_lift_large_constants",
+    original = freeze.lift_large_constants
+    monkeypatch.setattr(freeze, "lift_large_constants",
                         lambda graph_def, min_bytes: lifted.append(original(graph_def, min_bytes)) or lifted[-1])
     fed = freeze_checkpoint(last, first + ".meta", str(tmp_path / "b.pb"), outputs=["probs"], sample_feed=SAMPLE)
 
@@ -153,7 +152,7 @@ def test_verification_feeding_the_files_constants_gives_the_same_answer(run, tmp
 def test_constants_whose_bytes_disagree_with_their_shape_are_left_to_tensorflow():
     import tensorflow as tf
 
-    from persistence.freeze import _lift_large_constants
+    from persistence.graphdefs import lift_large_constants
 
     graph_def = tf.compat.v1.GraphDef()
     for name, values in (("good", np.arange(6, dtype=np.float32).reshape(2, 3)), ("bad", np.zeros(4, np.float32))):
@@ -162,7 +161,7 @@ def test_constants_whose_bytes_disagree_with_their_shape_are_left_to_tensorflow(
         node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(values))
     graph_def.node[1].attr["value"].tensor.tensor_content = b"\0" * 12  # 3 floats for a shape of 4
 
-    fed = _lift_large_constants(graph_def, 1)
+    fed = lift_large_constants(graph_def, 1)
 
     assert list(fed) == ["good:0"] and fed["good:0"].tolist() == [[0, 1, 2], [3, 4, 5]]
     assert [n.op for n in graph_def.node] == ["Placeholder", "Const"]

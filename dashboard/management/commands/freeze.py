@@ -1,9 +1,9 @@
-"""Freeze a checkpoint into a verified ``.pb`` inline, the same code path as the freeze job.
+"""Freeze or export a checkpoint inline, verified, the same code path as the freeze job.
 
-    python manage.py freeze CHECKPOINT_ID --outputs probs[,other] [--keep-devices]
-        [--allow VAR,...] [--deny VAR,...] [--json]
+    python manage.py freeze CHECKPOINT_ID --outputs probs[,other] [--kind frozen_pb|saved_model|tflite|onnx]
+        [--quantize] [--keep-devices] [--allow VAR,...] [--deny VAR,...] [--json]
 
-With ``--json`` one object is printed: ``{"export": {"id", "path", "sha256", "size_bytes",
+With ``--json`` one object is printed: ``{"export": {"id", "kind", "path", "sha256", "size_bytes",
 "outputs", "max_abs_diff", "verified"}}``, or ``{"error": "..."}`` with exit code 1. An export
 that was written but whose outputs differ from the checkpoint's (not verified) is printed too,
 with exit code 1: a deployment script must not ship it.
@@ -17,7 +17,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandParser
 
 from dashboard import artifacts
-from dashboard.models import Checkpoint
+from dashboard.models import Checkpoint, Export
 
 
 def _names(text: str | None) -> list[str]:
@@ -25,11 +25,14 @@ def _names(text: str | None) -> list[str]:
 
 
 class Command(BaseCommand):
-    help = "Freeze a checkpoint (by id) into EXPORT_ROOT/<run>/<step>/<outputs>.pb and verify it."
+    help = "Export a checkpoint (by id) into EXPORT_ROOT/<run>/<step>/<outputs>.<kind's suffix> and verify it."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("checkpoint_id", type=int, help="Checkpoint id (see `manage.py scan --json`).")
         parser.add_argument("--outputs", default="", help="Output node names, comma-separated (e.g. probs).")
+        parser.add_argument("--kind", default=Export.FROZEN_PB, choices=list(Export.SUFFIXES),
+                            help="What to export (default: a frozen .pb).")
+        parser.add_argument("--quantize", action="store_true", help="TFLite: dynamic-range quantization.")
         parser.add_argument("--keep-devices", action="store_true", help="Keep device placements (default: clear).")
         parser.add_argument("--allow", default="", help="Only freeze these variables (comma-separated).")
         parser.add_argument("--deny", default="", help="Never freeze these variables (comma-separated).")
@@ -48,6 +51,8 @@ class Command(BaseCommand):
                 clear_devices=not options["keep_devices"],
                 variables_allowlist=_names(options["allow"]),
                 variables_denylist=_names(options["deny"]),
+                kind=options["kind"],
+                quantize=options["quantize"],
                 on_progress=None if options["json"] else self._progress,
             )
         except Exception as exc:  # every failure is a message and exit code 1, never a traceback
