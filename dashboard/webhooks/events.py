@@ -110,7 +110,10 @@ def _objects(event: str, objects: Any) -> Iterable[Any]:
         return [objects]
     if isinstance(objects, models.QuerySet):
         related = {Checkpoint: ("run",), Export: ("checkpoint__run",), Job: ("run",), AuditEvent: ("run",)}
-        return objects.select_related(*related.get(objects.model, ()))
+        objects = objects.select_related(*related.get(objects.model, ()))
+        if objects.model is Checkpoint:  # the body needs none of the bulky per-checkpoint details
+            objects = objects.defer("variables", "files", "verification", "problems")
+        return objects
     return objects
 
 
