@@ -25,7 +25,7 @@ def test_a_maintainer_adds_an_endpoint_reads_its_log_and_redelivers(tracked, e2e
     page.fill("input[name=url]", "http://169.254.169.254/latest/meta-data/")
     page.get_by_label("export.verified").check()
     page.get_by_role("button", name="Add endpoint").click()
-    assert page.get_by_text("cloud metadata address").is_visible()  # refused, with the reason
+    page.get_by_text("cloud metadata address").wait_for()  # refused, with the reason
     assert not WebhookEndpoint.objects.exists()
 
     page.fill("input[name=url]", RECEIVER)
