@@ -56,7 +56,9 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
 
 def rq_id(delivery_pk: int, attempt: int) -> str:
     # One RQ job per (delivery, attempt): re-enqueuing an attempt already waiting is recognised.
-    return f"webhook-{delivery_pk}-{attempt}"
+    # RQ's job ids are global in Redis, and several dashboards (each with its own queue and its
+    # own row ids) may share one Redis: the queue's name keeps their ids apart.
+    return f"webhook-{settings.JOB_QUEUE}-{delivery_pk}-{attempt}"
 
 
 def _timeout_for_job() -> int:
