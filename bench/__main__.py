@@ -11,7 +11,8 @@ import sys
 
 from bench import harness
 
-GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving", "downloads", "scale", "live", "events"]
+GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving",
+          "downloads", "scale", "live", "events", "webhooks"]
 
 
 def main(argv: list[str]) -> int:
@@ -74,6 +75,10 @@ def main(argv: list[str]) -> int:
             from bench import events
 
             new.update(events.run(work))
+        if "webhooks" in groups:
+            from bench import webhooks
+
+            new.update(webhooks.run(work))
         results = harness.write_results(new)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from persistence import discovery, files
 
+from . import webhooks
 from .locks import lock_row
 from .models import AuditEvent, Checkpoint, Export, Job, Run, temp_owner_ended
 from .pruning import check_no_prune_running
@@ -191,8 +192,11 @@ def verify(checkpoint: Checkpoint, *, output: str = "", on_progress: Progress | 
     if result.ok:
         verification["restore"] = _restore_check(checkpoint, output, _progress_span(on_progress, 80, 100))
     # restore's statuses are named like ours: verified, corrupt, incomplete, missing.
+    was_corrupt = checkpoint.status == Checkpoint.CORRUPT
     checkpoint.status, checkpoint.verification = result.status, verification
     checkpoint.save(update_fields=["status", "verification"])
+    if result.status == Checkpoint.CORRUPT and not was_corrupt:
+        webhooks.emit(webhooks.CHECKPOINT_CORRUPT, checkpoint)
     return verification
 
 
@@ -465,6 +469,7 @@ def _record_export(checkpoint: Checkpoint, kind: str, target: Path, data: dict, 
             "created_by": user if getattr(user, "is_authenticated", False) else None,
         },
     )
+    webhooks.emit(webhooks.EXPORT_VERIFIED if export.verified else webhooks.EXPORT_FAILED, export)
     return export
 
 
@@ -498,4 +503,6 @@ def recheck_export(export: Export, *, actor: User | None = None) -> bool:
         actor=actor, run=export.checkpoint.run, checkpoint=export.checkpoint,
         details={"sha256_on_disk": digest.hexdigest(), "size_on_disk": info.st_size},
     )
+    if not same:
+        webhooks.emit(webhooks.EXPORT_FAILED, export)
     return same

@@ -2,6 +2,8 @@
 
 - Tracked runs are rescanned so that checkpoints written by trainers outside the dashboard appear
   by themselves.
+- Webhook deliveries that are due (retries, and any the queue missed) are handed to the workers
+  every ``WEBHOOK_DISPATCH_SECONDS``.
 - Jobs are reconciled with RQ: a job whose work horse or worker was killed turns
   ``failed`` with the reason, and a job created while Redis was down is enqueued once it is back.
   RQ declares a dead worker's job abandoned about 90 s after its last heartbeat (the worker's
@@ -16,6 +18,7 @@ from django.conf import settings
 from rq import cron
 
 from dashboard.jobs import reconcile_jobs, scan_all_runs
+from dashboard.webhooks import dispatch_due
 
 RECONCILE_INTERVAL_SECONDS = 15
 
@@ -35,5 +38,14 @@ cron.register(
     interval=RECONCILE_INTERVAL_SECONDS,
     job_timeout=120,
     ttl=60,
+    result_ttl=600,
+)
+
+cron.register(
+    dispatch_due,
+    queue_name=settings.JOB_QUEUE,
+    interval=settings.WEBHOOK_DISPATCH_SECONDS,
+    job_timeout=120,
+    ttl=max(30, 3 * settings.WEBHOOK_DISPATCH_SECONDS),
     result_ttl=600,
 )

@@ -21,7 +21,7 @@ from persistence import retention as engine
 from persistence import statefile
 from persistence.retention import Plan
 
-from . import locks
+from . import locks, webhooks
 from .locks import lock_row
 from .models import AuditEvent, Checkpoint, Job, Run
 from .retention import plan_retention, retention_policy
@@ -76,11 +76,13 @@ def _unreleased_claims(run: Run, *, exclude: Job | None = None) -> list[int]:
 
 def _fail_dead_claims(claims: list[int]) -> None:
     if claims:
-        Job.objects.filter(pk__in=claims, status=Job.RUNNING).update(
+        dead = list(Job.objects.filter(pk__in=claims, status=Job.RUNNING).values_list("id", flat=True))
+        Job.objects.filter(pk__in=dead, status=Job.RUNNING).update(
             status=Job.FAILED, ended_at=timezone.now(),
             error="The process running this prune died (killed?) before it finished; retry it to "
                   "finish the plan.",
         )
+        webhooks.emit(webhooks.JOB_FAILED, Job.objects.filter(pk__in=dead, status=Job.FAILED))
 
 
 @contextlib.contextmanager
@@ -231,6 +233,8 @@ def apply_plan(run: Run, plan: Plan, *, actor: User | None = None, job: Job | No
                     "plan": plan.to_dict(), "execution": execution,
                 },
             )
+        if event is not None and plan.files_to_delete:
+            webhooks.emit(webhooks.RETENTION_PRUNED, event)
     if result.failed:
         names = ", ".join(f"{n} ({why})" for n, why in list(result.failed.items())[:5])
         raise ValueError(f"{len(result.failed)} file(s) could not be deleted: {names}. Run the prune again "

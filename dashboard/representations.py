@@ -1,4 +1,4 @@
-"""The JSON shapes of runs, checkpoints, exports and jobs as machines see them.
+"""The JSON shapes of runs, checkpoints, exports, jobs and webhooks as machines see them.
 
 One shape per object, shared by the REST API's responses and the webhook bodies, so that a
 pipeline that reads ``GET /api/v1/exports/7`` and one that receives ``export.verified`` for it parse
@@ -12,7 +12,7 @@ from typing import Any
 
 from django.urls import reverse
 
-from .models import Checkpoint, Export, Job, Run
+from .models import Checkpoint, Export, Job, Run, WebhookDelivery, WebhookEndpoint
 
 
 def _time(value: dt.datetime | None) -> str | None:
@@ -102,3 +102,33 @@ def job_reference(job: Job) -> dict[str, Any]:
     """What a request that started a job answers: ``{"job": {id, kind, status, url}}``; ``url`` is
     the API's own address for polling it."""
     return {"job": {"id": job.pk, "kind": job.kind, "status": job.status, "url": f"/api/v1/jobs/{job.pk}"}}
+
+
+def webhook_endpoint_item(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """An endpoint without its secret (which is shown once, when it is set)."""
+    return {
+        "id": endpoint.pk,
+        "url": endpoint.url,
+        "events": list(endpoint.events),
+        "description": endpoint.description,
+        "active": endpoint.active,
+        "secret_hint": endpoint.secret_hint,
+        "created_at": _time(endpoint.created_at),
+    }
+
+
+def webhook_delivery_item(delivery: WebhookDelivery) -> dict[str, Any]:
+    """A delivery with every attempt (``at``, ``status``, ``duration_ms``, ``excerpt``, ``error``)."""
+    return {
+        "id": delivery.pk,
+        "endpoint_id": delivery.endpoint_id,
+        "event": delivery.event,
+        "event_id": delivery.event_id,
+        "state": delivery.state,
+        "attempts": list(delivery.attempts),
+        "next_attempt_at": _time(delivery.next_attempt_at),
+        "created_at": _time(delivery.created_at),
+        "delivered_at": _time(delivery.delivered_at),
+        "redelivery_of": delivery.redelivery_of_id,
+        "payload": delivery.payload,
+    }

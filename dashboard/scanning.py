@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from persistence import discovery
 
-from . import event_metrics
+from . import event_metrics, webhooks
 from .locks import lock_row
 from .models import AuditEvent, Checkpoint, Run
 from .pruning import running_prune
@@ -245,7 +245,7 @@ def _store_chunk(
             ids.update(recorded)
             rows = [r for r in rows if r["prefix"] not in recorded]
             counts["stale"] += len(recorded)
-    updated = []
+    updated, became_corrupt = [], [r["prefix"] for r in rows if r["status"] == Checkpoint.CORRUPT]
     if changed:
         now_status = dict(
             Checkpoint.objects.filter(pk__in=[pk for (pk, _), _ in changed]).values_list("id", "status")
@@ -255,6 +255,8 @@ def _store_chunk(
             if current != status or not Checkpoint.may_move(current, found_ckpt.status):
                 counts["stale"] += 1  # changed by another writer since this scan read it
                 continue
+            if found_ckpt.status == Checkpoint.CORRUPT and status != Checkpoint.CORRUPT:
+                became_corrupt.append(found_ckpt.prefix)
             updated.append(
                 Checkpoint(pk=pk, run=run, prefix=found_ckpt.prefix, gone_at=None,
                            **Checkpoint.discovery_values(found_ckpt))
@@ -269,6 +271,8 @@ def _store_chunk(
     counts["created"] += len(rows)
     counts["updated"] += len(updated)
     _insert_linked(run, rows, found, ids, unlinked)
+    webhooks.emit(webhooks.CHECKPOINT_RECORDED, run.checkpoints.filter(prefix__in=[r["prefix"] for r in rows]))
+    webhooks.emit(webhooks.CHECKPOINT_CORRUPT, run.checkpoints.filter(prefix__in=became_corrupt))
 
 
 def _insert_linked(
@@ -420,6 +424,7 @@ def record_saved(run: Run, saved: SavedCheckpoint, *, source: Checkpoint | None 
         if source is not None:
             values["source_id"] = source.pk
         checkpoint, _ = Checkpoint.objects.update_or_create(run=run, prefix=saved.prefix, defaults=values)
+        webhooks.emit(webhooks.CHECKPOINT_RECORDED, checkpoint)
         gone = run.checkpoints.filter(prefix__in=saved.deleted).exclude(status=Checkpoint.PRUNED)
         gone_rows = list(gone.values_list("id", "size_bytes")) if saved.deleted else []
         if gone_rows:

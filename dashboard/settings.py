@@ -358,3 +358,33 @@ GRAPH_CPU_LIMIT_SECONDS = int(_env_float("GRAPH_CPU_LIMIT_SECONDS", 3600, minimu
 # No network and writes only to the scratch/export directories, where the kernel allows it
 # (user + network namespaces, Landlock). Off only for debugging.
 GRAPH_SANDBOX_ISOLATE = _env_bool("GRAPH_SANDBOX_ISOLATE", default=True)
+
+# --- Webhooks -------------------------------------------------------------------------------
+
+
+def _env_schedule(name: str, default: str) -> list[float]:
+    raw = os.environ.get(name, "").strip() or default
+    try:
+        delays = [float(part) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be comma-separated seconds, e.g. 30,120,600; not {raw!r}") from None
+    if not delays or any(d <= 0 for d in delays):
+        raise ImproperlyConfigured(f"{name} must list at least one positive delay in seconds, not {raw!r}")
+    return delays
+
+
+# Receivers on loopback, private or link-local addresses are refused (the dashboard would
+# otherwise reach into its own network for whoever registers an endpoint); 1 allows them, for a
+# deployment whose receivers live inside its network. Metadata addresses are refused regardless.
+WEBHOOK_ALLOW_PRIVATE = _env_bool("WEBHOOK_ALLOW_PRIVATE", default=False)
+# Seconds to connect, and for each read of the answer.
+WEBHOOK_TIMEOUT_SECONDS = _env_float("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+# Seconds to wait before each retry of a delivery that met a network error, a 429 or a 5xx; its
+# length is the number of retries. The default tries 9 times over about 4 h 20 min, so a receiver
+# down for an hour still gets every event.
+_DEFAULT_RETRY_SCHEDULE = "30,120,300,600,1200,2400,3600,7200"
+WEBHOOK_RETRY_SCHEDULE = _env_schedule("WEBHOOK_RETRY_SCHEDULE", _DEFAULT_RETRY_SCHEDULE)
+# How often the scheduler hands due retries (and deliveries Redis missed) to the workers.
+WEBHOOK_DISPATCH_SECONDS = int(_env_float("WEBHOOK_DISPATCH_SECONDS", 10, minimum=1))
+# Delivered and failed deliveries are kept in the log this many days.
+WEBHOOK_LOG_DAYS = _env_float("WEBHOOK_LOG_DAYS", 30, minimum=1)

@@ -7,7 +7,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.decorators.http import require_safe
 
-from dashboard.views import aliases, compare, exports, jobs, live, retention, runs, saves, serving
+from dashboard.views import aliases, compare, exports, jobs, live, retention, runs, saves, serving, webhooks
 from dashboard.views import checkpoints as checkpoint_actions
 
 
@@ -67,6 +67,15 @@ urlpatterns = [
     path("jobs/<int:pk>/cancel/", jobs.job_cancel, name="job-cancel"),
     path("jobs/<int:pk>/retry/", jobs.job_retry, name="job-retry"),
     path("favicon.ico", login_not_required(favicon), name="favicon"),
+    path("webhooks/", webhooks.webhook_list, name="webhooks"),
+    path("webhooks/new/", webhooks.webhook_new, name="webhook-new"),
+    path("webhooks/<int:pk>/", webhooks.webhook_detail, name="webhook"),
+    path("webhooks/<int:pk>/edit/", webhooks.webhook_edit, name="webhook-edit"),
+    path("webhooks/<int:pk>/secret/", webhooks.webhook_secret, name="webhook-secret"),
+    path("webhooks/<int:pk>/delete/", webhooks.webhook_delete, name="webhook-delete"),
+    path("webhooks/<int:pk>/ping/", webhooks.webhook_ping, name="webhook-ping"),
+    path("webhooks/<int:pk>/deliveries/<int:delivery_pk>/redeliver/", webhooks.webhook_redeliver,
+         name="webhook-redeliver"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/django-rq/", include("django_rq.urls")),

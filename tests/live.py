@@ -205,16 +205,16 @@ def module_roots(tmp_path_factory, tag: str) -> Iterator[Path]:
 
 
 @contextmanager
-def module_worker(django_db_blocker, tmp_path_factory, *, command_prefix: list[str] | None = None
-                  ) -> Iterator[LiveWorker]:
+def module_worker(django_db_blocker, tmp_path_factory, *, command_prefix: list[str] | None = None,
+                  **env: str) -> Iterator[LiveWorker]:
     """A live worker for a whole test module, on an emptied queue (jobs enqueued by page tests whose
-    rows were rolled back must not run)."""
+    rows were rolled back must not run); ``env``: settings of its own, as environment variables."""
     from dashboard import jobs
 
     with django_db_blocker.unblock():
         jobs.get_queue().empty()
         kwargs = {"command_prefix": command_prefix} if command_prefix else {}
-        live = LiveWorker(log_path=tmp_path_factory.mktemp("worker") / "worker.log", **kwargs).start()
+        live = LiveWorker(log_path=tmp_path_factory.mktemp("worker") / "worker.log", **kwargs, **env).start()
     try:
         yield live
     finally:

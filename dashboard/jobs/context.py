@@ -16,6 +16,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from dashboard import webhooks
 from dashboard.models import Job
 
 from .queue import timeout_for
@@ -118,12 +119,14 @@ def execute(job: Job, body: JobBody) -> dict:
 
 def record_failure(job: Job, exc: BaseException) -> None:
     """Mark a running row ``failed`` with the error and the traceback being handled."""
-    Job.objects.filter(pk=job.pk, status=Job.RUNNING).update(
+    failed = Job.objects.filter(pk=job.pk, status=Job.RUNNING).update(
         status=Job.FAILED,
         error=_error_text(job, exc)[:5000],
         traceback=traceback.format_exc(),
         ended_at=timezone.now(),
     )
+    if failed:
+        webhooks.emit(webhooks.JOB_FAILED, Job.objects.filter(pk=job.pk))
 
 
 def _error_text(job: Job, exc: BaseException) -> str:

@@ -12,15 +12,16 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
-from redis import Redis
 from redis.exceptions import RedisError
 
 from dashboard import artifacts
 from dashboard.models import Checkpoint, Export, Job, Run
+from dashboard.queue_connection import redis_connection
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
     from django.contrib.auth.models import AnonymousUser
+    from redis import Redis
     from rq import Queue
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,6 @@ TIMEOUTS = {
 # Kinds whose bodies check ``should_stop`` between steps (and stop without leaving a half-written
 # file); the others have their work horse stopped through RQ as soon as they are canceled.
 COOPERATIVE_KINDS = {Job.SAVE, Job.COMPARE}
-
-# The web process talks to Redis only to enqueue and cancel. These bound how long a page can wait
-# on a Redis that is down or unreachable (redis-py's defaults retry ten times).
-REDIS_CONNECT_TIMEOUT = 2.0
-REDIS_SOCKET_TIMEOUT = 5.0
-REDIS_RETRIES = 1
 
 # A ``queued`` row without an RQ id younger than this may still be being enqueued by ``start``.
 ENQUEUE_GRACE_SECONDS = 10
@@ -84,24 +79,6 @@ def job_pk_from_rq_id(rq_id: str) -> int | None:
 def timeout_for(kind: str) -> int:
     overrides = getattr(settings, "JOB_TIMEOUTS", None) or {}
     return int(overrides.get(kind, TIMEOUTS[kind]))
-
-
-def redis_connection() -> Redis:
-    """A Redis client for our queue with short, explicit timeouts.
-
-    django-rq builds clients from ``URL`` with redis-py's defaults and ignores the socket options
-    in ``RQ_QUEUES``, so an outage could hold a page for many seconds; this one fails fast.
-    """
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    config = settings.RQ_QUEUES[settings.JOB_QUEUE]
-    return Redis.from_url(
-        config["URL"],
-        socket_connect_timeout=min(config.get("SOCKET_CONNECT_TIMEOUT") or REDIS_CONNECT_TIMEOUT, REDIS_CONNECT_TIMEOUT),
-        socket_timeout=min(config.get("SOCKET_TIMEOUT") or REDIS_SOCKET_TIMEOUT, REDIS_SOCKET_TIMEOUT),
-        retry=Retry(NoBackoff(), REDIS_RETRIES),
-    )
 
 
 def get_queue(connection: Redis | None = None) -> Queue:

@@ -17,6 +17,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from dashboard import webhooks
 from dashboard.models import Job
 
 from .queue import (
@@ -86,6 +87,7 @@ def _fail(job: Job, reason: str) -> bool:
     )
     if updated:
         log.warning("job %s marked failed: %s", job.pk, reason)
+        webhooks.emit(webhooks.JOB_FAILED, Job.objects.filter(pk=job.pk))
     return bool(updated)
 
 

@@ -16,8 +16,9 @@ from .job import Job, temp_owner_ended
 from .metrics import EventFile, MetricChunk, MetricSeries
 from .run import Run
 from .serving import ServingTarget
+from .webhook import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "Alias", "AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "EventFile", "Export", "Job",
-    "MetricChunk", "MetricSeries", "Run", "ServingTarget", "temp_owner_ended",
+    "MetricChunk", "MetricSeries", "Run", "ServingTarget", "WebhookDelivery", "WebhookEndpoint", "temp_owner_ended",
 ]

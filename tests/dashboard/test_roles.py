@@ -17,7 +17,7 @@ from django.contrib.auth.models import User
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from dashboard import jobs
-from dashboard.models import Checkpoint, Export, Job, Run, ServingTarget
+from dashboard.models import Checkpoint, Export, Job, Run, ServingTarget, WebhookDelivery, WebhookEndpoint
 
 pytestmark = pytest.mark.django_db
 
@@ -56,6 +56,8 @@ OPERATE_FORM = Expect(get=(LOGIN, 403, 200, 200), post=(LOGIN, 403, 200, 200))
 # POST-only actions.
 OPERATE_ACTION = Expect(get=(LOGIN, 405, 405, 405), post=(LOGIN, 403, 302, 302))
 MAINTAIN_ACTION = Expect(get=(LOGIN, 405, 405, 405), post=(LOGIN, 403, 403, 302))
+# Pages only maintainers see at all; an empty POST to a form shows it again with its errors.
+MAINTAIN_PAGE = Expect(get=(LOGIN, 403, 403, 200), post=(LOGIN, 403, 403, 200))
 # Everyone reads the policy; only maintainers change it.
 MAINTAIN_FORM = Expect(get=(LOGIN, 200, 200, 200), post=(LOGIN, 403, 403, 200))
 # Whatever may be done to a job needs what starting its kind needs: pruning deletes checkpoints.
@@ -118,6 +120,15 @@ EXPECTED: dict[str, tuple[Expect, ...]] = {
     "serving-target": (READ.on("serving"),),
     "serving-publish": (MAINTAIN_ACTION.on("serving"),),
     "serving-prune": (MAINTAIN_ACTION.on("serving"),),
+    # Webhook endpoints hold a secret and send the dashboard's events off the machine: maintainers only.
+    "webhooks": (MAINTAIN_PAGE,),
+    "webhook-new": (MAINTAIN_PAGE,),
+    "webhook": (MAINTAIN_PAGE.on("webhook"),),
+    "webhook-edit": (MAINTAIN_PAGE.on("webhook"),),
+    "webhook-secret": (Expect(get=(LOGIN, 405, 405, 405), post=(LOGIN, 403, 403, 200)).on("webhook"),),
+    "webhook-delete": (MAINTAIN_ACTION.on("webhook"),),
+    "webhook-ping": (MAINTAIN_ACTION.on("webhook"),),
+    "webhook-redeliver": (MAINTAIN_ACTION.on("webhook"),),
     "audit": (READ,),
     "jobs": (READ,),
     "job": _every_kind(READ, "running job"),
@@ -169,6 +180,16 @@ def _url(name: str, entry: URLPattern, case: Expect, objects: dict) -> str:
             kwargs["name"] = objects["run"].name
         elif converter == "alias":
             kwargs["alias"] = "prod"
+        elif converter == "pk" and case.pk == "webhook":
+            # A fresh endpoint per request target: one route's POST (a delete) must not change another's.
+            endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/in", secret="s" * 32,
+                                                      events=["job.failed"])
+            kwargs["pk"] = endpoint.pk
+            if "delivery_pk" in entry.pattern.converters:
+                kwargs["delivery_pk"] = WebhookDelivery.objects.create(
+                    endpoint=endpoint, event="job.failed", event_id="evt-roles", payload={}, state="failed").pk
+        elif converter == "delivery_pk":
+            continue  # filled with its endpoint above
         elif converter == "pk" and case.pk in ("checkpoint", "export", "serving"):
             kwargs["pk"] = objects[case.pk].pk
         elif converter == "pk" and case.pk in ("running job", "failed job"):
