@@ -42,3 +42,34 @@ def test_run_page_charts_full_curves_with_checkpoints_marked(tracked, e2e_viewer
     assert page.locator("#history-chart-gone").is_visible()
     assert page.locator("table.history").get_by_text("from step 190").first.is_visible()
     tracked.shot("run-event-metrics")
+
+
+CHART_AXES = """() => {
+  const chart = Chart.getChart(document.getElementById("history-chart"));
+  const labels = chart.scales.x.ticks.map((t) => t.label);
+  return {
+    labels, xTitle: chart.options.scales.x.title.text, sizeTitle: chart.options.scales.size.title.text,
+    canvasWidth: chart.canvas.clientWidth, pageWidth: document.documentElement.scrollWidth,
+  };
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_chart_axes_have_units_and_distinct_ticks_at_laptop_and_phone_width(tracked, e2e_viewer, make_run, width):
+    from dashboard import scanning
+
+    run = make_run(f"axes-{width}")
+    factory.make_seed_run(run.directory, steps=(1000, 20000, 40000), max_to_keep=None)
+    write_tf1_events(run.directory, {"loss": [(step, 5.0 / step) for step in range(1, 40001, 40)]})
+    scanning.scan(run)
+
+    tracked.page.set_viewport_size({"width": width, "height": 900})
+    tracked.login(e2e_viewer.username)
+    tracked.goto(f"/runs/{run.name}/")
+    page = tracked.page
+    page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('history-chart'))")
+    axes = page.evaluate(CHART_AXES)
+    assert axes["xTitle"].startswith("step") and axes["sizeTitle"] == "size (MB)"
+    assert len(axes["labels"]) >= 3 and len(set(axes["labels"])) == len(axes["labels"]), axes["labels"]
+    assert len(axes["labels"]) <= (5 if width < 520 else 11)
+    assert axes["canvasWidth"] <= width and axes["pageWidth"] <= width

@@ -48,6 +48,9 @@
         datasets.push(marks);
       });
       const totals = Object.values(curves).map((c) => c.total);
+      // On a phone: fewer, shorter tick labels and the legend below, so the plot keeps its width.
+      const narrow = canvas.clientWidth < 520;
+      const stepLabel = (value) => (Math.abs(value) >= 10000 ? `${Math.round(value / 1000)}k` : `${value}`);
       chart = new Chart(canvas, {
         type: "line",
         data: { datasets },
@@ -55,19 +58,25 @@
           animation: false, maintainAspectRatio: false, parsing: true,
           interaction: { mode: "nearest", axis: "x", intersect: false },
           plugins: {
-            legend: { labels: { filter: (item, chart) => !chart.datasets[item.datasetIndex].marks } },
+            legend: {
+              position: narrow ? "bottom" : "top",
+              labels: { boxWidth: narrow ? 10 : 40, filter: (item, chart) => !chart.datasets[item.datasetIndex].marks },
+            },
             tooltip: { callbacks: { footer: (items) => (items.some((it) => it.raw && it.raw.gone) ? "files gone (pruned, rotated out or missing)" : "") } },
           },
           scales: {
             x: {
               type: "linear",
+              ticks: { maxTicksLimit: narrow ? 5 : 11, precision: 0, callback: stepLabel },
               title: {
                 display: true,
                 text: data.shown < data.total ? `step (${data.shown} of ${data.total} checkpoints shown)` : "step",
               },
             },
-            size: { position: "left", title: { display: true, text: "MB" }, beginAtZero: true },
-            metric: { position: "right", display: datasets.length > 1, grid: { drawOnChartArea: false } },
+            size: { position: "left", title: { display: true, text: "size (MB)" }, beginAtZero: true,
+                    ticks: { maxTicksLimit: narrow ? 5 : 8 } },
+            metric: { position: "right", display: datasets.length > 1, grid: { drawOnChartArea: false },
+                      title: { display: !narrow, text: "metric value" }, ticks: { maxTicksLimit: narrow ? 5 : 8 } },
           },
         },
       });
