@@ -1,6 +1,6 @@
 """Flow: a run page open while a trainer the dashboard did not start saves every second with
 max_to_keep 2 and writes summaries; the page updates itself (no reload) with every checkpoint the
-trainer wrote, the rotated ones marked, and re-fetches its chart as rows arrive."""
+trainer wrote, the rotated ones marked, and its chart follows the trainer's logged loss."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.tf, pytest.mark.django_db(transaction
 
 TRAINER = Path(__file__).resolve().parent.parent / "external_trainer.py"
 SAVES = 6
+LOSS_POINTS = """() => {
+  const chart = window.Chart && Chart.getChart(document.getElementById("history-chart"));
+  const curve = chart && chart.data.datasets.find((d) => d.label === "loss");
+  return curve ? curve.data.length : 0;
+}"""
 
 
 def test_run_page_follows_an_external_trainer_without_reloading(tracked, e2e_viewer, e2e_roots, tmp_path):
@@ -69,6 +74,10 @@ def test_run_page_follows_an_external_trainer_without_reloading(tracked, e2e_vie
         for prefix, _ in saved[:-2]:
             assert "rotated out" in rows.filter(has_text=prefix).inner_text()
         assert len(chart_requests) > loaded_chart_requests, "the chart never fetched its data again"
+        # The trainer's loss, read from its event files by the watcher's scans, is charted without
+        # a reload: its points arrive with the rows.
+        wait_for(lambda: page.evaluate(LOSS_POINTS) >= SAVES, 20, what="the trainer's loss curve on the chart")
+        assert page.locator("table.history thead", has_text="loss").count() == 1
         assert page.locator("#run-chart").is_visible()
         assert tracked.loads() == ["/runs/live-trainer/"], "the page reloaded"
         tracked.shot("run-live")
