@@ -2,8 +2,9 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from dashboard.api.root import urlpatterns as api_urlpatterns
 from dashboard.views import checkpoints as checkpoint_actions
-from dashboard.views import compare, exports, jobs, retention, runs, saves
+from dashboard.views import compare, exports, jobs, retention, runs, saves, tokens
 
 urlpatterns = [
     path("", runs.runs, name="runs"),
@@ -39,6 +40,8 @@ urlpatterns = [
     path("runs/<slug:name>/prune/now/", retention.prune_now, name="run-prune-now"),
     path("runs/<slug:name>/checkpoints/<int:pk>/pin/", retention.checkpoint_pin, name="checkpoint-pin"),
     path("audit/", retention.audit, name="audit"),
+    path("tokens/", tokens.token_list, name="tokens"),
+    path("tokens/<int:pk>/revoke/", tokens.token_revoke, name="token-revoke"),
     path("jobs/", jobs.job_list, name="jobs"),
     path("jobs/<int:pk>/", jobs.job_detail, name="job"),
     path("jobs/<int:pk>/progress/", jobs.job_progress, name="job-progress"),
@@ -48,4 +51,5 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/django-rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
+    *api_urlpatterns(),
 ]

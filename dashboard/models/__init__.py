@@ -13,5 +13,9 @@ from .comparison import Comparison
 from .export import Export
 from .job import Job, temp_owner_ended
 from .run import Run
+from .token import ApiToken, IdempotencyKey
 
-__all__ = ["AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "Export", "Job", "Run", "temp_owner_ended"]
+__all__ = [
+    "ApiToken", "AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "Export", "Job", "IdempotencyKey", "Run",
+    "temp_owner_ended",
+]
