@@ -11,7 +11,7 @@ import sys
 
 from bench import harness
 
-GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention"]
+GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "api"]
 
 
 def main(argv: list[str]) -> int:
@@ -54,6 +54,10 @@ def main(argv: list[str]) -> int:
             from bench import retention
 
             new.update(retention.run(work))
+        if "api" in groups:
+            from bench import api
+
+            new.update(api.run(work))
         results = harness.write_results(new)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -42,6 +42,13 @@ class BearerToken(HttpBearer):
 class BrowserSession(SessionAuth):
     """The dashboard's own login session; unsafe methods need the CSRF token."""
 
+    def _get_key(self, request: HttpRequest) -> str | None:
+        # Without a logged-in session there is nothing to protect from CSRF: the answer is 401.
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated:
+            return None
+        return super()._get_key(request)
+
     def authenticate(self, request: HttpRequest, key: str | None):
         user = getattr(request, "user", None)
         return user if user is not None and user.is_authenticated else None

@@ -33,6 +33,7 @@ ORDERINGS = {
     "step": Ordering("step", [Key("step", nullable=True), Key("id")]),
     "-step": Ordering("-step", [Key("step", descending=True, nullable=True), Key("id")]),
 }
+LIST_FIELDS = ("id", "prefix", "step", "status", "latest_in", "pinned", "size_bytes", "saved_at", "metrics")
 IDEMPOTENCY_KEY = Header(None, alias=idempotency.HEADER, description=idempotency.HEADER_DESCRIPTION)
 
 
@@ -46,7 +47,8 @@ def list_checkpoints(
     limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT), cursor: str | None = None,
 ):
     run = access.get_run_for_user(request, name)
-    rows = run.checkpoints.defer("variables", "files", "problems", "verification")
+    # Only what ``checkpoint_item`` reads: variable lists and file lists can be large JSON.
+    rows = run.checkpoints.only(*LIST_FIELDS)
     if status is not None:
         rows = rows.filter(status=status)
     if min_step is not None:

@@ -27,7 +27,10 @@ def list_exports(request: HttpRequest, run: str | None = Query(None, max_length=
                  cursor: str | None = None):
     """`?run=NAME&verified=true&limit=1` is the newest verified export of a run."""
     access.require(request, access.VIEW)
-    rows = Export.objects.select_related("checkpoint__run")
+    # Only what ``export_item`` reads: a checkpoint row holds its whole variable list.
+    rows = Export.objects.select_related("checkpoint__run").only(
+        "id", "kind", "outputs", "sha256", "size_bytes", "verified", "max_abs_diff", "created_at",
+        "checkpoint__step", "checkpoint__run__name")
     if run is not None:
         rows = rows.filter(checkpoint__run__name=run)
     if verified is not None:

@@ -104,6 +104,9 @@ def _throttled(request: HttpRequest, exc: Throttled) -> HttpResponse:
 
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if exc.status_code == 400:  # the body is not JSON
+        return problem_response(400, f"body: {exc.message}", kind="validation", title="Invalid request",
+                                errors=[{"field": "body", "message": exc.message}])
     return problem_response(exc.status_code, exc.message)
 
 
