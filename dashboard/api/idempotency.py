@@ -16,6 +16,7 @@ from collections.abc import Callable
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
+from ninja import Status
 
 from dashboard.models import IdempotencyKey
 
@@ -31,10 +32,11 @@ HEADER_DESCRIPTION = (
 )
 
 
-def once(request: HttpRequest, key: str | None, start: Callable[[], tuple[int, dict]]) -> tuple[int, dict]:
-    """``start()`` unless this client sent ``key`` before; then its first ``(status, body)``."""
+def once(request: HttpRequest, key: str | None, start: Callable[[], tuple[int, dict]]) -> Status:
+    """The response of ``start()`` (a ``(status, body)``) unless this client sent ``key`` before;
+    then the first response to it."""
     if key is None:
-        return start()
+        return Status(*start())
     key = key.strip()
     if not key or len(key) > MAX_KEY_LENGTH:
         raise ApiProblem(400, f"{HEADER} must be 1 to {MAX_KEY_LENGTH} characters.", kind="invalid-idempotency-key",
@@ -58,7 +60,7 @@ def once(request: HttpRequest, key: str | None, start: Callable[[], tuple[int, d
             raise ApiProblem(409, f"The first request with this {HEADER} is still being processed; try again in "
                                   "a moment.", kind="idempotency-key-in-progress",
                              headers={"Retry-After": "1"}) from None
-        return first.status, first.response
+        return Status(first.status, first.response)
     try:
         status, body = start()
     except BaseException:
@@ -68,5 +70,5 @@ def once(request: HttpRequest, key: str | None, start: Callable[[], tuple[int, d
         IdempotencyKey.objects.filter(pk=record.pk).update(status=status, response=body)
     else:
         record.delete()
-    return status, body
+    return Status(status, body)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.http import HttpRequest
-from ninja import Header, Query, Router
+from ninja import Header, Query, Router, Status
 
 from dashboard import access, jobs
 from dashboard.forms import RegisterRunForm
@@ -47,7 +47,7 @@ def track_run(request: HttpRequest, body: RunIn):
         job = jobs.start(Job.SCAN, run=run, user=request.user)
     except jobs.QueueUnavailable as exc:
         job = exc.job
-    return 201, {**run_item(run), "scan_job": job_reference(job)["job"]}
+    return Status(201, {**run_item(run), "scan_job": job_reference(job)["job"]})
 
 
 @router.post("/runs/{name}/scan", response={202: JobStarted}, summary="Scan a run's directory now (operator)")

@@ -104,10 +104,10 @@ def test_a_browser_session_works_and_needs_csrf_for_changes(api_users, run):
 # --- cursor pagination --------------------------------------------------------------------------
 
 
-def _walk(client, url: str, limit: int) -> list[dict]:
-    items, cursor, pages = [], None, 0
+def _walk(client, url: str, limit: int, **query: str) -> list[dict]:
+    items, cursor, pages = [], query.pop("cursor", None), 0
     while True:
-        page = client.get(url, {"limit": limit, **({"cursor": cursor} if cursor else {})}).json()
+        page = client.get(url, {**query, "limit": limit, **({"cursor": cursor} if cursor else {})}).json()
         assert set(page) == {"items", "next"} and len(page["items"]) <= limit
         items += page["items"]
         pages += 1
@@ -123,7 +123,7 @@ def test_cursor_pages_walk_every_checkpoint_once_in_step_order(viewer_client, ru
     Checkpoint.objects.create(run=run, prefix="unnumbered-b", saved_at=run.created_at)
     newest_first = _walk(viewer_client, "/api/v1/runs/lists/checkpoints", 5)
     assert [c["step"] for c in newest_first] == list(range(12, 0, -1)) + [None, None]
-    oldest_first = _walk(viewer_client, "/api/v1/runs/lists/checkpoints?ordering=step", 4)
+    oldest_first = _walk(viewer_client, "/api/v1/runs/lists/checkpoints", 4, ordering="step")
     assert [c["step"] for c in oldest_first] == list(range(1, 13)) + [None, None]
     assert len({c["id"] for c in oldest_first}) == 14
     assert set(newest_first[0]) == {"id", "prefix", "step", "status", "is_latest", "pinned", "size_bytes",
@@ -134,7 +134,7 @@ def test_a_cursor_keeps_its_place_when_rows_are_added(viewer_client, run):
     first = viewer_client.get("/api/v1/runs/lists/checkpoints", {"ordering": "step", "limit": 5}).json()
     add_checkpoint_rows(run, 2, start_step=100)  # recorded meanwhile, after the cursor
     Checkpoint.objects.filter(run=run, step=2).delete()  # and one already seen goes
-    rest = _walk(viewer_client, f"/api/v1/runs/lists/checkpoints?ordering=step&cursor={first['next']}", 5)
+    rest = _walk(viewer_client, "/api/v1/runs/lists/checkpoints", 5, ordering="step", cursor=first["next"])
     assert [c["step"] for c in first["items"]] == [1, 2, 3, 4, 5]
     assert [c["step"] for c in rest] == [6, 7, 8, 9, 10, 11, 12, 100, 101]
 

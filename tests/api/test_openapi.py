@@ -59,6 +59,7 @@ def test_the_interactive_docs_load_only_local_files():
     from django.conf import settings
     from django.contrib.staticfiles import finders
 
+    static_url = "/" + settings.STATIC_URL.strip("/") + "/"
     for source in sources:  # each one a file of the installed apps' static files, served by whitenoise
-        assert source.startswith("/" + settings.STATIC_URL), source
-        assert finders.find(source.removeprefix("/" + settings.STATIC_URL).split("?")[0]), source
+        assert source.startswith(static_url), source
+        assert finders.find(source.removeprefix(static_url).split("?")[0]), source
