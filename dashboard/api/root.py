@@ -153,5 +153,5 @@ def _without_login_redirect(patterns: list) -> list:
 
 def urlpatterns() -> list[URLPattern | URLResolver]:
     ninja_patterns, app_name, namespace = api.urls
-    unknown = path(f"{PREFIX}<path:rest>", unknown_route)
+    unknown = path(f"{PREFIX}<path:rest>", unknown_route, name="api-unknown")
     return _without_login_redirect([path(PREFIX, (ninja_patterns, app_name, namespace)), unknown])
