@@ -10,7 +10,13 @@ from ninja import Body, Header, Query, Router
 from dashboard import access, pruning
 from dashboard.forms import FreezeForm, VerifyForm
 from dashboard.models import Checkpoint, Export, Job
-from dashboard.representations import checkpoint_detail, checkpoint_item, job_reference
+from dashboard.representations import (
+    CHECKPOINT_ITEM_COLUMNS,
+    checkpoint_columns_item,
+    checkpoint_detail,
+    checkpoint_item,
+    job_reference,
+)
 
 from . import idempotency
 from .pagination import DEFAULT_LIMIT, MAX_LIMIT, Key, Ordering, paginate
@@ -33,7 +39,6 @@ ORDERINGS = {
     "step": Ordering("step", [Key("step", nullable=True), Key("id")]),
     "-step": Ordering("-step", [Key("step", descending=True, nullable=True), Key("id")]),
 }
-LIST_FIELDS = ("id", "prefix", "step", "status", "latest_in", "pinned", "size_bytes", "saved_at", "metrics")
 IDEMPOTENCY_KEY = Header(None, alias=idempotency.HEADER, description=idempotency.HEADER_DESCRIPTION)
 
 
@@ -47,8 +52,8 @@ def list_checkpoints(
     limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT), cursor: str | None = None,
 ):
     run = access.get_run_for_user(request, name)
-    # Only what ``checkpoint_item`` reads: variable lists and file lists can be large JSON.
-    rows = run.checkpoints.only(*LIST_FIELDS)
+    # Only what ``checkpoint_item`` reads, as plain values: variable and file lists can be large JSON.
+    rows = run.checkpoints.values(*CHECKPOINT_ITEM_COLUMNS)
     if status is not None:
         rows = rows.filter(status=status)
     if min_step is not None:
@@ -60,7 +65,7 @@ def list_checkpoints(
     if has_export is not None:
         exported = Exists(Export.objects.filter(checkpoint=OuterRef("pk")))
         rows = rows.filter(exported if has_export else ~exported)
-    return paginate(rows, ORDERINGS[ordering], limit, cursor, checkpoint_item)
+    return paginate(rows, ORDERINGS[ordering], limit, cursor, checkpoint_columns_item)
 
 
 def _checkpoint(request: HttpRequest, pk: int, perm: str) -> Checkpoint:

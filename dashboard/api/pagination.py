@@ -61,6 +61,9 @@ class Ordering:
         return result
 
     def values_of(self, row: Any) -> list:
+        """The keys of ``row``: a model instance, or a dict from ``values()``."""
+        if isinstance(row, dict):
+            return [row[key.lookup] for key in self.keys]
         values = []
         for key in self.keys:
             value = row
