@@ -13,7 +13,7 @@ clients at once.
 
 ``api_download_vs_page``: a 512 MiB export downloaded by ``curl`` from gunicorn (``DEBUG=0``)
 through ``/api/v1/exports/{id}/download`` with a token, against the page's download button's URL
-with a session cookie, interleaved, medians. Both are ``dashboard.downloads.export_response``; the
+with a session cookie, interleaved, best of ``REPEAT`` each. Both are ``dashboard.downloads.export_response``; the
 figure guards that the API's auth, throttle and error handling stay out of the byte path. Not: the
 ceiling of a download on this machine (``download_vs_cat`` is that comparison).
 """
@@ -230,10 +230,13 @@ def download_vs_page(work: Path, repeat: int = REPEAT) -> dict[str, dict]:
         if private is not None:
             private.stop()
     mb = DOWNLOAD_BYTES / 1e6
-    api_rate, page_rate = mb / statistics.median(api_times), mb / statistics.median(page_times)
+    # Best of each: the two sides run the same code, so the fastest runs compare it with the least noise
+    # from whatever else the machine does meanwhile.
+    api_rate, page_rate = mb / min(api_times), mb / min(page_times)
     return {
         "api_download_vs_page": entry(api_rate, page_rate, "MB/s", "ratio >= 0.95", bytes=DOWNLOAD_BYTES,
-                                      repeats=repeat, server="gunicorn 2 sync workers, DEBUG=0"),
+                                      repeats=repeat, server="gunicorn 2 sync workers, DEBUG=0",
+                                      medians_mb_s=[mb / statistics.median(api_times), mb / statistics.median(page_times)]),
     }
 
 

@@ -52,7 +52,7 @@ NOTES = {
     "requests, Bearer token, throttle counted) vs a bare Django view doing the same keyset query and "
     "`json.dumps` of the same fields; in-process, all middleware, DEBUG=0, best of 7. Not: network time.",
     "api_download_vs_page": "A 512 MiB export through the API's download (token) vs the page's download "
-    "(session), gunicorn, medians of 7 interleaved. Not: the machine's ceiling (see download_vs_cat).",
+    "(session), gunicorn, best of 7 interleaved each. Not: the machine's ceiling (see download_vs_cat).",
     "prune_plan_10k_seconds": "Planning a prune of 10,000 checkpoints from the database, as the preview does.",
     "prune_exec_vs_bare": "Executing a plan deleting 10,000 files vs `os.remove` of the same, caches dropped "
     "before each side (disk-bound; our side's database file is cold too); best of 5 alternating.",

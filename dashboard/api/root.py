@@ -48,6 +48,9 @@ class DashboardAPI(NinjaAPI):
             components[model.__name__] = definition
         for operations in schema["paths"].values():
             for method, operation in operations.items():
+                # django-ninja keys responses by int; JSON keys are strings, and both of one status
+                # would be a duplicate key in the document.
+                operation["responses"] = {str(status): r for status, r in operation["responses"].items()}
                 errors = {**ERRORS, **(POST_ERRORS if method == "post" else {})}
                 for status, description in errors.items():
                     name = "ValidationProblem" if status == "400" else "Problem"

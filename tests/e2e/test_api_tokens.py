@@ -45,3 +45,16 @@ def test_create_a_token_use_it_then_revoke_it(tracked, e2e_operator, live_server
 
     refused = requests.get(api, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
     assert refused.status_code == 401 and refused.json()["detail"].endswith("was revoked.")
+
+
+def test_the_interactive_api_docs_render_from_local_files(tracked, e2e_viewer):
+    page = tracked.page
+    outside = []
+    page.on("request", lambda request: outside.append(request.url)
+            if not request.url.startswith((tracked.base_url, "data:")) else None)
+    tracked.login(e2e_viewer.username)
+    tracked.goto("/api/v1/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Checkpoint dashboard API", timeout=20_000)
+    expect(page.locator(".opblock-summary-path", has_text="/api/v1/exports/{id}/download").first).to_be_visible()
+    tracked.shot("api-docs")
+    assert outside == []
