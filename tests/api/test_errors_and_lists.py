@@ -4,11 +4,12 @@ queue outage, through Django's test client against the real database and Redis."
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from django.test import Client
 
-from dashboard.models import AuditEvent, Checkpoint, IdempotencyKey, Job, Run
+from dashboard.models import AuditEvent, Checkpoint, Export, IdempotencyKey, Job, Run
 from tests.dashboard.conftest import add_checkpoint_rows
 
 from .conftest import TokenClient, token_for
@@ -253,3 +254,29 @@ def test_pin_and_unpin_are_audited_as_the_tokens_user(maintainer_client, api_use
     assert maintainer_client.post_json(f"/api/v1/checkpoints/{checkpoint.pk}/unpin").json()["pinned"] is False
     Checkpoint.objects.filter(pk=checkpoint.pk).update(status=Checkpoint.PRUNED)
     assert_problem(maintainer_client.post_json(f"/api/v1/checkpoints/{checkpoint.pk}/pin"), 409, kind="pin-refused")
+
+
+def test_download_answers_like_the_page_and_refuses_a_changed_file_with_a_problem(viewer_client, run, settings):
+    import hashlib
+
+    settings.EXPORT_ROOT.mkdir(parents=True, exist_ok=True)
+    path = settings.EXPORT_ROOT / "lists.pb"
+    data = bytes(range(256)) * 40
+    path.write_bytes(data)
+    export = Export.objects.create(checkpoint=run.checkpoints.get(step=12), path=str(path), size_bytes=len(data),
+                                   sha256=hashlib.sha256(data).hexdigest(), outputs=["probs"], verified=True,
+                                   file_mtime_ns=path.stat().st_mtime_ns)
+    url = f"/api/v1/exports/{export.pk}/download"
+    whole = viewer_client.get(url)
+    assert whole.status_code == 200 and b"".join(whole.streaming_content) == data
+    assert whole["ETag"] == f'"{export.sha256}"' and whole["Accept-Ranges"] == "bytes"
+    part = viewer_client.get(url, HTTP_RANGE="bytes=100-199")
+    assert part.status_code == 206 and b"".join(part.streaming_content) == data[100:200]
+    assert viewer_client.get(url, HTTP_IF_NONE_MATCH=whole["ETag"]).status_code == 304
+    assert_problem(viewer_client.get(url, HTTP_RANGE=f"bytes={len(data) + 5}-"), 416)
+    path.write_bytes(data[::-1])  # changed behind the dashboard's back: same size, other bytes
+    os.utime(path, ns=(export.file_mtime_ns + 10**9, export.file_mtime_ns + 10**9))
+    problem = assert_problem(viewer_client.get(url), 404, kind="export-changed")
+    assert "changed on disk" in problem["detail"]
+    path.unlink()
+    assert_problem(viewer_client.get(url), 404, kind="export-missing")
