@@ -11,9 +11,9 @@ client; all middleware), ``DEBUG=0``, throttling on (counted in Redis, never ref
 shared representations and response validation add per page. Not: network time, or several
 clients at once.
 
-``api_download_vs_page``: a 512 MiB export downloaded by ``curl`` from gunicorn (``DEBUG=0``)
+``api_download_vs_page``: a 1 GiB export downloaded by ``curl`` from gunicorn (``DEBUG=0``)
 through ``/api/v1/exports/{id}/download`` with a token, against the page's download button's URL
-with a session cookie, interleaved, best of ``REPEAT`` each. Both are ``dashboard.downloads.export_response``; the
+with a session cookie, ``DOWNLOAD_REPEAT`` interleaved pairs, medians. Both are ``dashboard.downloads.export_response``; the
 figure guards that the API's auth, throttle and error handling stay out of the byte path. Not: the
 ceiling of a download on this machine (``download_vs_cat`` is that comparison).
 """
@@ -34,7 +34,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 N_CHECKPOINTS = 10_000
 PAGE = 500
 REPEAT = 7
-DOWNLOAD_BYTES = 512 * 2**20
+DOWNLOAD_BYTES = 2**30  # the size download_vs_cat serves: a large model
+# Many pairs make the medians steady on a busy machine.
+DOWNLOAD_REPEAT = 15
 
 
 def _bare_checkpoints(request, name: str):
@@ -158,7 +160,7 @@ def list_10k(work: Path, repeat: int = REPEAT) -> dict[str, dict]:
     }
 
 
-def download_vs_page(work: Path, repeat: int = REPEAT) -> dict[str, dict]:
+def download_vs_page(work: Path, repeat: int = DOWNLOAD_REPEAT) -> dict[str, dict]:
     import socket
 
     from django.conf import settings
@@ -211,7 +213,7 @@ def download_vs_page(work: Path, repeat: int = REPEAT) -> dict[str, dict]:
     api_auth, page_auth = ("-H", f"Authorization: Bearer {secret}"), ("--cookie", cookie)
     try:
         _wait_for_port(port, server, log_path)
-        for _ in range(2):  # warm both workers, the page cache and both paths
+        for _ in range(4):  # warm both workers, the page cache and both paths
             curl(api_url, *api_auth)
             curl(page_url, *page_auth)
         api_times, page_times = [], []
@@ -230,13 +232,11 @@ def download_vs_page(work: Path, repeat: int = REPEAT) -> dict[str, dict]:
         if private is not None:
             private.stop()
     mb = DOWNLOAD_BYTES / 1e6
-    # Best of each: the two sides run the same code, so the fastest runs compare it with the least noise
-    # from whatever else the machine does meanwhile.
-    api_rate, page_rate = mb / min(api_times), mb / min(page_times)
+    api_rate, page_rate = mb / statistics.median(api_times), mb / statistics.median(page_times)
     return {
         "api_download_vs_page": entry(api_rate, page_rate, "MB/s", "ratio >= 0.95", bytes=DOWNLOAD_BYTES,
                                       repeats=repeat, server="gunicorn 2 sync workers, DEBUG=0",
-                                      medians_mb_s=[mb / statistics.median(api_times), mb / statistics.median(page_times)]),
+                                      best_mb_s=[mb / min(api_times), mb / min(page_times)]),
     }
 
 

@@ -92,8 +92,10 @@ class ClientThrottle(BaseThrottle):
         window = int(now // period)
         key = f"api-throttle:{client_id(request)}:{period}:{window}"
         try:
-            cache.add(key, 0, timeout=period + 1)
-            count = cache.incr(key)
+            try:
+                count = cache.incr(key)  # one round trip once the window's counter exists
+            except ValueError:
+                count = 1 if cache.add(key, 1, timeout=period + 1) else cache.incr(key)
         except Exception:
             log.warning("API throttle: cache unreachable; serving without counting", exc_info=True)
             return True
