@@ -12,7 +12,7 @@ import sys
 from bench import harness
 
 GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving",
-          "downloads", "scale", "live", "events", "webhooks"]
+          "downloads", "scale", "live", "events", "webhooks", "api"]
 
 
 def main(argv: list[str]) -> int:
@@ -79,6 +79,10 @@ def main(argv: list[str]) -> int:
             from bench import webhooks
 
             new.update(webhooks.run(work))
+        if "api" in groups:
+            from bench import api
+
+            new.update(api.run(work))
         results = harness.write_results(new)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -61,6 +61,11 @@ NOTES = {
     "`manage.py watch` running: `.index` written → the run page's change endpoint (asked every 50 ms) moved and "
     "its live partial shows the row; baseline: a bare `watchfiles` loop seeing the `.index` event. Not: the "
     "browser's own up-to-1 s poll interval, nor polling mode (NFS).",
+    "api_list_10k_ms": "All 10,000 checkpoints of a run through the API in pages of 500 (20 cursor-following "
+    "requests, Bearer token, throttle counted) vs a bare Django view doing the same keyset query and "
+    "`json.dumps` of the same fields; in-process, all middleware, DEBUG=0, best of 7. Not: network time.",
+    "api_download_vs_page": "A 1 GiB export through the API's download (token) vs the page's download "
+    "(session), gunicorn, medians of 15 interleaved pairs. Not: the machine's ceiling (see download_vs_cat).",
     "prune_plan_10k_seconds": "Planning a prune of 10,000 checkpoints from the database, as the preview does.",
     "prune_exec_vs_bare": "Executing a plan deleting 10,000 files vs `os.remove` of the same, caches dropped "
     "before each side (disk-bound; our side's database file is cold too); best of 5 alternating.",

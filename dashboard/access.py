@@ -89,3 +89,33 @@ def require_job_permission(user: AbstractBaseUser | AnonymousUser | None, kind: 
     """Raise ``PermissionDenied`` unless ``user`` may start, cancel or retry a job of ``kind``."""
     if not may_handle_job(user, kind):
         raise PermissionDenied(f"Starting, canceling or retrying a {kind} job needs {job_permission(kind)}.")
+
+
+# --- API token scopes ------------------------------------------------------------------------------
+# A token's scope is one of the roles; what it may do is what that role may do AND what its user may
+# do now (a user demoted after creating a token loses the power through the token too).
+
+SCOPE_PERMISSION = {VIEWER: VIEW, OPERATOR: OPERATE, MAINTAINER: MAINTAIN}
+
+
+def scopes_for(user: AbstractBaseUser) -> list[str]:
+    """The token scopes ``user`` may create: none above their role."""
+    return [scope for scope, perm in SCOPE_PERMISSION.items() if user.is_active and user.has_perm(perm)]
+
+
+def limit_to_scope(user: AbstractBaseUser, scope: str) -> AbstractBaseUser:
+    """``user`` with ``has_perm`` answering no for anything its ``scope``'s role does not hold.
+
+    The same user object (it is still what jobs and audit events record as who asked), so every
+    operation that asks ``user.has_perm`` (starting, canceling, retrying jobs) sees the limit: no
+    code path can forget the scope. Superusers are limited too.
+    """
+    allowed = {f"dashboard.{codename}" for codename in ROLE_PERMISSIONS[scope]}
+    own_has_perm = user.has_perm
+
+    def has_perm(perm: str, obj: object = None) -> bool:
+        return perm in allowed and own_has_perm(perm, obj)
+
+    user.has_perm = has_perm  # type: ignore[method-assign]
+    user.api_scope = scope  # type: ignore[attr-defined]
+    return user

@@ -31,19 +31,31 @@ def run_item(run: Run) -> dict[str, Any]:
     }
 
 
+# The columns ``checkpoint_item`` reads: lists select exactly these (``values(*...)``).
+CHECKPOINT_ITEM_COLUMNS = (
+    "id", "prefix", "step", "status", "latest_in", "pinned", "size_bytes", "saved_at", "metrics", "metric_steps",
+)
+
+
 def checkpoint_item(checkpoint: Checkpoint) -> dict[str, Any]:
+    return checkpoint_columns_item({name: getattr(checkpoint, name) for name in CHECKPOINT_ITEM_COLUMNS})
+
+
+def checkpoint_columns_item(columns: dict[str, Any]) -> dict[str, Any]:
+    """``checkpoint_item`` from a row's ``CHECKPOINT_ITEM_COLUMNS``, for lists of thousands: building
+    a model instance per row cost more than the query and the JSON together."""
     return {
-        "id": checkpoint.pk,
-        "prefix": checkpoint.prefix,
-        "step": checkpoint.step,
-        "status": checkpoint.status,
-        "is_latest": checkpoint.is_latest,
-        "pinned": checkpoint.pinned,
-        "size_bytes": checkpoint.size_bytes,
-        "saved_at": _time(checkpoint.saved_at),
-        "metrics": checkpoint.metrics or {},
+        "id": columns["id"],
+        "prefix": columns["prefix"],
+        "step": columns["step"],
+        "status": columns["status"],
+        "is_latest": bool(columns["latest_in"]),
+        "pinned": columns["pinned"],
+        "size_bytes": columns["size_bytes"],
+        "saved_at": _time(columns["saved_at"]),
+        "metrics": columns["metrics"] or {},
         # Event-file metrics: the step each value was logged at (its own, or earlier in its interval).
-        "metric_steps": checkpoint.metric_steps or {},
+        "metric_steps": columns["metric_steps"] or {},
     }
 
 

@@ -164,5 +164,26 @@ def plan_retention(
     )
 
 
+def plan_report(run: Run, plan: engine.Plan, facts: list[engine.CheckpointFacts]) -> dict:
+    """A plan as machines read it (``manage.py prune --json`` and the API's prune preview).
+
+    ``plan`` lists every recorded checkpoint that is on disk; ``leftovers`` the files of pruned or
+    missing checkpoints still on disk (a ``.meta`` kept for later checkpoints), which count in
+    ``bytes_freed`` when they go.
+    """
+    on_disk = {f.prefix for f in facts if f.status not in engine.GONE_STATUSES}
+    entries = [
+        {"prefix": d.prefix, "step": d.step, "keep": d.keep, "reasons": d.reasons, "bytes": d.bytes}
+        for d in plan.decisions
+    ]
+    return {
+        "run": run.name,
+        "plan": [e for e in entries if e["prefix"] in on_disk],
+        "bytes_freed": plan.bytes_freed,
+        "leftovers": [e for e in entries if e["prefix"] not in on_disk],
+        "fingerprint": plan.fingerprint,
+    }
+
+
 def _shown(value: object) -> str:
     return "—" if value in (None, "") else str(value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -176,10 +177,13 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_rq",
     "axes",
+    "ninja",  # the API's interactive docs, served from its vendored static files
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Outermost but one: every error under /api/, whoever answers it, becomes problem details.
+    "dashboard.api.problems.ProblemDetailsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -301,6 +305,13 @@ CACHES = {
         "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 5},
     }
 }
+
+# --- API -----------------------------------------------------------------------------------
+
+# Requests per client (token, or session user) and period: s, min, hour or day. Empty: no limit.
+API_THROTTLE_RATE = os.environ.get("API_THROTTLE_RATE", "600/min").strip()
+if API_THROTTLE_RATE and not re.fullmatch(r"[1-9]\d*/(s|sec|second|m|min|minute|h|hour|d|day)", API_THROTTLE_RATE):
+    raise ImproperlyConfigured(f"API_THROTTLE_RATE must look like 600/min (per s, min, hour or day), not {API_THROTTLE_RATE!r}")
 
 # --- Production hardening -------------------------------------------------------------------
 

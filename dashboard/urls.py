@@ -7,7 +7,20 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.decorators.http import require_safe
 
-from dashboard.views import aliases, compare, exports, jobs, live, retention, runs, saves, serving, webhooks
+from dashboard.api.root import urlpatterns as api_urlpatterns
+from dashboard.views import (
+    aliases,
+    compare,
+    exports,
+    jobs,
+    live,
+    retention,
+    runs,
+    saves,
+    serving,
+    tokens,
+    webhooks,
+)
 from dashboard.views import checkpoints as checkpoint_actions
 
 
@@ -61,6 +74,8 @@ urlpatterns = [
     path("serving/<int:pk>/publish/", serving.serving_publish, name="serving-publish"),
     path("serving/<int:pk>/prune/", serving.serving_prune, name="serving-prune"),
     path("audit/", retention.audit, name="audit"),
+    path("tokens/", tokens.token_list, name="tokens"),
+    path("tokens/<int:pk>/revoke/", tokens.token_revoke, name="token-revoke"),
     path("jobs/", jobs.job_list, name="jobs"),
     path("jobs/<int:pk>/", jobs.job_detail, name="job"),
     path("jobs/<int:pk>/progress/", jobs.job_progress, name="job-progress"),
@@ -80,4 +95,5 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/django-rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
+    *api_urlpatterns(),
 ]

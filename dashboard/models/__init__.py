@@ -16,9 +16,11 @@ from .job import Job, temp_owner_ended
 from .metrics import EventFile, MetricChunk, MetricSeries
 from .run import Run
 from .serving import ServingTarget
+from .token import ApiToken, IdempotencyKey
 from .webhook import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
-    "Alias", "AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "EventFile", "Export", "Job",
-    "MetricChunk", "MetricSeries", "Run", "ServingTarget", "WebhookDelivery", "WebhookEndpoint", "temp_owner_ended",
+    "Alias", "ApiToken", "AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "EventFile", "Export",
+    "IdempotencyKey", "Job", "MetricChunk", "MetricSeries", "Run", "ServingTarget", "WebhookDelivery",
+    "WebhookEndpoint", "temp_owner_ended",
 ]

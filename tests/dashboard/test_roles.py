@@ -17,7 +17,16 @@ from django.contrib.auth.models import User
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from dashboard import jobs
-from dashboard.models import Checkpoint, Export, Job, Run, ServingTarget, WebhookDelivery, WebhookEndpoint
+from dashboard.models import (
+    ApiToken,
+    Checkpoint,
+    Export,
+    Job,
+    Run,
+    ServingTarget,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -136,6 +145,11 @@ EXPECTED: dict[str, tuple[Expect, ...]] = {
     "job-cancel": _job_action("running job"),
     "job-retry": _job_action("failed job"),
     # Signing in is open to everyone; an empty form is shown again with its errors.
+    # Anyone's own tokens; revoking someone else's token is not found, whatever the role.
+    "tokens": (READ,),
+    "token-revoke": (Expect(get=(LOGIN, 405, 405, 405), post=(LOGIN, 404, 404, 404), pk="token"),),
+    # The REST API answers unknown routes under it with a 404 problem, signed in or not.
+    "api-unknown": (Expect(get=(404, 404, 404, 404), post=(404, 404, 404, 404)),),
     "login": (Expect(get=(200, 200, 200, 200), post=(200, 200, 200, 200)),),
     "logout": (Expect(get=(LOGIN, 405, 405, 405), post=(LOGIN, 302, 302, 302)),),
     # Browsers ask for it before anyone logs in: a redirect to the static file, for everyone.
@@ -144,6 +158,8 @@ EXPECTED: dict[str, tuple[Expect, ...]] = {
 
 # Included URL confs with a login of their own: only staff get in (asserted below).
 STAFF_ONLY_INCLUDES = ("admin/django-rq/", "admin/")
+# The REST API decides per endpoint and token scope: tests/api/test_scopes.py walks every endpoint.
+API_INCLUDES = ("api/v1/",)
 
 
 def _patterns() -> Iterator[tuple[str, URLPattern | URLResolver]]:
@@ -163,7 +179,9 @@ def objects(checkpoint_root) -> dict:
         checkpoint=ckpt, path=str(pb), size_bytes=pb.stat().st_size, sha256=hashlib.sha256(b"frozen graph").hexdigest()
     )
     serving = ServingTarget.objects.create(run=run, model_name="m", base_path=str(settings.SERVING_ROOT))
-    return {"run": run, "checkpoint": ckpt, "export": export, "serving": serving}
+    owner = User.objects.create_user("tom-token-owner")
+    token = ApiToken.objects.create(user=owner, name="someone's", scope="viewer", lookup="ckd_x", digest="0" * 64)
+    return {"run": run, "checkpoint": ckpt, "export": export, "serving": serving, "token": token}
 
 
 @pytest.fixture
@@ -190,7 +208,9 @@ def _url(name: str, entry: URLPattern, case: Expect, objects: dict) -> str:
                     endpoint=endpoint, event="job.failed", event_id="evt-roles", payload={}, state="failed").pk
         elif converter == "delivery_pk":
             continue  # filled with its endpoint above
-        elif converter == "pk" and case.pk in ("checkpoint", "export", "serving"):
+        elif converter == "rest":
+            kwargs["rest"] = "no/such/endpoint"
+        elif converter == "pk" and case.pk in ("checkpoint", "export", "serving", "token"):
             kwargs["pk"] = objects[case.pk].pk
         elif converter == "pk" and case.pk in ("running job", "failed job"):
             # A fresh job per request target: one route's POST (a cancel) must not change another's.
@@ -214,7 +234,7 @@ def test_every_route_has_a_permission_decision():
     named = set()
     for pattern, entry in _patterns():
         if isinstance(entry, URLResolver):
-            assert pattern in STAFF_ONLY_INCLUDES, f"included URL conf {pattern!r} has no permission decision"
+            assert pattern in STAFF_ONLY_INCLUDES + API_INCLUDES, f"included URL conf {pattern!r} has no permission decision"
             continue
         assert entry.name, f"route {pattern!r} has no name, so it cannot have an entry in EXPECTED"
         named.add(entry.name)

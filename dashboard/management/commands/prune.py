@@ -25,7 +25,7 @@ import math
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from dashboard import jobs, retention
-from dashboard.models import Checkpoint, Job, Run
+from dashboard.models import Job, Run
 
 
 def _count(text: str) -> int:
@@ -80,8 +80,7 @@ class Command(BaseCommand):
         if not options["dry_run"]:
             outcome = self._execute(run, plan, overrides)
         if options["json"]:
-            on_disk = {f.prefix for f in facts if f.status not in Checkpoint.GONE}
-            self.stdout.write(json.dumps(self._report(run, plan, on_disk, outcome)))
+            self.stdout.write(json.dumps(self._report(run, plan, facts, outcome)))
         else:
             self._print(run, plan, outcome)
 
@@ -110,19 +109,8 @@ class Command(BaseCommand):
             raise CommandError(f"Prune of {run.name} refused: {exc}") from None
 
     @staticmethod
-    def _report(run: Run, plan, on_disk: set[str], outcome: dict | None) -> dict:
-        entries = [
-            {"prefix": d.prefix, "step": d.step, "keep": d.keep, "reasons": d.reasons, "bytes": d.bytes}
-            for d in plan.decisions
-        ]
-        report = {
-            "run": run.name,
-            "plan": [e for e in entries if e["prefix"] in on_disk],
-            "bytes_freed": plan.bytes_freed,
-            "leftovers": [e for e in entries if e["prefix"] not in on_disk],
-            "fingerprint": plan.fingerprint,
-            "executed": outcome is not None,
-        }
+    def _report(run: Run, plan, facts: list, outcome: dict | None) -> dict:
+        report = {**retention.plan_report(run, plan, facts), "executed": outcome is not None}
         if outcome is not None:
             report["execution"] = {k: outcome[k] for k in ("checkpoints_deleted", "bytes_freed", "execution", "audit_event")}
         return report

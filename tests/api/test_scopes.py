@@ -1,0 +1,113 @@
+"""Every endpoint x {no token, expired, revoked, viewer, operator, maintainer}: 401 for the first
+three, 403 below the endpoint's scope, and anything but 401/403 at or above it.
+
+Django's test client against the real database and Redis: this is about who may call what, so it
+stays fast. The matrix is checked against the OpenAPI document, so an endpoint added without a
+row here fails ``test_the_matrix_covers_every_endpoint``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from dashboard.api.root import api
+from dashboard.models import Checkpoint, Export, Job, Run
+from tests.dashboard.conftest import add_checkpoint_rows
+
+from .conftest import TokenClient
+
+pytestmark = pytest.mark.django_db
+
+RANK = {"viewer": 0, "operator": 1, "maintainer": 2}
+
+# (method, OpenAPI path, the scope it needs, the path with ids filled in, body)
+MATRIX = [
+    ("get", "/api/v1/runs", "viewer", "/api/v1/runs", None),
+    ("post", "/api/v1/runs", "operator", "/api/v1/runs", {"directory": "{root}/new-run", "name": "new-run"}),
+    ("get", "/api/v1/runs/{name}", "viewer", "/api/v1/runs/matrix", None),
+    ("post", "/api/v1/runs/{name}/scan", "operator", "/api/v1/runs/matrix/scan", None),
+    ("get", "/api/v1/runs/{name}/checkpoints", "viewer", "/api/v1/runs/matrix/checkpoints", None),
+    ("get", "/api/v1/checkpoints/{id}", "viewer", "/api/v1/checkpoints/{checkpoint}", None),
+    ("post", "/api/v1/checkpoints/{id}/freeze", "operator", "/api/v1/checkpoints/{checkpoint}/freeze",
+     {"outputs": ["probs"]}),
+    ("post", "/api/v1/checkpoints/{id}/verify", "operator", "/api/v1/checkpoints/{checkpoint}/verify", None),
+    ("post", "/api/v1/checkpoints/{id}/pin", "maintainer", "/api/v1/checkpoints/{checkpoint}/pin", {"reason": "x"}),
+    ("post", "/api/v1/checkpoints/{id}/unpin", "maintainer", "/api/v1/checkpoints/{checkpoint}/unpin", None),
+    ("get", "/api/v1/jobs/{id}", "viewer", "/api/v1/jobs/{job}", None),
+    # A prune job: canceling one needs what starting one needs.
+    ("post", "/api/v1/jobs/{id}/cancel", "maintainer", "/api/v1/jobs/{job}/cancel", None),
+    ("get", "/api/v1/exports", "viewer", "/api/v1/exports", None),
+    ("get", "/api/v1/exports/{id}", "viewer", "/api/v1/exports/{export}", None),
+    ("get", "/api/v1/exports/{id}/download", "viewer", "/api/v1/exports/{export}/download", None),
+    ("post", "/api/v1/runs/{name}/prune-preview", "viewer", "/api/v1/runs/matrix/prune-preview", None),
+    ("post", "/api/v1/runs/{name}/prune", "maintainer", "/api/v1/runs/matrix/prune", {"fingerprint": "stale"}),
+]
+CASES = ("none", "expired", "revoked", "viewer", "operator", "maintainer")
+
+
+@pytest.fixture
+def objects(checkpoint_root) -> dict:
+    (checkpoint_root / "matrix").mkdir()
+    (checkpoint_root / "new-run").mkdir()
+    run = Run.objects.create(name="matrix", directory=str(checkpoint_root / "matrix"))
+    add_checkpoint_rows(run, 3)
+    checkpoint = run.checkpoints.order_by("step").first()
+    export = Export.objects.create(
+        checkpoint=checkpoint, path=str(checkpoint_root.parent / "exports" / "matrix.pb"), size_bytes=1,
+        sha256="0" * 64, outputs=["probs"],
+    )
+    job = Job.objects.create(kind=Job.PRUNE, run=run, status=Job.RUNNING, started_at=dt.datetime.now(dt.UTC))
+    return {"root": str(checkpoint_root), "checkpoint": checkpoint.pk, "export": export.pk, "job": job.pk}
+
+
+def _fill(value, objects: dict):
+    if isinstance(value, str):
+        return value.format(**objects)
+    if isinstance(value, dict):
+        return {k: _fill(v, objects) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, objects) for v in value]
+    return value
+
+
+def test_the_matrix_covers_every_endpoint():
+    schema = api.get_openapi_schema(path_prefix="/api/v1/")
+    documented = {(method, path) for path, operations in schema["paths"].items() for method in operations}
+    assert documented == {(method, path) for method, path, *_ in MATRIX}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize(("method", "spec_path", "needs", "path", "body"), MATRIX,
+                         ids=[f"{m.upper()} {p}" for m, p, *_ in MATRIX])
+def test_scope_matrix(case, method, spec_path, needs, path, body, token_secrets, objects):
+    client = TokenClient(token_secrets[case])
+    url = _fill(path, objects)
+    if method == "get":
+        response = client.get(url)
+    else:
+        response = client.post_json(url, _fill(body, objects))
+    if case in ("none", "expired", "revoked"):
+        expected = 401
+    elif RANK[case] < RANK[needs]:
+        expected = 403
+    else:
+        expected = None
+    if expected is None:
+        assert response.status_code not in (401, 403), (case, url, response.content[:300])
+        return
+    assert response.status_code == expected, (case, url, response.content[:300])
+    problem = response.json()
+    assert response["Content-Type"] == "application/problem+json"
+    assert problem["status"] == expected and problem["title"] and problem["detail"]
+    if expected == 401:
+        assert response["WWW-Authenticate"].startswith("Bearer")
+        if case != "none":
+            assert case in problem["detail"], problem["detail"]  # "expired on …", "was revoked"
+    else:
+        assert f"scope is {case}" in problem["detail"]
+    # Nothing happened for a refused request.
+    assert not Checkpoint.objects.filter(pinned=True).exists()
+    assert Job.objects.exclude(pk=objects["job"]).count() == 0
+    assert Job.objects.get(pk=objects["job"]).status == Job.RUNNING
