@@ -89,11 +89,12 @@ def _refuse_unusable(checkpoint: Checkpoint, action: str) -> None:
 
 
 @router.post("/checkpoints/{id}/freeze", response={202: JobStarted},
-             summary="Freeze into a verified .pb (operator)")
+             summary="Export as a verified .pb, SavedModel, TFLite or ONNX (operator)")
 def freeze_checkpoint(request: HttpRequest, id: int, body: FreezeIn = Body(default=None),
                       idempotency_key: str | None = IDEMPOTENCY_KEY):
-    """Output names are checked against the graph before the job starts; the job writes the `.pb`,
-    loads it again and records the largest difference from the checkpoint on a sample input."""
+    """Output names are checked against the graph before the job starts; the job writes the export
+    (a frozen `.pb` unless `kind` says otherwise), loads it again with its own runtime and records
+    the largest difference from the checkpoint on a sample input."""
     checkpoint = _checkpoint(request, id, access.OPERATE)
     body = body or FreezeIn()
 
@@ -110,6 +111,7 @@ def freeze_checkpoint(request: HttpRequest, id: int, body: FreezeIn = Body(defau
                              kind="validation", title="Invalid request",
                              errors=[{"field": "outputs", "message": "not an output of the run's recipe"}])
         form.data = {
+            "kind": "tflite_quantized" if body.kind == "tflite" and body.quantize else body.kind,
             "outputs": [o for o in body.outputs if o in suggested],
             "other_outputs": ",".join(typed),
             "clear_devices": "on" if body.clear_devices else "",

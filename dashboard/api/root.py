@@ -14,7 +14,7 @@ from django.views.decorators.csrf import csrf_exempt
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
 
-from . import checkpoints, exports, jobs, retention, runs
+from . import aliases, checkpoints, exports, jobs, retention, runs, webhooks
 from .auth import BearerToken, BrowserSession, ClientThrottle
 from .problems import ApiProblem, from_problem, problem_response
 from .schemas import Problem, ValidationProblem
@@ -22,7 +22,7 @@ from .schemas import Problem, ValidationProblem
 log = logging.getLogger(__name__)
 
 PREFIX = "api/v1/"
-ROUTERS = [runs, checkpoints, jobs, exports, retention]
+ROUTERS = [runs, checkpoints, jobs, exports, retention, aliases, webhooks]
 
 # Documented on every operation: errors come from handlers, not from the endpoints' return values.
 ERRORS = {

@@ -149,6 +149,9 @@ class FreezeIn(Schema):
     outputs: list[Annotated[str, Field(max_length=500)]] = Field(
         default_factory=list, max_length=100,
         description="Output node names (TF1); for TF2 runs the recipe's outputs, all of them when empty.")
+    kind: Literal["frozen_pb", "saved_model", "tflite", "onnx"] = Field(
+        "frozen_pb", description="What to export: a frozen GraphDef, a SavedModel, TFLite or ONNX.")
+    quantize: bool = Field(False, description="TFLite only: dynamic-range quantization.")
     clear_devices: bool = True
     variables_allowlist: list[str] = Field(default_factory=list, max_length=10_000)
     variables_denylist: list[str] = Field(default_factory=list, max_length=10_000)
@@ -194,3 +197,59 @@ class PrunePreview(Schema):
     bytes_freed: int
     leftovers: list[PlanRow] = Field(description="Files of pruned or missing checkpoints still on disk.")
     fingerprint: str
+
+
+class AliasIn(Schema):
+    step: int | None = Field(None, description="Point the alias at the checkpoint of this step...")
+    checkpoint_id: int | None = Field(None, description="...or at this checkpoint of the run.")
+
+
+class AliasOut(Schema):
+    name: str
+    run: str
+    checkpoint: CheckpointOut
+    updated_at: Timestamp | None
+
+
+class AliasResolved(AliasOut):
+    exports: list[ExportOut]
+
+
+class WebhookIn(Schema):
+    url: str = Field(max_length=2000)
+    events: list[str] = Field(min_length=1, max_length=20)
+    description: str = Field("", max_length=200)
+    active: bool = True
+
+
+class WebhookOut(Schema):
+    id: int
+    url: str
+    events: list[str]
+    description: str
+    active: bool
+    secret_hint: str
+    created_at: Timestamp | None
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="The signing secret, shown this once.")
+
+
+class DeliveryOut(Schema):
+    id: int
+    endpoint_id: int
+    event: str
+    event_id: str
+    state: str
+    attempts: list[dict[str, Any]]
+    next_attempt_at: Timestamp | None
+    created_at: Timestamp | None
+    delivered_at: Timestamp | None
+    redelivery_of: int | None
+    payload: dict[str, Any]
+
+
+class DeliveryPage(Schema):
+    items: list[DeliveryOut]
+    next: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")

@@ -13,7 +13,7 @@ import datetime as dt
 import pytest
 
 from dashboard.api.root import api
-from dashboard.models import Checkpoint, Export, Job, Run
+from dashboard.models import Alias, Checkpoint, Export, Job, Run, WebhookDelivery, WebhookEndpoint
 from tests.dashboard.conftest import add_checkpoint_rows
 
 from .conftest import TokenClient
@@ -43,6 +43,18 @@ MATRIX = [
     ("get", "/api/v1/exports/{id}/download", "viewer", "/api/v1/exports/{export}/download", None),
     ("post", "/api/v1/runs/{name}/prune-preview", "viewer", "/api/v1/runs/matrix/prune-preview", None),
     ("post", "/api/v1/runs/{name}/prune", "maintainer", "/api/v1/runs/matrix/prune", {"fingerprint": "stale"}),
+    ("get", "/api/v1/runs/{name}/aliases", "viewer", "/api/v1/runs/matrix/aliases", None),
+    ("get", "/api/v1/runs/{name}/aliases/{alias}", "viewer", "/api/v1/runs/matrix/aliases/prod", None),
+    ("put", "/api/v1/runs/{name}/aliases/{alias}", "maintainer", "/api/v1/runs/matrix/aliases/prod", {"step": 2}),
+    ("delete", "/api/v1/runs/{name}/aliases/{alias}", "maintainer", "/api/v1/runs/matrix/aliases/canary", None),
+    # Webhook endpoints hold a secret and send events off the machine: maintainers only, reads too.
+    ("get", "/api/v1/webhooks", "maintainer", "/api/v1/webhooks", None),
+    ("post", "/api/v1/webhooks", "maintainer", "/api/v1/webhooks", {"url": "http://127.0.0.1:9/", "events": ["job.failed"]}),
+    ("get", "/api/v1/webhooks/{id}", "maintainer", "/api/v1/webhooks/{webhook}", None),
+    ("delete", "/api/v1/webhooks/{id}", "maintainer", "/api/v1/webhooks/{webhook}", None),
+    ("get", "/api/v1/webhooks/{id}/deliveries", "maintainer", "/api/v1/webhooks/{webhook}/deliveries", None),
+    ("post", "/api/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", "maintainer",
+     "/api/v1/webhooks/{webhook}/deliveries/{delivery}/redeliver", None),
 ]
 CASES = ("none", "expired", "revoked", "viewer", "operator", "maintainer")
 
@@ -59,7 +71,13 @@ def objects(checkpoint_root) -> dict:
         sha256="0" * 64, outputs=["probs"],
     )
     job = Job.objects.create(kind=Job.PRUNE, run=run, status=Job.RUNNING, started_at=dt.datetime.now(dt.UTC))
-    return {"root": str(checkpoint_root), "checkpoint": checkpoint.pk, "export": export.pk, "job": job.pk}
+    Alias.objects.create(run=run, name="prod", checkpoint=checkpoint)
+    Alias.objects.create(run=run, name="canary", checkpoint=checkpoint)
+    webhook = WebhookEndpoint.objects.create(url="https://hooks.example.com/in", secret="s" * 32, events=["job.failed"])
+    delivery = WebhookDelivery.objects.create(endpoint=webhook, event="job.failed", event_id="evt-matrix", payload={},
+                                              state="failed")
+    return {"root": str(checkpoint_root), "checkpoint": checkpoint.pk, "export": export.pk, "job": job.pk,
+            "webhook": webhook.pk, "delivery": delivery.pk}
 
 
 def _fill(value, objects: dict):
@@ -84,8 +102,10 @@ def test_the_matrix_covers_every_endpoint():
 def test_scope_matrix(case, method, spec_path, needs, path, body, token_secrets, objects):
     client = TokenClient(token_secrets[case])
     url = _fill(path, objects)
-    if method == "get":
-        response = client.get(url)
+    if method in ("get", "delete"):
+        response = getattr(client, method)(url)
+    elif method == "put":
+        response = client.put(url, data=_fill(body, objects), content_type="application/json")
     else:
         response = client.post_json(url, _fill(body, objects))
     if case in ("none", "expired", "revoked"):
@@ -109,5 +129,7 @@ def test_scope_matrix(case, method, spec_path, needs, path, body, token_secrets,
         assert f"scope is {case}" in problem["detail"]
     # Nothing happened for a refused request.
     assert not Checkpoint.objects.filter(pinned=True).exists()
+    assert sorted(Alias.objects.values_list("name", "checkpoint__step")) == [("canary", 1), ("prod", 1)]
+    assert WebhookEndpoint.objects.count() == 1 and WebhookDelivery.objects.count() == 1
     assert Job.objects.exclude(pk=objects["job"]).count() == 0
     assert Job.objects.get(pk=objects["job"]).status == Job.RUNNING
