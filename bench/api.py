@@ -165,21 +165,14 @@ def download_vs_page(work: Path, repeat: int = DOWNLOAD_REPEAT) -> dict[str, dic
 
     from django.conf import settings
     from django.contrib.auth.models import User
-    from django.utils import timezone
 
-    from bench.exports import _child_env, _session_cookie, _wait_for_port, _write_random_file
+    from bench.downloads import _session_cookie, _wait_for_port, make_large_export
+    from bench.exports import _child_env
     from dashboard import tokens
     from dashboard.localredis import PrivateRedis
-    from dashboard.models import Checkpoint, Export, Run
 
-    run_dir = Path(settings.CHECKPOINT_ROOTS[0]) / "api-download"
-    run_dir.mkdir()
-    run = Run.objects.create(name="api-download", directory=str(run_dir))
-    checkpoint = Checkpoint.objects.create(run=run, prefix="model.ckpt-1000", step=1000, saved_at=timezone.now())
-    path = Path(settings.EXPORT_ROOT) / "api-download" / "1000" / "big.pb"
-    sha = _write_random_file(path, DOWNLOAD_BYTES)
-    export = Export.objects.create(checkpoint=checkpoint, path=str(path), size_bytes=DOWNLOAD_BYTES, sha256=sha,
-                                   outputs=["probs"], verified=True)
+    export = make_large_export("api-download", DOWNLOAD_BYTES)
+    path = Path(export.path)
     cookie = _session_cookie()
     user = User.objects.filter(is_superuser=True).order_by("-pk").first()
     _, secret = tokens.create_token(user, "viewer", "bench download")

@@ -50,6 +50,24 @@ def _write_random_file(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
+def make_large_export(run_name: str, size: int = DOWNLOAD_BYTES):
+    """A run with one checkpoint and a verified export of ``size`` random bytes (no real graph:
+    a download does not parse it)."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    from dashboard.models import Checkpoint, Export, Run
+
+    run_dir = Path(settings.CHECKPOINT_ROOTS[0]) / run_name
+    run_dir.mkdir()
+    run = Run.objects.create(name=run_name, directory=str(run_dir))
+    checkpoint = Checkpoint.objects.create(run=run, prefix="model.ckpt-1000", step=1000, saved_at=timezone.now())
+    path = Path(settings.EXPORT_ROOT) / run_name / "1000" / "big.pb"
+    sha = _write_random_file(path, size)
+    return Export.objects.create(checkpoint=checkpoint, path=str(path), size_bytes=size, sha256=sha,
+                                 outputs=["probs"], verified=True, file_mtime_ns=os.stat(path).st_mtime_ns)
+
+
 def _server_pids(master: int) -> list[int]:
     try:
         children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
@@ -154,21 +172,13 @@ class _Servers:
 
 def downloads_vs_nginx(work: Path, repeat: int = REPEAT) -> dict[str, dict]:
     from django.conf import settings
-    from django.utils import timezone
 
     from bench.exports import _child_env
-    from dashboard.models import Checkpoint, Export, Run
 
     if not os.path.exists(NGINX):
         raise RuntimeError("nginx is needed for the download benchmarks: apt-get install nginx")
-    run_dir = Path(settings.CHECKPOINT_ROOTS[0]) / "download"
-    run_dir.mkdir()
-    run = Run.objects.create(name="download", directory=str(run_dir))
-    checkpoint = Checkpoint.objects.create(run=run, prefix="model.ckpt-1000", step=1000, saved_at=timezone.now())
-    path = Path(settings.EXPORT_ROOT) / "download" / "1000" / "big.pb"
-    sha = _write_random_file(path, DOWNLOAD_BYTES)
-    export = Export.objects.create(checkpoint=checkpoint, path=str(path), size_bytes=DOWNLOAD_BYTES, sha256=sha,
-                                   outputs=["probs"], verified=True, file_mtime_ns=os.stat(path).st_mtime_ns)
+    export = make_large_export("download")
+    path = Path(export.path)
     cookie = _session_cookie()
     web_port, accel_port, static_port, proxy_port = (_free_port() for _ in range(4))
     # The session cookie was signed here, so the servers need this process's key.
