@@ -1,8 +1,8 @@
 """Every endpoint x {no token, expired, revoked, viewer, operator, maintainer}: 401 for the first
 three, 403 below the endpoint's scope, and anything but 401/403 at or above it.
 
-Django's test client against the real database and Redis: this is about who may call what, so it
-stays fast. The matrix is checked against the OpenAPI document, so an endpoint added without a
+Real HTTP requests against a live server (the real database and Redis), one test per case that
+walks every endpoint. The matrix is checked against the OpenAPI document, so an endpoint added without a
 row here fails ``test_the_matrix_covers_every_endpoint``.
 """
 
@@ -15,8 +15,6 @@ import pytest
 from dashboard.api.root import api
 from dashboard.models import Alias, Checkpoint, Export, Job, Run, WebhookDelivery, WebhookEndpoint
 from tests.dashboard.conftest import add_checkpoint_rows
-
-from .conftest import TokenClient
 
 pytestmark = pytest.mark.django_db
 
@@ -96,40 +94,46 @@ def test_the_matrix_covers_every_endpoint():
     assert documented == {(method, path) for method, path, *_ in MATRIX}
 
 
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize(("method", "spec_path", "needs", "path", "body"), MATRIX,
-                         ids=[f"{m.upper()} {p}" for m, p, *_ in MATRIX])
-def test_scope_matrix(case, method, spec_path, needs, path, body, token_secrets, objects):
-    client = TokenClient(token_secrets[case])
-    url = _fill(path, objects)
-    if method in ("get", "delete"):
-        response = getattr(client, method)(url)
-    elif method == "put":
-        response = client.put(url, data=_fill(body, objects), content_type="application/json")
-    else:
-        response = client.post_json(url, _fill(body, objects))
-    if case in ("none", "expired", "revoked"):
-        expected = 401
-    elif RANK[case] < RANK[needs]:
-        expected = 403
-    else:
-        expected = None
-    if expected is None:
-        assert response.status_code not in (401, 403), (case, url, response.content[:300])
-        return
-    assert response.status_code == expected, (case, url, response.content[:300])
-    problem = response.json()
-    assert response["Content-Type"] == "application/problem+json"
-    assert problem["status"] == expected and problem["title"] and problem["detail"]
-    if expected == 401:
-        assert response["WWW-Authenticate"].startswith("Bearer")
-        if case != "none":
-            assert case in problem["detail"], problem["detail"]  # "expired on …", "was revoked"
-    else:
-        assert f"scope is {case}" in problem["detail"]
-    # Nothing happened for a refused request.
-    assert not Checkpoint.objects.filter(pinned=True).exists()
-    assert sorted(Alias.objects.values_list("name", "checkpoint__step")) == [("canary", 1), ("prod", 1)]
-    assert WebhookEndpoint.objects.count() == 1 and WebhookDelivery.objects.count() == 1
-    assert Job.objects.exclude(pk=objects["job"]).count() == 0
-    assert Job.objects.get(pk=objects["job"]).status == Job.RUNNING
+def test_scope_matrix_over_http(case, token_secrets, objects, live_server):
+    """Every endpoint, by a real HTTP client against a live server, with this case's token."""
+    import requests
+
+    headers = {"Authorization": f"Bearer {token_secrets[case]}"} if token_secrets[case] else {}
+    wrong = []
+    for method, _, needs, path, body in MATRIX:
+        url = live_server.url + _fill(path, objects)
+        data = _fill(body, objects)
+        response = requests.request(method.upper(), url, headers=headers, timeout=30, allow_redirects=False,
+                                    **({} if method in ("get", "delete") else {"json": data}))
+        if case in ("none", "expired", "revoked"):
+            expected = 401
+        elif RANK[case] < RANK[needs]:
+            expected = 403
+        else:
+            expected = None
+        if expected is None:
+            if response.status_code in (401, 403):
+                wrong.append((method, path, "allowed", response.status_code, response.text[:200]))
+            continue
+        if response.status_code != expected:
+            wrong.append((method, path, expected, response.status_code, response.text[:200]))
+            continue
+        problem = response.json()
+        assert response.headers["Content-Type"] == "application/problem+json"
+        assert problem["status"] == expected and problem["title"] and problem["detail"]
+        if expected == 401:
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+            if case != "none":
+                assert case in problem["detail"], problem["detail"]  # "expired on …", "was revoked"
+        else:
+            assert f"scope is {case}" in problem["detail"]
+    assert wrong == [], f"{case}: (method, path, expected, got, body) {wrong}"
+    if case in ("none", "expired", "revoked", "viewer"):
+        # Nothing happened for the refused requests.
+        assert not Checkpoint.objects.filter(pinned=True).exists()
+        assert sorted(Alias.objects.values_list("name", "checkpoint__step")) == [("canary", 1), ("prod", 1)]
+        assert WebhookEndpoint.objects.count() == 1 and WebhookDelivery.objects.count() == 1
+        assert Job.objects.exclude(pk=objects["job"]).count() == 0
+        assert Job.objects.get(pk=objects["job"]).status == Job.RUNNING
