@@ -98,7 +98,7 @@ def test_collectstatic_then_login_with_debug_off(tmp_path):
     for _, status, url in statics:
         assert status == "200", out
         # Manifest names (content hashes), so that browsers may cache them for ever.
-        assert re.search(r"\.[0-9a-f]{12}\.(css|js)$", url), url
+        assert re.search(r"\.[0-9a-f]{12}\.(css|js|svg)$", url), url
 
 
 # --- The whole documented deployment: PostgreSQL ------------------------------------------------
