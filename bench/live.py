@@ -102,7 +102,12 @@ def run(work: Path, n: int = N_CHECKPOINTS) -> dict[str, dict]:
                     writer.flush()
                     prefix = os.path.basename(saver.save(sess, str(directory / "model.ckpt"), global_step=step))
                     written = os.stat(directory / f"{prefix}.index").st_mtime
-                    visible, stamp = _until_visible(client, changes_url, live_url, stamp, prefix)
+                    try:
+                        visible, stamp = _until_visible(client, changes_url, live_url, stamp, prefix)
+                    except TimeoutError as exc:
+                        log.flush()
+                        tail = (work / "watch.log").read_text(errors="replace")[-3000:]
+                        raise TimeoutError(f"{exc}; the watcher's log:\n{tail}") from None
                     if i:  # the first save is a warm-up (first index read, first page render)
                         ours.append(visible - written)
                         if prefix in seen_bare:
