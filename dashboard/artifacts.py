@@ -415,18 +415,17 @@ def freeze(checkpoint: Checkpoint, *, outputs: list[str], clear_devices: bool = 
             sample = {}  # the engine says what is wrong with the meta graph
         source = {"meta_path": meta, "outputs": outputs, "allow_unsafe": checkpoint.run.trusted,
                   "clear_devices": clear_devices}
-    common = {"sample_feed": sample, "on_progress": on_progress, "limits": limits, "temp_owner": owner}
+    kwargs = {**source, "sample_feed": sample, "on_progress": on_progress, "limits": limits, "temp_owner": owner}
     if kind == Export.FROZEN_PB and tf2:
-        call = (engine.freeze_tf2_with_recipe, checkpoint.path, str(target), {**source, **common})
+        function, args = engine.freeze_tf2_with_recipe, (checkpoint.path, str(target))
     elif kind == Export.FROZEN_PB:
-        source["variables_allowlist"] = variables_allowlist or None
-        source["variables_denylist"] = variables_denylist or None
-        call = (engine.freeze_checkpoint, checkpoint.path, source.pop("meta_path"), str(target), {**source, **common})
+        kwargs.update(variables_allowlist=variables_allowlist or None, variables_denylist=variables_denylist or None)
+        function, args = engine.freeze_checkpoint, (checkpoint.path, kwargs.pop("meta_path"), str(target))
     elif kind == Export.SAVED_MODEL:
-        call = (savedmodel.export_saved_model, checkpoint.path, str(target), {**source, **common})
+        function, args = savedmodel.export_saved_model, (checkpoint.path, str(target))
     else:
-        call = (savedmodel.export_file, kind, checkpoint.path, str(target), {**source, **common, "quantize": quantize})
-    function, *args, kwargs = call
+        function, args = savedmodel.export_file, (kind, checkpoint.path, str(target))
+        kwargs["quantize"] = quantize
     try:
         result = run_sandboxed(function, *args, **kwargs)
     except (SandboxError, SandboxChildError) as exc:
@@ -457,7 +456,8 @@ def _record_export(checkpoint: Checkpoint, kind: str, target: Path, data: dict, 
     for extra in ("signature_inputs", "quantized", "top_class_agreement", "content_bytes"):
         if extra in data:
             verification[extra] = data[extra]
-    export = Export(kind=kind, path=str(target))
+    # The file downloads are served from (a directory's .tar), as the row will name it.
+    downloaded = Export(kind=kind, path=str(target)).file_path()
     export, _ = Export.objects.update_or_create(
         path=str(target),
         defaults={
@@ -465,7 +465,7 @@ def _record_export(checkpoint: Checkpoint, kind: str, target: Path, data: dict, 
             "inputs": data["inputs"], "outputs": data["outputs"], "node_count": data.get("node_count", 0),
             "op_histogram": data.get("op_histogram", {}), "max_abs_diff": data["max_abs_diff"],
             "verified": data["verified"], "verification": verification, "created_at": timezone.now(),
-            "file_mtime_ns": os.stat(export.file_path()).st_mtime_ns,
+            "file_mtime_ns": os.stat(downloaded).st_mtime_ns,
             "created_by": user if getattr(user, "is_authenticated", False) else None,
         },
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from persistence import files
@@ -19,6 +20,7 @@ from persistence import serving as engine
 
 from .locks import lock_row
 from .models import AuditEvent, Export, Run, ServingTarget
+from .models.serving import MODEL_NAME
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -34,10 +36,6 @@ def serving_base(path: str) -> str:
 
 def create_target(run: Run, model_name: str, base_path: str = "", *, keep_newest: int = 3,
                   actor: User | None = None) -> ServingTarget:
-    from django.core.exceptions import ValidationError
-
-    from .models.serving import MODEL_NAME
-
     try:
         MODEL_NAME(model_name)
     except ValidationError as exc:
