@@ -189,15 +189,17 @@ def _varint(value: int) -> bytes:
 
 
 def serialized_chunks(graph_def: Any) -> Iterator[bytes]:
-    """``graph_def.SerializeToString()`` in pieces: each node, then every other field.
+    """``graph_def.SerializeToString(deterministic=True)`` in pieces: each node, then the rest.
 
-    A message's encoding is its fields' encodings in field-number order, and a repeated message
-    field is one tag + length + message per element; ``node`` is field 1, so its elements come
-    first. Serialized whole, a graph of N bytes of weights needs the message plus two more copies
+    Deterministic, so map fields (a node's ``attr``) are written in key order: left to the
+    encoder, their order follows a hash, and the same graph could give a different file, and a
+    different sha256, from one export to the next. A message's encoding is its fields' encodings
+    in field-number order, and a repeated message field is one tag + length + message per
+    element; ``node`` is field 1, so its elements come first. Serialized whole, a graph of N bytes of weights needs the message plus two more copies
     (the encoder's buffer and the bytes object) at once; in pieces, the largest node's.
     """
     for node in graph_def.node:
-        data = node.SerializeToString()
+        data = node.SerializeToString(deterministic=True)
         yield _GRAPH_DEF_NODE_TAG + _varint(len(data)) + data
     rest = type(graph_def)()
     for descriptor, value in graph_def.ListFields():
@@ -207,7 +209,7 @@ def serialized_chunks(graph_def: Any) -> Iterator[bytes]:
             getattr(rest, descriptor.name).CopyFrom(value)
         else:
             setattr(rest, descriptor.name, value)
-    yield rest.SerializeToString()
+    yield rest.SerializeToString(deterministic=True)
 
 
 # Constants of at least this many bytes are fed to the verification run instead of being loaded as

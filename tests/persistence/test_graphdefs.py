@@ -103,8 +103,9 @@ def test_conversion_reads_one_variable_at_a_time():
 
 
 def test_serialized_chunks_are_the_graph_defs_own_encoding():
-    """Written in pieces, the .pb holds exactly the bytes ``SerializeToString`` gives (functions,
-    versions and nodes with large constants included)."""
+    """Written in pieces, the .pb holds exactly the bytes the deterministic ``SerializeToString``
+    gives (functions, versions and nodes with large constants included), so the same graph is
+    always the same file."""
     import tensorflow as tf
 
     from persistence.graphdefs import serialized_chunks
@@ -119,9 +120,9 @@ def test_serialized_chunks_are_the_graph_defs_own_encoding():
         tf.identity(double(tf.matmul(x, weights)), name="y")
     graph_def = graph.as_graph_def()
     assert graph_def.library.function and graph_def.versions.producer
-    whole = graph_def.SerializeToString()
+    whole = graph_def.SerializeToString(deterministic=True)
     assert b"".join(serialized_chunks(graph_def)) == whole
     assert len(whole) > 300 * 300 * 4  # a node longer than one varint byte can say
 
     empty = tf.compat.v1.GraphDef()
-    assert b"".join(serialized_chunks(empty)) == empty.SerializeToString()
+    assert b"".join(serialized_chunks(empty)) == empty.SerializeToString(deterministic=True)
