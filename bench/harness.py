@@ -76,6 +76,15 @@ NOTES = {
     "webhook_emit_scan_overhead": "Recording a first scan of 10,000 checkpoints with no webhook endpoint vs the "
     "same with the emit calls stubbed out; best of 9 alternating. Not: a scan while an endpoint subscribes "
     "(one delivery row per checkpoint, by design), nor index reading.",
+    "jobs_scaleout_jobs_per_second": "200 mixed verify / freeze / compare jobs over tiny TF1 checkpoints queued at "
+    "once, run by 4 separate `rqworker` processes (WORKER_TF_THREADS=1) plus the scheduler, PostgreSQL + Redis; "
+    "ratio against one worker's median rate from jobs_throughput_ratio in the same run. Not: big checkpoints.",
+    "jobs_scaleout_defects": "Jobs of every scale-out batch lost, executed other than once (a database trigger logs "
+    "every status transition; RQ's per-execution results), left open, ended other than planned, or missing their "
+    "product (comparison, export file, verification).",
+    "jobs_throughput_ratio": "Jobs/s of 2 workers vs 1 on the same batch (60 mixed jobs, fresh copies, fresh "
+    "workers), each worker's TensorFlow on one intra-op and one inter-op thread; medians of 3 alternating pairs. "
+    "Not: a dedicated machine (PostgreSQL, Redis and the bench share the two cores).",
     "prune_exec_page_cache_vs_bare": "The same with everything in the page cache, where unlinking is cheap "
     "and our per-file checks, state-file rewrite and row updates show; a guard, not a design target.",
 }
