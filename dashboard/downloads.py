@@ -105,8 +105,8 @@ def export_response(request: HttpRequest, export: Export) -> HttpResponse:
         response = HttpResponse(status=416, content_type="text/plain")
         response["Content-Range"] = f"bytes */{size}"
         return _with_headers(response, headers)
+    # nginx sends files: a directory's archive exists on no disk, so it is streamed from here below.
     if settings.DOWNLOAD_X_ACCEL_REDIRECT and handle is not None:
-        # A directory's archive is no file nginx could send: it is streamed from here below.
         handle.close()
         relative = Path(path).relative_to(files.resolve(settings.EXPORT_ROOT)).as_posix()
         response = HttpResponse(content_type="application/octet-stream")

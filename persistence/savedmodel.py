@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 
 from persistence.errors import FreezeError
-from persistence.files import atomic_directory, atomic_writer, process_owner, read_back, scratch_directory
+from persistence.files import (
+    atomic_directory,
+    atomic_writer,
+    process_owner,
+    read_back,
+    scratch_directory,
+    sync_tree,
+)
 from persistence.freeze import FreezeResult, max_abs_diff
 from persistence.graphsafety import node_name
 from persistence.restore import InputSpec, ProgressCallback, placeholder_inputs
@@ -254,19 +261,22 @@ def export_saved_model(prefix_path: str, output_dir: str, *, meta_path: str | No
 
     The size and sha256 recorded are those of the directory's reproducible archive
     (:mod:`persistence.tarball`), which downloads stream; it is hashed from the written files
-    while the SavedModel is loaded back (two readers of the page cache, sha256 releasing the
-    GIL), and never written out.
+    while the SavedModel is loaded back and synced to disk, and never written out.
     """
     started = time.monotonic()
-    with atomic_directory(output_dir, owner=temp_owner) as scratch:
+    with atomic_directory(output_dir, owner=temp_owner, synced=True) as scratch:
         built = _build(prefix_path, meta_path, scratch, outputs=list(outputs or []), recipe_path=recipe_path,
                        sample_feed=sample_feed, allow_unsafe=allow_unsafe, clear_devices=clear_devices,
                        on_progress=on_progress)
         report(on_progress, 70, "verifying: loading the SavedModel")
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-hash") as pool:
+        # Nothing writes to the directory any more: the disk syncs it and the archive is hashed
+        # while the SavedModel is loaded back (fsync waits and sha256 release the GIL).
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="export-finish") as pool:
+            syncing = pool.submit(sync_tree, scratch)
             hashing = pool.submit(_hash_archive, scratch, Path(output_dir).name)
             diff = _verify_savedmodel(scratch, built["feed_by_key"], built["reference"], tf2=bool(recipe_path))
             layout, sha256 = hashing.result()
+            syncing.result()
         if not diff <= SAVEDMODEL_TOLERANCE:
             raise FreezeError(f"the written SavedModel differs from the checkpoint by {diff:g} "
                               f"(tolerance {SAVEDMODEL_TOLERANCE:g}); it was not kept")
