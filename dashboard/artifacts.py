@@ -489,8 +489,8 @@ def recheck_export(export: Export, *, actor: User | None = None) -> bool:
     import hashlib
 
     if export.is_directory:
-        # Listed before hashing: a file changed while it is read either changes the digest or
-        # leaves an mtime newer than the one accepted here.
+        # Listed before hashing, each file checked against the listing when it is read: one
+        # changed meanwhile stops the hash (ArchiveChanged, an OSError) instead of being accepted.
         info = export.archive()
         digest = info.sha256()
     else:
