@@ -45,13 +45,15 @@ NOTES = {
     "checkpoint size, ~420 MB checkpoint. The peak is the conversion: the restored variables shrinking as "
     "their constants grow, plus one variable's transient copies. Not: the sandbox's fork of a worker (that "
     "child shares its parent's pages).",
-    "savedmodel_vs_bare": "SavedModel export of a 105 MB checkpoint by our engine (restore, signature, "
-    "Builder, load back with tf.saved_model.load and compare, reproducible .tar) vs the same TensorFlow "
-    "calls in a bare script (without the .tar); each in its own process after importing TensorFlow; "
-    "medians of interleaved runs.",
-    "tar_download_vs_file": "Download rate of a SavedModel's .tar vs a single-file export of the same size, "
-    "both through the download view (in-process, page cache warm): the .tar is written once when the "
-    "export is verified, so it is served like any file. Not: HTTP overhead (see download_vs_nginx).",
+    "savedmodel_vs_bare": "SavedModel export of a 105 MB checkpoint by our engine (graph safety check, "
+    "restore, signature, Builder, fsync, load back with TensorFlow's v1 SavedModel loader and compare, "
+    "sha256 of the reproducible archive hashed from the directory while it is loaded, temporary-directory "
+    "rename) vs the same TensorFlow calls in a bare script (loading back with tf.saved_model.load, no "
+    "digest); each in its own process after importing TensorFlow; medians of interleaved runs.",
+    "tar_download_vs_file": "Download rate of a SavedModel directory's .tar, streamed from the directory "
+    "(no archive on disk), vs a single-file export of the same bytes, both through the download view "
+    "(in-process, page cache warm). Not: HTTP overhead (see download_vs_nginx); with X-Accel-Redirect the "
+    "file goes through nginx while the archive still goes through the application.",
     "download_vs_nginx": "Download of a 1 GiB export from the dashboard as the README deploys it "
     "(gunicorn.conf.py, DEBUG=0) vs nginx serving the same file statically; same curl, page cache warm.",
     "download_accel_vs_nginx": "The same download through deploy/nginx.conf with X-Accel-Redirect (the "

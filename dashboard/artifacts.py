@@ -23,6 +23,7 @@ from persistence import discovery, files
 from . import webhooks
 from .locks import lock_row
 from .models import AuditEvent, Checkpoint, Export, Job, Run, temp_owner_ended
+from .models.export import ARCHIVE_STREAMED
 from .pruning import check_no_prune_running
 from .roots import checkpoint_directory
 from .scanning import refresh_latest
@@ -333,7 +334,7 @@ def freeze(checkpoint: Checkpoint, *, outputs: list[str], clear_devices: bool = 
            job: Job | None = None, kind: str = Export.FROZEN_PB, quantize: bool = False) -> Export:
     """Export into ``EXPORT_ROOT/<run>/<step>/<name><suffix>``, verify it against the checkpoint, record it.
 
-    ``kind``: a frozen ``.pb`` (the default), a SavedModel directory (with its ``.tar``), a
+    ``kind``: a frozen ``.pb`` (the default), a SavedModel directory (downloaded as a ``.tar``), a
     ``.tflite`` (``quantize``: dynamic-range) or an ``.onnx``. TF1: ``outputs`` are node names
     of the meta graph (own or meta source's); the recipe's sample input is fed where it fits,
     zeros elsewhere; unsafe ops are refused unless the run is trusted. TF2: the run's recipe
@@ -456,8 +457,13 @@ def _record_export(checkpoint: Checkpoint, kind: str, target: Path, data: dict, 
     for extra in ("signature_inputs", "quantized", "top_class_agreement", "content_bytes"):
         if extra in data:
             verification[extra] = data[extra]
-    # The file downloads are served from (a directory's .tar), as the row will name it.
-    downloaded = Export(kind=kind, path=str(target)).file_path()
+    # What the cheap "changed on disk" check compares with later (a directory: its archive's layout).
+    written = Export(kind=kind, path=str(target))
+    if written.is_directory:
+        verification["archive"] = ARCHIVE_STREAMED
+        mtime_ns = written.archive().st_mtime_ns
+    else:
+        mtime_ns = os.stat(written.file_path()).st_mtime_ns
     export, _ = Export.objects.update_or_create(
         path=str(target),
         defaults={
@@ -465,7 +471,7 @@ def _record_export(checkpoint: Checkpoint, kind: str, target: Path, data: dict, 
             "inputs": data["inputs"], "outputs": data["outputs"], "node_count": data.get("node_count", 0),
             "op_histogram": data.get("op_histogram", {}), "max_abs_diff": data["max_abs_diff"],
             "verified": data["verified"], "verification": verification, "created_at": timezone.now(),
-            "file_mtime_ns": os.stat(downloaded).st_mtime_ns,
+            "file_mtime_ns": mtime_ns,
             "created_by": user if getattr(user, "is_authenticated", False) else None,
         },
     )
@@ -476,32 +482,36 @@ def _record_export(checkpoint: Checkpoint, kind: str, target: Path, data: dict, 
 def recheck_export(export: Export, *, actor: User | None = None) -> bool:
     """Hash the file again; if it is byte for byte what was verified, accept its new mtime.
 
-    A directory export's ``.tar`` is made again from the directory first (it is reproducible), so
-    a lost or damaged archive is healed and a changed directory is caught. Returns True when the
-    export is whole again, False when its contents differ (export again). Audited either way.
+    A directory export is hashed as the archive its downloads stream, read from the directory:
+    a file changed, added or removed since the export changes that digest. Returns True when
+    the export is whole again, False when its contents differ (export again). Audited either way.
     """
     import hashlib
 
     if export.is_directory:
-        from persistence.tarball import write_tar
-
-        directory = files.resolve_inside(export.path, [settings.EXPORT_ROOT])
-        write_tar(directory, str(directory) + ".tar")
-    with open(files.open_regular_file(export.file_path()), "rb") as handle:
-        info = os.fstat(handle.fileno())
-        digest = hashlib.sha256()
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    same = info.st_size == export.size_bytes and digest.hexdigest() == export.sha256
+        # Listed before hashing, each file checked against the listing when it is read: one
+        # changed meanwhile stops the hash (ArchiveChanged, an OSError) instead of being accepted.
+        info = export.archive()
+        digest = info.sha256()
+    else:
+        with open(files.open_regular_file(export.file_path()), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            hashing = hashlib.sha256()
+            while chunk := handle.read(1 << 20):
+                hashing.update(chunk)
+        digest = hashing.hexdigest()
+    same = info.st_size == export.size_bytes and digest == export.sha256
     if same:
         export.file_mtime_ns = info.st_mtime_ns
-        export.save(update_fields=["file_mtime_ns"])
+        if export.is_directory:
+            export.verification = {**export.verification, "archive": ARCHIVE_STREAMED}
+        export.save(update_fields=["file_mtime_ns", "verification"])
     AuditEvent.record(
         "export_recheck",
         f"Export #{export.pk} ({export.file_name}): "
         + ("contents unchanged, accepted again" if same else "contents changed on disk; refused until frozen again"),
         actor=actor, run=export.checkpoint.run, checkpoint=export.checkpoint,
-        details={"sha256_on_disk": digest.hexdigest(), "size_on_disk": info.st_size},
+        details={"sha256_on_disk": digest, "size_on_disk": info.st_size},
     )
     if not same:
         webhooks.emit(webhooks.EXPORT_FAILED, export)

@@ -18,6 +18,13 @@ are handled here (RFC 9110 §14):
 
 The ETag is the export's sha256 (what the freeze recorded); ``If-None-Match`` gets ``304``.
 With ``DOWNLOAD_X_ACCEL_REDIRECT`` set, the checks are made here and nginx sends the bytes.
+
+A SavedModel (a directory) downloads as one reproducible ``.tar`` that exists on no disk: its
+bytes are produced from the directory as they are sent (``persistence.tarball``), a range by
+seeking into the members it covers. nginx cannot send what is not a file, so these archives are
+streamed by the application even with ``DOWNLOAD_X_ACCEL_REDIRECT`` set. A file that no longer
+matches the listing the response started from ends the stream early (the client sees fewer
+bytes than ``Content-Length``), never other bytes under the recorded ETag.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from django.http import (
 from django.utils.http import content_disposition_header, parse_etags
 
 from dashboard.models import Export
-from persistence import files
+from persistence import files, tarball
 
 CHUNK_BYTES = 1024 * 1024
 _RANGE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
@@ -69,21 +76,16 @@ def export_response(request: HttpRequest, export: Export) -> HttpResponse:
     except files.PathOutsideRoots:
         raise PermissionDenied from None
     name = export.download_filename()
-    try:
-        # The resolved path, not following a symlink swapped in since it was resolved, and only a
-        # regular file: opening a FIFO would hold this worker until some writer came along.
-        handle = open(files.open_regular_file(path), "rb")  # noqa: SIM115 - the response closes it
-    except files.UnsafeFile:
-        raise ExportUnavailable(f"The file of export #{export.pk} ({name}) is not a regular file. "
-                                "Freeze the checkpoint again.") from None
-    except OSError:
-        raise ExportUnavailable(f"The file of export #{export.pk} ({name}) is missing on disk: it was deleted or "
-                                "moved after the freeze. Freeze the checkpoint again.") from None
-    info = os.fstat(handle.fileno())
+    if export.is_directory:
+        handle, archive = None, _open_archive(export, path, name)
+        info = archive
+    else:
+        handle, archive = _open_file(export, path, name), None
+        info = os.fstat(handle.fileno())
     size = info.st_size
     changed = export.disk_change(info)
     if changed:
-        handle.close()
+        _close(handle)
         # Not served: the file that was verified is not there any more, and its sha256 (our ETag) would lie.
         raise ExportUnavailable(f"The file of export #{export.pk} ({name}) changed on disk ({changed}). It is not "
                                 "served until it is checked again from the export's page.", changed=True)
@@ -95,31 +97,66 @@ def export_response(request: HttpRequest, export: Export) -> HttpResponse:
         "Content-Disposition": content_disposition_header(True, name),
     }
     if etag in parse_etags(request.headers.get("If-None-Match", "")):
-        handle.close()
+        _close(handle)
         return _with_headers(HttpResponseNotModified(), headers)
     wanted = requested_range(request, size, etag)
     if wanted == "unsatisfiable":
-        handle.close()
+        _close(handle)
         response = HttpResponse(status=416, content_type="text/plain")
         response["Content-Range"] = f"bytes */{size}"
         return _with_headers(response, headers)
-    if settings.DOWNLOAD_X_ACCEL_REDIRECT:
+    # nginx sends files: a directory's archive exists on no disk, so it is streamed from here below.
+    if settings.DOWNLOAD_X_ACCEL_REDIRECT and handle is not None:
         handle.close()
         relative = Path(path).relative_to(files.resolve(settings.EXPORT_ROOT)).as_posix()
         response = HttpResponse(content_type="application/octet-stream")
         response["X-Accel-Redirect"] = settings.DOWNLOAD_X_ACCEL_REDIRECT + quote(relative)
         return _with_headers(response, headers)  # nginx answers the Range itself
-    if wanted is None:
+    if wanted is None and handle is not None:
         response = FileResponse(handle, content_type="application/octet-stream")
         # gunicorn hands the file to sendfile(); servers that iterate it get 1 MB blocks, not 4 kB.
         response.block_size = CHUNK_BYTES
         return _with_headers(response, headers)
-    start, end = wanted
-    response = StreamingHttpResponse(_file_part(handle, start, end - start + 1), status=206,
+    start, end = wanted or (0, size - 1)
+    length = end - start + 1
+    content = archive.iter_bytes(start, length) if archive is not None else _file_part(handle, start, length)
+    response = StreamingHttpResponse(content, status=200 if wanted is None else 206,
                                      content_type="application/octet-stream")
-    response["Content-Range"] = f"bytes {start}-{end}/{size}"
-    response["Content-Length"] = str(end - start + 1)
+    if wanted is not None:
+        response["Content-Range"] = f"bytes {start}-{end}/{size}"
+    response["Content-Length"] = str(length)
     return _with_headers(response, headers)
+
+
+def _open_file(export: Export, path: Path, name: str) -> BinaryIO:
+    try:
+        # The resolved path, not following a symlink swapped in since it was resolved, and only a
+        # regular file: opening a FIFO would hold this worker until some writer came along.
+        return open(files.open_regular_file(path), "rb")  # noqa: SIM115 - the response closes it
+    except files.UnsafeFile:
+        raise ExportUnavailable(f"The file of export #{export.pk} ({name}) is not a regular file. "
+                                "Freeze the checkpoint again.") from None
+    except OSError:
+        raise ExportUnavailable(f"The file of export #{export.pk} ({name}) is missing on disk: it was deleted or "
+                                "moved after the freeze. Freeze the checkpoint again.") from None
+
+
+def _open_archive(export: Export, path: Path, name: str) -> tarball.ArchiveLayout:
+    """The layout of a directory export's archive: listed now, its files opened as they are sent
+    (none followed through a symbolic link, each checked against this listing)."""
+    try:
+        return tarball.archive_layout(path, top=Path(export.path).name)
+    except tarball.ArchiveChanged as exc:
+        raise ExportUnavailable(f"The directory of export #{export.pk} ({name}) cannot be served: {exc.strerror}. "
+                                "Freeze the checkpoint again.") from None
+    except OSError:
+        raise ExportUnavailable(f"The directory of export #{export.pk} ({name}) is missing on disk: it was deleted "
+                                "or moved after the export. Export the checkpoint again.") from None
+
+
+def _close(handle: BinaryIO | None) -> None:
+    if handle is not None:
+        handle.close()
 
 
 def _with_headers(response: HttpResponse, headers: dict[str, str]) -> HttpResponse:

@@ -190,8 +190,21 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def sync_tree(directory: str | os.PathLike[str]) -> None:
+    """fsync every file under ``directory`` and every directory in it (itself included)."""
+    for root, _dirs, names in os.walk(directory):
+        for name in names:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_directory(root)
+
+
 @contextmanager
-def atomic_directory(path: str | os.PathLike[str], *, owner: str | None = None) -> Iterator[str]:
+def atomic_directory(path: str | os.PathLike[str], *, owner: str | None = None,
+                     synced: bool = False) -> Iterator[str]:
     """A temporary directory path beside ``path`` (not yet created); on success it becomes ``path``.
 
     For exports that are directories (a SavedModel): the writer creates and fills the yielded
@@ -199,7 +212,8 @@ def atomic_directory(path: str | os.PathLike[str], *, owner: str | None = None) 
     at ``path`` is moved aside under a temporary name first and removed after the rename, so a
     reader sees the old or the new one, never a mix (there is an instant with neither). Named
     like :func:`atomic_writer`'s files, so :func:`remove_stale_temp_files` cleans up after a
-    ``kill -9``.
+    ``kill -9``. ``synced``: the writer has run :func:`sync_tree` on it after its last write
+    (to overlap the disk's work with its own), so it is not synced again before the rename.
     """
     target = Path(path)
     owner = owner or process_owner()
@@ -212,14 +226,8 @@ def atomic_directory(path: str | os.PathLike[str], *, owner: str | None = None) 
         yield str(tmp)
         if not tmp.is_dir():
             raise FileNotFoundError(f"the writer did not create {tmp}")
-        for root, _dirs, names in os.walk(tmp):
-            for name in names:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            fsync_directory(root)
+        if not synced:
+            sync_tree(tmp)
         old = None
         if target.exists():
             old = target.parent / (scratch + "old-" + os.urandom(6).hex())

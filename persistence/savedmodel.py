@@ -5,10 +5,11 @@ what runs on phones. Both are made from the same sources as a frozen graph (see
 :mod:`persistence.sources`): a TF1 checkpoint with its meta graph, whose chosen inputs and outputs
 become the ``serving_default`` signature, or a TF2 checkpoint through its recipe's module.
 
-Every export is written under a temporary name, loaded back (``tf.saved_model.load``,
-``tf.lite.Interpreter``, ``onnxruntime``), fed the same sample as the checkpoint, and compared; only an export
-within its kind's tolerance is renamed into place. A dynamic-range quantized TFLite model is meant
-to differ: it is kept, with the difference and the share of samples whose top class agrees.
+Every export is written under a temporary name, loaded back with its own loader (a SavedModel
+through TensorFlow's loader, ``tf.lite.Interpreter``, ``onnxruntime``), fed the same sample as
+the checkpoint, and compared; only an export within its kind's tolerance is renamed into place.
+A dynamic-range quantized TFLite model is meant to differ: it is kept, with the difference and
+the share of samples whose top class agrees.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +30,19 @@ from typing import Any
 import numpy as np
 
 from persistence.errors import FreezeError
-from persistence.files import atomic_directory, atomic_writer, process_owner, read_back, scratch_directory
+from persistence.files import (
+    atomic_directory,
+    atomic_writer,
+    process_owner,
+    read_back,
+    scratch_directory,
+    sync_tree,
+)
 from persistence.freeze import FreezeResult, max_abs_diff
 from persistence.graphsafety import node_name
 from persistence.restore import InputSpec, ProgressCallback, placeholder_inputs
 from persistence.sources import report, restored_tf1, restored_tf2, verification_feed
-from persistence.tarball import directory_bytes, write_tar
+from persistence.tarball import ArchiveLayout, archive_layout
 from persistence.tfruntime import ENVIRONMENT, import_tensorflow
 
 SAVED_MODEL, TFLITE, ONNX = "saved_model", "tflite", "onnx"
@@ -54,7 +64,6 @@ class ExportResult(FreezeResult):
     tolerance: float = SAVEDMODEL_TOLERANCE
     quantized: bool = False
     top_class_agreement: float | None = None  # quantized only: share of samples whose argmax agrees
-    archive_path: str | None = None  # the .tar beside a directory export
     content_bytes: int = 0  # the files themselves
 
 
@@ -86,8 +95,10 @@ def _top_class_agreement(reference: dict[str, np.ndarray], got: dict[str, np.nda
     return agree / total if total else None
 
 
-def _verify_savedmodel(directory: str, feed_by_key: dict[str, np.ndarray],
-                       reference: dict[str, np.ndarray]) -> float:
+def _verify_tf2_savedmodel(directory: str, feed_by_key: dict[str, np.ndarray],
+                           reference: dict[str, np.ndarray]) -> float:
+    """Load a recipe's SavedModel the way TF2 code does (its object graph and functions) and
+    call its serving signature."""
     tf = import_tensorflow()
     try:
         loaded = tf.saved_model.load(directory)
@@ -98,10 +109,54 @@ def _verify_savedmodel(directory: str, feed_by_key: dict[str, np.ndarray],
     return _compare(reference, got, "SavedModel")
 
 
-def _archive(directory: str, owner: str | None) -> tuple[str, int, str]:
-    tar_path = directory + ".tar"
-    size, sha256 = write_tar(directory, tar_path, owner=owner)
-    return tar_path, size, sha256
+def _verify_tf1_savedmodel(directory: str, feed_by_key: dict[str, np.ndarray],
+                           reference: dict[str, np.ndarray]) -> float:
+    """Load a TF1 SavedModel into a fresh graph and session, as TF Serving's loader does (the
+    meta graph tagged ``serve``, variables restored from ``variables/``), and run the tensors
+    its ``serving_default`` signature names, fed through the signature's input keys.
+
+    Cheaper than ``tf.saved_model.load``, which wraps the same graph and restore in functions
+    before running them; what is checked is the same: the files on disk, and a signature that
+    takes exactly the inputs given and whose outputs are the checkpoint's values.
+    """
+    tf = import_tensorflow()
+    v1 = tf.compat.v1
+    try:
+        with tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
+            meta_graph = v1.saved_model.loader.load(sess, [v1.saved_model.tag_constants.SERVING], directory)
+            signature = meta_graph.signature_def[SIGNATURE_KEY]
+            if set(signature.inputs) != set(feed_by_key):
+                raise FreezeError(f"the written signature takes {', '.join(sorted(signature.inputs)) or 'nothing'}, "
+                                  f"not {', '.join(sorted(feed_by_key))}")
+            fetches = {key: info.name for key, info in signature.outputs.items()}
+            got = sess.run(fetches, {signature.inputs[key].name: value for key, value in feed_by_key.items()})
+    except (tf.errors.OpError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise FreezeError(f"the written SavedModel does not load and run: {exc}") from None
+    return _compare(reference, {key: np.asarray(value) for key, value in got.items()}, "SavedModel")
+
+
+def _verify_savedmodel(directory: str, feed_by_key: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+                       *, tf2: bool) -> float:
+    """The largest difference between the written SavedModel's outputs and ``reference``."""
+    verify = _verify_tf2_savedmodel if tf2 else _verify_tf1_savedmodel
+    return verify(directory, feed_by_key, reference)
+
+
+def _hash_archive(directory: str, top: str) -> tuple[ArchiveLayout, str]:
+    """The layout of ``directory``'s archive (entries under ``top``) and its sha256."""
+    layout = archive_layout(directory, top=top)
+    return layout, layout.sha256()
+
+
+def _remove_legacy_archive(output_dir: str) -> None:
+    # Exports made before archives were streamed kept a .tar beside the directory; after a
+    # re-export it would hold the replaced model. Only that one regular file is removed.
+    legacy = output_dir + ".tar"
+    try:
+        if stat.S_ISREG(os.lstat(legacy).st_mode):
+            os.unlink(legacy)
+    except FileNotFoundError:
+        pass
 
 
 # --- SavedModel --------------------------------------------------------------------------------
@@ -197,32 +252,41 @@ def export_saved_model(prefix_path: str, output_dir: str, *, meta_path: str | No
                        sample_feed: Any = None, allow_unsafe: bool = False, clear_devices: bool = True,
                        on_progress: ProgressCallback | None = None,
                        temp_owner: str | None = None) -> ExportResult:
-    """Export a checkpoint as a SavedModel directory at ``output_dir`` (and ``output_dir.tar``).
+    """Export a checkpoint as a SavedModel directory at ``output_dir``.
 
     TF1: ``meta_path`` and ``outputs`` (node names) as for a freeze; the signature's inputs are
     the placeholders those outputs need. TF2: ``recipe_path`` names the recipe whose module is
     saved with its serving function. Raises :class:`FreezeError` (or ``UnsafeGraph``) and leaves
-    nothing at either final path when the export cannot be made or does not match the checkpoint.
+    nothing at the final path when the export cannot be made or does not match the checkpoint.
+
+    The size and sha256 recorded are those of the directory's reproducible archive
+    (:mod:`persistence.tarball`), which downloads stream; it is hashed from the written files
+    while the SavedModel is loaded back and synced to disk, and never written out.
     """
     started = time.monotonic()
-    with atomic_directory(output_dir, owner=temp_owner) as scratch:
+    with atomic_directory(output_dir, owner=temp_owner, synced=True) as scratch:
         built = _build(prefix_path, meta_path, scratch, outputs=list(outputs or []), recipe_path=recipe_path,
                        sample_feed=sample_feed, allow_unsafe=allow_unsafe, clear_devices=clear_devices,
                        on_progress=on_progress)
         report(on_progress, 70, "verifying: loading the SavedModel")
-        diff = _verify_savedmodel(scratch, built["feed_by_key"], built["reference"])
+        # Nothing writes to the directory any more: the disk syncs it and the archive is hashed
+        # while the SavedModel is loaded back (fsync waits and sha256 release the GIL).
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="export-finish") as pool:
+            syncing = pool.submit(sync_tree, scratch)
+            hashing = pool.submit(_hash_archive, scratch, Path(output_dir).name)
+            diff = _verify_savedmodel(scratch, built["feed_by_key"], built["reference"], tf2=bool(recipe_path))
+            layout, sha256 = hashing.result()
+            syncing.result()
         if not diff <= SAVEDMODEL_TOLERANCE:
             raise FreezeError(f"the written SavedModel differs from the checkpoint by {diff:g} "
                               f"(tolerance {SAVEDMODEL_TOLERANCE:g}); it was not kept")
-        content = directory_bytes(scratch)
-    report(on_progress, 90, "archiving")
-    tar_path, size, sha256 = _archive(output_dir, temp_owner)
+    _remove_legacy_archive(os.fspath(output_dir))
     report(on_progress, 100, "exported and verified")
     return ExportResult(
-        path=os.fspath(output_dir), kind=SAVED_MODEL, size_bytes=size, sha256=sha256, node_count=0, op_histogram={},
-        inputs=built["inputs"], outputs=built["outputs"], signature_inputs=built["signature_inputs"],
+        path=os.fspath(output_dir), kind=SAVED_MODEL, size_bytes=layout.st_size, sha256=sha256, node_count=0,
+        op_histogram={}, inputs=built["inputs"], outputs=built["outputs"], signature_inputs=built["signature_inputs"],
         signature_outputs=built["signature_outputs"], max_abs_diff=diff, tolerance=SAVEDMODEL_TOLERANCE,
-        verified=True, archive_path=tar_path, content_bytes=content, source_prefix=os.fspath(prefix_path),
+        verified=True, content_bytes=layout.content_bytes, source_prefix=os.fspath(prefix_path),
         meta_path=meta_path, zero_filled=built["zero_filled"], unsafe_ops_allowed=built["unsafe_ops_allowed"],
         seconds=time.monotonic() - started,
     )

@@ -11,7 +11,10 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
-from persistence import files
+from persistence import files, tarball
+
+# ``verification['archive']`` of a directory export whose archive is streamed from the directory.
+ARCHIVE_STREAMED = "streamed"
 
 
 class Export(models.Model):
@@ -22,7 +25,7 @@ class Export(models.Model):
         (TFLITE, "TFLite (.tflite)"),
         (ONNX, "ONNX (.onnx)"),
     ]
-    # What each kind's path ends with; a SavedModel is a directory, downloaded as the .tar beside it.
+    # What each kind's path ends with; a SavedModel is a directory, downloaded as a .tar of it.
     SUFFIXES = {FROZEN_PB: ".pb", SAVED_MODEL: ".savedmodel", TFLITE: ".tflite", ONNX: ".onnx"}
 
     checkpoint = models.ForeignKey("dashboard.Checkpoint", related_name="exports", on_delete=models.PROTECT)
@@ -68,21 +71,41 @@ class Export(models.Model):
         return self.kind == self.SAVED_MODEL
 
     def file_path(self) -> Path:
-        """The file that is downloaded (a directory's ``.tar``), resolved with symlinks; raises
+        """The export's file (a SavedModel: its directory), resolved with symlinks; raises
         ``files.PathOutsideRoots`` unless inside ``EXPORT_ROOT``."""
-        return files.resolve_inside(self.path + ".tar" if self.is_directory else self.path, [settings.EXPORT_ROOT])
+        return files.resolve_inside(self.path, [settings.EXPORT_ROOT])
 
-    def disk_change(self, info: os.stat_result | None = None) -> str | None:
+    def archive(self) -> tarball.ArchiveLayout:
+        """A directory export's archive as downloads stream it (its entries under the directory's
+        name); raises ``files.PathOutsideRoots``, ``tarball.ArchiveChanged`` or ``OSError``."""
+        return tarball.archive_layout(self.file_path(), top=Path(self.path).name)
+
+    @property
+    def streams_archive(self) -> bool:
+        """Recorded from the directory itself (no ``.tar`` written beside it at export time)."""
+        return self.verification.get("archive") == ARCHIVE_STREAMED
+
+    def disk_change(self, info: os.stat_result | tarball.ArchiveLayout | None = None) -> str | None:
         """Why the file no longer is the one that was verified (None: it still is, as far as size
-        and mtime tell). ``info``: an ``fstat`` of the opened file, else the path is looked at."""
+        and mtime tell). ``info``: an ``fstat`` of the opened file (a directory: its archive's
+        layout), else the path is looked at."""
         if info is None:
             try:
-                info = os.stat(self.file_path())
+                info = self.archive() if self.is_directory else os.stat(self.file_path())
+            except tarball.ArchiveChanged as exc:
+                return str(exc.strerror)
             except (OSError, files.PathOutsideRoots):
                 return "missing"
         if info.st_size != self.size_bytes:
             return f"{info.st_size} bytes on disk, not the {self.size_bytes} recorded"
-        if self.file_mtime_ns is not None and info.st_mtime_ns != self.file_mtime_ns:
+        if self.file_mtime_ns is None:
+            return None
+        if self.is_directory and not self.streams_archive:
+            # Recorded with the mtime of the .tar that was written once the directory was
+            # complete: nothing in the directory is newer unless it changed since.
+            if info.st_mtime_ns > self.file_mtime_ns:
+                return "modified after it was verified"
+        elif info.st_mtime_ns != self.file_mtime_ns:
             return "modified after it was verified"
         return None
 

@@ -56,7 +56,8 @@ def test_saved_model_export_downloads_as_a_tar_that_serves_the_checkpoints_probs
 
     assert export.kind == Export.SAVED_MODEL and export.verified and export.max_abs_diff <= 1e-6
     assert export.path == str(roots / "exports" / run.name / "50" / "probs.savedmodel")
-    assert os.path.isdir(export.path) and os.path.isfile(export.path + ".tar")
+    # Only the directory is written: its archive is made as it is downloaded.
+    assert os.path.isdir(export.path) and not os.path.exists(export.path + ".tar")
     download = client.get(reverse("export-download", args=[export.pk]))
     assert download.status_code == 200 and download["Content-Disposition"].endswith('.tar"')
     data = b"".join(download.streaming_content)
@@ -117,23 +118,30 @@ def test_variable_lists_are_refused_for_kinds_that_keep_every_variable(roots, de
 
 
 @pytest.mark.django_db
-def test_a_lost_or_damaged_tar_is_made_again_by_the_recheck_but_a_changed_directory_is_refused(demo, client):
+def test_a_changed_directory_is_refused_by_the_recheck_and_a_re_export_replaces_an_old_tar(demo, client):
     from dashboard import artifacts
+    from persistence.tarball import write_tar
 
-    export = artifacts.freeze(demo.checkpoints.get(step=25), outputs=["probs"], kind=Export.SAVED_MODEL)
-    tar = export.path + ".tar"
-    with open(tar, "r+b") as handle:  # a power failure left the (unsynced) archive short
-        handle.truncate(1000)
-    assert export.disk_change()
+    checkpoint = demo.checkpoints.get(step=25)
+    export = artifacts.freeze(checkpoint, outputs=["probs"], kind=Export.SAVED_MODEL)
     client.force_login(role_user("vera", "viewer"))
-    assert client.get(reverse("export-download", args=[export.pk])).status_code == 404
-
-    assert artifacts.recheck_export(export)  # made again from the directory: the same bytes
+    reference = str(export.path) + ".reference"
+    assert write_tar(export.path, reference) == (export.size_bytes, export.sha256)
+    os.unlink(reference)
     assert export.disk_change() is None
-    data = b"".join(client.get(reverse("export-download", args=[export.pk])).streaming_content)
-    assert hashlib.sha256(data).hexdigest() == export.sha256
 
     with open(os.path.join(export.path, "variables", "variables.index"), "ab") as handle:
         handle.write(b"tampered")
+    assert export.disk_change()
+    assert client.get(reverse("export-download", args=[export.pk])).status_code == 404
     assert not artifacts.recheck_export(export)
     assert export.disk_change()
+
+    # As an export made when a .tar was written beside the directory: exporting again replaces both.
+    tar = export.path + ".tar"
+    with open(tar, "wb") as handle:
+        handle.write(b"the archive of the replaced model")
+    again = artifacts.freeze(checkpoint, outputs=["probs"], kind=Export.SAVED_MODEL)
+    assert again.pk == export.pk and not os.path.exists(tar) and again.disk_change() is None
+    data = b"".join(client.get(reverse("export-download", args=[again.pk])).streaming_content)
+    assert hashlib.sha256(data).hexdigest() == again.sha256 and len(data) == again.size_bytes

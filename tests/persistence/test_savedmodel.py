@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tarfile
 
@@ -19,6 +20,7 @@ from persistence.savedmodel import (
     export_file,
     export_saved_model,
 )
+from persistence.tarball import archive_layout, write_tar
 from tests.persistence.test_freeze import SAMPLE, _numpy_probs, _train_run
 
 pytestmark = pytest.mark.tf
@@ -60,8 +62,8 @@ def test_tf1_saved_model_serves_the_checkpoints_probs(run, tmp_path):
     loaded = tf.saved_model.load(str(target))
     probs = loaded.signatures["serving_default"](x=tf.constant(SAMPLE["x"]))["probs"].numpy()
     np.testing.assert_allclose(probs, _numpy_probs(last, SAMPLE["x"]), atol=1e-6)
-    # Only the directory and its archive: no temporary left beside them.
-    assert _entries(tmp_path / "exports") == ["probs", "probs.tar"]
+    # Only the directory: no temporary beside it, and no archive (downloads make it from the directory).
+    assert _entries(tmp_path / "exports") == ["probs"]
 
 
 def test_archive_is_reproducible_and_holds_the_directory(run, tmp_path):
@@ -70,15 +72,33 @@ def test_archive_is_reproducible_and_holds_the_directory(run, tmp_path):
     two = export_saved_model(last, str(tmp_path / "b" / "m"), meta_path=first + ".meta", outputs=["probs"])
 
     assert one.sha256 == two.sha256  # sorted entries, fixed times and owners
-    with open(one.archive_path, "rb") as handle:
-        data = handle.read()
+    # What was recorded is the archive tarfile writes of the final directory (hashed from its scratch copy).
+    size, sha256 = write_tar(tmp_path / "a" / "m", tmp_path / "reference.tar")
+    assert (one.size_bytes, one.sha256) == (size, sha256)
+    data = b"".join(archive_layout(tmp_path / "a" / "m").iter_bytes())
     assert hashlib.sha256(data).hexdigest() == one.sha256 and len(data) == one.size_bytes
-    with tarfile.open(one.archive_path) as archive:
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         names = archive.getnames()
         assert "m/saved_model.pb" in names and "m/variables/variables.index" in names
         member = archive.getmember("m/saved_model.pb")
         with open(tmp_path / "a" / "m" / "saved_model.pb", "rb") as original:
             assert archive.extractfile(member).read() == original.read()
+
+
+def test_a_re_export_removes_the_archive_older_exports_wrote_and_nothing_else(run, tmp_path):
+    first, last = run
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / "m.tar").write_bytes(b"an archive of the model this export replaces")
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"keep")
+    os.symlink(precious, exports / "n.tar")  # a link where another export's archive would be
+    (exports / "o.tar").mkdir()  # not a file: never removed
+    (exports / "m.tar.keep").write_bytes(b"keep")
+    for name in ("m", "n", "o"):
+        export_saved_model(last, str(exports / name), meta_path=first + ".meta", outputs=["probs"])
+    assert _entries(exports) == ["m", "m.tar.keep", "n", "n.tar", "o", "o.tar"]
+    assert precious.read_bytes() == b"keep" and os.path.islink(exports / "n.tar")
 
 
 def test_tf2_recipe_saved_model_matches_the_module(tf2_prefix, tmp_path):
@@ -132,12 +152,12 @@ def test_an_export_that_does_not_match_is_never_visible(run, tmp_path, monkeypat
     first, last = run
     original = savedmodel._verify_savedmodel
 
-    def tamper_then_verify(directory, feed_by_key, reference):
+    def tamper_then_verify(directory, feed_by_key, reference, **kwargs):
         _, other = _train_run(str(tmp_path / "other"))  # different weights, same graph
         for suffix in (".index", ".data-00000-of-00001"):
             with open(other + suffix, "rb") as src, open(os.path.join(directory, "variables", "variables" + suffix), "wb") as dst:
                 dst.write(src.read())
-        return original(directory, feed_by_key, reference)
+        return original(directory, feed_by_key, reference, **kwargs)
 
     monkeypatch.setattr(savedmodel, "_verify_savedmodel", tamper_then_verify)
     with pytest.raises(FreezeError, match="differs from the checkpoint"):
@@ -200,3 +220,21 @@ def test_tf1_quantized_tflite_is_smaller_and_agrees_on_the_top_class(run, tmp_pa
                             outputs=["probs"], sample_feed=SAMPLE)
     assert quantized.quantized and quantized.size_bytes <= float_model.size_bytes
     assert quantized.top_class_agreement is not None and 0.0 <= quantized.top_class_agreement <= 1.0
+
+
+def test_the_tf1_verification_checks_the_written_signature_not_only_the_values(run, tmp_path):
+    import persistence.savedmodel as savedmodel
+
+    first, last = run
+    target = str(tmp_path / "m")
+    export_saved_model(last, target, meta_path=first + ".meta", outputs=["probs"], sample_feed=SAMPLE)
+    expected = {"probs": _numpy_probs(last, SAMPLE["x"])}
+    assert savedmodel._verify_savedmodel(target, {"x": SAMPLE["x"]}, expected, tf2=False) <= SAVEDMODEL_TOLERANCE
+    with pytest.raises(FreezeError, match="signature takes x"):
+        savedmodel._verify_savedmodel(target, {"inputs": SAMPLE["x"]}, expected, tf2=False)
+    with pytest.raises(FreezeError, match="does not return logits"):
+        savedmodel._verify_savedmodel(target, {"x": SAMPLE["x"]}, {**expected, "logits": expected["probs"]},
+                                      tf2=False)
+    os.unlink(os.path.join(target, "variables", "variables.index"))
+    with pytest.raises(FreezeError, match="does not load and run"):
+        savedmodel._verify_savedmodel(target, {"x": SAMPLE["x"]}, expected, tf2=False)
