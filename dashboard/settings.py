@@ -71,11 +71,24 @@ CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS"
 # --- Checkpoint storage ---------------------------------------------------------------------
 
 _roots_raw = os.environ.get("CHECKPOINT_ROOTS", "")
+# Entries are separated by os.pathsep; a ":" that starts "://" belongs to a URL root.
+_root_entries = [p.strip() for p in re.split(f"{re.escape(os.pathsep)}(?!//)", _roots_raw) if p.strip()]
+# Local directories here; ``s3://bucket/prefix`` entries go to CHECKPOINT_OBJECT_ROOTS, so that no
+# local path check can ever take a URL for a directory.
 CHECKPOINT_ROOTS: list[Path] = (
-    [Path(p).expanduser().resolve() for p in _roots_raw.split(os.pathsep) if p.strip()]
-    if _roots_raw.strip()
+    [Path(p).expanduser().resolve() for p in _root_entries if "://" not in p]
+    if _root_entries
     else [VAR_DIR / "checkpoints"]
 )
+CHECKPOINT_OBJECT_ROOTS: list[str] = []
+for _entry in _root_entries:
+    if "://" in _entry:
+        from persistence.storage import OutsideRoots, parse_url
+
+        try:
+            CHECKPOINT_OBJECT_ROOTS.append(str(parse_url(_entry)))
+        except OutsideRoots as _exc:
+            raise ImproperlyConfigured(f"CHECKPOINT_ROOTS entry {_entry!r}: {_exc}") from None
 for _root in CHECKPOINT_ROOTS:
     if _root == Path(_root.anchor):
         raise ImproperlyConfigured(f"CHECKPOINT_ROOTS must not contain the file-system root ({_root})")

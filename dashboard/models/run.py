@@ -69,7 +69,7 @@ class Run(models.Model):
 
     def clean(self) -> None:
         try:
-            self.directory = str(checkpoint_directory(self.directory))
+            self.directory = str(checkpoint_directory(self.directory, objects=True))
         except ValueError as exc:
             raise ValidationError({"directory": str(exc)}) from None
 
