@@ -12,7 +12,7 @@ import sys
 from bench import harness
 
 GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving",
-          "downloads", "scale", "live", "events", "webhooks", "api"]
+          "downloads", "scale", "live", "events", "webhooks", "api", "s3"]
 
 
 def main(argv: list[str]) -> int:
@@ -83,6 +83,10 @@ def main(argv: list[str]) -> int:
             from bench import api
 
             new.update(api.run(work))
+        if "s3" in groups:
+            from bench import s3
+
+            new.update(s3.run(work))
         results = harness.write_results(new)
     finally:
         shutil.rmtree(work, ignore_errors=True)

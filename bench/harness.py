@@ -76,6 +76,13 @@ NOTES = {
     "webhook_emit_scan_overhead": "Recording a first scan of 10,000 checkpoints with no webhook endpoint vs the "
     "same with the emit calls stubbed out; best of 9 alternating. Not: a scan while an endpoint subscribes "
     "(one delivery row per checkpoint, by design), nor index reading.",
+    "s3_scan_vs_bare": "First scan of a 1,000-checkpoint run in a bucket (moto's S3 server on loopback: one "
+    "listing, the state file, every .index fetched and read, rows stored) vs boto3 listing the prefix and "
+    "GETting every .index with a thread pool as wide as ours; medians of alternating repeats. Not: a real "
+    "network's latency, S3 throttling.",
+    "s3_rescan_requests_per_1k_keys": "Requests (LIST + GET, counted by a client-side botocore hook) of a rescan "
+    "of the unchanged run / ceil(keys / 1000), the least possible LIST pages; 1.0 = one LIST per started 1,000 "
+    "keys and no GET. Not: time.",
     "prune_exec_page_cache_vs_bare": "The same with everything in the page cache, where unlinking is cheap "
     "and our per-file checks, state-file rewrite and row updates show; a guard, not a design target.",
 }

@@ -256,7 +256,11 @@ class ObjectStorage:
 
         # No instance or listing cache: every listing must show the bucket as it is now, and an
         # instance inherited across a fork would carry the parent's event loop.
-        self._fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False, cache_regions=False)
+        self._fs = s3fs.S3FileSystem(
+            skip_instance_cache=True, use_listings_cache=False, cache_regions=False,
+            # botocore's default pool (10) would hold back READ_CONCURRENCY reads in flight.
+            config_kwargs={"max_pool_connections": READ_CONCURRENCY},
+        )
         client = self._fs.connect()
         client.meta.events.register("before-send.s3", _on_send)
 

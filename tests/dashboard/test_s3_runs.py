@@ -45,7 +45,7 @@ def _assert_no_credentials(text: str, where: str) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_track_scan_and_browse_a_run_in_a_bucket(client, operator, s3_root, seed_dir, tmp_path):
+def test_track_scan_and_browse_a_run_in_a_bucket(client, operator, s3_root, seed_dir, tmp_path, caplog):
     s3_root.upload_directory(seed_dir, "runs/seed")
     client.force_login(operator)
     new = client.get(reverse("run-new")).content.decode()
@@ -94,11 +94,13 @@ def test_track_scan_and_browse_a_run_in_a_bucket(client, operator, s3_root, seed
         seen.append(page.content.decode())
         _assert_no_credentials(seen[-1], f"the {name} page")
     assert "model.ckpt-300" in seen[0] and s3_root.url("runs/seed") in seen[0]
+    assert "This run is in object storage" in seen[0]
     assert "w" in seen[2] and "model.ckpt-200.data-00000-of-00001" in seen[2]
 
     for record in Job.objects.values_list("params", "result", "error", "message", "traceback"):
         _assert_no_credentials(repr(record), "a job record")
     _assert_no_credentials(log.read_text(errors="replace"), "the worker's log")
+    _assert_no_credentials(caplog.text, "this process's log")
 
 
 @pytest.mark.django_db
@@ -264,17 +266,28 @@ def test_make_latest_refuses_and_the_state_file_is_untouched(s3_run, s3_root):
 
 
 def test_prune_and_step_over_step_operations_refuse_and_delete_nothing(s3_run, s3_root):
+    from dashboard import retention
+    from persistence import retention as engine
+    from persistence.statefile import StateFileError, write_state_file
+
     keys = s3_root.keys()
     job = Job.objects.create(kind=Job.PRUNE, run=s3_run, params={"overrides": {"max_to_keep": 1}})
     with pytest.raises(NotOnObjectStorage, match=f"Pruning is {REFUSED}"):
         pruning.prune(s3_run, job)
-    plan = pruning.plan_retention(s3_run) if hasattr(pruning, "plan_retention") else None
-    if plan is not None:
-        with pytest.raises(ValueError, match=REFUSED):
-            pruning.apply_plan(s3_run, plan)
+    plan = retention.plan_retention(s3_run, policy=retention.retention_policy(s3_run, max_to_keep=1,
+                                                                              min_age_seconds=0))
+    assert plan.files_to_delete  # there would be something to delete
+    with pytest.raises(ValueError, match=REFUSED):
+        pruning.apply_plan(s3_run, plan)
+    # The engine and the state-file writer refuse a bucket too, whoever calls them.
+    with pytest.raises(ValueError, match=REFUSED):
+        engine.execute_plan(s3_run.directory, plan)
+    with pytest.raises(StateFileError, match=REFUSED):
+        write_state_file(s3_run.directory, latest="model.ckpt-100", all_prefixes=["model.ckpt-100"])
     with pytest.raises(Exception, match=REFUSED):
         comparing.step_over_step(s3_run)
     assert s3_root.keys() == keys
+    assert not s3_run.checkpoints.filter(status=Checkpoint.PRUNED).exists()
 
 
 def test_save_jobs_refuse(s3_run, settings):
@@ -309,3 +322,18 @@ def test_pages_refuse_with_a_message_not_a_500(client, maintainer, s3_run, route
     assert not Job.objects.exclude(kind=Job.SCAN).exists()
     html = response.content.decode()
     assert REFUSED in html or "object storage" in html, html[:3000]
+
+
+def test_the_api_refuses_a_prune_of_a_run_in_a_bucket_with_a_problem(s3_run, maintainer):
+    from tests.api.conftest import TokenClient, token_for
+
+    maintainer = TokenClient(token_for(maintainer, "maintainer"))
+    preview = maintainer.post_json(f"/api/v1/runs/{s3_run.name}/prune-preview",
+                                   {"max_to_keep": 1, "min_age_seconds": 0})
+    assert preview.status_code == 200, preview.content
+    response = maintainer.post_json(f"/api/v1/runs/{s3_run.name}/prune", {
+        "fingerprint": preview.json()["fingerprint"], "policy": {"max_to_keep": 1, "min_age_seconds": 0},
+    })
+    assert response.status_code == 409, response.content
+    assert REFUSED in response.json()["detail"]
+    assert not Job.objects.filter(kind=Job.PRUNE).exists()
