@@ -367,6 +367,9 @@ LOGGING = {
         # TensorFlow's deprecation notices about tf.compat.v1 (which the graph work here uses on
         # purpose) are warnings nobody can act on; its errors still print.
         "tensorflow": {"level": "DEBUG" if LOG_LEVEL == "DEBUG" else "ERROR"},
+        # Object-storage clients log request headers (the access key id is in Authorization) and
+        # where they found credentials at DEBUG/INFO: never below WARNING, whatever LOG_LEVEL says.
+        **{name: {"level": "WARNING"} for name in ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec")},
     },
 }
 

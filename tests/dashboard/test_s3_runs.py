@@ -134,6 +134,18 @@ def test_rescan_of_an_unchanged_run_is_one_list_per_thousand_keys_and_no_get(s3_
 
 
 @pytest.mark.django_db
+def test_debug_logging_never_shows_the_credentials(s3_root, seed_dir, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    s3_root.upload_directory(seed_dir, "runs/seed")
+    run = Run.objects.create(name="seed", directory=s3_root.url("runs/seed"))
+    scanning.scan(run)
+    assert run.checkpoints.count() >= 6
+    _assert_no_credentials(caplog.text, "the debug log")
+
+
+@pytest.mark.django_db
 def test_corruption_in_a_bucket_is_recorded_as_for_a_local_run(s3_root, checkpoint_root):
     made = factory.make_seed_run(checkpoint_root / "bad", steps=(100, 200, 300))
     factory.truncate_index(f"{made.directory}/model.ckpt-200")
