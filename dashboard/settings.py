@@ -71,8 +71,25 @@ CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS"
 # --- Checkpoint storage ---------------------------------------------------------------------
 
 _roots_raw = os.environ.get("CHECKPOINT_ROOTS", "")
-# Entries are separated by os.pathsep; a ":" that starts "://" belongs to a URL root.
-_root_entries = [p.strip() for p in re.split(f"{re.escape(os.pathsep)}(?!//)", _roots_raw) if p.strip()]
+
+
+def _split_roots(raw: str) -> list[str]:
+    """Entries separated by os.pathsep, where a URL keeps its own colons: the one before "//", and
+    any in its host part (so "s3://key:secret@bucket/x" stays one entry, to be refused whole)."""
+    entries: list[str] = []
+    in_authority = False
+    for part in raw.split(os.pathsep):
+        if entries and (part.startswith("//") and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", entries[-1])
+                        or in_authority):
+            entries[-1] += os.pathsep + part
+        else:
+            entries.append(part)
+        url = entries[-1]
+        in_authority = "://" in url and "/" not in url.split("://", 1)[1]
+    return [entry.strip() for entry in entries if entry.strip()]
+
+
+_root_entries = _split_roots(_roots_raw)
 # Local directories here; ``s3://bucket/prefix`` entries go to CHECKPOINT_OBJECT_ROOTS, so that no
 # local path check can ever take a URL for a directory.
 CHECKPOINT_ROOTS: list[Path] = (
