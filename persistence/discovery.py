@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -473,6 +474,19 @@ def _describe_many(
     ]
 
 
+def _index_urls_to_read(listing: Listing, prefixes: Sequence[str], known: Mapping[str, str]) -> list[str]:
+    """The ``.index`` objects describing ``prefixes`` will read: those not unchanged since ``known``."""
+    base, urls = _base(listing.directory), []
+    for prefix in prefixes:
+        index_entry, found, meta_entry = _listed_files(listing, prefix)
+        files = [_file_info(index_entry), *(_file_info(e) for _, _, e in found)]
+        if meta_entry is not None:
+            files.append(_file_info(meta_entry))
+        if _cached_outcome(known.get(prefix), _digest(files)) is None:
+            urls.append(base + prefix + ".index")
+    return urls
+
+
 def _base(directory: str) -> str:
     """The directory with a trailing separator, to which a prefix is appended."""
     return directory.rstrip("/") + "/" if storage.is_url(directory) else os.path.join(directory, "")
@@ -516,9 +530,16 @@ def _describe_in_process(
     listing: Listing, prefixes: list[str], known: Mapping[str, str], chunk_size: int
 ) -> Iterator[list[DiscoveredCheckpoint]]:
     reader = _IndexReader()
-    for start in range(0, len(prefixes), chunk_size):
+    chunks = [prefixes[start : start + chunk_size] for start in range(0, len(prefixes), chunk_size)]
+    in_bucket = storage.is_url(listing.directory)
+    for i, chosen in enumerate(chunks):
+        if in_bucket:
+            # This chunk's indexes and the next one's are on their way while this one is read and
+            # the caller stores the previous one: fetching overlaps with everything else.
+            for ahead in chunks[i : i + 2]:
+                reader.prefetch(_index_urls_to_read(listing, ahead, known))
         with gc_paused():
-            chunk = _describe_many(listing, prefixes[start : start + chunk_size], known, reader)
+            chunk = _describe_many(listing, chosen, known, reader)
         yield chunk
 
 
@@ -1031,7 +1052,7 @@ class _IndexReader:
         self._open = None
         # Index objects fetched from a bucket ahead of reading (URL -> bytes, or why not), and the
         # private directory where each is put for TensorFlow's reader, which reads files only.
-        self._fetched: dict[str, bytes | Exception] = {}
+        self._fetched: dict[str, Future] = {}
         self._scratch: tempfile.TemporaryDirectory | None = None
         self._open_bytes = False
         self._raw_dtypes = False
@@ -1070,15 +1091,19 @@ class _IndexReader:
             self._raw_dtypes = False
 
     def prefetch(self, index_urls: list[str]) -> None:
-        """Fetch these ``.index`` objects now, concurrently, for the ``read`` calls that follow."""
-        if index_urls:
-            self._fetched.update(storage.storage_for(index_urls[0]).read_many(index_urls))
+        """Start fetching these ``.index`` objects (those not on their way already), concurrently,
+        for the ``read`` calls that follow."""
+        wanted = [url for url in index_urls if url not in self._fetched]
+        if wanted:
+            future = storage.storage_for(wanted[0]).read_many_soon(wanted)
+            self._fetched.update(dict.fromkeys(wanted, future))
 
     def _local_copy(self, path_prefix: str) -> str:
         """A local file prefix holding the object's ``.index`` (only the index: listing variables
         never opens data files)."""
         url = path_prefix + ".index"
-        data = self._fetched.pop(url, None)
+        pending = self._fetched.pop(url, None)
+        data = pending.result()[url] if pending is not None else None
         if data is None:
             try:
                 data = storage.storage_for(url).read_bytes(url)

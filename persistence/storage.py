@@ -23,6 +23,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -169,6 +170,8 @@ class Storage(Protocol):
 
     def read_many(self, paths: list[str]) -> dict[str, bytes | Exception]: ...
 
+    def read_many_soon(self, paths: list[str]) -> Future[dict[str, bytes | Exception]]: ...
+
     def open(self, path: str) -> BinaryIO: ...
 
 
@@ -204,6 +207,11 @@ class LocalStorage:
             except OSError as exc:
                 out[path] = exc
         return out
+
+    def read_many_soon(self, paths: list[str]) -> Future[dict[str, bytes | Exception]]:
+        done: Future[dict[str, bytes | Exception]] = Future()
+        done.set_result(self.read_many(paths))
+        return done
 
     def open(self, path: str) -> BinaryIO:
         return open(path, "rb")
@@ -321,8 +329,11 @@ class ObjectStorage:
 
     def read_many(self, paths: list[str]) -> dict[str, bytes | Exception]:
         """Each object whole, ``READ_CONCURRENCY`` GETs at a time; a failure is returned in its place."""
-        from fsspec.asyn import sync
+        return self.read_many_soon(paths).result()
 
+    def read_many_soon(self, paths: list[str]) -> Future[dict[str, bytes | Exception]]:
+        """``read_many`` started now on the client's own event loop thread: the caller goes on
+        (parsing, storing what it read before) while the objects arrive."""
         keys = [self._key(p) for p in paths]
 
         async def fetch_all() -> list[bytes | Exception]:
@@ -339,7 +350,10 @@ class ObjectStorage:
 
             return await asyncio.gather(*(fetch(k, p) for k, p in zip(keys, paths, strict=True)))
 
-        return dict(zip(paths, sync(self._fs.loop, fetch_all), strict=True))
+        async def as_dict() -> dict[str, bytes | Exception]:
+            return dict(zip(paths, await fetch_all(), strict=True))
+
+        return asyncio.run_coroutine_threadsafe(as_dict(), self._fs.loop)
 
     def open(self, path: str) -> BinaryIO:
         """A streaming reader (ranged GETs as it is read)."""
