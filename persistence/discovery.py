@@ -1054,6 +1054,7 @@ class _IndexReader:
         # private directory where each is put for TensorFlow's reader, which reads files only.
         self._fetched: dict[str, Future] = {}
         self._scratch: tempfile.TemporaryDirectory | None = None
+        self._copies = 0
         self._open_bytes = False
         self._raw_dtypes = False
         self._dtype_facts: dict[object, tuple[str, int]] = {}
@@ -1114,7 +1115,10 @@ class _IndexReader:
             raise _UnreadableIndex(str(data), corrupt=False)
         if self._scratch is None:
             self._scratch = tempfile.TemporaryDirectory(prefix="index-copy-")
-        local = os.path.join(self._scratch.name, "copy")
+        # A new name each time, removed after reading: truncating one file over and over costs a
+        # flush per write on ext4 (measured: 1.3 ms against 0.05 ms).
+        self._copies += 1
+        local = os.path.join(self._scratch.name, f"copy-{self._copies}")
         with open(local + ".index", "wb") as handle:
             handle.write(data)
         return local
@@ -1129,6 +1133,8 @@ class _IndexReader:
             except _UnreadableIndex as exc:
                 # Name the object, not the private copy, in what is recorded.
                 raise _UnreadableIndex(str(exc).replace(local, path_prefix), corrupt=exc.corrupt) from None
+            finally:
+                os.unlink(local + ".index")
         return self._read(path_prefix)
 
     def _read(self, path_prefix: str) -> tuple[str, list[VariableInfo]]:
