@@ -302,15 +302,19 @@ def test_prune_and_step_over_step_operations_refuse_and_delete_nothing(s3_run, s
     assert not s3_run.checkpoints.filter(status=Checkpoint.PRUNED).exists()
 
 
-def test_save_jobs_refuse(s3_run, settings):
-    from dashboard.jobs.save import save_job
+def test_save_and_resave_job_bodies_refuse(s3_run, settings, s3_root):
+    from dashboard.jobs.save import resave_job, save_job
 
-    job = Job.objects.create(kind=Job.SAVE, run=s3_run, params={"recipe": settings.CHECKPOINT_RECIPES[0]}
-                             if settings.CHECKPOINT_RECIPES else {"recipe": ""})
-    settings.CHECKPOINT_RECIPES = [job.params["recipe"]] if job.params["recipe"] else ["x.y"]
-    job.params = {"recipe": settings.CHECKPOINT_RECIPES[0]}
+    keys = s3_root.keys()
+    recipe = settings.CHECKPOINT_RECIPES[0]
+    save = Job.objects.create(kind=Job.SAVE, run=s3_run, params={"recipe": recipe})
     with pytest.raises(ValueError, match=f"Saving checkpoints is {REFUSED}"):
-        save_job(job, ctx=None)
+        save_job(save, ctx=None)
+    resave = Job.objects.create(kind=Job.SAVE, run=s3_run, checkpoint=_ckpt(s3_run),
+                                params={"variables": ["w"], "new_prefix": "subset-x"})
+    with pytest.raises(ValueError, match=f"Saving checkpoints is {REFUSED}"):
+        resave_job(resave, ctx=None)
+    assert s3_root.keys() == keys
 
 
 @pytest.mark.parametrize(("route", "method", "data"), [
