@@ -12,7 +12,7 @@ import sys
 from bench import harness
 
 GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving",
-          "downloads", "scale", "live", "events", "webhooks", "api", "scaleout"]
+          "downloads", "scale", "live", "events", "webhooks", "api", "scaleout", "s3"]
 
 
 def main(argv: list[str]) -> int:
@@ -87,6 +87,10 @@ def main(argv: list[str]) -> int:
             from bench import scaleout
 
             new.update(scaleout.run(work))
+        if "s3" in groups:
+            from bench import s3
+
+            new.update(s3.run(work))
         results = harness.write_results(new)
     finally:
         shutil.rmtree(work, ignore_errors=True)

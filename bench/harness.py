@@ -87,6 +87,13 @@ NOTES = {
     "jobs_throughput_ratio": "Jobs/s of 2 workers vs 1 on the same batch (60 mixed jobs, fresh copies, fresh "
     "workers), each worker's TensorFlow on one intra-op and one inter-op thread; medians of 3 alternating pairs. "
     "Not: a dedicated machine (PostgreSQL, Redis and the bench share the two cores).",
+    "s3_scan_vs_bare": "First scan of a 1,000-checkpoint run in a bucket (moto's S3 server on loopback: one "
+    "listing, the state file, every .index fetched and read, rows stored) vs boto3 listing the prefix and "
+    "GETting every .index with a thread pool as wide as ours; medians of alternating repeats. Not: a real "
+    "network's latency, S3 throttling.",
+    "s3_rescan_requests_per_1k_keys": "Requests (LIST + GET, counted by a client-side botocore hook) of a rescan "
+    "of the unchanged run / ceil(keys / 1000), the least possible LIST pages; 1.0 = one LIST per started 1,000 "
+    "keys and no GET. Not: time.",
     "prune_exec_page_cache_vs_bare": "The same with everything in the page cache, where unlinking is cheap "
     "and our per-file checks, state-file rewrite and row updates show; a guard, not a design target.",
 }

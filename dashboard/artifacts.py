@@ -100,7 +100,7 @@ def make_latest(
             f"{checkpoint.prefix} is {checkpoint.status}: only a present or verified checkpoint can be "
             "made latest."
         )
-    checkpoint_directory(run.directory)
+    checkpoint_directory(run.directory, action="Making a checkpoint latest")
     with transaction.atomic():
         lock_row(run)
         check_no_prune_running(run, "make a checkpoint latest")
@@ -162,7 +162,7 @@ def verify(checkpoint: Checkpoint, *, output: str = "", on_progress: Progress | 
         raise ValueError(f"the files of {checkpoint.prefix} are gone ({checkpoint.gone_reason})")
     if checkpoint.v1_refusal:
         raise ValueError(checkpoint.v1_refusal)
-    checkpoint_directory(checkpoint.run.directory)
+    checkpoint_directory(checkpoint.run.directory, action="Verifying a checkpoint")
     checkpoint.check_files_at_use()
     result = run_sandboxed(restore.verify_checkpoint, checkpoint.path, limits=sandbox_limits(checkpoint),
                            on_progress=_progress_span(on_progress, 0, 80))
@@ -218,7 +218,7 @@ def partial_restore(checkpoint: Checkpoint, *, recipe_path: str, variables: list
         raise ValueError(f"{checkpoint.prefix} is {checkpoint.status}: its files are gone")
     if checkpoint.v1_refusal:
         raise ValueError(checkpoint.v1_refusal)
-    checkpoint_directory(checkpoint.run.directory)
+    checkpoint_directory(checkpoint.run.directory, action="Restoring a checkpoint")
     checkpoint.check_files_at_use()
     try:
         load_recipe(recipe_path)
@@ -358,7 +358,7 @@ def freeze(checkpoint: Checkpoint, *, outputs: list[str], clear_devices: bool = 
     if checkpoint.v1_refusal:
         raise engine.FreezeError(checkpoint.v1_refusal)
     try:
-        checkpoint_directory(checkpoint.run.directory)
+        checkpoint_directory(checkpoint.run.directory, action="Exporting a checkpoint")
         checkpoint.check_files_at_use()
     except ValueError as exc:  # files.UnsafeFile is one
         raise engine.FreezeError(f"run {checkpoint.run.name}: {exc}") from None

@@ -34,7 +34,7 @@ def compute(
         if not side.on_disk:
             raise Comparison.CannotCompare(f"checkpoint #{side.pk} ({side}) is {side.status}: its files are gone")
         try:
-            checkpoint_directory(side.run.directory)  # the root list may have changed since
+            checkpoint_directory(side.run.directory, action="Comparing checkpoints")  # the root list may have changed since
             side.check_files_at_use()
         except ValueError as exc:
             raise Comparison.CannotCompare(f"run {side.run.name}: {exc}") from None
@@ -107,7 +107,7 @@ def step_over_step(run: Run, *, last: int = 50, on_progress: Progress | None = N
     from persistence import compare as engine
 
     try:
-        checkpoint_directory(run.directory)
+        checkpoint_directory(run.directory, action="Comparing checkpoints")
     except ValueError as exc:
         raise Comparison.CannotCompare(f"run {run.name}: {exc}") from None
     chosen = step_over_step_checkpoints(run, last)

@@ -1,4 +1,5 @@
-"""Where runs may live: the directories below ``CHECKPOINT_ROOTS``."""
+"""Where runs may live: the directories below ``CHECKPOINT_ROOTS``, and the prefixes below its
+``s3://`` entries (``CHECKPOINT_OBJECT_ROOTS``)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,36 @@ from pathlib import Path
 
 from django.conf import settings
 
-from persistence import files
+from persistence import files, storage
 
 
-def checkpoint_directory(path: str) -> Path:
+class NotOnObjectStorage(ValueError):
+    """An operation that needs a run's files on a local disk was asked of a run in a bucket."""
+
+    def __init__(self, action: str = "This operation"):
+        super().__init__(f"{action} is not yet supported for runs on object storage.")
+
+
+def on_object_storage(directory: str) -> bool:
+    """Whether a run directory is a bucket URL rather than a local directory."""
+    return storage.is_url(directory)
+
+
+def checkpoint_directory(path: str, *, objects: bool = False, action: str = "This operation") -> Path:
     """Resolve a run directory and check it is an existing directory inside ``CHECKPOINT_ROOTS``.
 
-    Raises ``ValueError`` with a message fit to show next to the form field.
+    Raises ``ValueError`` with a message fit to show next to the form field. A bucket URL is
+    accepted only with ``objects`` (tracking and scanning read it through ``persistence.storage``);
+    everything else that calls this works on local files and is refused with
+    :class:`NotOnObjectStorage` naming ``action``.
     """
     text = (path or "").strip()
     if not text:
         raise ValueError("Enter a directory.")
+    if storage.is_url(text):
+        if not objects:
+            raise NotOnObjectStorage(action)
+        return object_directory(text)  # type: ignore[return-value]
     if not os.path.isabs(os.path.expanduser(text)):
         raise ValueError("Enter an absolute path.")
     try:
@@ -30,6 +50,43 @@ def checkpoint_directory(path: str) -> Path:
     if not real.is_dir():
         raise ValueError("This directory does not exist." if not real.exists() else "This is not a directory.")
     return real
+
+
+def object_directory(url: str, *, must_exist: bool = True) -> str:
+    """The canonical form of a run URL inside ``CHECKPOINT_OBJECT_ROOTS``; raise ``ValueError`` otherwise.
+
+    Like a local path, a key outside every root prefix (``..``, percent-encoded separators,
+    another bucket) is refused. With ``must_exist`` the prefix is listed once (one request) and must
+    hold at least one object, as a local run directory must exist.
+    """
+    roots = list(getattr(settings, "CHECKPOINT_OBJECT_ROOTS", []))
+    try:
+        location = storage.parse_url(url)
+    except storage.OutsideRoots as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        canonical = storage.resolve_inside(str(location), roots)
+    except storage.OutsideRoots:
+        shown = ", ".join(roots) or "none is in object storage"
+        raise ValueError(f"This location is outside the checkpoint roots ({shown}).") from None
+    if must_exist:
+        try:
+            entries = storage.storage_for(canonical).list(canonical)
+        except storage.StorageError as exc:
+            raise ValueError(f"Cannot list this location: {exc}") from None
+        if not entries:
+            raise ValueError("Nothing is stored under this prefix.")
+    return canonical
+
+
+def run_location(directory: str) -> Path | str:
+    """Check, at the moment of use, that a tracked run's directory is still inside the roots.
+
+    For a bucket this is the path rule alone (no request): a scan then lists the prefix once.
+    """
+    if storage.is_url(directory):
+        return object_directory(directory, must_exist=False)
+    return checkpoint_directory(directory)
 
 
 # The walk behind "directories that hold checkpoints but are not tracked": it runs on every view
@@ -54,6 +111,8 @@ def untracked_checkpoint_directories(
     max_directories: int = CANDIDATE_MAX_DIRECTORIES, limit: int = CANDIDATES_SHOWN,
 ) -> tuple[list[Candidate], bool]:
     """Directories under ``CHECKPOINT_ROOTS`` holding ``*.index`` files that no run tracks.
+
+    Buckets are not walked (a walk would cost a LIST per prefix on every view of the form).
 
     Returns them (at most ``limit``, in path order) and whether the walk stopped at one of its
     bounds, so that the page can say the list may be incomplete.

@@ -23,7 +23,7 @@ from . import event_metrics, webhooks
 from .locks import lock_row
 from .models import AuditEvent, Checkpoint, Run
 from .pruning import running_prune
-from .roots import checkpoint_directory
+from .roots import on_object_storage, run_location
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -54,20 +54,28 @@ def scan(run: Run, *, full: bool = False, now: dt.datetime | None = None) -> dic
     and a processor to spare, discovery reads in a forked child meanwhile (it never touches
     this process's database connection; see ``discovery.describe_chunks``).
     """
-    checkpoint_directory(run.directory)  # the root list may have changed since registration
-    stamp = discovery.directory_stamp(run.directory)
+    run_location(run.directory)  # the root list may have changed since registration
+    in_bucket = on_object_storage(run.directory)
+    entries = None
+    if in_bucket:
+        # A bucket has no directory stamp: the listing (one LIST per 1,000 keys) is the stamp,
+        # and an unchanged one ends the scan without a single GET.
+        entries = discovery.list_entries(run.directory)
+        stamp = discovery.entries_stamp(entries)
+    else:
+        stamp = discovery.directory_stamp(run.directory)
     if stamp and stamp == run.directory_stamp and not full:
         run.last_scanned_at = now or timezone.now()
         run.save(update_fields=["last_scanned_at"])
         # Trainers append to event files in place (and in subdirectories): the stamp does not
         # see that, so they are looked at on every scan; only new bytes are read.
-        metrics = event_metrics.read_events(run, directory_unchanged=True)
+        metrics = _read_events(run, directory_unchanged=True)
         return {
             "created": 0, "updated": 0, "missing": 0, "rotated": 0, "unchanged_directory": True,
             "checkpoints": run.checkpoints.on_disk().count(), "problems": list(run.scan_problems),
             "metric_points": metrics["metric_points"],
         }
-    listing = discovery.list_directory(run.directory, roots=settings.CHECKPOINT_ROOTS)
+    listing = discovery.list_directory(run.directory, roots=settings.CHECKPOINT_ROOTS, entries=entries)
     known = {} if full else known_fingerprints(run)
     # Meta sources first: the checkpoints that restore with them are then inserted linked.
     sources = set(listing.meta_sources.values())
@@ -77,15 +85,23 @@ def scan(run: Run, *, full: bool = False, now: dt.datetime | None = None) -> dic
         counts, found = record_scan(
             run, chunks, listing.state_files, listing.problems, now=now, stamp=stamp or ""
         )
-    if not stamp or discovery.directory_stamp(run.directory) != stamp:
+    if not in_bucket and (not stamp or discovery.directory_stamp(run.directory) != stamp):
         # The directory changed while it was read (a trainer saved): the state files listed
-        # at the start may be older than what a save job recorded meanwhile.
+        # at the start may be older than what a save job recorded meanwhile. (No save job writes
+        # to a bucket: what changed there is seen by the next scan's listing.)
         refresh_latest(run)
-    metrics = event_metrics.read_events(run)
+    metrics = _read_events(run)
     return {
         **counts, "unchanged_directory": False, "checkpoints": found,
         "problems": [*listing.problems, *metrics["event_problems"]], "metric_points": metrics["metric_points"],
     }
+
+
+def _read_events(run: Run, *, directory_unchanged: bool = False) -> dict:
+    if on_object_storage(run.directory):
+        # Event files in buckets are not read yet: no curves for such runs.
+        return {"metric_points": 0, "event_problems": []}
+    return event_metrics.read_events(run, directory_unchanged=directory_unchanged)
 
 
 def apply_scan(

@@ -71,11 +71,41 @@ CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS"
 # --- Checkpoint storage ---------------------------------------------------------------------
 
 _roots_raw = os.environ.get("CHECKPOINT_ROOTS", "")
+
+
+def _split_roots(raw: str) -> list[str]:
+    """Entries separated by os.pathsep, where a URL keeps its own colons: the one before "//", and
+    any in its host part (so "s3://key:secret@bucket/x" stays one entry, to be refused whole)."""
+    entries: list[str] = []
+    in_authority = False
+    for part in raw.split(os.pathsep):
+        if entries and (part.startswith("//") and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", entries[-1])
+                        or in_authority):
+            entries[-1] += os.pathsep + part
+        else:
+            entries.append(part)
+        url = entries[-1]
+        in_authority = "://" in url and "/" not in url.split("://", 1)[1]
+    return [entry.strip() for entry in entries if entry.strip()]
+
+
+_root_entries = _split_roots(_roots_raw)
+# Local directories here; ``s3://bucket/prefix`` entries go to CHECKPOINT_OBJECT_ROOTS, so that no
+# local path check can ever take a URL for a directory.
 CHECKPOINT_ROOTS: list[Path] = (
-    [Path(p).expanduser().resolve() for p in _roots_raw.split(os.pathsep) if p.strip()]
-    if _roots_raw.strip()
+    [Path(p).expanduser().resolve() for p in _root_entries if "://" not in p]
+    if _root_entries
     else [VAR_DIR / "checkpoints"]
 )
+CHECKPOINT_OBJECT_ROOTS: list[str] = []
+for _entry in _root_entries:
+    if "://" in _entry:
+        from persistence.storage import OutsideRoots, parse_url
+
+        try:
+            CHECKPOINT_OBJECT_ROOTS.append(str(parse_url(_entry)))
+        except OutsideRoots as _exc:
+            raise ImproperlyConfigured(f"CHECKPOINT_ROOTS entry {_entry!r}: {_exc}") from None
 for _root in CHECKPOINT_ROOTS:
     if _root == Path(_root.anchor):
         raise ImproperlyConfigured(f"CHECKPOINT_ROOTS must not contain the file-system root ({_root})")
@@ -354,6 +384,9 @@ LOGGING = {
         # TensorFlow's deprecation notices about tf.compat.v1 (which the graph work here uses on
         # purpose) are warnings nobody can act on; its errors still print.
         "tensorflow": {"level": "DEBUG" if LOG_LEVEL == "DEBUG" else "ERROR"},
+        # Object-storage clients log request headers (the access key id is in Authorization) and
+        # where they found credentials at DEBUG/INFO: never below WARNING, whatever LOG_LEVEL says.
+        **{name: {"level": "WARNING"} for name in ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec")},
     },
 }
 

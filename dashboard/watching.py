@@ -50,7 +50,11 @@ class WatchStats:
 def run_directories() -> dict[str, int]:
     """Every tracked run's directory (resolved) -> the run's id."""
     close_old_connections()
-    return {os.path.realpath(directory): pk for pk, directory in Run.objects.values_list("id", "directory")}
+    # Runs in buckets have no directory to watch: the periodic rescan (one LIST) covers them.
+    return {
+        os.path.realpath(directory): pk for pk, directory in Run.objects.values_list("id", "directory")
+        if "://" not in directory
+    }
 
 
 class Watcher:

@@ -29,13 +29,15 @@ import pickle
 import re
 import select
 import signal
+import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from persistence import damage
+from persistence import damage, storage
 from persistence.statefile import (
     StateFile,
     StateFileError,
@@ -48,8 +50,8 @@ __all__ = [
     "CORRUPT", "FORK_FROM", "INCOMPLETE", "OBJECT_GRAPH_KEY", "PRESENT", "TF1", "TF1_V1", "TF2", "UNKNOWN_FORMAT",
     "UNREADABLE",
     "DiscoveredCheckpoint", "FileInfo", "Listing", "ScanResult", "StateFile", "StateFileError", "VariableInfo",
-    "describe", "describe_checkpoint", "describe_chunks", "directory_format", "directory_stamp", "gc_paused",
-    "list_directory", "parse_step", "prefix_family", "scan_directory", "scan_result",
+    "describe", "describe_checkpoint", "describe_chunks", "directory_format", "directory_stamp", "entries_stamp",
+    "gc_paused", "list_directory", "list_entries", "parse_step", "prefix_family", "scan_directory", "scan_result",
 ]
 
 PRESENT = "present"
@@ -92,6 +94,7 @@ class FileInfo:
     name: str  # base name inside the run directory
     size: int
     mtime_ns: int
+    etag: str = ""  # objects in a bucket: the ETag from the listing (part of the fingerprint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +148,7 @@ class Listing:
     meta_sources: dict[str, str]  # prefix -> the prefix whose .meta it restores with, where there is one
     # What describing a checkpoint takes from the listing: its files' entries (not yet stat'ed:
     # that is part of describing, which may run in another process), step, state-file time.
+    # In a bucket the entries are ``storage.Entry`` objects, which carry what a stat would say.
     indexes: dict[str, os.DirEntry[str]] = field(default_factory=dict, repr=False)
     metas: dict[str, os.DirEntry[str]] = field(default_factory=dict, repr=False)
     shards: dict[str, list[tuple[int, int, os.DirEntry[str]]]] = field(default_factory=dict, repr=False)
@@ -181,6 +185,28 @@ def directory_stamp(directory: str, *, now: float | None = None, settle_seconds:
     return f"{stat.st_dev}:{stat.st_ino}:{stat.st_mtime_ns}"
 
 
+def list_entries(directory: str) -> list[storage.Entry]:
+    """The files of a run directory in a bucket: one LIST request per 1,000 keys, nothing else.
+
+    A bucket has no directory stamp to look at first: a rescan lists, compares
+    :func:`entries_stamp` with the last one, and hands the same entries to :func:`list_directory`
+    when something changed. Raises ``storage.StorageError`` when the bucket cannot be listed:
+    a scan must not take an unreachable bucket for an emptied run.
+    """
+    return storage.storage_for(directory).list(directory)
+
+
+def entries_stamp(entries: Iterable[storage.Entry]) -> str:
+    """What :func:`directory_stamp` is for a local directory, for a bucket listing: a digest of
+    every key with its size, ETag and last-modified time (objects are replaced, never rewritten
+    in place, so a new ETag or time means new content)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for entry in sorted(entries, key=lambda e: e.name):
+        line = f"{entry.name}\t{entry.size}\t{entry.etag}\t{entry.mtime_ns}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))
+    return "objects:" + digest.hexdigest()
+
+
 def scan_directory(
     directory: str, *, known: Mapping[str, str] | None = None, roots: Sequence[str | os.PathLike[str]] | None = None
 ) -> ScanResult:
@@ -197,8 +223,14 @@ def scan_directory(
         return _result(listing, _describe_many(listing, listing.prefixes, known or {}, _IndexReader()))
 
 
-def list_directory(directory: str, *, roots: Sequence[str | os.PathLike[str]] | None = None) -> Listing:
+def list_directory(
+    directory: str, *, roots: Sequence[str | os.PathLike[str]] | None = None,
+    entries: Iterable[storage.Entry] | None = None,
+) -> Listing:
     """The cheap phase of a scan: one ``os.scandir`` pass and the state files.
+
+    A directory in a bucket (an ``s3://`` URL) is listed with :func:`list_entries` instead, or
+    taken from ``entries`` when the caller has just listed it; its state files are read whole.
 
     Reads no index, does not ``stat`` checkpoint files (describing them does) and never imports
     TensorFlow. Never raises for anything found on disk: a directory that cannot be read comes
@@ -210,6 +242,8 @@ def list_directory(directory: str, *, roots: Sequence[str | os.PathLike[str]] | 
     reported in ``problems`` and otherwise ignored.
     """
     with gc_paused():
+        if storage.is_url(directory):
+            return _list_entries(directory, list_entries(directory) if entries is None else list(entries))
         return _list(directory, [directory] if roots is None else list(roots))
 
 
@@ -250,7 +284,9 @@ def describe_chunks(
     chosen = listing.prefixes if prefixes is None else list(prefixes)
     known = known or {}
     to_read = len(chosen) if not known else sum(1 for prefix in chosen if prefix not in known)
-    if fork_from is not None and to_read >= max(fork_from, 1) and hasattr(os, "fork"):
+    # Reading from a bucket waits on the network, not on a processor: no child for that.
+    if (fork_from is not None and to_read >= max(fork_from, 1) and hasattr(os, "fork")
+            and not storage.is_url(listing.directory)):
         if not only_when_idle or _spare_cpu():
             return _describe_forked(listing, chosen, known, chunk_size)
     return _describe_in_process(listing, chosen, known, chunk_size)
@@ -335,8 +371,28 @@ def _list(directory: str, roots: list[str | os.PathLike[str]]) -> Listing:
     except OSError as exc:
         return Listing(directory=directory, prefixes=[], state_files=[], orphans=[], meta_sources={},
                        problems=[f"cannot read directory {directory}: {exc.strerror or exc}"])
-
     v1, sharded_v1 = _v1_checkpoints(others, indexes, metas)
+    return _finish_listing(directory, indexes, metas, shards, state_candidates, problems, v1, sharded_v1)
+
+
+def _list_entries(directory: str, entries: list[storage.Entry]) -> Listing:
+    # A bucket has no symbolic links, and its entries already carry size and fingerprint.
+    indexes: dict = {}
+    metas: dict = {}
+    shards: dict = {}
+    state_candidates: list[str] = []
+    others: dict = {}
+    for entry in entries:
+        _sort_entry(entry, indexes, metas, shards, state_candidates, others)
+    # TensorFlow's V1 format (one file per checkpoint, recognised by its last bytes) is not looked
+    # for in buckets: that would cost a GET per unrecognised file on every changed scan.
+    return _finish_listing(directory, indexes, metas, shards, state_candidates, [], {}, [])
+
+
+def _finish_listing(
+    directory: str, indexes: dict, metas: dict, shards: dict, state_candidates: list[str],
+    problems: list[str], v1: dict, sharded_v1: list[str],
+) -> Listing:
     problems.extend(
         f"{name}: a sharded checkpoint in TensorFlow's V1 format, which is not supported "
         "(re-save it in the V2 format to see it here)" for name in sharded_v1
@@ -391,8 +447,8 @@ def _describe_many(
     listing: Listing, prefixes: Sequence[str], known: Mapping[str, str], reader: _IndexReader
 ) -> list[DiscoveredCheckpoint]:
     directory, steps, meta_sources = listing.directory, listing.steps, listing.meta_sources
-    timestamps, base = listing.timestamps, os.path.join(listing.directory, "")
-    checkpoints = []
+    timestamps, base = listing.timestamps, _base(listing.directory)
+    described = []
     for prefix in prefixes:
         stated = _stat_files(listing, prefix)
         if stated is None:
@@ -406,10 +462,34 @@ def _describe_many(
             data = [info for _, _, info in found]
             shard_problems = _shard_problems(directory, prefix, found)
         files = [index, *data, meta] if meta is not None else [index, *data]
-        checkpoints.append(_describe(base, prefix, steps[prefix], index, files, meta is not None,
-                                     shard_problems, known.get(prefix), meta_sources.get(prefix),
-                                     timestamps, reader, v1=prefix in listing.v1))
-    return checkpoints
+        described.append((prefix, index, files, meta is not None, shard_problems))
+    if storage.is_url(directory):
+        # One GET per index to read, many in flight at once, instead of one round trip after another.
+        reader.prefetch([base + prefix + ".index" for prefix, _, files, _, _ in described
+                         if _cached_outcome(known.get(prefix), _digest(files)) is None])
+    return [
+        _describe(base, prefix, steps[prefix], index, files, has_meta, shard_problems, known.get(prefix),
+                  meta_sources.get(prefix), timestamps, reader, v1=prefix in listing.v1)
+        for prefix, index, files, has_meta, shard_problems in described
+    ]
+
+
+def _index_urls_to_read(listing: Listing, prefixes: Sequence[str], known: Mapping[str, str]) -> list[str]:
+    """The ``.index`` objects describing ``prefixes`` will read: those not unchanged since ``known``."""
+    base, urls = _base(listing.directory), []
+    for prefix in prefixes:
+        index_entry, found, meta_entry = _listed_files(listing, prefix)
+        files = [_file_info(index_entry), *(_file_info(e) for _, _, e in found)]
+        if meta_entry is not None:
+            files.append(_file_info(meta_entry))
+        if _cached_outcome(known.get(prefix), _digest(files)) is None:
+            urls.append(base + prefix + ".index")
+    return urls
+
+
+def _base(directory: str) -> str:
+    """The directory with a trailing separator, to which a prefix is appended."""
+    return directory.rstrip("/") + "/" if storage.is_url(directory) else os.path.join(directory, "")
 
 
 def _listed_files(
@@ -428,17 +508,15 @@ def _stat_files(
     """``_listed_files`` stat'ed; files deleted since the listing are left out (None: the index)."""
     index_entry, found, meta_entry = _listed_files(listing, prefix)
     try:
-        stat = os.stat(index_entry.path)
+        index = _file_info(index_entry)
     except OSError:
         return None
-    index = FileInfo(index_entry.name, stat.st_size, stat.st_mtime_ns)
     shards = []
     for shard, count, entry in found:
         try:
-            stat = os.stat(entry.path)
+            shards.append((shard, count, _file_info(entry)))
         except OSError:
             continue
-        shards.append((shard, count, FileInfo(entry.name, stat.st_size, stat.st_mtime_ns)))
     meta = None
     if meta_entry is not None:
         try:
@@ -452,9 +530,16 @@ def _describe_in_process(
     listing: Listing, prefixes: list[str], known: Mapping[str, str], chunk_size: int
 ) -> Iterator[list[DiscoveredCheckpoint]]:
     reader = _IndexReader()
-    for start in range(0, len(prefixes), chunk_size):
+    chunks = [prefixes[start : start + chunk_size] for start in range(0, len(prefixes), chunk_size)]
+    in_bucket = storage.is_url(listing.directory)
+    for i, chosen in enumerate(chunks):
+        if in_bucket:
+            # This chunk's indexes and the next one's are on their way while this one is read and
+            # the caller stores the previous one: fetching overlaps with everything else.
+            for ahead in chunks[i : i + 2]:
+                reader.prefetch(_index_urls_to_read(listing, ahead, known))
         with gc_paused():
-            chunk = _describe_many(listing, prefixes[start : start + chunk_size], known, reader)
+            chunk = _describe_many(listing, chosen, known, reader)
         yield chunk
 
 
@@ -743,7 +828,9 @@ def _v1_checkpoints(
 _SINGLE_SHARD = ".data-00000-of-00001"
 
 
-def _file_info(entry: os.DirEntry[str]) -> FileInfo:
+def _file_info(entry: os.DirEntry[str] | storage.Entry) -> FileInfo:
+    if isinstance(entry, storage.Entry):
+        return FileInfo(entry.name, entry.size, entry.mtime_ns, entry.etag)
     # Not entry.stat(), which keeps its result: a listing described again must see the files anew.
     stat = os.stat(entry.path)
     return FileInfo(entry.name, stat.st_size, stat.st_mtime_ns)
@@ -882,7 +969,7 @@ def _shard_problems(directory: str, prefix: str, shards: list[tuple[int, int, Fi
         # Two shard counts means files of two different saves under one prefix: judge by the larger.
         expected = max(count for _, count, _ in shards)
     else:
-        expected = _index_shard_count(os.path.join(directory, prefix + ".index"))
+        expected = _index_shard_count(_base(directory) + prefix + ".index")
         if expected is None:
             return [f"no data file: {prefix}.data-00000-of-NNNNN is missing"]
     present = {shard for shard, count, _ in shards if count == expected}
@@ -906,8 +993,11 @@ def _index_shard_count(index_path: str) -> int | None:
     whose field 1 (tag ``08``) is ``num_shards``.
     """
     try:
-        with open(index_path, "rb") as handle:
-            head = handle.read(64)
+        if storage.is_url(index_path):
+            head = storage.storage_for(index_path).read_range(index_path, 0, 64)
+        else:
+            with open(index_path, "rb") as handle:
+                head = handle.read(64)
     except OSError:
         return None
     if len(head) < 5 or head[0] != 0 or head[1] != 0 or head[2] >= 0x80 or head[3] != 0x08:
@@ -922,6 +1012,10 @@ def _index_shard_count(index_path: str) -> int | None:
 
 
 def _digest(files: list[FileInfo]) -> str:
+    if files and files[0].etag:
+        # Objects in a bucket: the ETag too (a local file's digest stays what it always was).
+        text = "\n".join([f"{info.name}\t{info.size}\t{info.mtime_ns}\t{info.etag}" for info in files])
+        return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
     if len(files) == 2:  # the usual index and one data file: the same text, built faster
         a, b = files
         text = f"{a.name}\t{a.size}\t{a.mtime_ns}\n{b.name}\t{b.size}\t{b.mtime_ns}"
@@ -956,6 +1050,11 @@ class _IndexReader:
 
     def __init__(self) -> None:
         self._open = None
+        # Index objects fetched from a bucket ahead of reading (URL -> bytes, or why not), and the
+        # private directory where each is put for TensorFlow's reader, which reads files only.
+        self._fetched: dict[str, Future] = {}
+        self._scratch: tempfile.TemporaryDirectory | None = None
+        self._copies = 0
         self._open_bytes = False
         self._raw_dtypes = False
         self._dtype_facts: dict[object, tuple[str, int]] = {}
@@ -992,9 +1091,53 @@ class _IndexReader:
         except ImportError:
             self._raw_dtypes = False
 
+    def prefetch(self, index_urls: list[str]) -> None:
+        """Start fetching these ``.index`` objects (those not on their way already), concurrently,
+        for the ``read`` calls that follow."""
+        wanted = [url for url in index_urls if url not in self._fetched]
+        if wanted:
+            future = storage.storage_for(wanted[0]).read_many_soon(wanted)
+            self._fetched.update(dict.fromkeys(wanted, future))
+
+    def _local_copy(self, path_prefix: str) -> str:
+        """A local file prefix holding the object's ``.index`` (only the index: listing variables
+        never opens data files)."""
+        url = path_prefix + ".index"
+        pending = self._fetched.pop(url, None)
+        data = pending.result()[url] if pending is not None else None
+        if data is None:
+            try:
+                data = storage.storage_for(url).read_bytes(url)
+            except OSError as exc:
+                data = exc
+        if isinstance(data, Exception):
+            # The object could not be fetched: nothing is known about its bytes.
+            raise _UnreadableIndex(str(data), corrupt=False)
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="index-copy-")
+        # A new name each time, removed after reading: truncating one file over and over costs a
+        # flush per write on ext4 (measured: 1.3 ms against 0.05 ms).
+        self._copies += 1
+        local = os.path.join(self._scratch.name, f"copy-{self._copies}")
+        with open(local + ".index", "wb") as handle:
+            handle.write(data)
+        return local
+
     def read(self, path_prefix: str) -> tuple[str, list[VariableInfo]]:
         if self._open is None:
             self.load()
+        if storage.is_url(path_prefix):
+            local = self._local_copy(path_prefix)
+            try:
+                return self._read(local)
+            except _UnreadableIndex as exc:
+                # Name the object, not the private copy, in what is recorded.
+                raise _UnreadableIndex(str(exc).replace(local, path_prefix), corrupt=exc.corrupt) from None
+            finally:
+                os.unlink(local + ".index")
+        return self._read(path_prefix)
+
+    def _read(self, path_prefix: str) -> tuple[str, list[VariableInfo]]:
         try:
             reader = self._open(path_prefix.encode("utf-8") if self._open_bytes else path_prefix)
             shapes = reader.get_variable_to_shape_map()

@@ -49,6 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from persistence import storage
 from persistence.files import fsync_directory, resolve, resolve_inside
 from persistence.statefile import (
     StateFile,
@@ -436,6 +437,10 @@ def execute_plan(
     Each is re-read and compared (content) right before it is replaced: a save that lands in
     between is kept, with its new latest; only the plan's deleted prefixes leave the lists.
     """
+    if storage.is_url(directory):
+        # Deleting objects needs batch deletes after a conditional rewrite of the state file
+        # (If-Match on the ETag planned from); until that exists, nothing in a bucket is deleted.
+        raise ValueError("Pruning is not yet supported for runs on object storage.")
     # A plan may come back from JSON: its parts must still agree with each other.
     real_directory = resolve(directory)
     decided = sorted(name for d in plan.decisions if not d.keep for name in d.delete_files)

@@ -32,6 +32,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from persistence import storage
 from persistence.files import TEMP_MARKER, UnsafeFile, atomic_write_text, atomic_writer, open_regular_file
 
 DEFAULT_STATE_FILE = "checkpoint"
@@ -230,7 +231,8 @@ def prefix_base_name(path: str) -> str | None:
 
 
 def _foreign_directory(paths: list[str], directory: str | None) -> str | None:
-    if directory is None:
+    if directory is None or storage.is_url(directory):
+        # A bucket has no local path to compare with: the entries are resolved by base name anyway.
         return None
     # Distinct directories only: realpath costs a system call per component, and a state file
     # may list 100,000 paths that all share one directory.
@@ -256,7 +258,17 @@ def read_state_file(directory: str, name: str = DEFAULT_STATE_FILE) -> StateFile
 
 def read_state_bytes(directory: str, name: str = DEFAULT_STATE_FILE) -> bytes | None:
     """The raw content of ``directory/name`` (None when there is no such file), to parse with
-    :func:`parse_state_bytes` and later hand to ``write_state_file(unchanged_from=...)``."""
+    :func:`parse_state_bytes` and later hand to ``write_state_file(unchanged_from=...)``.
+
+    A directory in a bucket (``s3://...``) is read through ``persistence.storage``: one GET.
+    """
+    if storage.is_url(directory):
+        try:
+            return storage.storage_for(directory).read_bytes(storage.join(directory, name), limit=MAX_STATE_FILE_BYTES)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StateFileError(f"cannot read state file {name}: {exc}") from None
     try:
         # Never through a link and never a FIFO: TensorFlow writes state files as plain files, and
         # what a link points at could be anything (its text would then be echoed in a problem).
@@ -321,6 +333,14 @@ def find_state_files(directory: str) -> list[str]:
     other file); see :func:`sniff_state_file`.
     """
     names = []
+    if storage.is_url(directory):
+        try:
+            listed = storage.storage_for(directory).list(directory)
+        except (OSError, ValueError):
+            return []
+        names = [e.name for e in listed if could_be_state_file(e.name, e.size)
+                 and (e.name == DEFAULT_STATE_FILE or _NEVER_STATE_FILE.search(e.name) is None)]
+        return [name for name in order_state_file_names(names) if sniff_state_file(directory, name) is not None]
     try:
         with os.scandir(directory) as entries:
             for entry in entries:
@@ -431,6 +451,10 @@ def write_state_file(
     ``Saver`` rewrote the file meanwhile; comparing content rather than mtime also catches two
     writes within the file system's timestamp resolution.
     """
+    if storage.is_url(directory):
+        # Rewriting an object needs a conditional write against the ETag the change was planned
+        # from; until that exists, nothing in a bucket is rewritten.
+        raise StateFileError("rewriting a state file is not yet supported for runs on object storage")
     if latest == name:
         # TensorFlow refuses this too: the state file would overwrite the checkpoint's own name.
         raise ValueError(f"checkpoint {latest!r} has the same name as the state file")

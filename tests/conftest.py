@@ -18,6 +18,9 @@ from persistence.tfruntime import configure_environment
 # TensorFlow runs in tests as in the worker, whichever module imports it first.
 configure_environment()
 
+# The loopback S3 server and per-test buckets (started only by tests that ask for them).
+pytest_plugins = ["tests.s3_server"]
+
 _private_redis = None
 
 

@@ -41,7 +41,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
         DATABASE_URL=database_url(),
         REDIS_URL=settings.REDIS_URL,
         JOB_QUEUE=settings.JOB_QUEUE,
-        CHECKPOINT_ROOTS=os.pathsep.join(str(r) for r in settings.CHECKPOINT_ROOTS),
+        CHECKPOINT_ROOTS=os.pathsep.join(
+            [*(str(r) for r in settings.CHECKPOINT_ROOTS), *getattr(settings, "CHECKPOINT_OBJECT_ROOTS", [])]
+        ),
         EXPORT_ROOT=str(settings.EXPORT_ROOT),
         SERVING_ROOT=str(settings.SERVING_ROOT),
         TF_CPP_MIN_LOG_LEVEL="2",

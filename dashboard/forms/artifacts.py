@@ -34,6 +34,8 @@ def outline_for_checkpoint(checkpoint) -> tuple[GraphOutline | None, str]:
     from persistence.files import PathOutsideRoots, resolve_inside
 
     meta = checkpoint.meta_path()
+    if meta is not None and "://" in meta:
+        return None, "Reading graphs is not yet supported for runs on object storage."
     if meta is None:
         return None, (f"{checkpoint.prefix} has no meta graph, and no earlier checkpoint of this run provides "
                       "one: there is no graph structure to freeze.")

@@ -23,11 +23,12 @@ class RegisterRunForm(forms.ModelForm):
 
         self.fields["name"].required = False
         self.fields["name"].help_text += " Defaults to the directory's name."
-        roots = [str(r) for r in settings.CHECKPOINT_ROOTS]
+        roots = [str(r) for r in settings.CHECKPOINT_ROOTS] + list(getattr(settings, "CHECKPOINT_OBJECT_ROOTS", []))
         # An example that would be accepted: a directory inside the first root.
-        self.fields["directory"].widget.attrs["placeholder"] = f"{roots[0].rstrip('/')}/my-run"
+        if roots:
+            self.fields["directory"].widget.attrs["placeholder"] = f"{roots[0].rstrip('/')}/my-run"
         self.fields["directory"].help_text = (
-            "Absolute path of the directory your training writes checkpoints to; it must be inside "
+            "Absolute path (or s3:// URL) of the directory your training writes checkpoints to; it must be inside "
             f"{'one of ' if len(roots) > 1 else ''}the checkpoint root{'s' if len(roots) > 1 else ''} "
             f"{', '.join(roots)}."
         )

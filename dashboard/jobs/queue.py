@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from dashboard import artifacts
 from dashboard.models import Checkpoint, Export, Job, Run
 from dashboard.queue_connection import redis_connection
+from dashboard.roots import NotOnObjectStorage, on_object_storage
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -136,6 +137,7 @@ def start(
     enqueues it once Redis is back. A freeze is refused with ``Checkpoint.FreezeRunning`` (naming
     the job) while another freeze writing the same file is queued or running.
     """
+    _refuse_on_object_storage(kind, run, checkpoint, params)
     with transaction.atomic():
         if kind == Job.FREEZE and checkpoint is not None:
             artifacts.check_no_freeze_running(checkpoint, (params or {}).get("outputs") or [],
@@ -150,6 +152,29 @@ def start(
         )
     enqueue_or_report(job)
     return job
+
+
+# What each kind that reads or writes a run's files through TensorFlow is called in a refusal: those
+# files must be on a local disk, which a run in a bucket is not (yet).
+LOCAL_FILES_KINDS = {
+    Job.SAVE: "Saving checkpoints", Job.RESTORE: "Verifying or restoring a checkpoint",
+    Job.FREEZE: "Exporting a checkpoint", Job.PRUNE: "Pruning", Job.COMPARE: "Comparing checkpoints",
+}
+
+
+def _refuse_on_object_storage(kind: str, run: Run | None, checkpoint: Checkpoint | None, params: dict | None) -> None:
+    """Raise ``NotOnObjectStorage`` before any row exists when ``kind`` needs local files it cannot have."""
+    action = LOCAL_FILES_KINDS.get(kind)
+    if action is None:
+        return
+    directories = [r.directory for r in (run, checkpoint.run if checkpoint is not None else None) if r is not None]
+    other = [(params or {}).get(side) for side in ("a", "b")] if kind == Job.COMPARE else []
+    if any(isinstance(pk, int) for pk in other):
+        directories += Checkpoint.objects.filter(pk__in=[pk for pk in other if isinstance(pk, int)]).values_list(
+            "run__directory", flat=True
+        )
+    if any(on_object_storage(d) for d in directories):
+        raise NotOnObjectStorage(action)
 
 
 def withdraw(job: Job) -> None:

@@ -67,7 +67,7 @@ def save_job(job: Job, ctx: JobContext) -> dict:
     recipe_path = params.get("recipe", "")
     if recipe_path not in settings.CHECKPOINT_RECIPES:
         raise TrainingError(f"recipe {recipe_path!r} is not registered in CHECKPOINT_RECIPES")
-    directory = str(checkpoint_directory(run.directory))
+    directory = str(checkpoint_directory(run.directory, action="Saving checkpoints"))
     options = SaverOptions.from_dict(params.get("options") or {})
     recipe = load_recipe(recipe_path)
 
@@ -186,7 +186,7 @@ def resave_job(job: Job, ctx: JobContext) -> dict:
 
     params = job.params
     run = Run.objects.get(pk=job.run_id)
-    directory = str(checkpoint_directory(run.directory))
+    directory = str(checkpoint_directory(run.directory, action="Saving checkpoints"))
     source = Checkpoint.objects.filter(pk=job.checkpoint_id, run=run).first()
     if source is None or source.status in Checkpoint.GONE:
         raise TrainingError("the source checkpoint is no longer on disk")

@@ -8,6 +8,7 @@ from django.db import close_old_connections
 
 from dashboard import retention, scanning
 from dashboard.models import Job, Run
+from dashboard.roots import on_object_storage
 
 from .context import JobContext
 from .queue import QueueUnavailable, start
@@ -49,6 +50,8 @@ def start_auto_prune(run: Run, report: dict | None = None) -> int | None:
     nothing (the periodic rescan would otherwise start an empty prune every minute). The job plans
     again when it runs; ``min_age_seconds`` keeps what a live trainer may still be writing.
     """
+    if on_object_storage(run.directory):
+        return None  # pruning a bucket is not supported yet (see roots.NotOnObjectStorage)
     if not run.auto_prune or run.jobs.filter(kind=Job.PRUNE, status__in=[Job.QUEUED, Job.RUNNING]).exists():
         return None
     try:

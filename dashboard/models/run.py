@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from persistence import discovery
 
-from ..roots import checkpoint_directory
+from ..roots import checkpoint_directory, on_object_storage
 
 
 class Run(models.Model):
@@ -69,9 +69,14 @@ class Run(models.Model):
 
     def clean(self) -> None:
         try:
-            self.directory = str(checkpoint_directory(self.directory))
+            self.directory = str(checkpoint_directory(self.directory, objects=True))
         except ValueError as exc:
             raise ValidationError({"directory": str(exc)}) from None
+
+    @property
+    def in_bucket(self) -> bool:
+        """Whether the run lives in object storage (an ``s3://`` URL), where only scanning works yet."""
+        return on_object_storage(self.directory)
 
     def recipe_path(self) -> str:
         """The dotted path of this run's recipe: its own, else the first registered one."""

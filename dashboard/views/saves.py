@@ -9,11 +9,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from dashboard import access
 from dashboard.forms import ResaveForm, SaveJobForm
 from dashboard.models import Checkpoint, Job
-from dashboard.views.common import start_job
+from dashboard.views.common import refused_on_object_storage, start_job
 
 
 def save_new(request: HttpRequest, name: str) -> HttpResponse:
     run = access.get_run_for_user(request, name, access.OPERATE)
+    if refused_on_object_storage(request, run, "Saving checkpoints"):
+        return redirect(run)
     # The form asks for its rotation preview again (htmx GET) whenever a field changes.
     preview_only = request.method == "GET" and request.GET.get("preview") == "rotation"
     data = request.POST if request.method == "POST" else (request.GET if preview_only else None)
@@ -33,6 +35,8 @@ def save_new(request: HttpRequest, name: str) -> HttpResponse:
 def resave_new(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     run = access.get_run_for_user(request, name, access.OPERATE)
     checkpoint = get_object_or_404(Checkpoint.objects.on_disk(), run=run, pk=pk)
+    if refused_on_object_storage(request, run, "Saving checkpoints"):
+        return redirect(checkpoint)
     form = ResaveForm(request.POST or None, checkpoint=checkpoint)
     if request.method == "POST" and form.is_valid():
         job = start_job(request, Job.SAVE, run=run, checkpoint=checkpoint, params=form.job_params())

@@ -15,7 +15,7 @@ from django.utils.text import slugify
 
 from dashboard import scanning
 from dashboard.models import Checkpoint, Run
-from dashboard.roots import checkpoint_directory
+from dashboard.roots import checkpoint_directory, on_object_storage
 
 
 class Command(BaseCommand):
@@ -48,16 +48,17 @@ class Command(BaseCommand):
                 self.stdout.write(f"  problem: {problem}")
 
     def _get_or_register(self, directory: str, name: str | None) -> Run:
+        in_bucket = on_object_storage(directory)
         try:
-            real = checkpoint_directory(os.path.abspath(directory))
+            real = str(checkpoint_directory(directory if in_bucket else os.path.abspath(directory), objects=True))
         except ValueError as exc:
             raise CommandError(f"{directory}: {exc}") from None
-        run = Run.objects.filter(directory=str(real)).first()
+        run = Run.objects.filter(directory=real).first()
         if run is not None:
             if name and name != run.name:
                 raise CommandError(f"{real} is already tracked as run “{run.name}”.")
             return run
-        run = Run(name=name or slugify(real.name), directory=str(real))
+        run = Run(name=name or slugify(real.rstrip("/").rsplit("/", 1)[-1]), directory=real)
         try:
             run.full_clean()
         except ValidationError as exc:
@@ -71,7 +72,7 @@ class Command(BaseCommand):
         for run in Run.objects.all():
             try:
                 report[run.name] = scanning.scan(run, full=full)
-            except ValueError as exc:  # directory no longer inside the roots, or gone
+            except (ValueError, OSError) as exc:  # directory no longer inside the roots, gone, bucket unreachable
                 report[run.name] = {"error": str(exc)}
         if as_json:
             self.stdout.write(json.dumps({"runs": report}))

@@ -1,0 +1,157 @@
+"""Object-storage benchmarks against a local S3-compatible server (moto's, on loopback):
+``s3_scan_vs_bare`` and ``s3_rescan_requests_per_1k_keys``.
+
+The server runs in a process of its own. A run of ``N`` tiny TF1 checkpoints (``.index`` + one data shard each, one ``.meta``, one state
+file) is written locally by TensorFlow and uploaded once with boto3.
+
+``s3_scan_vs_bare``: our first scan of the run as a worker does it (``scanning.scan`` of a new
+``Run``: one listing, the state file, every ``.index`` fetched and read for its variables, rows
+stored) vs a bare boto3 script that lists the prefix with the paginator and GETs every ``.index``
+with a thread pool as wide as ours (``storage.READ_CONCURRENCY``), reading nothing in them.
+Medians of alternating repeats, each repeat of ours on a fresh run row. It measures the cost of
+our layer (s3fs, index parsing, rows) over the requests themselves on a loopback server; it does
+not measure a real network (latency would dominate both sides) nor S3's own throttling.
+
+``s3_rescan_requests_per_1k_keys``: the requests (LIST and GET, counted on the client with a
+botocore ``before-send`` hook) of a rescan of the unchanged run, divided by the least possible
+number of LISTs, ``ceil(keys / 1000)`` (S3 returns at most 1,000 keys per LIST page). 1.0 means one
+LIST per started 1,000 keys and no GET at all. The raw requests per 1,000 keys are recorded too.
+It does not measure time.
+
+    python -m bench s3            # N = 1000, 5 repeats
+    S3_BENCH_N=200 python -m bench s3   # a smaller smoke run
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from bench.harness import entry, timed
+
+N_CHECKPOINTS = int(os.environ.get("S3_BENCH_N", "1000"))
+REPEAT = int(os.environ.get("S3_BENCH_REPEAT", "5"))
+
+
+def _start_server() -> tuple[subprocess.Popen, str]:
+    """moto's S3 server in a process of its own: neither side shares an interpreter with it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        server.kill()
+        raise RuntimeError("moto's server did not start")
+    return server, f"http://127.0.0.1:{port}"
+
+
+def bare_scan(client: object, bucket: str, prefix: str, width: int) -> int:
+    """List the prefix and GET every ``.index`` (bytes only), ``width`` GETs in flight."""
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/", Delimiter="/"):
+        keys.extend(item["Key"] for item in page.get("Contents", []) if item["Key"].endswith(".index"))
+
+    def get(key: str) -> int:
+        return len(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    with concurrent.futures.ThreadPoolExecutor(width) as pool:
+        return sum(pool.map(get, keys))
+
+
+def run(work: Path, n: int = N_CHECKPOINTS, repeat: int = REPEAT) -> dict[str, dict]:
+    import boto3
+    import tensorflow as tf  # noqa: F401  (import cost is not part of either measurement)
+
+    from persistence import storage
+    from tests.checkpoint_factory import make_many_tiny_checkpoints
+
+    server, endpoint = _start_server()
+    saved_env = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                                "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                      AWS_DEFAULT_REGION="us-east-1")
+    try:
+        bucket = f"bench-{uuid.uuid4().hex[:12]}"
+        from botocore.config import Config
+
+        client = boto3.client("s3", config=Config(max_pool_connections=32))
+        client.create_bucket(Bucket=bucket)
+        local = work / "s3-source"
+        make_many_tiny_checkpoints(local, n)
+        names = sorted(os.listdir(local))
+
+        def upload(name: str) -> None:
+            client.put_object(Bucket=bucket, Key=f"runs/many/{name}", Body=(local / name).read_bytes())
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(upload, names))
+        return _measure(client, bucket, names, n, repeat, storage)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _measure(client, bucket: str, names: list[str], n: int, repeat: int, storage) -> dict[str, dict]:
+    from django.conf import settings
+
+    from dashboard import scanning
+    from dashboard.models import Run
+
+    settings.CHECKPOINT_OBJECT_ROOTS = [f"s3://{bucket}/runs"]
+    url = f"s3://{bucket}/runs/many"
+    # Imports and the first client (s3fs, aiobotocore) are not part of the measurement, as
+    # TensorFlow's import is not.
+    storage.storage_for(url).list(url)
+    width = storage.READ_CONCURRENCY
+    ours, bare = [], []
+    for i in range(repeat):
+        run = Run.objects.create(name=f"s3-bench-{i}", directory=url)
+        # Alternating which side goes first: the machine is shared.
+        sides = [("ours", lambda run=run: scanning.scan(run)), ("bare", lambda: bare_scan(client, bucket,
+                                                                                          "runs/many", width))]
+        for side, func in (sides if i % 2 == 0 else sides[::-1]):
+            (ours if side == "ours" else bare).append(timed(func))
+        run.delete()
+
+    run = Run.objects.create(name="s3-bench-rescan", directory=url)
+    first = scanning.scan(run)
+    assert first["created"] == n, first
+    with storage.count_requests() as counts:
+        again = scanning.scan(run)
+    assert again["unchanged_directory"], again
+    requests = sum(counts.values())
+    keys = len(names)
+    pages = math.ceil(keys / 1000)
+    return {
+        "s3_scan_vs_bare": entry(
+            statistics.median(ours), statistics.median(bare), "s", "ratio <= 1.5", checkpoints=n, keys=keys,
+            repeat=repeat, statistic="median of alternating repeats", spread=[min(ours), max(ours)],
+            baseline_spread=[min(bare), max(bare)], concurrency=width,
+            baseline_is="boto3 paginated LIST + GET of every .index, thread pool of the same width",
+        ),
+        "s3_rescan_requests_per_1k_keys": entry(
+            requests / pages, None, "requests per started 1,000 keys", "value <= 1.1", keys=keys,
+            requests=dict(counts), per_thousand_keys_raw=requests / (keys / 1000), least_lists=pages,
+        ),
+    }
