@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 from django.db import close_old_connections, transaction
+from django.utils import timezone
 
 from dashboard import retention, scanning
 from dashboard.locks import lock_row
-from dashboard.models import Job, Run
+from dashboard.models import EventFile, Job, Run
 from dashboard.roots import checkpoint_directory
 from persistence import discovery
 
@@ -33,8 +34,9 @@ def scan_all_runs() -> dict:
     """Periodic rescan of every tracked run (registered with RQ's cron in ``dashboard/cron.py``).
 
     A run whose directory is unchanged since its last scan (``discovery.directory_stamp``) is
-    rescanned here, inline: that lists nothing and reads only what trainers appended to event
-    files, so a sweep over a thousand idle runs stays one cheap job. A run whose directory changed
+    rescanned here, inline: that lists nothing, records the scan time of all of them at once and
+    reads only what trainers appended to event files, so a sweep over a thousand idle runs stays
+    one cheap job. A run whose directory changed
     gets a scan job of its own (``start_rescan``), so one big run does not hold up the sweep of
     the others, and the sweep never starts a second scan of a run whose scan is still queued or
     running: scans that take longer than the interval do not pile up behind each other. A run
@@ -44,7 +46,9 @@ def scan_all_runs() -> dict:
     busy = set(
         Job.objects.filter(kind=Job.SCAN, status__in=ACTIVE, run__isnull=False).values_list("run_id", flat=True)
     )
+    with_event_files = set(EventFile.objects.values_list("run_id", flat=True).distinct())
     summary: dict[str, dict] = {}
+    unchanged = []
     for run in Run.objects.all():
         if run.pk in busy:
             summary[run.name] = {"skipped": "a scan of this run is queued or running"}
@@ -52,16 +56,24 @@ def scan_all_runs() -> dict:
         try:
             checkpoint_directory(run.directory)
             stamp = discovery.directory_stamp(run.directory)
-            if stamp and stamp == run.directory_stamp:
-                summary[run.name] = scanning.scan(run)
-                start_auto_prune(run, summary[run.name])
-                continue
         except Exception as exc:  # one broken run must not stop the others being rescanned
             log.exception("periodic scan of %s failed", run.name)
             summary[run.name] = {"error": str(exc)}
             continue
+        if stamp and stamp == run.directory_stamp:
+            unchanged.append(run)
+            continue
         job = start_rescan(run)
         summary[run.name] = {"scan_job": job.pk} if job else {"skipped": "a scan of this run is queued or running"}
+    scanning.mark_scanned(unchanged, now=timezone.now())
+    for run in unchanged:
+        try:
+            summary[run.name] = scanning.rescan_unchanged(run, has_event_files=run.pk in with_event_files,
+                                                          marked=True)
+            start_auto_prune(run, summary[run.name])
+        except Exception as exc:
+            log.exception("periodic scan of %s failed", run.name)
+            summary[run.name] = {"error": str(exc)}
     return summary
 
 
