@@ -128,11 +128,11 @@ def run(work: Path, n: int = N_SCAN, repeat: int = REPEAT) -> dict[str, dict]:
 @contextlib.contextmanager
 def pinned_to_one_core() -> Iterator[dict]:
     """Pin this process, and the PostgreSQL server process of its connection when there is one on
-    this machine, to the processor this process last ran on; restore both masks afterwards.
-    Yields what was pinned (for the results)."""
+    this machine, to the processor that was idlest over the last half second; restore both masks
+    afterwards. Yields what was pinned (for the results)."""
     from django.db import connection
 
-    cpu = min(os.sched_getaffinity(0))
+    cpu = _idlest_cpu(os.sched_getaffinity(0))
     pids = {"bench": os.getpid()}
     if connection.vendor == "postgresql" and connection.settings_dict.get("HOST") in ("", "127.0.0.1", "localhost"):
         with connection.cursor() as cursor:
@@ -153,6 +153,24 @@ def pinned_to_one_core() -> Iterator[dict]:
                 os.sched_setaffinity(pid, mask)
             except OSError:
                 pass
+
+
+def _idlest_cpu(allowed: set[int], seconds: float = 0.5) -> int:
+    def idle() -> dict[int, int]:
+        found = {}
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in allowed:
+                found[int(name[3:])] = int(fields[3]) + int(fields[4])  # idle + iowait
+        return found
+
+    try:
+        before = idle()
+        time.sleep(seconds)
+        after = idle()
+        return max(after, key=lambda cpu: after[cpu] - before.get(cpu, 0))
+    except (OSError, ValueError):
+        return min(allowed)
 
 
 def _add_checkpoint(directory: Path, template: str, step: int, prefixes: list[str]) -> str:
