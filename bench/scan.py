@@ -72,8 +72,16 @@ def run(work: Path, n: int = N_SCAN, repeat: int = REPEAT) -> dict[str, dict]:
         assert recorded == len(made.prefixes), (recorded, len(made.prefixes))
         return seconds
 
-    bare, first, rescan, changed = [], [], [], []
+    # The same two sides with every process doing the work on one processor: this process (and
+    # so any reader it forks, which inherits the mask; with one processor discovery does not
+    # fork), and on PostgreSQL the server process of this connection. The figure is then our
+    # overhead over the bare loop, not whether a second processor happened to be idle. Pinned
+    # and unpinned rounds alternate, so that neither gets the quieter minutes of a busy machine.
+    bare, first, rescan, changed, pinned_bare, pinned_first = [], [], [], [], [], []
     for _ in range(repeat):
+        with pinned_to_one_core() as pinned:
+            pinned_bare.append(timed(lambda: bare_scan(str(directory))))
+            pinned_first.append(first_scan())
         bare.append(timed(lambda: bare_scan(str(directory))))
         first.append(first_scan())
         rescan.append(timed(lambda: call_command("scan", str(directory), stdout=io.StringIO())))
@@ -84,16 +92,6 @@ def run(work: Path, n: int = N_SCAN, repeat: int = REPEAT) -> dict[str, dict]:
         assert recorded == n + 1, (recorded, n + 1)
         _remove_checkpoint(directory, added, made.prefixes)  # the next round starts from the same 10,000
         time.sleep(1.5)
-
-    # The same two sides with every process doing the work on one processor: this process (and
-    # so any reader it forks, which inherits the mask; with one processor discovery does not
-    # fork), and on PostgreSQL the server process of this connection. The figure is then our
-    # overhead over the bare loop, not whether a second processor happened to be idle.
-    pinned_bare, pinned_first = [], []
-    with pinned_to_one_core() as pinned:
-        for _ in range(repeat):
-            pinned_bare.append(timed(lambda: bare_scan(str(directory))))
-            pinned_first.append(first_scan())
 
     def spread(times: list[float]) -> dict:
         return {"median": statistics.median(times), "all": [round(t, 4) for t in times]}
