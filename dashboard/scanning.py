@@ -42,6 +42,9 @@ SCAN_STORE_SECONDS = 1.0
 # without it: a scan in between finds it missing. A row that went missing this recently becomes
 # rotated once the state file drops it; one missing for longer vanished for another reason.
 ROTATION_RACE_SECONDS = 5.0
+# Up to this many new rows a store looks their prefixes up directly; above it, counting the run's
+# rows first is cheaper (see _store_chunk).
+LOOK_UP_NEW_ROWS = 100
 
 
 def scan(run: Run, *, full: bool = False, now: dt.datetime | None = None) -> dict:
@@ -256,7 +259,7 @@ def _store_chunk(
             # Rows whose files were gone are left out of ``known_fingerprints``, so every row
             # here was re-read by discovery and all its fields are fresh.
             changed.append((known, found_ckpt))
-    if rows and run.checkpoints.count() != counts["known_rows"]:
+    if rows and (len(rows) <= LOOK_UP_NEW_ROWS or run.checkpoints.count() != counts["known_rows"]):
         # Another scan or a save job may have recorded some of them since ``existing`` was read.
         # Every writer adds rows under the run lock held here, and rows go only with their run:
         # when the run has just the rows this scan knows of, nobody added one, and this look-up

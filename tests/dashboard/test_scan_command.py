@@ -170,6 +170,7 @@ def test_rows_another_writer_adds_between_two_stores_are_not_inserted_twice(chec
     made = factory.make_many_tiny_checkpoints(directory, 6)
     run = Run.objects.create(name="raced", directory=str(directory))
     monkeypatch.setattr(scanning, "SCAN_STORE_ROWS", 1)  # store every chunk as it comes
+    monkeypatch.setattr(scanning, "LOOK_UP_NEW_ROWS", 0)  # as for chunks of thousands
     listing = discovery.list_directory(str(directory), roots=settings.CHECKPOINT_ROOTS)
     chunks = list(discovery.describe_chunks(listing, listing.prefixes, chunk_size=2, fork_from=None))
     later = chunks[2][0]
