@@ -12,7 +12,7 @@ import sys
 from bench import harness
 
 GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving",
-          "downloads", "scale", "live", "events", "webhooks", "api", "scaleout", "s3"]
+          "downloads", "scale", "live", "events", "webhooks", "api", "scaleout", "s3", "load", "sweep"]
 
 
 def main(argv: list[str]) -> int:
@@ -91,6 +91,14 @@ def main(argv: list[str]) -> int:
             from bench import s3
 
             new.update(s3.run(work))
+        if "sweep" in groups:
+            from bench import sweep
+
+            new.update(sweep.run(work))
+        if "load" in groups:
+            from bench import load
+
+            new.update(load.run(work))
         results = harness.write_results(new)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -25,7 +25,20 @@ RESULTS_MD = BENCH_DIR / "RESULTS.md"
 # module docstrings have the details.
 NOTES = {
     "scan_vs_bare": "First scan of 10,000 tiny checkpoints (rows, state file, every index read) vs "
-    "`os.scandir` + `tf.train.list_variables`; best of 5 alternating, page cache warm. Not: a cold disk.",
+    "`os.scandir` + `tf.train.list_variables`, both pinned to one core (the bench process, so any reader it "
+    "forks, and on PostgreSQL its server process); best of 5 alternating, page cache warm. Not: a cold disk.",
+    "scan_vs_bare_two_cores": "The same unpinned: the scan reads in a forked child when a core looks idle, "
+    "so the figure depends on what else the machine runs.",
+    "sweep_1000_idle_cpu_seconds": "CPU time (getrusage, the sweeping process and its children) of one "
+    "periodic sweep over 1,000 runs whose directories did not change, median of 5; baseline: stat each "
+    "directory + one UPDATE. Not: the database server's CPU on PostgreSQL, RQ's fork per job, changed runs.",
+    "load_history_100k_rps": "The history page of a 100,000-checkpoint run through the README's gunicorn "
+    "(4 gthread workers, PostgreSQL, DEBUG=0), 20 closed-loop keep-alive clients for 30 s, logged in as a "
+    "viewer; baseline: the same clients fetching a static file. Generator CPU share and server CPU per "
+    "request are in results.json. Not: TLS, a proxy, clients on another machine.",
+    "load_history_100k_p99_ms": "99th-percentile latency of the same load (p50 beside it).",
+    "load_history_100k_errors": "Responses of the same load that were not a 200 showing the newest checkpoint.",
+    "load_web_rss_growth_mb": "RSS of the gunicorn workers just after the load minus just before it.",
     "rescan_vs_scan": "Rescan of the unchanged directory (the directory-stamp shortcut lists nothing) vs "
     "the first scan. Not: a directory that changed (see the next figure).",
     "rescan_changed_vs_scan": "Rescan after one checkpoint and a new state file were added among 10,000 "

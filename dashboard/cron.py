@@ -1,7 +1,8 @@
 """Periodic work, run by RQ's cron scheduler: ``python manage.py rqcron dashboard.cron``.
 
 - Tracked runs are rescanned so that checkpoints written by trainers outside the dashboard appear
-  by themselves.
+  by themselves: idle runs inline, changed ones each in a scan job of its own, never a second
+  one while a scan of the run is queued or running (``jobs.scan.scan_all_runs``).
 - Webhook deliveries that are due (retries, and any the queue missed) are handed to the workers
   every ``WEBHOOK_DISPATCH_SECONDS``.
 - Jobs are reconciled with RQ: a job whose work horse or worker was killed turns

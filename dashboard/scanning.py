@@ -42,6 +42,9 @@ SCAN_STORE_SECONDS = 1.0
 # without it: a scan in between finds it missing. A row that went missing this recently becomes
 # rotated once the state file drops it; one missing for longer vanished for another reason.
 ROTATION_RACE_SECONDS = 5.0
+# Up to this many new rows a store looks their prefixes up directly; above it, counting the run's
+# rows first is cheaper (see _store_chunk).
+LOOK_UP_NEW_ROWS = 100
 
 
 def scan(run: Run, *, full: bool = False, now: dt.datetime | None = None) -> dict:
@@ -65,16 +68,7 @@ def scan(run: Run, *, full: bool = False, now: dt.datetime | None = None) -> dic
     else:
         stamp = discovery.directory_stamp(run.directory)
     if stamp and stamp == run.directory_stamp and not full:
-        run.last_scanned_at = now or timezone.now()
-        run.save(update_fields=["last_scanned_at"])
-        # Trainers append to event files in place (and in subdirectories): the stamp does not
-        # see that, so they are looked at on every scan; only new bytes are read.
-        metrics = _read_events(run, directory_unchanged=True)
-        return {
-            "created": 0, "updated": 0, "missing": 0, "rotated": 0, "unchanged_directory": True,
-            "checkpoints": run.checkpoints.on_disk().count(), "problems": list(run.scan_problems),
-            "metric_points": metrics["metric_points"],
-        }
+        return {**rescan_unchanged(run, now=now), "checkpoints": run.checkpoints.on_disk().count()}
     listing = discovery.list_directory(run.directory, roots=settings.CHECKPOINT_ROOTS, entries=entries)
     known = {} if full else known_fingerprints(run)
     # Meta sources first: the checkpoints that restore with them are then inserted linked.
@@ -102,6 +96,33 @@ def _read_events(run: Run, *, directory_unchanged: bool = False) -> dict:
         # Event files in buckets are not read yet: no curves for such runs.
         return {"metric_points": 0, "event_problems": []}
     return event_metrics.read_events(run, directory_unchanged=directory_unchanged)
+
+
+def rescan_unchanged(
+    run: Run, *, now: dt.datetime | None = None, has_event_files: bool = True, marked: bool = False
+) -> dict:
+    """The rescan of a run whose directory stamp is what its last scan recorded: nothing to list
+    or read but what trainers appended to event files. A sweep over many runs asks once which
+    have event files (``has_event_files``) and records the time of all at once (``marked``: see
+    ``mark_scanned``)."""
+    if not marked:
+        mark_scanned([run], now=now or timezone.now())
+    # Trainers append to event files in place (and in subdirectories): the stamp does not
+    # see that, so they are looked at on every scan; only new bytes are read.
+    points = _read_events(run, directory_unchanged=True)["metric_points"] if has_event_files else 0
+    return {
+        "created": 0, "updated": 0, "missing": 0, "rotated": 0, "unchanged_directory": True,
+        "problems": list(run.scan_problems), "metric_points": points,
+    }
+
+
+def mark_scanned(runs: list[Run], *, now: dt.datetime) -> None:
+    """Record ``now`` as the last scan of ``runs``: one UPDATE per 500 (on SQLite each is a commit
+    to sync, which made an idle sweep of a thousand runs take seconds of waiting)."""
+    for start in range(0, len(runs), 500):
+        Run.objects.filter(pk__in=[run.pk for run in runs[start : start + 500]]).update(last_scanned_at=now)
+    for run in runs:
+        run.last_scanned_at = now
 
 
 def apply_scan(
@@ -156,7 +177,8 @@ def record_scan(
     }
     ids = {prefix: pk for prefix, (pk, _) in existing.items()}  # and of new rows once inserted
     unlinked: dict[str, list[str]] = {}  # meta source -> new rows inserted before it
-    counts = {"created": 0, "updated": 0, "missing": 0, "rotated": 0, "stale": 0}
+    # known_rows: how many rows the run has that this scan knows of (see _store_chunk).
+    counts = {"created": 0, "updated": 0, "missing": 0, "rotated": 0, "stale": 0, "known_rows": len(existing)}
     touched: set[str] = set()
     created_at = timezone.now()
     shared: dict = {}  # identical variable lists are encoded once
@@ -224,6 +246,7 @@ def record_scan(
                 "scan_problems", "last_scanned_at", "directory_stamp",
             ]
         )
+    counts.pop("known_rows")
     stale = counts.pop("stale")
     if stale:
         counts["left_to_next_scan"] = stale
@@ -252,8 +275,11 @@ def _store_chunk(
             # Rows whose files were gone are left out of ``known_fingerprints``, so every row
             # here was re-read by discovery and all its fields are fresh.
             changed.append((known, found_ckpt))
-    if rows:
+    if rows and (len(rows) <= LOOK_UP_NEW_ROWS or run.checkpoints.count() != counts["known_rows"]):
         # Another scan or a save job may have recorded some of them since ``existing`` was read.
+        # Every writer adds rows under the run lock held here, and rows go only with their run:
+        # when the run has just the rows this scan knows of, nobody added one, and this look-up
+        # (thousands of prefixes to prepare and bind per store) is not needed.
         recorded = dict(
             run.checkpoints.filter(prefix__in=[r["prefix"] for r in rows]).values_list("prefix", "id")
         )
@@ -261,6 +287,7 @@ def _store_chunk(
             ids.update(recorded)
             rows = [r for r in rows if r["prefix"] not in recorded]
             counts["stale"] += len(recorded)
+            counts["known_rows"] += len(recorded)
     updated, became_corrupt = [], [r["prefix"] for r in rows if r["status"] == Checkpoint.CORRUPT]
     if changed:
         now_status = dict(
@@ -285,9 +312,12 @@ def _store_chunk(
     Checkpoint.objects.bulk_update(unreadable, ["fingerprint", "problems"], batch_size=500)
     touched.update(r.prefix for r in updated)
     counts["created"] += len(rows)
+    counts["known_rows"] += len(rows)
     counts["updated"] += len(updated)
     _insert_linked(run, rows, found, ids, unlinked)
-    webhooks.emit(webhooks.CHECKPOINT_RECORDED, run.checkpoints.filter(prefix__in=[r["prefix"] for r in rows]))
+    if rows and webhooks.CHECKPOINT_RECORDED in webhooks.subscribed_events():
+        # Checked here too: building the query (thousands of prefixes) costs more than the emit.
+        webhooks.emit(webhooks.CHECKPOINT_RECORDED, run.checkpoints.filter(prefix__in=[r["prefix"] for r in rows]))
     webhooks.emit(webhooks.CHECKPOINT_CORRUPT, run.checkpoints.filter(prefix__in=became_corrupt))
 
 

@@ -41,11 +41,11 @@ from .registry import (
     run_inline,
     run_job,
 )
-from .scan import scan_all_runs, start_auto_prune
+from .scan import scan_all_runs, start_auto_prune, start_rescan
 
 __all__ = [
     "CANCEL_GRACE_SECONDS", "ENQUEUE_GRACE_SECONDS", "JOB_FUNCTIONS", "PARTIAL_RESTORE_MODE", "RESAVE_MODE",
     "RUN_JOB", "STEP_OVER_STEP_MODE", "TIMEOUTS", "JobBody", "JobCanceled", "JobContext", "QueueUnavailable",
     "body_for", "cancel_job", "enqueue", "get_queue", "reconcile_jobs", "redis_connection", "retry_job",
-    "run_inline", "run_job", "scan_all_runs", "start", "start_auto_prune", "timeout_for", "withdraw",
+    "run_inline", "run_job", "scan_all_runs", "start", "start_auto_prune", "start_rescan", "timeout_for", "withdraw",
 ]

@@ -155,3 +155,41 @@ def test_scan_all_rescans_every_run(checkpoint_root):
     call_command("scan", "--all", "--json", stdout=out)
     report = json.loads(out.getvalue())["runs"]
     assert report["a"]["created"] == 0 and report["b"]["missing"] == 2
+
+
+@pytest.mark.parametrize("while_reading", ["a row of a later chunk", "a row the scan will not find"])
+def test_rows_another_writer_adds_between_two_stores_are_not_inserted_twice(checkpoint_root, monkeypatch,
+                                                                           while_reading):
+    # A store skips the look-up of its new prefixes when the run has only the rows the scan knows
+    # of; a row a save job records between two stores must still be seen, whichever it is.
+    from django.conf import settings
+
+    from persistence import discovery
+
+    directory = checkpoint_root / "raced"
+    made = factory.make_many_tiny_checkpoints(directory, 6)
+    run = Run.objects.create(name="raced", directory=str(directory))
+    monkeypatch.setattr(scanning, "SCAN_STORE_ROWS", 1)  # store every chunk as it comes
+    monkeypatch.setattr(scanning, "LOOK_UP_NEW_ROWS", 0)  # as for chunks of thousands
+    listing = discovery.list_directory(str(directory), roots=settings.CHECKPOINT_ROOTS)
+    chunks = list(discovery.describe_chunks(listing, listing.prefixes, chunk_size=2, fork_from=None))
+    later = chunks[2][0]
+    other = later.prefix if while_reading == "a row of a later chunk" else "elsewhere.ckpt-1"
+
+    def chunks_with_a_writer_in_between():
+        yield chunks[0]
+        # What record_saved does for a checkpoint it just wrote, between two of the scan's stores.
+        Checkpoint.objects.create(run=run, prefix=other, step=later.step, status=Checkpoint.PRESENT,
+                                  saved_at=dt.datetime.now(dt.UTC))
+        yield from chunks[1:]
+
+    counts, found = scanning.record_scan(run, chunks_with_a_writer_in_between(), listing.state_files,
+                                         listing.problems, now=None, stamp="")
+    assert found == 6
+    prefixes = list(run.checkpoints.values_list("prefix", flat=True))
+    assert len(prefixes) == len(set(prefixes))
+    assert set(made.prefixes) <= set(prefixes)
+    if other == later.prefix:
+        assert counts["created"] == 5 and counts["left_to_next_scan"] == 1
+    else:
+        assert counts["created"] == 6
