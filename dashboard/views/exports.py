@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from dashboard import access, artifacts, downloads
-from dashboard.models import Alias, Export
+from dashboard.models import Alias, Checkpoint, Export, Run
 from dashboard.views.paging import INT, TIME, Order, paginate
 from persistence import files
 
@@ -32,8 +32,12 @@ def export_list(request: HttpRequest) -> HttpResponse:
     if kind in Export.SUFFIXES:
         exports = exports.filter(kind=kind)
     page = paginate(exports, NEWEST_FIRST, request.GET, EXPORTS_PAGE_SIZE, total=exports.count)
-    # From the exports (thousands), not from the runs' checkpoints (millions).
-    runs = Export.objects.order_by("checkpoint__run__name").values_list("checkpoint__run__name", flat=True).distinct()
+    # From the exports (thousands), not from the runs' checkpoints (millions): given the joined
+    # form, PostgreSQL walked the checkpoint table's primary key across every run; an id list is
+    # looked up in it, one probe per exported checkpoint.
+    exported = list(Export.objects.order_by().values_list("checkpoint_id", flat=True).distinct())
+    run_ids = set(Checkpoint.objects.filter(pk__in=exported).order_by().values_list("run_id", flat=True))
+    runs = Run.objects.filter(pk__in=run_ids).order_by("name").values_list("name", flat=True)
     alias_names = Alias.objects.order_by("name").values_list("name", flat=True).distinct()
     return render(request, "dashboard/export_list.html", {
         "page": page, "run_name": run_name, "runs": list(runs), "alias": alias, "aliases": list(alias_names),

@@ -122,6 +122,7 @@ def _history_by_metric(run: Run, sort: str, name: str, request: HttpRequest) -> 
     rows = []
     for value in page:
         value.checkpoint.has_export = value.has_export
+        value.checkpoint.run = run  # its links name the run: not one query per row for it
         rows.append(value.checkpoint)
     page.rows = rows
     return page

@@ -124,6 +124,25 @@ def test_metric_sort_lists_the_rows_with_a_value_and_links_each_metric(client, v
     assert "No checkpoint of this run has a value for no such thing" in html
 
 
+def test_every_history_page_keeps_the_query_budget_whatever_the_size(
+    client, viewer, demo_rows, django_assert_num_queries
+):
+    from tests.dashboard.test_pages import RUN_PAGE_QUERIES
+
+    client.force_login(viewer)
+    url = reverse("run", args=["rows"])
+    add_checkpoint_rows(demo_rows, 3000, start_step=10)
+    for sort in [*run_views.HISTORY_SORTS, "metric:loss", "-metric:loss"]:
+        cursor = client.get(url, {"sort": sort}).context["page"].next_cursor
+        back = client.get(url, {"sort": sort, "after": cursor}).context["page"].previous_cursor
+        assert cursor and back
+        # First, next, previous (as the links of page 2 go back), last.
+        for query in ({"sort": sort}, {"sort": sort, "after": cursor}, {"sort": sort, "before": back},
+                      {"sort": sort, "last": 1}):
+            with django_assert_num_queries(RUN_PAGE_QUERIES):
+                assert client.get(url, query).status_code == 200
+
+
 def cursor_of(payload) -> str:
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
 
