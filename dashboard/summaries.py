@@ -67,11 +67,13 @@ def refresh(run: Run | int) -> RunSummary:
 
 
 def for_run(run: Run) -> RunSummary:
-    """The run's summary row; an empty one (not saved) for a run nothing has been recorded in."""
+    """The run's summary row, computed and stored the first time it is asked for (a run whose rows
+    arrived around the operations: restored from a backup, inserted by a script)."""
     try:
         return run.summary
     except RunSummary.DoesNotExist:
-        return RunSummary(run=run)
+        run.summary = refresh(run)
+        return run.summary
 
 
 def _metric_rows(run_id: int, pk: int, metrics: dict | None) -> Iterable[MetricValue]:

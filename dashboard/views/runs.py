@@ -85,7 +85,7 @@ def history_context(request: HttpRequest, run: Run) -> dict:
         )
         # Only a run with step-less checkpoints costs the query of that second segment.
         page = paginate(history, HISTORY_SORTS[sort], request.GET, HISTORY_PAGE_SIZE,
-                        null_rows=summary.stepless_count > 0 or summary.pk is None)
+                        null_rows=summary.stepless_count > 0)
     page.total = summary.checkpoint_count
     names = sorted({name for c in page for name in (c.metrics or {})} - {sort_metric})
     metric_names = ([sort_metric] if sort_metric else []) + names[: 4 - bool(sort_metric)]
