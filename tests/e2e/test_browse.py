@@ -33,7 +33,9 @@ def test_browse_history_to_a_checkpoint(tracked, e2e_maintainer, demo_run):
     page.get_by_role("link", name="‹ Previous").click()
     page.wait_for_url("**before=**")
     assert page.locator("table.history tbody tr").count() == 50
-    assert page.get_by_role("link", name="Next ›").is_visible()
+    page.get_by_role("link", name="Next ›").click()
+    page.wait_for_url("**after=**")
+    assert page.locator("table.history tbody tr").count() == 10
 
     page.get_by_role("link", name="model.ckpt-25", exact=True).click()
     page.wait_for_selector("h1 >> text=model.ckpt-25")
