@@ -6,13 +6,23 @@ all, 50 metrics per checkpoint on 10 runs, 10,000 jobs and 5,000 exports. No fil
 are about the database and the pages, not discovery.
 
 Each page is requested 20 times in-process through Django's test client (no HTTP, one process),
-after one warm-up request; the median server time is the figure. Queries per page are counted
-once. Not measured here: concurrency (see a load generator against gunicorn), a cold database.
+after one warm-up request; the median server time is the figure, with the spread (min, max).
+Queries per page are counted once. The history pages are the 100,000-checkpoint run's: the first
+page, a page in the middle (reached by its cursor, as the Next links reach it), by size, and by a
+metric (first page and a middle one). The rows are inserted around the dashboard's operations, so
+the cached run summaries and metric sort rows are rebuilt from them (``summaries.rebuild``, timed
+as ``scale_summary_rebuild_seconds``). On PostgreSQL, ``EXPLAIN ANALYZE`` of each history page's
+slice query is printed (and written to ``explain.txt`` in the work directory).
+
+Not measured here: concurrency (see a load generator against gunicorn), a cold database.
+Smaller data sets for a smoke run: ``BENCH_SCALE_RUNS``, ``BENCH_SCALE_BIG``, ``BENCH_SCALE_TOTAL``.
+A data set already in the database (a run named ``big``) is reused, not inserted again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import statistics
 import time
 from pathlib import Path
@@ -70,7 +80,8 @@ def make_dataset(work: Path, *, runs: int = RUNS, big: int = BIG, total: int = T
     return {"seconds": time.perf_counter() - started, "checkpoints": Checkpoint.objects.count()}
 
 
-def _page_ms(client, url: str) -> tuple[float, int]:
+def _page_ms(client, url: str) -> tuple[float, list[float], list[str]]:
+    """The median server time of ``url`` in ms, every time, and the SQL of one request."""
     from django.db import connection, reset_queries
     from django.test.utils import CaptureQueriesContext
 
@@ -85,7 +96,37 @@ def _page_ms(client, url: str) -> tuple[float, int]:
     reset_queries()
     with CaptureQueriesContext(connection) as ctx:
         client.get(url)
-    return statistics.median(times), len(ctx.captured_queries)
+    return statistics.median(times), times, [q["sql"] for q in ctx.captured_queries]
+
+
+def _explain(queries: list[str]) -> str:
+    """``EXPLAIN ANALYZE`` of a history page's slice: its query of checkpoint (or metric) rows."""
+    from django.db import connection
+
+    slice_sql = next(q for q in queries if "LIMIT 51" in q)
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + slice_sql)
+        return slice_sql + "\n" + "\n".join(row[0] for row in cursor.fetchall())
+
+
+def _middle_cursors() -> tuple[str, str]:
+    """Cursors of the rows in the middle of the big run's history: by step, and by a metric (read
+    once here with OFFSET; the pages themselves reach them by cursor)."""
+    from dashboard.models import MetricValue, Run
+    from dashboard.views.paging import FLOAT, INT, Order
+    from dashboard.views.runs import HISTORY_SORTS
+
+    big = Run.objects.get(name="big")
+    count = big.checkpoints.count()
+    row = big.checkpoints.filter(step__isnull=False).order_by("-step", "-saved_at", "-id")[count // 2]
+    by_step = HISTORY_SORTS["-step"].encode(row)
+    values = MetricValue.objects.filter(run=big, name=METRIC).order_by("-value", "-checkpoint_id")
+    value = values[values.count() // 2]
+    by_metric = Order(f"-metric:{METRIC}", ("value", "checkpoint_id"), (FLOAT, INT), descending=True).encode(value)
+    return by_step, by_metric
+
+
+METRIC = "metric_07"
 
 
 def run(work: Path) -> dict[str, dict]:
@@ -93,9 +134,22 @@ def run(work: Path) -> dict[str, dict]:
     from django.db import close_old_connections, connection
     from django.test import Client
 
+    from dashboard import summaries
     from dashboard.models import Checkpoint, Run
 
-    made = make_dataset(work)
+    rebuild_seconds = None
+    if Run.objects.filter(name="big").exists():
+        made = {"seconds": None, "checkpoints": Checkpoint.objects.count()}
+    else:
+        made = make_dataset(work, runs=int(os.environ.get("BENCH_SCALE_RUNS", RUNS)),
+                            big=int(os.environ.get("BENCH_SCALE_BIG", BIG)),
+                            total=int(os.environ.get("BENCH_SCALE_TOTAL", TOTAL)))
+        started = time.perf_counter()
+        summaries.rebuild()
+        rebuild_seconds = time.perf_counter() - started
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("ANALYZE")  # what autovacuum does after a bulk load, before the pages are timed
     # As a server in service keeps its connection (and the query log must survive requests).
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
@@ -105,22 +159,33 @@ def run(work: Path) -> dict[str, dict]:
     client.force_login(User.objects.get(username="bench-scale"))
     big = Run.objects.get(name="big")
     checkpoint = big.checkpoints.order_by("-step").first()
-    middle = BIG // 50 // 2  # the history page in the middle of the run (50 rows a page)
+    by_step, by_metric = _middle_cursors()
     pages = {
         "runs_list": ("/", 50),
         "history_first": ("/runs/big/", 50),
-        "history_middle": (f"/runs/big/?page={middle}", 50),
+        "history_middle": (f"/runs/big/?after={by_step}", 50),
         "history_by_size": ("/runs/big/?sort=-size", 50),
+        "history_by_metric": (f"/runs/big/?sort=-metric:{METRIC}", 50),
+        "history_by_metric_middle": (f"/runs/big/?sort=-metric:{METRIC}&after={by_metric}", 50),
         "checkpoint_page": (checkpoint.get_absolute_url(), 30),
         "jobs_list": ("/jobs/", 50),
         "exports_list": ("/exports/", 50),
     }
-    results = {}
+    results, plans = {}, []
     for name, (url, target) in pages.items():
-        ms, queries = _page_ms(client, url)
-        results[f"page_{name}_ms"] = entry(ms, None, "ms", f"value <= {target}", url=url, queries=queries,
-                                           requests=REQUESTS, database=connection.vendor,
-                                           checkpoints=made["checkpoints"])
-    results["scale_dataset_seconds"] = entry(made["seconds"], None, "s", "value <= 600",
-                                             checkpoints=Checkpoint.objects.count(), database=connection.vendor)
+        ms, times, queries = _page_ms(client, url)
+        results[f"page_{name}_ms"] = entry(ms, None, "ms", f"value <= {target}", url=url, queries=len(queries),
+                                           requests=REQUESTS, min_ms=min(times), max_ms=max(times),
+                                           database=connection.vendor, checkpoints=made["checkpoints"])
+        if name.startswith("history") and connection.vendor == "postgresql":
+            plans.append(f"== {name}: {url}\n{_explain(queries)}\n")
+    if plans:
+        (work / "explain.txt").write_text("\n".join(plans))
+        print("\n".join(plans))
+    if made["seconds"] is not None:
+        results["scale_dataset_seconds"] = entry(made["seconds"], None, "s", "value <= 600",
+                                                 checkpoints=Checkpoint.objects.count(), database=connection.vendor)
+    if rebuild_seconds is not None:
+        results["scale_summary_rebuild_seconds"] = entry(rebuild_seconds, None, "s", "value <= 600",
+                                                         checkpoints=made["checkpoints"], database=connection.vendor)
     return results

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from persistence import discovery, files
 
-from . import webhooks
+from . import summaries, webhooks
 from .locks import lock_row
 from .models import AuditEvent, Checkpoint, Export, Job, Run, temp_owner_ended
 from .models.export import ARCHIVE_STREAMED
@@ -195,7 +195,9 @@ def verify(checkpoint: Checkpoint, *, output: str = "", on_progress: Progress | 
     # restore's statuses are named like ours: verified, corrupt, incomplete, missing.
     was_corrupt = checkpoint.status == Checkpoint.CORRUPT
     checkpoint.status, checkpoint.verification = result.status, verification
-    checkpoint.save(update_fields=["status", "verification"])
+    with transaction.atomic():
+        checkpoint.save(update_fields=["status", "verification"])
+        summaries.refresh(checkpoint.run_id)
     if result.status == Checkpoint.CORRUPT and not was_corrupt:
         webhooks.emit(webhooks.CHECKPOINT_CORRUPT, checkpoint)
     return verification

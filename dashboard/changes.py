@@ -5,9 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 
-from django.db.models import Max
-
-from .models import Run
+from .models import Run, RunSummary
 
 RECENT_JOBS = 5
 
@@ -15,8 +13,8 @@ RECENT_JOBS = 5
 def change_stamp(run: Run, last_recorded: dt.datetime | None, jobs: list[tuple[int, str]]) -> str:
     """An opaque token that changes whenever what the run page shows may have changed.
 
-    From what the page reads anyway (the run, its summary's newest ``recorded_at``, its recent
-    jobs), so that rendering the page costs no query for it.
+    From what the page reads anyway (the run, its cached summary's newest ``recorded_at``, its
+    recent jobs), so that rendering the page costs no query for it.
     """
     parts = [
         run.last_scanned_at.isoformat() if run.last_scanned_at else "",
@@ -27,6 +25,6 @@ def change_stamp(run: Run, last_recorded: dt.datetime | None, jobs: list[tuple[i
 
 
 def current_stamp(run: Run) -> str:
-    last_recorded = run.checkpoints.on_disk().aggregate(last=Max("recorded_at"))["last"]
+    last_recorded = RunSummary.objects.filter(run=run).values_list("last_recorded", flat=True).first()
     jobs = list(run.jobs.order_by("-created_at").values_list("id", "status")[:RECENT_JOBS])
     return change_stamp(run, last_recorded, jobs)

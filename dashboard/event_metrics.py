@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from persistence import events, files
 
+from . import summaries
 from .locks import lock_row
 from .models import Checkpoint, EventFile, MetricChunk, MetricSeries, Run
 
@@ -236,10 +237,10 @@ def _attach(run: Run, new: dict[str, tuple[np.ndarray, np.ndarray]], whole: dict
         new_steps = {tag: at for tag, (_, at) in attached.items()}
         if metric_steps is None or new_metrics != metrics or new_steps != metric_steps:
             changed.append((pk, new_metrics, new_steps))
-    _write_metrics(changed)
+    _write_metrics(run, changed)
 
 
-def _write_metrics(changed: list[tuple[int, dict, dict]]) -> None:
+def _write_metrics(run: Run, changed: list[tuple[int, dict, dict]]) -> None:
     # One parameterised UPDATE per row, sent as one batch: the first read of a long run's event
     # files sets every checkpoint's metrics, and ``bulk_update``'s CASE expressions grow with
     # the batch (minutes for 100,000 rows).
@@ -253,6 +254,7 @@ def _write_metrics(changed: list[tuple[int, dict, dict]]) -> None:
             (ops.adapt_json_value(metrics, None), ops.adapt_json_value(steps, None), pk)
             for pk, metrics, steps in changed
         ])
+    summaries.record_metric_values(run.pk, [(pk, metrics) for pk, metrics, _ in changed])
 
 
 def _note_problems(run: Run, present: list[str], known: dict[str, EventFile], reads: list) -> list[str]:

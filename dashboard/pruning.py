@@ -21,7 +21,7 @@ from persistence import retention as engine
 from persistence import statefile
 from persistence.retention import Plan
 
-from . import locks, webhooks
+from . import locks, summaries, webhooks
 from .locks import lock_row
 from .models import AuditEvent, Checkpoint, Job, Run
 from .retention import plan_retention, retention_policy
@@ -208,6 +208,7 @@ def apply_plan(run: Run, plan: Plan, *, actor: User | None = None, job: Job | No
         # mid-prune then sees these rows pruned, and leaves them so.
         lock_row(run)
         pruned = _mark_pruned(run, plan, gone, job)
+        summaries.refresh(run)
         # A prune keeps every state file's latest; what changes is the anchor of the hours rule,
         # which the engine wrote into the default state file (no need to re-read them all).
         if statefile.DEFAULT_STATE_FILE in result.state_files and plan.last_preserved_timestamp:

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from persistence import discovery
 
-from . import event_metrics, webhooks
+from . import event_metrics, summaries, webhooks
 from .locks import lock_row
 from .models import AuditEvent, Checkpoint, Run
 from .pruning import running_prune
@@ -194,7 +194,10 @@ def record_scan(
         ):
             with transaction.atomic():
                 lock_row(run)
+                before = counts["created"] + counts["updated"]
                 _store_chunk(run, pending, existing, ids, unlinked, found, shared, created_at, counts, touched)
+                if counts["created"] + counts["updated"] != before:
+                    summaries.refresh(run)
             pending, stored_at = [], time.monotonic()
 
     gone = [
@@ -240,6 +243,8 @@ def record_scan(
         # unchanged.
         unreadable = any(f.status == discovery.UNREADABLE for f in found.values())
         run.directory_stamp = "" if counts["stale"] or unreadable else stamp
+        if counts["rotated"] or counts["missing"]:
+            summaries.refresh(run)
         run.save(
             update_fields=[
                 "format", "latest_prefix", "last_preserved_timestamp", "state_files",
@@ -470,6 +475,7 @@ def record_saved(run: Run, saved: SavedCheckpoint, *, source: Checkpoint | None 
         if source is not None:
             values["source_id"] = source.pk
         checkpoint, _ = Checkpoint.objects.update_or_create(run=run, prefix=saved.prefix, defaults=values)
+        summaries.record_metric_values(run.pk, [(checkpoint.pk, checkpoint.metrics)])
         webhooks.emit(webhooks.CHECKPOINT_RECORDED, checkpoint)
         gone = run.checkpoints.filter(prefix__in=saved.deleted).exclude(status=Checkpoint.PRUNED)
         gone_rows = list(gone.values_list("id", "size_bytes")) if saved.deleted else []
@@ -485,6 +491,7 @@ def record_saved(run: Run, saved: SavedCheckpoint, *, source: Checkpoint | None 
             )
         if saved.state_file:
             _point_state_file(run, saved.state_file, checkpoint)
+        summaries.refresh(run)
     return checkpoint
 
 
@@ -505,7 +512,9 @@ def record_metrics(run: Run, metrics_by_prefix: dict[str, dict[str, float]]) -> 
     rows = list(run.checkpoints.filter(prefix__in=metrics_by_prefix).only("id", "prefix", "metrics"))
     for row in rows:
         row.metrics = {**(row.metrics or {}), **metrics_by_prefix[row.prefix]}
-    Checkpoint.objects.bulk_update(rows, ["metrics"], batch_size=2000)
+    with transaction.atomic():
+        Checkpoint.objects.bulk_update(rows, ["metrics"], batch_size=2000)
+        summaries.record_metric_values(run.pk, [(row.pk, row.metrics) for row in rows])
     return len(rows)
 
 

@@ -13,14 +13,15 @@ from .checkpoint import Checkpoint, CheckpointQuerySet
 from .comparison import Comparison
 from .export import Export
 from .job import Job, temp_owner_ended
-from .metrics import EventFile, MetricChunk, MetricSeries
+from .metrics import EventFile, MetricChunk, MetricSeries, MetricValue
 from .run import Run
 from .serving import ServingTarget
+from .summary import RunSummary
 from .token import ApiToken, IdempotencyKey
 from .webhook import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "Alias", "ApiToken", "AuditEvent", "Checkpoint", "CheckpointQuerySet", "Comparison", "EventFile", "Export",
-    "IdempotencyKey", "Job", "MetricChunk", "MetricSeries", "Run", "ServingTarget", "WebhookDelivery",
+    "IdempotencyKey", "Job", "MetricChunk", "MetricSeries", "MetricValue", "Run", "RunSummary", "ServingTarget", "WebhookDelivery",
     "WebhookEndpoint", "temp_owner_ended",
 ]

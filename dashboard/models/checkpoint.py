@@ -180,9 +180,10 @@ class Checkpoint(models.Model):
         indexes = [
             # The history's sorts, each with its tie-breaker: a page deep into a 100,000-checkpoint
             # run is read in index order instead of sorting the run's every row per request.
-            models.Index(fields=["run", "step", "saved_at"], name="checkpoint_run_step_saved"),
-            models.Index(fields=["run", "saved_at", "step"], name="checkpoint_run_saved_step"),
-            models.Index(fields=["run", "size_bytes", "step"], name="checkpoint_run_size_step"),
+            # The id ends each one: it is the keyset cursor's last key (ties are common).
+            models.Index(fields=["run", "step", "saved_at", "id"], name="checkpoint_run_step_saved_id"),
+            models.Index(fields=["run", "saved_at", "id"], name="checkpoint_run_saved_id"),
+            models.Index(fields=["run", "size_bytes", "id"], name="checkpoint_run_size_id"),
             models.Index(fields=["run", "status"]),
             # The run page's change stamp reads the newest recorded_at of a run every second.
             models.Index(fields=["run", "recorded_at"], name="checkpoint_run_recorded"),

@@ -49,6 +49,8 @@ class Export(models.Model):
         ordering = ["-created_at"]
         # One row per file: two rows for one path made every later freeze of it fail.
         constraints = [models.UniqueConstraint(fields=["path"], name="unique_export_path")]
+        # The exports list, newest first, by keyset (views/paging.py).
+        indexes = [models.Index(fields=["created_at", "id"], name="export_created_id")]
 
     def __str__(self) -> str:
         return f"{self.checkpoint} → {self.path}"

@@ -37,7 +37,12 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "created_at"]), models.Index(fields=["kind", "status"])]
+        indexes = [
+            models.Index(fields=["status", "created_at"]), models.Index(fields=["kind", "status"]),
+            # The jobs list, newest first, by keyset (views/paging.py): all jobs, or one run's.
+            models.Index(fields=["created_at", "id"], name="job_created_id"),
+            models.Index(fields=["run", "created_at", "id"], name="job_run_created_id"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} #{self.pk} ({self.status})"

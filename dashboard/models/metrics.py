@@ -83,3 +83,23 @@ class MetricChunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.series_id}#{self.seq} ({self.count} points)"
+
+
+class MetricValue(models.Model):
+    """One numeric metric of one checkpoint, as a row: what sorting a run's history by a metric
+    reads in index order (``Checkpoint.metrics`` is JSON, which no single index can order by
+    every name). Written with the metrics (``dashboard.summaries.record_metric_values``)."""
+
+    run = models.ForeignKey("dashboard.Run", related_name="+", on_delete=models.CASCADE, db_index=False)
+    checkpoint = models.ForeignKey(
+        "dashboard.Checkpoint", related_name="+", on_delete=models.CASCADE, db_index=False
+    )
+    name = models.CharField(max_length=255)
+    value = models.FloatField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["checkpoint", "name"], name="unique_metric_per_checkpoint")]
+        indexes = [models.Index(fields=["run", "name", "value", "checkpoint"], name="metric_value_sort")]
+
+    def __str__(self) -> str:
+        return f"{self.checkpoint_id}:{self.name}={self.value}"

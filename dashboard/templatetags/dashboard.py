@@ -8,6 +8,7 @@ from django import template
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 
 register = template.Library()
@@ -50,7 +51,8 @@ def sort_link(context, key: str, label: str) -> str:
         target, arrow, aria = key, " ▼", "descending"
     else:
         target, arrow, aria = f"-{key}", "", "none"
-    return format_html('<a href="?sort={}" aria-sort="{}">{}{}</a>', target, aria, label, arrow)
+    # A metric's name can hold any character: the link is query-encoded, not only HTML-escaped.
+    return format_html('<a href="?{}" aria-sort="{}">{}{}</a>', urlencode({"sort": target}), aria, label, arrow)
 
 
 STATUS_STYLE = {

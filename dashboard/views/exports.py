@@ -7,16 +7,17 @@ with the REST API.
 from __future__ import annotations
 
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from dashboard import access, artifacts, downloads
-from dashboard.models import Alias, Export
+from dashboard.models import Alias, Checkpoint, Export, Run
+from dashboard.views.paging import INT, TIME, Order, paginate
 from persistence import files
 
 EXPORTS_PAGE_SIZE = 50
+NEWEST_FIRST = Order("-created", ("created_at", "id"), (TIME, INT), descending=True)
 
 
 def export_list(request: HttpRequest) -> HttpResponse:
@@ -30,9 +31,13 @@ def export_list(request: HttpRequest) -> HttpResponse:
         exports = exports.filter(checkpoint__aliases__name=alias)
     if kind in Export.SUFFIXES:
         exports = exports.filter(kind=kind)
-    page = Paginator(exports, EXPORTS_PAGE_SIZE).get_page(request.GET.get("page"))
-    # From the exports (thousands), not from the runs' checkpoints (millions).
-    runs = Export.objects.order_by("checkpoint__run__name").values_list("checkpoint__run__name", flat=True).distinct()
+    page = paginate(exports, NEWEST_FIRST, request.GET, EXPORTS_PAGE_SIZE, total=exports.count)
+    # From the exports (thousands), not from the runs' checkpoints (millions): given the joined
+    # form, PostgreSQL walked the checkpoint table's primary key across every run; an id list is
+    # looked up in it, one probe per exported checkpoint.
+    exported = list(Export.objects.order_by().values_list("checkpoint_id", flat=True).distinct())
+    run_ids = set(Checkpoint.objects.filter(pk__in=exported).order_by().values_list("run_id", flat=True))
+    runs = Run.objects.filter(pk__in=run_ids).order_by("name").values_list("name", flat=True)
     alias_names = Alias.objects.order_by("name").values_list("name", flat=True).distinct()
     return render(request, "dashboard/export_list.html", {
         "page": page, "run_name": run_name, "runs": list(runs), "alias": alias, "aliases": list(alias_names),

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from dashboard import access, jobs
 from dashboard.models import Job, Run
+from dashboard.views.paging import INT, TIME, Order, paginate
+
+JOBS_PAGE_SIZE = 50
+NEWEST_FIRST = Order("-created", ("created_at", "id"), (TIME, INT), descending=True)
 
 
 def job_list(request: HttpRequest) -> HttpResponse:
@@ -22,7 +25,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
         qs = qs.filter(status=filters["status"])
     if filters["run"]:
         qs = qs.filter(run__name=filters["run"])
-    page = Paginator(qs.order_by("-created_at"), 50).get_page(request.GET.get("page"))
+    page = paginate(qs, NEWEST_FIRST, request.GET, JOBS_PAGE_SIZE, total=qs.count)
     return render(
         request,
         "dashboard/job_list.html",

@@ -7,7 +7,7 @@ the full page renders them) and re-fetch its chart data. What moves the stamp:
 - a scan of the run (the watcher's, the periodic one, a scan job): ``Run.last_scanned_at``; this
   covers new rows, rows rotated out or missing, latest flags, and "scanned N s ago";
 - a checkpoint recorded outside a scan (a save job records each one as it is written): the
-  newest ``recorded_at`` among checkpoints on disk (index ``checkpoint_run_recorded``);
+  newest ``recorded_at`` among checkpoints on disk (kept in the run's ``RunSummary``, written with the rows);
 - a job of the run queued, started or ended (prunes, verifies, freezes change rows and badges):
   the ids and statuses of the five newest jobs, which the page lists.
 

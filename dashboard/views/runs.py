@@ -6,41 +6,46 @@ import os
 
 from django.conf import settings
 from django.contrib import messages
-from django.core.paginator import Paginator
-from django.db.models import Count, Exists, Max, OuterRef, Q, Sum
+from django.db.models import Exists, OuterRef
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from dashboard import access, artifacts, roots
+from dashboard import access, artifacts, roots, summaries
 from dashboard.changes import RECENT_JOBS, change_stamp
 from dashboard.forms import RegisterRunForm
 from dashboard.forms.artifacts import verify_output_choices
-from dashboard.models import Checkpoint, Export, Job, Run
+from dashboard.models import Checkpoint, Export, Job, MetricValue, Run
 from dashboard.views.common import start_job
+from dashboard.views.paging import FLOAT, INT, TEXT, TIME, Order, Page, paginate
 
 HISTORY_PAGE_SIZE = 50
+# Each sort ends with the id, so that ties (equal times, sizes) page exactly; each has its index
+# (``Checkpoint.Meta.indexes``). Checkpoints without a step come last in either direction.
 HISTORY_SORTS = {
-    "step": ("step", "saved_at"),
-    "-step": ("-step", "-saved_at"),
-    "saved_at": ("saved_at", "step"),
-    "-saved_at": ("-saved_at", "-step"),
-    "size": ("size_bytes", "step"),
-    "-size": ("-size_bytes", "-step"),
+    "step": Order("step", ("step", "saved_at", "id"), (INT, TIME, INT), nullable=True),
+    "-step": Order("-step", ("step", "saved_at", "id"), (INT, TIME, INT), descending=True, nullable=True),
+    "saved_at": Order("saved_at", ("saved_at", "id"), (TIME, INT)),
+    "-saved_at": Order("-saved_at", ("saved_at", "id"), (TIME, INT), descending=True),
+    "size": Order("size", ("size_bytes", "id"), (INT, INT)),
+    "-size": Order("-size", ("size_bytes", "id"), (INT, INT), descending=True),
 }
+# ``?sort=metric:loss`` / ``?sort=-metric:loss``: the checkpoints that have a value for it, by it.
+METRIC_SORT = "metric:"
 CHART_MAX_POINTS = 500
+RUNS_PAGE_SIZE = 100
+RUNS_ORDER = Order("name", ("name",), (TEXT,))
 
 
 def runs(request: HttpRequest) -> HttpResponse:
     access.require(request, access.VIEW)
-    on_disk = ~Q(checkpoints__status__in=Checkpoint.GONE)
-    rows = Run.objects.annotate(
-        checkpoint_count=Count("checkpoints", filter=on_disk),
-        latest_step=Max("checkpoints__step", filter=on_disk),
-        total_bytes=Sum("checkpoints__size_bytes", filter=on_disk),
-        last_activity=Max("checkpoints__saved_at"),
-    ).order_by("name")
-    return render(request, "dashboard/runs.html", {"runs": rows})
+    # The counts come from each run's cached summary: no checkpoint row is read.
+    rows = Run.objects.select_related("summary").order_by("name")
+    page = paginate(rows, RUNS_ORDER, request.GET, RUNS_PAGE_SIZE, total=Run.objects.count)
+    for run in page:
+        # Not computed here for a run without one: a page of a hundred runs stays one query.
+        run.stats = summaries.for_run(run, compute=False)
+    return render(request, "dashboard/runs.html", {"runs": page, "page": page})
 
 
 def run_new(request: HttpRequest) -> HttpResponse:
@@ -67,16 +72,24 @@ def run_detail(request: HttpRequest, name: str) -> HttpResponse:
 def history_context(request: HttpRequest, run: Run) -> dict:
     """What the run page shows (also what its live refresh re-renders): the page of history rows
     its query string asks for, the summary, recent jobs, and the change stamp they were read at."""
+    summary = summaries.for_run(run)
     sort = request.GET.get("sort", "-step")
-    if sort not in HISTORY_SORTS:
-        sort = "-step"
-    history = (
-        run.checkpoints.defer("variables", "files", "problems", "verification")
-        .annotate(has_export=Exists(Export.objects.filter(checkpoint=OuterRef("pk"))))
-        .order_by(*HISTORY_SORTS[sort])
-    )
-    page = Paginator(history, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
-    metric_names = sorted({name for c in page for name in (c.metrics or {})})[:4]
+    bare = sort.removeprefix("-")
+    sort_metric = bare.removeprefix(METRIC_SORT) if bare.startswith(METRIC_SORT) else ""
+    if sort_metric and len(sort_metric) <= 255:
+        page = _history_by_metric(run, sort, sort_metric, request)
+    else:
+        sort, sort_metric = (sort if sort in HISTORY_SORTS else "-step"), ""
+        history = (
+            run.checkpoints.defer("variables", "files", "problems", "verification")
+            .annotate(has_export=Exists(Export.objects.filter(checkpoint=OuterRef("pk"))))
+        )
+        # Only a run with step-less checkpoints costs the query of that second segment.
+        page = paginate(history, HISTORY_SORTS[sort], request.GET, HISTORY_PAGE_SIZE,
+                        null_rows=summary.stepless_count > 0)
+    page.total = summary.checkpoint_count
+    names = sorted({name for c in page for name in (c.metrics or {})} - {sort_metric})
+    metric_names = ([sort_metric] if sort_metric else []) + names[: 4 - bool(sort_metric)]
     for c in page:
         # (value, the step it was logged at when that is not the checkpoint's own: event files)
         logged = c.metric_steps or {}
@@ -84,19 +97,36 @@ def history_context(request: HttpRequest, run: Run) -> dict:
             ((c.metrics or {}).get(name), logged[name] if logged.get(name, c.step) != c.step else None)
             for name in metric_names
         ]
-    summary = run.checkpoints.on_disk().aggregate(
-        count=Count("id"), total_bytes=Sum("size_bytes"), latest_step=Max("step"), last_recorded=Max("recorded_at")
-    )
-    newest, active_jobs, ended_jobs = _jobs_for_run_page(run, summary["count"])
+    newest, active_jobs, ended_jobs = _jobs_for_run_page(run, summary.on_disk_count)
     query = request.GET.copy()
     query.pop("since", None)
     return {
-        "run": run, "page": page, "sort": sort, "summary": summary, "recent_jobs": active_jobs,
-        "ended_jobs": ended_jobs, "metric_names": metric_names,
+        "run": run, "page": page, "sort": sort, "sort_metric": sort_metric, "summary": summary,
+        "recent_jobs": active_jobs, "ended_jobs": ended_jobs, "metric_names": metric_names,
         "page_path": run.get_absolute_url() + (f"?{query.urlencode()}" if query else ""),
-        # The stamp the change endpoint computes: from the same newest jobs.
-        "stamp": change_stamp(run, summary["last_recorded"], [(j.pk, j.status) for j in newest[:RECENT_JOBS]]),
+        # The stamp the change endpoint computes: from the same summary and newest jobs.
+        "stamp": change_stamp(run, summary.last_recorded, [(j.pk, j.status) for j in newest[:RECENT_JOBS]]),
     }
+
+
+def _history_by_metric(run: Run, sort: str, name: str, request: HttpRequest) -> Page:
+    """The checkpoints with a value for metric ``name``, by it: read from ``MetricValue`` rows in
+    the order of their index, each with its checkpoint (one query)."""
+    order = Order(sort, ("value", "checkpoint_id"), (FLOAT, INT), descending=sort.startswith("-"))
+    values = (
+        MetricValue.objects.filter(run=run, name=name)
+        .select_related("checkpoint")
+        .defer("checkpoint__variables", "checkpoint__files", "checkpoint__problems", "checkpoint__verification")
+        .annotate(has_export=Exists(Export.objects.filter(checkpoint=OuterRef("checkpoint_id"))))
+    )
+    page = paginate(values, order, request.GET, HISTORY_PAGE_SIZE)
+    rows = []
+    for value in page:
+        value.checkpoint.has_export = value.has_export
+        value.checkpoint.run = run  # its links name the run: not one query per row for it
+        rows.append(value.checkpoint)
+    page.rows = rows
+    return page
 
 
 RUN_PAGE_ENDED_JOBS = 5

@@ -5,6 +5,7 @@ import datetime as dt
 import pytest
 from django.contrib.auth.models import User
 
+from dashboard import summaries
 from dashboard.access import ensure_roles
 from dashboard.models import Checkpoint, Run
 
@@ -49,6 +50,8 @@ def add_checkpoint_rows(run: Run, n: int, *, start_step: int = 1) -> None:
         ),
         batch_size=5000,
     )
+    # Written around the operations: bring the cached summary and metric rows up to date.
+    summaries.rebuild([run])
 
 
 @pytest.fixture

@@ -75,10 +75,10 @@ def test_page_and_live_partial_carry_the_stamp_the_endpoint_reports(client, view
 def test_live_partial_keeps_the_page_and_sort_and_links_back_to_the_page(client, maintainer, demo_rows):
     add_checkpoint_rows(demo_rows, 120, start_step=10)
     client.force_login(maintainer)
-    live = client.get(reverse("run-live", args=[demo_rows.name]), {"page": 3, "sort": "-step"}).content.decode()
+    live = client.get(reverse("run-live", args=[demo_rows.name]), {"last": 1, "sort": "-step"}).content.decode()
     assert "model.ckpt-1<" in live and "model.ckpt-129" not in live
     # A pin submitted from refreshed rows comes back to the page, not to the partial.
-    assert f'name="next" value="/runs/{demo_rows.name}/?page=3&amp;sort=-step"' in live
+    assert f'name="next" value="/runs/{demo_rows.name}/?last=1&amp;sort=-step"' in live
 
 
 def test_run_page_keeps_its_query_budget(client, viewer, demo_rows, django_assert_num_queries):

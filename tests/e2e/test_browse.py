@@ -26,10 +26,16 @@ def test_browse_history_to_a_checkpoint(tracked, e2e_maintainer, demo_run):
     tracked.shot("run-history")
 
     page.get_by_role("link", name="Next ›").click()
-    page.wait_for_url("**page=2**")
+    page.wait_for_url("**after=**")
     rows = page.locator("table.history tbody tr")
     assert rows.count() == 10
     assert "model.ckpt-5" in rows.last.inner_text()
+    page.get_by_role("link", name="‹ Previous").click()
+    page.wait_for_url("**before=**")
+    assert page.locator("table.history tbody tr").count() == 50
+    page.get_by_role("link", name="Next ›").click()
+    page.wait_for_url("**after=**")
+    assert page.locator("table.history tbody tr").count() == 10
 
     page.get_by_role("link", name="model.ckpt-25", exact=True).click()
     page.wait_for_selector("h1 >> text=model.ckpt-25")
