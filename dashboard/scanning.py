@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 # a fifth of its time, and a writer waiting on the run lock waits for one such store only.
 SCAN_STORE_ROWS = 2500
 SCAN_STORE_SECONDS = 1.0
+SUMMARY_REFRESH_SECONDS = 2.0
 # A CheckpointManager deletes a rotated checkpoint's files before it rewrites the state file
 # without it: a scan in between finds it missing. A row that went missing this recently becomes
 # rotated once the state file drops it; one missing for longer vanished for another reason.
@@ -184,6 +185,10 @@ def record_scan(
     shared: dict = {}  # identical variable lists are encoded once
     pending: list[discovery.DiscoveredCheckpoint] = []
     stored_at = time.monotonic()
+    # The summary is an aggregate over all the run's rows: refreshed after every chunk, a first
+    # scan of N rows would pay O(N^2). Pages see it at most SUMMARY_REFRESH_SECONDS behind a
+    # scan in progress, and exact when the scan ends.
+    summary_dirty, summary_at = False, stored_at
     for chunk in itertools.chain(chunks, [None]):  # None: store what is left
         for found_ckpt in chunk or ():
             found[found_ckpt.prefix] = found_ckpt
@@ -196,8 +201,10 @@ def record_scan(
                 lock_row(run)
                 before = counts["created"] + counts["updated"]
                 _store_chunk(run, pending, existing, ids, unlinked, found, shared, created_at, counts, touched)
-                if counts["created"] + counts["updated"] != before:
+                summary_dirty |= counts["created"] + counts["updated"] != before
+                if summary_dirty and time.monotonic() - summary_at >= SUMMARY_REFRESH_SECONDS:
                     summaries.refresh(run)
+                    summary_dirty, summary_at = False, time.monotonic()
             pending, stored_at = [], time.monotonic()
 
     gone = [
@@ -243,8 +250,9 @@ def record_scan(
         # unchanged.
         unreadable = any(f.status == discovery.UNREADABLE for f in found.values())
         run.directory_stamp = "" if counts["stale"] or unreadable else stamp
-        if counts["rotated"] or counts["missing"]:
-            summaries.refresh(run)
+        # Always, not only when this scan changed rows: a scan that failed after storing some
+        # chunks left the summary behind, and the rescan that follows finds those rows known.
+        summaries.refresh(run)
         run.save(
             update_fields=[
                 "format", "latest_prefix", "last_preserved_timestamp", "state_files",

@@ -154,3 +154,24 @@ def test_rebuild_repairs_rows_written_around_the_operations(checkpoint_root, cap
     call_command("rebuild_summaries", "raw")
     assert_cache_is_fresh(run)
     assert "1 run" in capsys.readouterr().out
+
+
+def test_a_scan_in_many_chunks_ends_exact_and_one_cut_short_is_caught_up(checkpoint_root, monkeypatch):
+    """Refreshed at most every few seconds while chunks are stored, the summary is exact when the scan
+    ends; a scan that stored some chunks and then failed leaves it behind, and the next scan of the
+    (changed) directory catches it up although every row it finds is already known."""
+    directory = str(checkpoint_root / "chunks")
+    make_many_tiny_checkpoints(directory, 12)
+    monkeypatch.setattr(scanning, "SCAN_STORE_ROWS", 3)
+    monkeypatch.setattr(scanning, "SUMMARY_REFRESH_SECONDS", 3600.0)  # none between chunks
+    run = Run.objects.create(name="chunks", directory=directory, min_age_seconds=0)
+    scanning.scan(run)
+    assert_cache_is_fresh(run)
+
+    # A summary left behind, as by a scan whose last transaction never ran.
+    RunSummary.objects.filter(run=run).update(checkpoint_count=3, on_disk_count=3, latest_step=3)
+    open(os.path.join(directory, "notes.txt"), "w").close()  # the directory changed; no checkpoint did
+    time.sleep(1.1)  # past the directory stamp's settle time
+    run.refresh_from_db()
+    assert scanning.scan(run)["created"] == 0
+    assert_cache_is_fresh(run)
