@@ -382,7 +382,8 @@ class ObjectStorage:
                         data = await response["Body"].read()
                     finally:
                         response["Body"].close()
-                os.pwrite(fd, data, start)
+                # Off the event loop: the other parts keep arriving while this one is written.
+                await asyncio.to_thread(os.pwrite, fd, data, start)
                 return len(data)
 
             return sum(await asyncio.gather(*(part(s) for s in starts)))

@@ -164,3 +164,24 @@ def test_a_checkpoint_larger_than_the_cache_is_refused_before_any_get(s3_bucket,
         with cache.stage(s3_bucket.url("runs/seed"), "model.ckpt-100"):
             pass
     assert _gets(counts) == 0
+
+
+def test_leftovers_of_dead_processes_and_of_an_earlier_boot_are_removed(s3_bucket, tmp_path):
+    s3_bucket.put("runs/b/o", b"x" * 100)
+    directory = tmp_path / "cache"
+    cache = staging.StagingCache(directory, 1000)
+    with cache.using(storage.storage_for(s3_bucket.url()), _entry(s3_bucket, "runs/b/o")):
+        pass
+    # A fetch killed mid-way (its pid is gone) left its temporary file and view behind.
+    dead = multiprocessing.get_context("spawn").Process(target=int)
+    dead.start()
+    dead.join()
+    (directory / "tmp" / f"{dead.pid}-partial").write_bytes(b"\0" * 500)
+    (directory / "views" / f"{dead.pid}-view").mkdir()
+    assert cache.size() == 600
+    cache.remove_stale()
+    assert cache.size() == 100 and os.listdir(directory / "views") == []
+    # Entries are not fsynced: after a reboot (another boot id) nothing cached before is trusted.
+    (directory / "boot_id").write_text("an-earlier-boot")
+    staging.StagingCache(directory, 1000)
+    assert os.listdir(directory / "objects") == []
