@@ -185,3 +185,25 @@ def test_leftovers_of_dead_processes_and_of_an_earlier_boot_are_removed(s3_bucke
     (directory / "boot_id").write_text("an-earlier-boot")
     staging.StagingCache(directory, 1000)
     assert os.listdir(directory / "objects") == []
+
+
+def test_cleanup_and_eviction_never_reach_outside_the_cache_through_a_link(s3_bucket, tmp_path):
+    victim = tmp_path / "precious"
+    victim.mkdir()
+    (victim / "model.ckpt-1.index").write_bytes(b"keep me")
+    directory = tmp_path / "cache"
+    cache = staging.StagingCache(directory, 1000)
+    dead = multiprocessing.get_context("spawn").Process(target=int)
+    dead.start()
+    dead.join()
+    os.symlink(victim, directory / "views" / f"{dead.pid}-view")
+    os.symlink(victim / "model.ckpt-1.index", directory / "tmp" / f"{dead.pid}-partial")
+    os.symlink(victim / "model.ckpt-1.index", directory / "objects" / ("0" * 64))
+    os.utime(directory / "objects" / ("0" * 64), (1, 1), follow_symlinks=False)
+    cache.remove_stale()
+    s3_bucket.put("runs/l/o", b"y" * 990)  # only fits once the linked "entry" is evicted
+    with cache.using(storage.storage_for(s3_bucket.url()), _entry(s3_bucket, "runs/l/o")):
+        pass
+    assert not os.path.lexists(directory / "objects" / ("0" * 64))
+    assert (victim / "model.ckpt-1.index").read_bytes() == b"keep me"
+    assert os.listdir(victim) == ["model.ckpt-1.index"]
