@@ -171,16 +171,16 @@ def _measure(client, bucket: str, names: list[str], n: int, repeat: int, storage
 
 def _write_large_checkpoint(directory: Path, megabytes: int) -> str:
     """A TF1 ``Saver`` checkpoint of about ``megabytes`` MB of float32 variables (four of them)."""
-    import numpy as np
     import tensorflow as tf
 
     directory.mkdir(parents=True, exist_ok=True)
     per_variable = max(1, megabytes * (1 << 20) // 4 // 4)
     with tf.Graph().as_default(), tf.compat.v1.Session() as session:
-        variables = [tf.compat.v1.Variable(np.full(per_variable, i, dtype=np.float32), name=f"layer{i}")
-                     for i in range(4)]
+        # Initialisers, not constants: the values must not be copied into the .meta as well.
+        for i in range(4):
+            tf.compat.v1.get_variable(f"layer{i}", shape=[per_variable], dtype=tf.float32,
+                                      initializer=tf.compat.v1.random_uniform_initializer(seed=i))
         session.run(tf.compat.v1.global_variables_initializer())
-        del variables
         return tf.compat.v1.train.Saver().save(session, str(directory / "large.ckpt"), global_step=1)
 
 
