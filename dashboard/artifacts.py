@@ -9,6 +9,7 @@ are pure Python and safe in the web process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -25,8 +26,9 @@ from .locks import lock_row
 from .models import AuditEvent, Checkpoint, Export, Job, Run, temp_owner_ended
 from .models.export import ARCHIVE_STREAMED
 from .pruning import check_no_prune_running
-from .roots import checkpoint_directory
+from .roots import checkpoint_directory, on_object_storage, run_location
 from .scanning import refresh_latest
+from .staging import Readable, readable
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -162,10 +164,11 @@ def verify(checkpoint: Checkpoint, *, output: str = "", on_progress: Progress | 
         raise ValueError(f"the files of {checkpoint.prefix} are gone ({checkpoint.gone_reason})")
     if checkpoint.v1_refusal:
         raise ValueError(checkpoint.v1_refusal)
-    checkpoint_directory(checkpoint.run.directory, action="Verifying a checkpoint")
-    checkpoint.check_files_at_use()
-    result = run_sandboxed(restore.verify_checkpoint, checkpoint.path, limits=sandbox_limits(checkpoint),
-                           on_progress=_progress_span(on_progress, 0, 80))
+    with readable(checkpoint, action="Verifying a checkpoint") as local:
+        result = run_sandboxed(restore.verify_checkpoint, local.path, limits=sandbox_limits(checkpoint),
+                               on_progress=_progress_span(on_progress, 0, 80))
+        result.message = local.shown(result.message)
+        restored = _restore_check(checkpoint, local, output, _progress_span(on_progress, 80, 100)) if result.ok else None
     if result.status == restore.UNREADABLE:
         # Not a verdict on the checkpoint: keep its status and the last verification's findings.
         verification = {
@@ -190,8 +193,8 @@ def verify(checkpoint: Checkpoint, *, output: str = "", on_progress: Progress | 
         "checked_at": timezone.now().isoformat(),
         "variables": [asdict(v) for v in result.variables],
     }
-    if result.ok:
-        verification["restore"] = _restore_check(checkpoint, output, _progress_span(on_progress, 80, 100))
+    if restored is not None:
+        verification["restore"] = restored
     # restore's statuses are named like ours: verified, corrupt, incomplete, missing.
     was_corrupt = checkpoint.status == Checkpoint.CORRUPT
     checkpoint.status, checkpoint.verification = result.status, verification
@@ -231,7 +234,7 @@ def partial_restore(checkpoint: Checkpoint, *, recipe_path: str, variables: list
     return {"mode": "partial", "recipe": recipe_path, **result.to_dict()}
 
 
-def _restore_check(checkpoint: Checkpoint, output: str, on_progress) -> dict:
+def _restore_check(checkpoint: Checkpoint, local: Readable, output: str, on_progress) -> dict:
     from dataclasses import asdict
 
     from persistence import restore
@@ -240,7 +243,7 @@ def _restore_check(checkpoint: Checkpoint, output: str, on_progress) -> dict:
 
     if checkpoint.format == discovery.TF2:
         return {"ok": None, "note": "TF2 object checkpoint: there is no meta graph to restore into."}
-    meta = checkpoint.meta_path()
+    meta = local.meta
     if meta is None or not os.path.isfile(meta):
         return {"ok": False, "error": "No meta graph: neither this checkpoint nor an earlier one has a .meta."}
     check: dict = {"meta": os.path.basename(meta), "output": output or None}
@@ -248,15 +251,15 @@ def _restore_check(checkpoint: Checkpoint, output: str, on_progress) -> dict:
         placeholders = restore.placeholder_inputs(load_meta_graph_def(meta).graph_def)
         feed = sample_feed(checkpoint.run, placeholders)
         ran = run_sandboxed(
-            restore.restore_and_run, checkpoint.path, meta, feed=feed, outputs=[output] if output else [],
+            restore.restore_and_run, local.path, meta, feed=feed, outputs=[output] if output else [],
             allow_unsafe=checkpoint.run.trusted, on_progress=on_progress, limits=sandbox_limits(checkpoint),
         )
     except (UnsafeGraphError, ValueError, OSError, SandboxError, SandboxChildError) as exc:
         # UnknownNameError is a ValueError; a TensorFlow error that could not cross the process
         # boundary as itself arrives as a SandboxChildError carrying its type and message.
-        return {**check, "ok": False, "error": str(exc)}
+        return {**check, "ok": False, "error": local.shown(str(exc))}
     except restore.RestoreFailed as exc:  # e.g. a graph that does not match the checkpoint
-        return {**check, "ok": False, "error": str(exc), "verdict": exc.failure.verdict}
+        return {**check, "ok": False, "error": local.shown(str(exc)), "verdict": exc.failure.verdict}
     return {
         **check, "ok": True, "fed": sorted(feed), "zero_filled": ran.zero_filled,
         "outputs": [asdict(s) for s in ran.summaries], "seconds": round(ran.seconds, 3),
@@ -360,8 +363,11 @@ def freeze(checkpoint: Checkpoint, *, outputs: list[str], clear_devices: bool = 
     if checkpoint.v1_refusal:
         raise engine.FreezeError(checkpoint.v1_refusal)
     try:
-        checkpoint_directory(checkpoint.run.directory, action="Exporting a checkpoint")
-        checkpoint.check_files_at_use()
+        if on_object_storage(checkpoint.run.directory):
+            run_location(checkpoint.run.directory)  # its files are staged (and checked) below
+        else:
+            checkpoint_directory(checkpoint.run.directory, action="Exporting a checkpoint")
+            checkpoint.check_files_at_use()
     except ValueError as exc:  # files.UnsafeFile is one
         raise engine.FreezeError(f"run {checkpoint.run.name}: {exc}") from None
     outputs = clean_outputs(outputs)
@@ -402,37 +408,42 @@ def freeze(checkpoint: Checkpoint, *, outputs: list[str], clear_devices: bool = 
     # The child may write only beneath the export directory (and its scratch directory).
     target.parent.mkdir(parents=True, exist_ok=True)
     limits = sandbox_limits(checkpoint, writable=(str(target.parent),))
-    meta = None if tf2 else checkpoint.meta_path()
-    if tf2:
-        sample = recipe.sample_input()
-        source = {"recipe_path": checkpoint.run.recipe_path()}
-    elif meta is None:
-        raise engine.FreezeError(
-            f"missing meta graph: {checkpoint.prefix} has no .meta and no earlier checkpoint of run "
-            f"{checkpoint.run.name} provides one, so there is no graph structure to export"
-        )
-    else:
+    with contextlib.ExitStack() as stack:
         try:
-            sample = sample_feed(checkpoint.run, placeholder_inputs(load_meta_graph_def(meta).graph_def))
-        except (OSError, ValueError):
-            sample = {}  # the engine says what is wrong with the meta graph
-        source = {"meta_path": meta, "outputs": outputs, "allow_unsafe": checkpoint.run.trusted,
-                  "clear_devices": clear_devices}
-    kwargs = {**source, "sample_feed": sample, "on_progress": on_progress, "limits": limits, "temp_owner": owner}
-    if kind == Export.FROZEN_PB and tf2:
-        function, args = engine.freeze_tf2_with_recipe, (checkpoint.path, str(target))
-    elif kind == Export.FROZEN_PB:
-        kwargs.update(variables_allowlist=variables_allowlist or None, variables_denylist=variables_denylist or None)
-        function, args = engine.freeze_checkpoint, (checkpoint.path, kwargs.pop("meta_path"), str(target))
-    elif kind == Export.SAVED_MODEL:
-        function, args = savedmodel.export_saved_model, (checkpoint.path, str(target))
-    else:
-        function, args = savedmodel.export_file, (kind, checkpoint.path, str(target))
-        kwargs["quantize"] = quantize
-    try:
-        result = run_sandboxed(function, *args, **kwargs)
-    except (SandboxError, SandboxChildError) as exc:
-        raise engine.FreezeError(str(exc)) from None
+            local = stack.enter_context(readable(checkpoint, action="Exporting a checkpoint"))
+        except ValueError as exc:
+            raise engine.FreezeError(f"run {checkpoint.run.name}: {exc}") from None
+        meta = None if tf2 else local.meta
+        if tf2:
+            sample = recipe.sample_input()
+            source = {"recipe_path": checkpoint.run.recipe_path()}
+        elif meta is None:
+            raise engine.FreezeError(
+                f"missing meta graph: {checkpoint.prefix} has no .meta and no earlier checkpoint of run "
+                f"{checkpoint.run.name} provides one, so there is no graph structure to export"
+            )
+        else:
+            try:
+                sample = sample_feed(checkpoint.run, placeholder_inputs(load_meta_graph_def(meta).graph_def))
+            except (OSError, ValueError):
+                sample = {}  # the engine says what is wrong with the meta graph
+            source = {"meta_path": meta, "outputs": outputs, "allow_unsafe": checkpoint.run.trusted,
+                      "clear_devices": clear_devices}
+        kwargs = {**source, "sample_feed": sample, "on_progress": on_progress, "limits": limits, "temp_owner": owner}
+        if kind == Export.FROZEN_PB and tf2:
+            function, args = engine.freeze_tf2_with_recipe, (local.path, str(target))
+        elif kind == Export.FROZEN_PB:
+            kwargs.update(variables_allowlist=variables_allowlist or None, variables_denylist=variables_denylist or None)
+            function, args = engine.freeze_checkpoint, (local.path, kwargs.pop("meta_path"), str(target))
+        elif kind == Export.SAVED_MODEL:
+            function, args = savedmodel.export_saved_model, (local.path, str(target))
+        else:
+            function, args = savedmodel.export_file, (kind, local.path, str(target))
+            kwargs["quantize"] = quantize
+        try:
+            result = run_sandboxed(function, *args, **kwargs)
+        except (SandboxError, SandboxChildError, engine.FreezeError) as exc:
+            raise engine.FreezeError(local.shown(str(exc))) from None
     return _record_export(checkpoint, kind, target, result.to_dict(), user=user, sample=sample, meta=meta,
                           stale=stale, clear_devices=clear_devices, variables_allowlist=variables_allowlist,
                           variables_denylist=variables_denylist)

@@ -6,6 +6,7 @@ a management command, never in a view. The jobs helpers here are plain queries, 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,8 @@ from django.db import models
 from django.utils import timezone
 
 from .models import Checkpoint, Comparison, Job, Run
-from .roots import checkpoint_directory
+from .roots import run_location
+from .staging import readable_many
 
 if TYPE_CHECKING:
     Progress = Callable[[float, str], object]
@@ -33,21 +35,22 @@ def compute(
     for side in (a, b):
         if not side.on_disk:
             raise Comparison.CannotCompare(f"checkpoint #{side.pk} ({side}) is {side.status}: its files are gone")
-        try:
-            checkpoint_directory(side.run.directory, action="Comparing checkpoints")  # the root list may have changed since
-            side.check_files_at_use()
-        except ValueError as exc:
-            raise Comparison.CannotCompare(f"run {side.run.name}: {exc}") from None
     # Recorded before reading: a rescan that changes a fingerprint meanwhile makes this stale.
     fingerprint_a, fingerprint_b = a.fingerprint, b.fingerprint
     started = timezone.now()
-    try:
-        result = engine.compare_checkpoints(a.path, b.path, on_progress=on_progress)
-    except Exception as exc:
-        message = read_error_message(exc)
-        if message is None:
-            raise
-        raise Comparison.CannotCompare(message) from exc
+    with contextlib.ExitStack() as stack:
+        try:
+            # The root list may have changed since; a side in a bucket is staged locally.
+            local = stack.enter_context(readable_many([a, b], action="Comparing checkpoints"))
+        except ValueError as exc:
+            raise Comparison.CannotCompare(str(exc)) from None
+        try:
+            result = engine.compare_checkpoints(local[0].path, local[1].path, on_progress=on_progress)
+        except Exception as exc:
+            message = read_error_message(exc)
+            if message is None:
+                raise
+            raise Comparison.CannotCompare(local[1].shown(local[0].shown(message))) from exc
     summary = {
         **result.summary,
         "step_a": a.step,
@@ -107,7 +110,7 @@ def step_over_step(run: Run, *, last: int = 50, on_progress: Progress | None = N
     from persistence import compare as engine
 
     try:
-        checkpoint_directory(run.directory, action="Comparing checkpoints")
+        run_location(run.directory)
     except ValueError as exc:
         raise Comparison.CannotCompare(f"run {run.name}: {exc}") from None
     chosen = step_over_step_checkpoints(run, last)
@@ -115,18 +118,20 @@ def step_over_step(run: Run, *, last: int = 50, on_progress: Progress | None = N
         c.run = run  # for c.path without one query per checkpoint
     if len(chosen) < 2:
         raise Comparison.CannotCompare("Step over step needs at least two readable checkpoints on disk.")
-    try:
-        for c in chosen:
-            c.check_files_at_use()
-    except ValueError as exc:
-        raise Comparison.CannotCompare(f"run {run.name}: {exc}") from None
-    try:
-        data = engine.step_over_step([c.path for c in chosen], on_progress=on_progress)
-    except Exception as exc:
-        message = read_error_message(exc)
-        if message is None:
-            raise
-        raise Comparison.CannotCompare(message) from exc
+    with contextlib.ExitStack() as stack:
+        try:
+            local = stack.enter_context(readable_many(chosen, action="Comparing checkpoints"))
+        except ValueError as exc:
+            raise Comparison.CannotCompare(str(exc)) from None
+        try:
+            data = engine.step_over_step([c.path for c in local], on_progress=on_progress)
+        except Exception as exc:
+            message = read_error_message(exc)
+            if message is None:
+                raise
+            for side in local:
+                message = side.shown(message)
+            raise Comparison.CannotCompare(message) from exc
     # The engine leaves both the value and the note empty for a pair whose numbers are not
     # finite and for a variable absent from both checkpoints; the heatmap must tell them apart.
     names = [{v["name"] for v in c.variables} for c in chosen]

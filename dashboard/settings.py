@@ -111,6 +111,11 @@ for _root in CHECKPOINT_ROOTS:
         raise ImproperlyConfigured(f"CHECKPOINT_ROOTS must not contain the file-system root ({_root})")
 
 EXPORT_ROOT = _env_path("EXPORT_ROOT", VAR_DIR / "exports")
+# Jobs that read a checkpoint in a bucket (verify, export, compare) fetch its files into this local
+# cache first (TensorFlow cannot read s3:// itself). Least recently used objects are evicted to stay
+# under STAGING_CACHE_BYTES; a checkpoint larger than that cannot be staged. One cache per machine.
+STAGING_CACHE_DIR = _env_path("STAGING_CACHE_DIR", VAR_DIR / "stage")
+STAGING_CACHE_BYTES = int(_env_float("STAGING_CACHE_BYTES", 20e9, minimum=1))
 # Where serving targets (TF Serving model base paths) may be: published versions and models.config
 # are written only beneath it.
 SERVING_ROOT = _env_path("SERVING_ROOT", VAR_DIR / "serving")

@@ -31,11 +31,21 @@ def outline_for_checkpoint(checkpoint) -> tuple[GraphOutline | None, str]:
     """
     from django.conf import settings
 
+    from dashboard.staging import meta_file
     from persistence.files import PathOutsideRoots, resolve_inside
 
     meta = checkpoint.meta_path()
     if meta is not None and "://" in meta:
-        return None, "Reading graphs is not yet supported for runs on object storage."
+        # Fetched into the staging cache (no TensorFlow here), outlined like a local file.
+        try:
+            with meta_file(checkpoint) as local:
+                return GraphOutline.read(local), ""
+        except OutlineTooLarge:
+            return None, ""
+        except FileNotFoundError:
+            return None, f"The meta graph {meta.rsplit('/', 1)[-1]} is missing in the bucket."
+        except (OSError, ValueError) as exc:
+            return None, f"The meta graph {meta.rsplit('/', 1)[-1]} cannot be read: {exc}"
     if meta is None:
         return None, (f"{checkpoint.prefix} has no meta graph, and no earlier checkpoint of this run provides "
                       "one: there is no graph structure to freeze.")

@@ -154,25 +154,21 @@ def start(
     return job
 
 
-# What each kind that reads or writes a run's files through TensorFlow is called in a refusal: those
-# files must be on a local disk, which a run in a bucket is not (yet).
-LOCAL_FILES_KINDS = {
-    Job.SAVE: "Saving checkpoints", Job.RESTORE: "Verifying or restoring a checkpoint",
-    Job.FREEZE: "Exporting a checkpoint", Job.PRUNE: "Pruning", Job.COMPARE: "Comparing checkpoints",
-}
+# What each kind that writes into a run is called in a refusal: those files must be on a local disk,
+# which a run in a bucket is not (yet). Verify, export and compare read a bucket run through the
+# staging cache (``dashboard.staging``); a partial restore is refused with the writers for now.
+LOCAL_FILES_KINDS = {Job.SAVE: "Saving checkpoints", Job.PRUNE: "Pruning"}
+PARTIAL_RESTORE = "Restoring part of a checkpoint"
 
 
 def _refuse_on_object_storage(kind: str, run: Run | None, checkpoint: Checkpoint | None, params: dict | None) -> None:
     """Raise ``NotOnObjectStorage`` before any row exists when ``kind`` needs local files it cannot have."""
     action = LOCAL_FILES_KINDS.get(kind)
+    if kind == Job.RESTORE and (params or {}).get("mode") == "partial":
+        action = PARTIAL_RESTORE
     if action is None:
         return
     directories = [r.directory for r in (run, checkpoint.run if checkpoint is not None else None) if r is not None]
-    other = [(params or {}).get(side) for side in ("a", "b")] if kind == Job.COMPARE else []
-    if any(isinstance(pk, int) for pk in other):
-        directories += Checkpoint.objects.filter(pk__in=[pk for pk in other if isinstance(pk, int)]).values_list(
-            "run__directory", flat=True
-        )
     if any(on_object_storage(d) for d in directories):
         raise NotOnObjectStorage(action)
 

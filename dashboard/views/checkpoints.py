@@ -45,8 +45,6 @@ def checkpoint_verify(request: HttpRequest, name: str, pk: int) -> HttpResponse:
 
 def checkpoint_freeze(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     checkpoint = _checkpoint(request, name, pk, access.OPERATE)
-    if refused_on_object_storage(request, checkpoint.run, "Exporting a checkpoint"):
-        return redirect(checkpoint)
     if checkpoint.v1_refusal:
         messages.error(request, checkpoint.v1_refusal)
         return redirect(checkpoint)

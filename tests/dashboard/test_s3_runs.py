@@ -12,9 +12,8 @@ import os
 
 import pytest
 from django.urls import reverse
-from django.utils import timezone
 
-from dashboard import artifacts, comparing, jobs, pruning, scanning
+from dashboard import artifacts, jobs, pruning, scanning
 from dashboard.models import Checkpoint, Job, Run
 from dashboard.roots import NotOnObjectStorage
 from persistence import storage
@@ -237,10 +236,8 @@ REFUSED = "not yet supported for runs on object storage"
 
 @pytest.mark.parametrize(("kind", "kwargs"), [
     (Job.SAVE, {}),
-    (Job.RESTORE, {"checkpoint": True}),
-    (Job.FREEZE, {"checkpoint": True, "params": {"outputs": ["probs"]}}),
+    (Job.RESTORE, {"checkpoint": True, "params": {"mode": "partial", "recipe": "tests.dashboard.job_recipes.seed"}}),
     (Job.PRUNE, {}),
-    (Job.COMPARE, {"checkpoint": True}),
 ])
 def test_jobs_that_need_local_files_are_refused_before_a_row_exists(s3_run, kind, kwargs):
     if kwargs.pop("checkpoint", False):
@@ -250,24 +247,9 @@ def test_jobs_that_need_local_files_are_refused_before_a_row_exists(s3_run, kind
     assert not Job.objects.filter(kind=kind).exists()
 
 
-def test_comparing_with_a_checkpoint_in_a_bucket_is_refused_from_either_side(s3_run, checkpoint_root):
-    local = Run.objects.create(name="local", directory=str(checkpoint_root))
-    row = Checkpoint.objects.create(run=local, prefix="model.ckpt-1", step=1, status=Checkpoint.PRESENT,
-                                    saved_at=timezone.now())
-    with pytest.raises(NotOnObjectStorage, match="Comparing"):
-        jobs.start(Job.COMPARE, run=local, checkpoint=row, params={"a": _ckpt(s3_run).pk, "b": row.pk})
-    with pytest.raises(Exception, match=REFUSED):
-        comparing.compute(_ckpt(s3_run), row)
-
-
-def test_verify_restore_and_freeze_operations_refuse(s3_run):
-    checkpoint = _ckpt(s3_run)
-    with pytest.raises(ValueError, match=f"Verifying a checkpoint is {REFUSED}"):
-        artifacts.verify(checkpoint)
+def test_partial_restore_operation_refuses(s3_run):
     with pytest.raises(ValueError, match=f"Restoring a checkpoint is {REFUSED}"):
-        artifacts.partial_restore(checkpoint, recipe_path="tests.dashboard.job_recipes.seed")
-    with pytest.raises(Exception, match=f"Exporting a checkpoint is {REFUSED}"):
-        artifacts.freeze(checkpoint, outputs=["probs"])
+        artifacts.partial_restore(_ckpt(s3_run), recipe_path="tests.dashboard.job_recipes.seed")
 
 
 def test_make_latest_refuses_and_the_state_file_is_untouched(s3_run, s3_root):
@@ -296,8 +278,6 @@ def test_prune_and_step_over_step_operations_refuse_and_delete_nothing(s3_run, s
         engine.execute_plan(s3_run.directory, plan)
     with pytest.raises(StateFileError, match=REFUSED):
         write_state_file(s3_run.directory, latest="model.ckpt-100", all_prefixes=["model.ckpt-100"])
-    with pytest.raises(Exception, match=REFUSED):
-        comparing.step_over_step(s3_run)
     assert s3_root.keys() == keys
     assert not s3_run.checkpoints.filter(status=Checkpoint.PRUNED).exists()
 
@@ -318,15 +298,11 @@ def test_save_and_resave_job_bodies_refuse(s3_run, settings, s3_root):
 
 
 @pytest.mark.parametrize(("route", "method", "data"), [
-    ("checkpoint-verify", "post", {}),
-    ("checkpoint-freeze", "get", None),
-    ("checkpoint-freeze", "post", {"kind": "frozen_pb", "outputs": "probs"}),
     ("checkpoint-partial-restore", "post", {}),
     ("checkpoint-make-latest", "post", {}),
     ("checkpoint-resave", "post", {"variables": "w", "prefix": "x"}),
     ("run-save", "post", {}),
     ("run-prune-now", "post", {}),
-    ("run-steps-start", "post", {"last": "5"}),
 ])
 def test_pages_refuse_with_a_message_not_a_500(client, maintainer, s3_run, route, method, data):
     client.force_login(maintainer)
