@@ -1,10 +1,10 @@
 """Artifacts: reading a checkpoint back (verify, restore), freezing it into a served graph,
-pointing a run's state file at it, and re-checking exports on disk.
+and pointing a run's state file at it.
 
 The reads and the freeze import TensorFlow (lazily, through ``persistence``) and run graphs in a
 limited child process: they are the code path of the jobs and of ``manage.py verify`` /
-``freeze``, never called from a view. ``make_latest``, ``set_trusted`` and ``recheck_export``
-are pure Python and safe in the web process.
+``freeze``, never called from a view. ``make_latest`` and ``set_trusted`` are pure Python and
+safe in the web process.
 """
 
 from __future__ import annotations
@@ -490,42 +490,3 @@ def _record_export(checkpoint: Checkpoint, kind: str, target: Path, data: dict, 
     )
     webhooks.emit(webhooks.EXPORT_VERIFIED if export.verified else webhooks.EXPORT_FAILED, export)
     return export
-
-
-def recheck_export(export: Export, *, actor: User | None = None) -> bool:
-    """Hash the file again; if it is byte for byte what was verified, accept its new mtime.
-
-    A directory export is hashed as the archive its downloads stream, read from the directory:
-    a file changed, added or removed since the export changes that digest. Returns True when
-    the export is whole again, False when its contents differ (export again). Audited either way.
-    """
-    import hashlib
-
-    if export.is_directory:
-        # Listed before hashing, each file checked against the listing when it is read: one
-        # changed meanwhile stops the hash (ArchiveChanged, an OSError) instead of being accepted.
-        info = export.archive()
-        digest = info.sha256()
-    else:
-        with open(files.open_regular_file(export.file_path()), "rb") as handle:
-            info = os.fstat(handle.fileno())
-            hashing = hashlib.sha256()
-            while chunk := handle.read(1 << 20):
-                hashing.update(chunk)
-        digest = hashing.hexdigest()
-    same = info.st_size == export.size_bytes and digest == export.sha256
-    if same:
-        export.file_mtime_ns = info.st_mtime_ns
-        if export.is_directory:
-            export.verification = {**export.verification, "archive": ARCHIVE_STREAMED}
-        export.save(update_fields=["file_mtime_ns", "verification"])
-    AuditEvent.record(
-        "export_recheck",
-        f"Export #{export.pk} ({export.file_name}): "
-        + ("contents unchanged, accepted again" if same else "contents changed on disk; refused until frozen again"),
-        actor=actor, run=export.checkpoint.run, checkpoint=export.checkpoint,
-        details={"sha256_on_disk": digest, "size_on_disk": info.st_size},
-    )
-    if not same:
-        webhooks.emit(webhooks.EXPORT_FAILED, export)
-    return same

@@ -10,7 +10,7 @@ import os
 
 from django.conf import settings
 
-from dashboard import scanning
+from dashboard import recording, scanning
 from dashboard.models import Checkpoint, Job, Run
 from dashboard.roots import checkpoint_directory
 
@@ -115,7 +115,7 @@ def save_job(job: Job, ctx: JobContext) -> dict:
             f"Deleted by TensorFlow's Saver (max_to_keep={options.max_to_keep}) when save job "
             f"#{job.pk} wrote {saved.prefix}."
         )
-        checkpoint = scanning.record_saved(run, saved, pruned_note=note, actor=job.requested_by)
+        checkpoint = recording.record_saved(run, saved, pruned_note=note, actor=job.requested_by)
         written.add(saved.prefix)
         entry = {"prefix": saved.prefix, "step": saved.step, "id": checkpoint.pk, **saved.metrics}
         own_saved.append(entry)
@@ -204,7 +204,7 @@ def resave_job(job: Job, ctx: JobContext) -> dict:
                 prefix=new_prefix, path=os.path.join(directory, new_prefix), step=step_from_prefix(new_prefix),
                 metrics={}, files=existing,
             )
-            checkpoint = scanning.record_saved(run, written, source=source, actor=job.requested_by)
+            checkpoint = recording.record_saved(run, written, source=source, actor=job.requested_by)
             ctx.log(f"{new_prefix} was already written by an earlier attempt; recorded it")
             return _resave_result(checkpoint, source)
         # A re-save writes data shards and then the .index, never a .meta: only shards can be an
@@ -229,7 +229,7 @@ def resave_job(job: Job, ctx: JobContext) -> dict:
         drop_optimizer_slots=bool(params.get("drop_optimizer_slots")),
         rename=params.get("rename") or None,
     )
-    checkpoint = scanning.record_saved(run, saved, source=source, actor=job.requested_by)
+    checkpoint = recording.record_saved(run, saved, source=source, actor=job.requested_by)
     ctx.log(f"Wrote {new_prefix}: {len(saved.variables)} variables, {saved.size_bytes} bytes")
     ctx.progress(100, f"Wrote {new_prefix}", force=True)
     return _resave_result(checkpoint, source)

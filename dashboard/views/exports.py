@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from dashboard import access, artifacts, downloads
+from dashboard import access, downloads, rechecking
 from dashboard.models import Alias, Checkpoint, Export, Run
 from dashboard.views.paging import INT, TIME, Order, paginate
 from persistence import files
@@ -70,7 +70,7 @@ def export_recheck(request: HttpRequest, pk: int) -> HttpResponse:
     access.require(request, access.OPERATE)
     export = get_object_or_404(Export.objects.select_related("checkpoint__run"), pk=pk)
     try:
-        whole = artifacts.recheck_export(export, actor=request.user)
+        whole = rechecking.recheck_export(export, actor=request.user)
     except (OSError, files.PathOutsideRoots):
         messages.error(request, "The export's file is missing or is not a regular file: freeze the checkpoint again.")
         return redirect(export)

@@ -11,7 +11,7 @@ import tarfile
 import pytest
 from django.urls import reverse
 
-from dashboard import artifacts
+from dashboard import rechecking
 from dashboard.models import Checkpoint, Export, Run
 from dashboard.models.export import ARCHIVE_STREAMED
 from persistence.tarball import archive_layout, write_tar
@@ -132,14 +132,14 @@ def test_a_file_changed_after_the_export_is_not_served_and_the_recheck_refuses_i
     client.force_login(viewer)
     response = client.get(url(export))
     assert response.status_code == 404 and "changed on disk" in response.content.decode()
-    assert not artifacts.recheck_export(export)
+    assert not rechecking.recheck_export(export)
     export.refresh_from_db()
     assert export.disk_change() and client.get(url(export)).status_code == 404
 
     # Put back byte for byte: the recheck accepts it and downloads resume.
     with open(index, "wb") as handle:
         handle.write(original)
-    assert artifacts.recheck_export(export)
+    assert rechecking.recheck_export(export)
     assert export.disk_change() is None and body(client.get(url(export))) == _reference(export.path)
 
 
@@ -147,7 +147,7 @@ def test_a_file_added_to_the_directory_is_a_change(client, viewer, export):
     open(os.path.join(export.path, "variables", "extra"), "wb").close()
     client.force_login(viewer)
     assert client.get(url(export)).status_code == 404
-    assert not artifacts.recheck_export(export)
+    assert not rechecking.recheck_export(export)
 
 
 def test_a_change_in_the_middle_of_a_download_ends_it_short(client, viewer, export):
@@ -200,7 +200,7 @@ def test_an_export_that_wrote_a_tar_beside_it_downloads_from_the_directory(clien
     os.utime(index, ns=(0, export.file_mtime_ns + 10**9))
     assert export.disk_change() == "modified after it was verified"
     assert client.get(url(export)).status_code == 404
-    assert artifacts.recheck_export(export)  # the same bytes: now recorded from the directory
+    assert rechecking.recheck_export(export)  # the same bytes: now recorded from the directory
     export.refresh_from_db()
     assert export.streams_archive and export.file_mtime_ns == archive_layout(export.path).st_mtime_ns
     assert body(client.get(url(export))) == _reference(export.path)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from django.urls import reverse
 
-from dashboard import comparing, jobs, scanning
+from dashboard import comparing, jobs, recording
 from dashboard.models import Checkpoint, Comparison, Job, Run
 from tests.dashboard.conftest import add_checkpoint_rows
 from tests.dashboard.test_compare_command import make_compare_files, register
@@ -302,7 +302,7 @@ def files(tmp_path_factory):
 def demo(files, settings) -> Run:
     settings.CHECKPOINT_ROOTS = [files.root]
     run = register(files.root, "demo")
-    scanning.record_metrics(run, {c.prefix: c.metrics for c in files.demo.checkpoints})
+    recording.record_metrics(run, {c.prefix: c.metrics for c in files.demo.checkpoints})
     return run
 
 

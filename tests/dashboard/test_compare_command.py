@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 
-from dashboard import scanning
+from dashboard import recording, scanning
 from dashboard.models import Checkpoint, Comparison, Run
 from persistence import training
 from tests.live import BASE_DIR, subprocess_env
@@ -70,7 +70,7 @@ def files(tmp_path_factory) -> SimpleNamespace:
 def runs(files, settings, db) -> dict[str, Run]:
     settings.CHECKPOINT_ROOTS = [files.root]
     found = {name: register(files.root, name) for name in ("demo", "slim", "reshaped")}
-    scanning.record_metrics(found["demo"], {c.prefix: c.metrics for c in files.demo.checkpoints})
+    recording.record_metrics(found["demo"], {c.prefix: c.metrics for c in files.demo.checkpoints})
     return found
 
 

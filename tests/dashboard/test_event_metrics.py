@@ -13,7 +13,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from dashboard import comparing, event_metrics, retention, scanning
+from dashboard import comparing, event_metrics, recording, retention, scanning
 from dashboard.models import Checkpoint, EventFile, MetricChunk, MetricSeries, Run
 from tests import checkpoint_factory as factory
 from tests.dashboard.test_pages import RUN_PAGE_QUERIES
@@ -164,7 +164,7 @@ def test_metrics_our_save_jobs_recorded_are_kept_beside_event_metrics(checkpoint
     directory = checkpoint_root / "mixed"
     factory.make_seed_run(directory, steps=STEPS, max_to_keep=None)
     run = Run.objects.get(pk=scan_json(directory)["run"]["id"])
-    scanning.record_metrics(run, {"model.ckpt-20": {"loss": 123.0, "accuracy": 0.5}})
+    recording.record_metrics(run, {"model.ckpt-20": {"loss": 123.0, "accuracy": 0.5}})
     write_tf1_events(directory, {"loss": LOSS})
     write_tf2_events(directory / "eval", {"accuracy": ACCURACY})
     scanning.scan(run)

@@ -119,7 +119,7 @@ def test_variable_lists_are_refused_for_kinds_that_keep_every_variable(roots, de
 
 @pytest.mark.django_db
 def test_a_changed_directory_is_refused_by_the_recheck_and_a_re_export_replaces_an_old_tar(demo, client):
-    from dashboard import artifacts
+    from dashboard import artifacts, rechecking
     from persistence.tarball import write_tar
 
     checkpoint = demo.checkpoints.get(step=25)
@@ -134,7 +134,7 @@ def test_a_changed_directory_is_refused_by_the_recheck_and_a_re_export_replaces_
         handle.write(b"tampered")
     assert export.disk_change()
     assert client.get(reverse("export-download", args=[export.pk])).status_code == 404
-    assert not artifacts.recheck_export(export)
+    assert not rechecking.recheck_export(export)
     assert export.disk_change()
 
     # As an export made when a .tar was written beside the directory: exporting again replaces both.

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dashboard import pruning, retention, saving, scanning
+from dashboard import pruning, recording, retention, saving
 from dashboard.models import Checkpoint, Export, Run
 
 pytestmark = [pytest.mark.tf, pytest.mark.django_db]
@@ -44,7 +44,7 @@ def _save(run: Run, max_to_keep: int, write_meta: str) -> None:
     guard = saving.rotation_guard(run, own=written, state_file="checkpoint")
 
     def on_saved(saved) -> None:
-        scanning.record_saved(run, saved)
+        recording.record_saved(run, saved)
         written.add(saved.prefix)
 
     train(run.directory, AntiSpamRecipe(), steps=10, save_every=5,

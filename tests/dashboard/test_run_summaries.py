@@ -14,7 +14,7 @@ import time
 import pytest
 from django.core.management import call_command
 
-from dashboard import artifacts, pruning, retention, scanning
+from dashboard import artifacts, pruning, recording, retention, scanning
 from dashboard.models import Checkpoint, MetricValue, Run, RunSummary
 from persistence.training import SavedCheckpoint
 from tests.checkpoint_factory import make_many_tiny_checkpoints
@@ -91,7 +91,7 @@ def test_summary_equals_a_fresh_aggregate_after_every_change(checkpoint_root, se
         on_disk = list(run.checkpoints.on_disk().exclude(prefix="model.ckpt-1").values_list("prefix", flat=True))
         action = rng.choice(["save", "delete_files", "scan", "prune", "metrics", "verify"])
         if action == "save":
-            scanning.record_saved(run, copy_as_step(template, directory, next_step))
+            recording.record_saved(run, copy_as_step(template, directory, next_step))
             next_step += rng.choice([1, 5])
         elif action == "delete_files" and on_disk:
             prefix = rng.choice(on_disk)
@@ -107,7 +107,7 @@ def test_summary_equals_a_fresh_aggregate_after_every_change(checkpoint_root, se
             pruning.apply_plan(run, retention.plan_retention(run))
         elif action == "metrics" and on_disk:
             chosen = rng.sample(on_disk, min(3, len(on_disk)))
-            scanning.record_metrics(run, {p: {"loss": rng.choice([0.5, 0.25]), "flag": True} for p in chosen})
+            recording.record_metrics(run, {p: {"loss": rng.choice([0.5, 0.25]), "flag": True} for p in chosen})
         elif action == "verify" and on_disk and not verified:
             verified = True  # one sandboxed TensorFlow read per sequence is enough
             artifacts.verify(run.checkpoints.get(prefix=rng.choice(on_disk)))

@@ -222,14 +222,14 @@ def demo_directory(e2e_roots):
 
 @pytest.fixture
 def demo_run(transactional_db, demo_directory):
-    from dashboard import scanning
+    from dashboard import recording, scanning
     from dashboard.models import Run
 
     directory, result = demo_directory
     # Not ``result.recipe`` (the recipe's short name "antispam"): Run.recipe is a dotted path.
     run = Run.objects.create(name="antispam", directory=str(directory), recipe=DEMO_RECIPE)
     scanning.scan(run, full=True)
-    scanning.record_metrics(run, {c.prefix: c.metrics for c in result.checkpoints})
+    recording.record_metrics(run, {c.prefix: c.metrics for c in result.checkpoints})
     return run
 
 
@@ -241,7 +241,7 @@ def make_run(transactional_db, demo_directory, e2e_roots):
     ``copy_demo=True`` copies it (mtimes included, so saved times and ages are the demo's),
     then scans and records the training metrics; otherwise the directory starts empty.
     """
-    from dashboard import scanning
+    from dashboard import recording, scanning
     from dashboard.models import Run
 
     def make(name: str, *, copy_demo: bool = False) -> Run:
@@ -254,7 +254,7 @@ def make_run(transactional_db, demo_directory, e2e_roots):
         run = Run.objects.create(name=name, directory=str(directory), recipe=DEMO_RECIPE)
         if copy_demo:
             scanning.scan(run, full=True)
-            scanning.record_metrics(run, {c.prefix: c.metrics for c in demo_directory[1].checkpoints})
+            recording.record_metrics(run, {c.prefix: c.metrics for c in demo_directory[1].checkpoints})
         return run
 
     return make

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
-from dashboard import scanning
+from dashboard import recording, scanning
 from dashboard.models import Run
 
 DEMO_RUN = "antispam-demo"
@@ -55,7 +55,7 @@ class Command(BaseCommand):
             name=DEMO_RUN, directory=str(directory.resolve()), recipe=DEMO_RECIPE,
         )
         scanning.scan(run)
-        scanning.record_metrics(run, {c.prefix: c.metrics for c in result.checkpoints})
+        recording.record_metrics(run, {c.prefix: c.metrics for c in result.checkpoints})
         self.stdout.write(self.style.SUCCESS(
             f"Demo run “{DEMO_RUN}”: {len(result.checkpoints)} checkpoints, "
             f"held-out accuracy {result.initial_metrics.get('accuracy', 0):.2f} → "
