@@ -4,8 +4,13 @@ Discovery and state-file reading go through here, so a run in a bucket is listed
 read by the same code as a local one. Local paths keep using the operating system directly (their
 containment and open-time checks live in ``files``); URLs go through fsspec's ``s3fs``, which takes
 credentials, region and endpoint from the usual AWS environment and configuration files
-(``AWS_ENDPOINT_URL`` for S3-compatible stores). Nothing here reads Django settings, and nothing
-here can delete or rewrite an object: the layer offers listing and reading only.
+(``AWS_ENDPOINT_URL`` for S3-compatible stores). Nothing here reads Django settings.
+
+Writes to a bucket are few and deliberate: whole objects put with an optional precondition
+(``If-Match`` on the ETag a change was computed from, ``If-None-Match: *`` for "only if absent"),
+server-side copies, and batch deletes of up to 1,000 keys per request. A precondition that fails
+raises :class:`PreconditionFailed`, so a caller can tell "someone else wrote it meanwhile" from any
+other failure.
 
 Costs, because buckets bill per request and a watched run is rescanned often: listing a directory
 is one LIST request per 1,000 keys (prefix + delimiter, nothing below it), its entries carry what a
@@ -29,7 +34,8 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 __all__ = [
-    "SCHEMES", "Entry", "LocalStorage", "ObjectLocation", "ObjectStorage", "Storage", "StorageError",
+    "SCHEMES", "Entry", "LocalStorage", "ObjectLocation", "ObjectStorage", "PreconditionFailed", "Storage",
+    "StorageError",
     "count_requests", "is_url", "join", "parse_url", "resolve_inside", "storage_for",
 ]
 
@@ -47,6 +53,10 @@ READ_CONCURRENCY = 16
 
 class StorageError(OSError):
     """A listing or read failed; the message names the URL and the reason, never a credential."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write found the object changed (or present) since the caller last read it."""
 
 
 class OutsideRoots(ValueError):
@@ -256,6 +266,21 @@ def _safe_reason(exc: BaseException) -> str:
     return text[:300]
 
 
+def _is_precondition_failure(exc: BaseException) -> bool:
+    """Whether a failed call was S3 refusing a conditional write (412, or 409 on a racing write)."""
+    # s3fs turns client errors into OSError subclasses; botocore's error survives as the cause.
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412:
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return "pre-conditions you specified did not hold" in str(exc)
+
+
 class ObjectStorage:
     """A bucket through ``s3fs``; one instance (and one connection pool) per process and environment."""
 
@@ -397,6 +422,110 @@ class ObjectStorage:
         if written != size:
             raise StorageError(f"cannot read {path}: {written} bytes arrived, the listing said {size}")
         return written
+
+    def _call(self, operation: str, path: str, **kwargs: object) -> dict:
+        """One S3 API call on the client's loop, with errors turned into this module's types."""
+        from fsspec.asyn import sync
+
+        try:
+            return sync(self._fs.loop, self._fs._call_s3, operation, **kwargs)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such object: {path}") from None
+        except Exception as exc:
+            if _is_precondition_failure(exc):
+                raise PreconditionFailed(f"{path} changed since it was read") from None
+            raise StorageError(f"cannot {operation.replace('_', ' ')} {path}: {_safe_reason(exc)}") from None
+
+    def head(self, path: str) -> Entry | None:
+        """The object's listing entry (size, ETag, last modified), or None when there is none."""
+        location = parse_url(path)
+        try:
+            found = self._call("head_object", path, Bucket=location.bucket, Key=location.key)
+        except FileNotFoundError:
+            return None
+        modified = found.get("LastModified")
+        mtime_ns = int(modified.timestamp() * 1_000_000_000) if modified is not None else 0
+        return Entry(location.key.rsplit("/", 1)[-1], path, int(found.get("ContentLength") or 0), mtime_ns,
+                     str(found.get("ETag") or "").strip('"'))
+
+    def put_bytes(self, path: str, data: bytes, *, if_match: str | None = None,
+                  if_absent: bool = False) -> str:
+        """Write the whole object in one PUT and return its new ETag.
+
+        ``if_match`` (an ETag) writes only if the object still has that ETag; ``if_absent`` only
+        if there is no object yet. Either failing raises :class:`PreconditionFailed` and changes
+        nothing: the store checks and writes in one step, which is what makes a read-modify-write
+        of a state file safe against a trainer writing the same key.
+        """
+        location = parse_url(path)
+        kwargs: dict[str, object] = {"Bucket": location.bucket, "Key": location.key, "Body": data}
+        if if_match:
+            kwargs["IfMatch"] = f'"{if_match.strip(chr(34))}"'
+        if if_absent:
+            kwargs["IfNoneMatch"] = "*"
+        found = self._call("put_object", path, **kwargs)
+        return str(found.get("ETag") or "").strip('"')
+
+    def upload(self, local_path: str | os.PathLike[str], path: str) -> None:
+        """Copy a local file to ``path`` (multipart for large files)."""
+        try:
+            self._fs.put_file(os.fspath(local_path), self._key(path))
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"cannot write {path}: {_safe_reason(exc)}") from None
+
+    def copy(self, source: str, target: str) -> None:
+        """A server-side copy of ``source`` to ``target`` (same bucket or another on this endpoint)."""
+        try:
+            self._fs.copy(self._key(source), self._key(target))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such object: {source}") from None
+        except Exception as exc:
+            raise StorageError(f"cannot copy {source}: {_safe_reason(exc)}") from None
+
+    def delete_many(self, paths: list[str]) -> dict[str, str]:
+        """Delete objects with batch deletes (1,000 keys per request); return ``{path: reason}`` for
+        those that could not be deleted. A key already gone counts as deleted, as S3 reports it."""
+        failed: dict[str, str] = {}
+        by_bucket: dict[str, list[tuple[str, str]]] = {}
+        for path in paths:
+            location = parse_url(path)
+            by_bucket.setdefault(location.bucket, []).append((location.key, path))
+        for bucket, items in by_bucket.items():
+            for start in range(0, len(items), 1000):
+                chunk = items[start:start + 1000]
+                by_key = dict(chunk)
+                try:
+                    answer = self._call("delete_objects", f"s3://{bucket}", Bucket=bucket, Delete={
+                        "Objects": [{"Key": key} for key, _ in chunk], "Quiet": True})
+                except (StorageError, FileNotFoundError) as exc:
+                    failed.update({path: str(exc) for _, path in chunk})
+                    continue
+                for error in answer.get("Errors") or []:
+                    path = by_key.get(error.get("Key", ""), f"s3://{bucket}/{error.get('Key', '')}")
+                    failed[path] = str(error.get("Message") or error.get("Code") or "delete failed")
+        return failed
+
+    def presigned_url(self, path: str, *, expires: int = 300, filename: str | None = None) -> str:
+        """A URL that lets its holder GET the object for ``expires`` seconds, no credentials needed.
+
+        ``filename`` sets the download's name (``Content-Disposition``) in the signed request.
+        """
+        location = parse_url(path)
+        params: dict[str, object] = {"Bucket": location.bucket, "Key": location.key}
+        if filename:
+            params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
+        try:
+            from fsspec.asyn import sync
+
+            return sync(self._fs.loop, self._presign, params, expires)
+        except Exception as exc:
+            raise StorageError(f"cannot sign a URL for {path}: {_safe_reason(exc)}") from None
+
+    async def _presign(self, params: dict, expires: int) -> str:
+        client = await self._fs.get_s3(params["Bucket"])
+        return await client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
 
     def open(self, path: str) -> BinaryIO:
         """A streaming reader (ranged GETs as it is read)."""
