@@ -204,6 +204,7 @@ def test_runs_jobs_and_exports_lists_page_by_cursor_with_constant_queries(
     client.force_login(viewer)
     grow(5)
     client.get(url)
+    grow(1)  # the exports list caches its run filter per export-table state: measure a miss
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -224,3 +225,27 @@ def test_runs_jobs_and_exports_lists_page_by_cursor_with_constant_queries(
             html = client.get(url + "?" + found.group(1).replace("&amp;", "&")).content.decode()
     total = {"runs": Run.objects.count(), "jobs": Job.objects.count(), "exports": Export.objects.count()}[name]
     assert len(seen) == len(set(seen)) == total
+
+
+def test_export_list_run_filter_follows_exports_added_and_deleted(client, viewer, checkpoint_root):
+    """The run filter's choices are cached; adding, deleting or replacing an export shows at once."""
+    first, second = (Run.objects.create(name=n, directory=str(checkpoint_root / n)) for n in ("first", "second"))
+    for run in (first, second):
+        add_checkpoint_rows(run, 2)
+    client.force_login(viewer)
+
+    def choices() -> list[str]:
+        html = client.get(reverse("exports")).content.decode()
+        return re.findall(r'<option value="([^"]+)"', html.split('name="run"', 1)[1].split("</select>", 1)[0])
+
+    Export.objects.create(checkpoint=first.checkpoints.first(), path=str(checkpoint_root / "a.pb"), sha256="0" * 64)
+    assert choices() == ["first"]
+    added = Export.objects.create(checkpoint=second.checkpoints.first(), path=str(checkpoint_root / "b.pb"),
+                                  sha256="0" * 64)
+    assert choices() == ["first", "second"]
+    added.delete()
+    assert choices() == ["first"]
+    # One export replaced by another of the other run: as many rows as before, a newer id.
+    second.checkpoints.first().exports.create(path=str(checkpoint_root / "c.pb"), sha256="0" * 64)
+    first.checkpoints.first().exports.all().delete()
+    assert choices() == ["second"]
