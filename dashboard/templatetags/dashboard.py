@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 
 from django import template
 from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.template.defaultfilters import floatformat
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 
 register = template.Library()
+
+_FOUR_PLACES = Decimal("0.0001")
+
+
+def four_places(value: object) -> str:
+    """What ``value|floatformat:4`` writes, at a fraction of its cost: a history page shows
+    hundreds of metric values, and the filter's localisation machinery was a tenth of its time."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        return floatformat(value, 4)
+    # The filter rounds the shortest decimal that reads back as the float, half up (0.00015 -> 0.0002).
+    number = Decimal(repr(value))
+    _, digits, exponent = number.as_tuple()
+    if len(digits) + abs(exponent) > 200:  # the filter writes such a number as it is
+        return floatformat(value, 4)
+    with localcontext() as context:
+        context.prec = max(28, number.adjusted() + 6)
+        text = f"{number.quantize(_FOUR_PLACES, ROUND_HALF_UP):f}"
+    return "0.0000" if text == "-0.0000" else text
 
 
 @register.filter

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from django.conf import settings
 from django.contrib import messages
 from django.db.models import Exists, OuterRef
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from dashboard import access, artifacts, roots, summaries
@@ -16,6 +18,7 @@ from dashboard.changes import RECENT_JOBS, change_stamp
 from dashboard.forms import RegisterRunForm
 from dashboard.forms.artifacts import verify_output_choices
 from dashboard.models import Checkpoint, Export, Job, MetricValue, Run
+from dashboard.templatetags.dashboard import four_places
 from dashboard.views.common import start_job
 from dashboard.views.paging import FLOAT, INT, TEXT, TIME, Order, Page, paginate
 
@@ -90,12 +93,15 @@ def history_context(request: HttpRequest, run: Run) -> dict:
     page.total = summary.checkpoint_count
     names = sorted({name for c in page for name in (c.metrics or {})} - {sort_metric})
     metric_names = ([sort_metric] if sort_metric else []) + names[: 4 - bool(sort_metric)]
+    checkpoint_url, pin_url = _url_maker("checkpoint", run), _url_maker("checkpoint-pin", run)
     for c in page:
-        # (value, the step it was logged at when that is not the checkpoint's own: event files)
+        c.url, c.pin_url = checkpoint_url(c.pk), pin_url(c.pk)
+        # (value as shown, the step it was logged at when that is not the checkpoint's own: event files)
         logged = c.metric_steps or {}
+        values = [(c.metrics or {}).get(name) for name in metric_names]
         c.metric_values = [
-            ((c.metrics or {}).get(name), logged[name] if logged.get(name, c.step) != c.step else None)
-            for name in metric_names
+            (None if value is None else four_places(value), logged[name] if logged.get(name, c.step) != c.step else None)
+            for name, value in zip(metric_names, values, strict=True)
         ]
     newest, active_jobs, ended_jobs = _jobs_for_run_page(run, summary.on_disk_count)
     query = request.GET.copy()
@@ -107,6 +113,14 @@ def history_context(request: HttpRequest, run: Run) -> dict:
         # The stamp the change endpoint computes: from the same summary and newest jobs.
         "stamp": change_stamp(run, summary.last_recorded, [(j.pk, j.status) for j in newest[:RECENT_JOBS]]),
     }
+
+
+def _url_maker(name: str, run: Run) -> Callable[[int], str]:
+    """The URL named ``name`` of one of ``run``'s checkpoints, by primary key: ``reverse`` once per
+    page instead of once or twice per row, which was a tenth of a history page's time."""
+    marker = "9182736450"
+    before, _, after = reverse(name, args=[run.name, int(marker)]).rpartition(marker)
+    return lambda pk: f"{before}{pk}{after}"
 
 
 def _history_by_metric(run: Run, sort: str, name: str, request: HttpRequest) -> Page:
