@@ -226,3 +226,24 @@ def test_partial_restore_of_a_checkpoint_gone_from_the_bucket_fails_with_its_url
         artifacts.partial_restore(remote, recipe_path=recipes.BUILT_IN, **PARTIAL)
     assert bucket_run.directory in str(raised.value)
     no_credentials(str(raised.value), "the error")
+
+
+def test_only_working_directories_of_ended_processes_are_cleared(settings, tmp_path):
+    import subprocess
+    import sys
+
+    from dashboard import bucket_saving
+
+    settings.STAGING_CACHE_DIR = tmp_path / "stage"
+    base = tmp_path / "stage" / bucket_saving.SAVES_SUBDIRECTORY
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    for name in (f"{ended.pid}-job1-abc", f"{os.getpid()}-job2-def", "notes"):
+        (base / name).mkdir(parents=True)
+        (base / name / "model.ckpt-1.index").write_bytes(b"x")
+    with bucket_saving.working_directory(3) as working:
+        assert os.path.isdir(working) and os.path.dirname(working) == str(base)
+        left = sorted(os.listdir(base))
+    assert f"{ended.pid}-job1-abc" not in left
+    assert f"{os.getpid()}-job2-def" in left and "notes" in left  # a running save's, and not ours at all
+    assert not os.path.exists(working)
