@@ -110,6 +110,38 @@ class StateRewritingRecipe(AntiSpamRecipe):
         return handles
 
 
+FAILING_MIDWAY = "tests.dashboard.job_recipes.FailingMidwayRecipe"
+# The marker file that makes FailingMidwayRecipe fail (once), and after how many training steps.
+MIDWAY_ENV = ("MIDWAY_FAIL_MARKER", "MIDWAY_FAIL_AT")
+
+
+class FailingMidwayRecipe(AntiSpamRecipe):
+    """Fails once, in the middle of training (after ``$MIDWAY_FAIL_AT`` steps, while the marker file
+    ``$MIDWAY_FAIL_MARKER`` exists, which it removes): what a retry continues from is what the
+    failed attempt saved before that step."""
+
+    name = "failing-midway"
+    description = "Fails once during training (tests only)."
+
+    def build_graph(self):
+        import tensorflow as tf
+
+        handles = super().build_graph()
+        marker, at = (os.environ.get(name, "") for name in MIDWAY_ENV)
+        calls = [0]
+
+        def maybe_fail() -> np.int32:
+            calls[0] += 1
+            if marker and calls[0] == int(at) and os.path.exists(marker):
+                os.remove(marker)
+                raise RuntimeError("failing midway on purpose")
+            return np.int32(0)
+
+        checked = tf.py_function(maybe_fail, [], tf.int32, name="fail_midway")
+        handles.train_op = tf.group(handles.train_op, checked, name="train_or_fail")
+        return handles
+
+
 def wait_for_job(job, statuses, timeout: float = 60.0):
     """Poll the row until its status is one of ``statuses``; return the fresh row."""
     from tests.live import wait_for

@@ -22,7 +22,7 @@ from tests.s3_server import FAKE_KEY_ID, FAKE_SECRET
 
 pytestmark = [pytest.mark.tf, pytest.mark.django_db(transaction=True)]
 
-RECIPES = [*recipes.ALL, recipes.STATE_REWRITING]
+RECIPES = [*recipes.ALL, recipes.STATE_REWRITING, recipes.FAILING_MIDWAY]
 ROW_FIELDS = ("prefix", "step", "status", "format", "files", "has_own_meta", "meta_source__prefix", "size_bytes",
               "variables", "saved_at", "fingerprint", "latest_in", "problems", "pinned", "metrics")
 
@@ -179,6 +179,35 @@ def test_a_trainer_rewriting_the_state_object_during_the_save_is_not_reverted(
     scanning.scan(bucket_run)
     assert bucket_run.checkpoints.get(prefix="other.ckpt-5").status == Checkpoint.PRESENT
     assert bucket_run.checkpoints.get(prefix="job.ckpt-20").latest_in == ["checkpoint"]
+
+
+def test_a_retried_save_continues_from_what_the_failed_attempt_uploaded(
+        bucket_run, s3_bucket, tmp_path, settings, operator):
+    from dashboard.jobs.actions import retry_job
+
+    marker = tmp_path / "fail.marker"
+    marker.write_text("fail once")
+    params = recipes.save_params(recipes.FAILING_MIDWAY, steps=30, save_every=10, prefix="job.ckpt")
+    failed = jobs.start(Job.SAVE, run=bucket_run, params=params, user=operator)
+    env = {"MIDWAY_FAIL_MARKER": str(marker), "MIDWAY_FAIL_AT": "15"}
+    run_worker(tmp_path, settings, **env)
+    failed.refresh_from_db()
+    assert failed.status == Job.FAILED and "failing midway" in failed.error
+    assert [s["prefix"] for s in failed.result["saved"]] == ["job.ckpt-10"]
+    first_upload = s3_bucket.get("runs/demo/job.ckpt-10.index")
+
+    retry = retry_job(failed, operator)
+    run_worker(tmp_path, settings, **env)
+    retry.refresh_from_db()
+    assert retry.status == Job.FINISHED, (retry.error, retry.traceback)
+    assert retry.result["resumed_from"] == "job.ckpt-10" and retry.result["start_step"] == 10
+    assert [s["prefix"] for s in retry.result["saved"]] == ["job.ckpt-20", "job.ckpt-30"]
+    assert s3_bucket.get("runs/demo/job.ckpt-10.index") == first_upload  # continued from, not rewritten
+    state = bucket_state(s3_bucket)
+    assert state.all_prefixes == ["model.ckpt-50", "job.ckpt-10", "job.ckpt-20", "job.ckpt-30"]
+    saved_rows = rows(bucket_run)
+    scanning.scan(bucket_run)
+    assert rows(bucket_run) == saved_rows
 
 
 def test_a_save_refuses_to_write_over_a_checkpoint_in_the_bucket(bucket_run, s3_bucket, tmp_path, settings):
