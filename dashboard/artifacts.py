@@ -223,15 +223,22 @@ def partial_restore(checkpoint: Checkpoint, *, recipe_path: str, variables: list
         raise ValueError(f"{checkpoint.prefix} is {checkpoint.status}: its files are gone")
     if checkpoint.v1_refusal:
         raise ValueError(checkpoint.v1_refusal)
-    checkpoint_directory(checkpoint.run.directory, action="Restoring a checkpoint")
-    checkpoint.check_files_at_use()
     try:
         load_recipe(recipe_path)
     except RecipeError as exc:
         raise ValueError(str(exc)) from None
-    result = run_sandboxed(restore.partial_restore_with_recipe, checkpoint.path, recipe_path,
-                           name_map=name_map or {}, variables=variables or None, limits=sandbox_limits(checkpoint))
-    return {"mode": "partial", "recipe": recipe_path, **result.to_dict()}
+    # The recipe builds the graph: a run in a bucket needs only the index and data staged.
+    with readable(checkpoint, action="Restoring a checkpoint", with_meta=False) as local:
+        try:
+            result = run_sandboxed(restore.partial_restore_with_recipe, local.path, recipe_path,
+                                   name_map=name_map or {}, variables=variables or None,
+                                   limits=sandbox_limits(checkpoint))
+        except Exception as exc:
+            # Name the checkpoint in its bucket, not in the staging view that is gone afterwards.
+            if local.staged_directory and local.staged_directory in str(exc):
+                raise ValueError(local.shown(str(exc))) from None
+            raise
+    return {"mode": "partial", "recipe": recipe_path, **result.to_dict(), "prefix": checkpoint.path}
 
 
 def _restore_check(checkpoint: Checkpoint, local: Readable, output: str, on_progress) -> dict:

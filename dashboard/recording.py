@@ -27,14 +27,18 @@ if TYPE_CHECKING:
     User = AbstractBaseUser | AnonymousUser
 
 
-def record_saved(run: Run, saved: SavedCheckpoint, *, source: Checkpoint | None = None, pruned_note: str = "", actor: User | None = None) -> Checkpoint:
+def record_saved(run: Run, saved: SavedCheckpoint, *, source: Checkpoint | None = None, pruned_note: str = "",
+                 actor: User | None = None, found: discovery.DiscoveredCheckpoint | None = None) -> Checkpoint:
     """Record a checkpoint our own job has just written, the moment it is written.
 
     ``saved`` is a ``persistence.training.SavedCheckpoint``. Rows of the checkpoints the
     Saver's ``max_to_keep`` deleted in that save become ``pruned`` (with ``pruned_note``, and
-    an audit event). Reads the new ``.index`` (TensorFlow): call it from a worker.
+    an audit event). Reads the new ``.index`` (TensorFlow): call it from a worker. ``found`` is the
+    checkpoint as the caller has already described it (a run in a bucket is described from its
+    listing, as a scan of it would); otherwise it is described from the run directory.
     """
-    found = discovery.describe_checkpoint(run.directory, saved.prefix, meta_source=saved.meta_source)
+    if found is None:
+        found = discovery.describe_checkpoint(run.directory, saved.prefix, meta_source=saved.meta_source)
     values = {**Checkpoint.discovery_values(found), "metrics": dict(saved.metrics), "recorded_at": timezone.now(),
               "gone_at": None}
     with transaction.atomic():

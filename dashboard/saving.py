@@ -98,6 +98,9 @@ def preview(
 ) -> RotationPreview:
     """Simulate the job's rotation over the run as it is now (the same rules the guard applies)."""
     planned = [f"{prefix}-{step}" for step in planned_save_steps(start_step, steps, save_every)]
+    if run.in_bucket:
+        # The Saver rotates only the job's local working copies there; the bucket loses nothing.
+        return RotationPreview(max_to_keep or None, planned, [], None)
     if not max_to_keep:
         return RotationPreview(max_to_keep or None, planned, [], None)
     listed = _listed_on_disk(run.directory, state_file)

@@ -1,9 +1,9 @@
 """A checkpoint's files where TensorFlow can open them: in place for a local run, staged from the
 bucket into the local cache (``persistence.staging``, ``STAGING_CACHE_DIR``) for a run in one.
 
-Verify, export and compare read through :func:`readable`, so that both kinds of run take the same
-path from here on. Only reading is offered: what writes into a run (save, prune, make latest) still
-needs a local directory.
+Verify, export, compare, partial restore and a save continuing a checkpoint read through
+:func:`readable`, so that both kinds of run take the same path from here on. Only reading is
+offered: a save into a bucket run writes locally and uploads (``bucket_saving``).
 """
 
 from __future__ import annotations
@@ -54,22 +54,23 @@ def _meta_name(checkpoint: Checkpoint) -> str | None:
 
 @contextlib.contextmanager
 def readable(checkpoint: Checkpoint, *, action: str, listing: list[storage.Entry] | None = None,
-             ) -> Iterator[Readable]:
+             with_meta: bool = True) -> Iterator[Readable]:
     """The checkpoint's files, checked at the moment of use, for the duration of the block.
 
     A local run: its directory must still be inside the roots and every file a regular file
     there. A run in a bucket: its URL must still be inside the roots; its ``.index``, shards and
     meta graph are staged (fetched, or taken from the cache when the ETag is unchanged) and stay
-    in the cache until the block ends. Raises ``ValueError`` with a message for users.
+    in the cache until the block ends. ``with_meta=False`` leaves the meta graph out, for work that
+    builds its graph from a recipe (``meta`` is then None). Raises ``ValueError`` with a message for users.
     """
     run = checkpoint.run
     if not on_object_storage(run.directory):
         checkpoint_directory(run.directory, action=action)
         checkpoint.check_files_at_use()
-        yield Readable(checkpoint.path, checkpoint.meta_path())
+        yield Readable(checkpoint.path, checkpoint.meta_path() if with_meta else None)
         return
     object_directory(run.directory, must_exist=False)
-    meta = _meta_name(checkpoint)
+    meta = _meta_name(checkpoint) if with_meta else None
     try:
         with cache().stage(run.directory, checkpoint.prefix, meta=meta, listing=listing) as staged:
             yield Readable(staged.path, staged.meta, staged.directory, run.directory.rstrip("/"))

@@ -27,7 +27,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -407,10 +407,12 @@ def _keeping_meta_source(guard: RotationGuard, meta_source: str, new_prefix: str
     return keeping
 
 
-def _refuse_overwrite(directory: str, prefix: str, start_step: int, steps: int, save_every: int) -> None:
+def _refuse_overwrite(directory: str, prefix: str, start_step: int, steps: int, save_every: int,
+                      elsewhere: Collection[str] = ()) -> None:
     planned = planned_save_steps(start_step, steps, save_every)
     clashes = [
-        f"{prefix}-{s}" for s in planned if os.path.exists(os.path.join(directory, f"{prefix}-{s}.index"))
+        f"{prefix}-{s}" for s in planned
+        if f"{prefix}-{s}" in elsewhere or os.path.exists(os.path.join(directory, f"{prefix}-{s}.index"))
     ]
     if clashes:
         raise TrainingError(
@@ -443,6 +445,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     overwrite: bool = False,
     rotation_guard: RotationGuard | None = None,
+    existing_prefixes: Collection[str] = (),
 ) -> TrainResult:
     """Train ``recipe`` for ``steps`` steps in a fresh graph, saving into ``directory``.
 
@@ -455,7 +458,9 @@ def train(
     existing one of the same name is refused before training starts unless ``overwrite`` is true:
     the dashboard has already recorded the old one's contents. ``rotation_guard`` (see the module
     docstring) keeps checkpoints out of the Saver's ``max_to_keep`` deletions; without it the
-    Saver rotates exactly as TensorFlow does.
+    Saver rotates exactly as TensorFlow does. ``existing_prefixes`` are checkpoints that exist where
+    the files end up when that is not ``directory`` (a bucket they are uploaded to): writing over
+    one is refused like writing over a file.
     """
     steps = _check_positive_int("steps", steps)
     save_every = _check_positive_int("save_every", save_every)
@@ -507,7 +512,7 @@ def train(
             eval_feed = _feed(handles, dataset.eval_inputs, dataset.eval_labels)
             start_step = int(sess.run(handles.global_step))
             if not overwrite:
-                _refuse_overwrite(directory, options.prefix, start_step, steps, save_every)
+                _refuse_overwrite(directory, options.prefix, start_step, steps, save_every, existing_prefixes)
             initial_metrics = _evaluate(sess, handles, eval_feed)
             result = TrainResult(
                 directory=directory,

@@ -155,17 +155,18 @@ def start(
 
 
 # What each kind that writes into a run is called in a refusal: those files must be on a local disk,
-# which a run in a bucket is not (yet). Verify, export and compare read a bucket run through the
-# staging cache (``dashboard.staging``); a partial restore is refused with the writers for now.
-LOCAL_FILES_KINDS = {Job.SAVE: "Saving checkpoints", Job.PRUNE: "Pruning"}
-PARTIAL_RESTORE = "Restoring part of a checkpoint"
+# which a run in a bucket is not (yet). Verify, export, compare and partial restore read a bucket
+# run through the staging cache (``dashboard.staging``); a save trains locally and uploads
+# (``dashboard.bucket_saving``), but re-saving a subset of a checkpoint does not upload yet.
+LOCAL_FILES_KINDS = {Job.PRUNE: "Pruning"}
+RESAVE = "Re-saving a subset of a checkpoint"
 
 
 def _refuse_on_object_storage(kind: str, run: Run | None, checkpoint: Checkpoint | None, params: dict | None) -> None:
     """Raise ``NotOnObjectStorage`` before any row exists when ``kind`` needs local files it cannot have."""
     action = LOCAL_FILES_KINDS.get(kind)
-    if kind == Job.RESTORE and (params or {}).get("mode") == "partial":
-        action = PARTIAL_RESTORE
+    if kind == Job.SAVE and (params or {}).get("mode") == "resave":
+        action = RESAVE
     if action is None:
         return
     directories = [r.directory for r in (run, checkpoint.run if checkpoint is not None else None) if r is not None]

@@ -6,11 +6,14 @@ records a copy an earlier attempt finished, or clears the partial files it left.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 
 from django.conf import settings
 
-from dashboard import recording, scanning
+from dashboard import bucket_saving, recording, scanning, staging
+from dashboard.bucket_saving import BucketRun
 from dashboard.models import Checkpoint, Job, Run
 from dashboard.roots import checkpoint_directory
 
@@ -27,8 +30,8 @@ def _saved_by_attempts(job: Job) -> list[dict]:
     return saved
 
 
-def _resume_point(job: Job, run: Run) -> Checkpoint | None:
-    """The newest checkpoint an earlier attempt of this save wrote that is still whole on disk.
+def _resume_point(job: Job, run: Run, exists: Callable[[Checkpoint], bool]) -> Checkpoint | None:
+    """The newest checkpoint an earlier attempt of this save wrote that is still whole where it was written.
 
     A retried save continues from there instead of starting over (and instead of being refused
     because its first checkpoints already exist).
@@ -38,7 +41,7 @@ def _resume_point(job: Job, run: Run) -> Checkpoint | None:
         return None
     rows = run.checkpoints.on_disk().filter(prefix__in=prefixes).exclude(status=Checkpoint.CORRUPT)
     for row in rows.order_by("-step"):
-        if row.step is not None and os.path.exists(row.path + ".index"):
+        if row.step is not None and exists(row):
             return row
     return None
 
@@ -57,17 +60,36 @@ def _check_source_files(checkpoint: Checkpoint) -> None:
 
 
 def save_job(job: Job, ctx: JobContext) -> dict:
-    """Train a registered recipe and record every checkpoint the moment the Saver writes it."""
+    """Train a registered recipe and record every checkpoint the moment the Saver writes it.
+
+    For a run in a bucket the Saver writes into a local working directory and every checkpoint is
+    uploaded and recorded as it is written (``bucket_saving``); nothing in the bucket is deleted.
+    """
+    params = job.params
+    run = Run.objects.get(pk=job.run_id)
+    recipe_path = params.get("recipe", "")
+    if recipe_path not in settings.CHECKPOINT_RECIPES:
+        from persistence.training import TrainingError
+
+        raise TrainingError(f"recipe {recipe_path!r} is not registered in CHECKPOINT_RECIPES")
+    bucket = BucketRun(run) if run.in_bucket else None
+    with contextlib.ExitStack() as stack:
+        if bucket is None:
+            directory = str(checkpoint_directory(run.directory, action="Saving checkpoints"))
+            working = directory
+        else:
+            directory, working = bucket.url, stack.enter_context(bucket_saving.working_directory(job.pk))
+        return _train_and_record(job, ctx, run, stack, directory, working, bucket)
+
+
+def _train_and_record(job: Job, ctx: JobContext, run: Run, stack: contextlib.ExitStack, directory: str,
+                      working: str, bucket: BucketRun | None) -> dict:
     from dashboard import saving
     from persistence.recipes import load_recipe
     from persistence.training import SaverOptions, TrainingCancelled, TrainingError, train
 
     params = job.params
-    run = Run.objects.get(pk=job.run_id)
-    recipe_path = params.get("recipe", "")
-    if recipe_path not in settings.CHECKPOINT_RECIPES:
-        raise TrainingError(f"recipe {recipe_path!r} is not registered in CHECKPOINT_RECIPES")
-    directory = str(checkpoint_directory(run.directory, action="Saving checkpoints"))
+    recipe_path = params["recipe"]
     options = SaverOptions.from_dict(params.get("options") or {})
     recipe = load_recipe(recipe_path)
 
@@ -75,6 +97,17 @@ def save_job(job: Job, ctx: JobContext) -> dict:
         # Rows first agree with the disk: an earlier attempt killed inside Saver.save may have
         # left rows of checkpoints the Saver had already deleted.
         scanning.scan(run)
+    in_bucket = bucket.existing_prefixes() if bucket is not None else set()
+
+    def readable_path(checkpoint: Checkpoint) -> str:
+        # What TensorFlow restores from: the file itself, or its copy staged from the bucket.
+        if bucket is None:
+            _check_source_files(checkpoint)
+            return checkpoint.path
+        try:
+            return stack.enter_context(staging.readable(checkpoint, action="Saving checkpoints", with_meta=False)).path
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
 
     restore_from = None
     if params.get("restore_from"):
@@ -84,16 +117,17 @@ def save_job(job: Job, ctx: JobContext) -> dict:
                 f"the checkpoint to continue from ({params.get('restore_from_prefix') or params['restore_from']}) "
                 "is no longer on disk"
             )
-        _check_source_files(source)
-        restore_from = source.path
+        restore_from = readable_path(source)
     first_step = int(params.get("start_step") or 0)
     target_step = int(params.get("target_step") or first_step + int(params["steps"]))
     total = max(1, target_step - first_step)
 
-    resume = _resume_point(job, run) if job.retry_of_id else None
+    def exists(row: Checkpoint) -> bool:
+        return row.prefix in in_bucket if bucket is not None else os.path.exists(row.path + ".index")
+
+    resume = _resume_point(job, run, exists) if job.retry_of_id else None
     if resume is not None:
-        _check_source_files(resume)
-        restore_from = resume.path
+        restore_from = readable_path(resume)
         ctx.log(f"Continuing from {resume.prefix}, written by an earlier attempt")
     done_before = (resume.step - first_step) if resume is not None else 0
     steps = total - done_before
@@ -104,27 +138,40 @@ def save_job(job: Job, ctx: JobContext) -> dict:
 
     own_saved: list[dict] = []
     pruned: list[str] = []
+    rotated_locally: list[str] = []
     kept_from_rotation: dict[str, str] = {}
     # max_to_keep may only rotate out what this job (or an earlier attempt of it) wrote, and
     # never a checkpoint a protection rule keeps; the guard reads `written` at every question.
+    # In a bucket run the Saver only ever rotates the working directory, which holds nothing else.
     written = {s["prefix"] for s in _saved_by_attempts(job)}
-    guard = saving.rotation_guard(run, own=written, state_file=options.state_file)
+    guard = saving.rotation_guard(run, own=written, state_file=options.state_file) if bucket is None else None
 
     def on_saved(saved) -> None:
-        note = (
-            f"Deleted by TensorFlow's Saver (max_to_keep={options.max_to_keep}) when save job "
-            f"#{job.pk} wrote {saved.prefix}."
-        )
-        checkpoint = recording.record_saved(run, saved, pruned_note=note, actor=job.requested_by)
+        if bucket is not None:
+            checkpoint, merged = bucket.publish(saved, working, actor=job.requested_by)
+        else:
+            note = (
+                f"Deleted by TensorFlow's Saver (max_to_keep={options.max_to_keep}) when save job "
+                f"#{job.pk} wrote {saved.prefix}."
+            )
+            checkpoint, merged = recording.record_saved(run, saved, pruned_note=note, actor=job.requested_by), None
         written.add(saved.prefix)
         entry = {"prefix": saved.prefix, "step": saved.step, "id": checkpoint.pk, **saved.metrics}
         own_saved.append(entry)
-        pruned.extend(saved.deleted)
-        kept_from_rotation.update(saved.kept_from_rotation)
         line = f"Saved {saved.prefix} ({_metric_text(saved.metrics)})"
-        if saved.deleted:
+        if merged is not None:
+            line += f"; uploaded to {directory}"
+            if merged.attempts > 1:
+                line += f" (the state file changed meanwhile: merged again, attempt {merged.attempts})"
+            rotated_locally.extend(saved.deleted)
+            if saved.deleted:
+                line += (f"; max_to_keep rotated {', '.join(saved.deleted)} out of the local working directory "
+                         "only: it stays in the bucket until a prune removes it")
+        elif saved.deleted:
+            pruned.extend(saved.deleted)
             line += f"; the Saver's max_to_keep deleted {', '.join(saved.deleted)}"
-        if saved.kept_from_rotation:
+        if saved.kept_from_rotation and merged is None:
+            kept_from_rotation.update(saved.kept_from_rotation)
             kept = "; ".join(f"{p} ({why})" for p, why in saved.kept_from_rotation.items())
             line += f"; kept out of max_to_keep's rotation: {kept}"
         # What a retry continues from: stored the moment the row exists.
@@ -136,7 +183,7 @@ def save_job(job: Job, ctx: JobContext) -> dict:
 
     try:
         result = train(
-            directory,
+            working,
             recipe,
             steps=steps,
             save_every=int(params["save_every"]),
@@ -149,6 +196,7 @@ def save_job(job: Job, ctx: JobContext) -> dict:
             # A retry rewrites what a killed attempt may have left after its last recorded save.
             overwrite=job.retry_of_id is not None,
             rotation_guard=guard,
+            existing_prefixes=in_bucket,
         )
     except TrainingCancelled as exc:
         ctx.log(f"Stopped at step {exc.step} on request")
@@ -156,10 +204,14 @@ def save_job(job: Job, ctx: JobContext) -> dict:
             "canceled": True, "saved": own_saved, "stopped_at_step": exc.step, "target_step": target_step,
             "pruned_by_saver": pruned, "kept_from_rotation": kept_from_rotation,
         }
+    except TrainingError as exc:
+        if working == directory:
+            raise
+        raise TrainingError(str(exc).replace(working, directory)) from None
     last = own_saved[-1] if own_saved else None
     loss = result.final_metrics.get("loss", float("nan"))
     ctx.progress(100, f"Step {total}/{total} · loss {loss:.4f}", force=True)
-    return {
+    outcome = {
         "directory": directory,
         "recipe": recipe_path,
         "start_step": result.start_step,
@@ -178,6 +230,9 @@ def save_job(job: Job, ctx: JobContext) -> dict:
         "initialized_variables": result.initialized_variables if restore_from else [],
         "elapsed_seconds": round(result.elapsed_seconds, 3),
     }
+    if bucket is not None:
+        outcome["rotated_in_working_directory"] = rotated_locally
+    return outcome
 
 
 def resave_job(job: Job, ctx: JobContext) -> dict:

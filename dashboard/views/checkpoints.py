@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 from dashboard import access, artifacts
 from dashboard.forms import FreezeForm, PartialRestoreForm, VerifyForm
 from dashboard.models import Checkpoint, Job
-from dashboard.views.common import refused_on_object_storage, start_job
+from dashboard.views.common import start_job
 
 
 def _checkpoint(request: HttpRequest, name: str, pk: int, perm: str) -> Checkpoint:
@@ -77,8 +77,6 @@ def _export_directory(checkpoint: Checkpoint) -> str:
 
 def checkpoint_partial_restore(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     checkpoint = _checkpoint(request, name, pk, access.OPERATE)
-    if refused_on_object_storage(request, checkpoint.run, "Restoring a checkpoint"):
-        return redirect(checkpoint)
     if checkpoint.v1_refusal:
         messages.error(request, checkpoint.v1_refusal)
         return redirect(checkpoint)

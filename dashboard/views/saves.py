@@ -14,8 +14,6 @@ from dashboard.views.common import refused_on_object_storage, start_job
 
 def save_new(request: HttpRequest, name: str) -> HttpResponse:
     run = access.get_run_for_user(request, name, access.OPERATE)
-    if refused_on_object_storage(request, run, "Saving checkpoints"):
-        return redirect(run)
     # The form asks for its rotation preview again (htmx GET) whenever a field changes.
     preview_only = request.method == "GET" and request.GET.get("preview") == "rotation"
     data = request.POST if request.method == "POST" else (request.GET if preview_only else None)
@@ -35,7 +33,7 @@ def save_new(request: HttpRequest, name: str) -> HttpResponse:
 def resave_new(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     run = access.get_run_for_user(request, name, access.OPERATE)
     checkpoint = get_object_or_404(Checkpoint.objects.on_disk(), run=run, pk=pk)
-    if refused_on_object_storage(request, run, "Saving checkpoints"):
+    if refused_on_object_storage(request, run, "Re-saving a subset of a checkpoint"):
         return redirect(checkpoint)
     form = ResaveForm(request.POST or None, checkpoint=checkpoint)
     if request.method == "POST" and form.is_valid():

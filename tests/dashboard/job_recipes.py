@@ -70,6 +70,78 @@ class FlakyRecipe(AntiSpamRecipe):
         return super().build_graph()
 
 
+STATE_REWRITING = "tests.dashboard.job_recipes.StateRewritingRecipe"
+# Where StateRewritingRecipe writes, after how many training steps, and what it adds.
+STATE_REWRITE_ENV = ("STATE_REWRITE_URL", "STATE_REWRITE_AT", "STATE_REWRITE_PREFIX")
+
+
+class StateRewritingRecipe(AntiSpamRecipe):
+    """A second trainer writing the same run while a save job runs, at a moment the test chooses.
+
+    After ``$STATE_REWRITE_AT`` training steps it saves "its" checkpoint the way a trainer does: it
+    reads the state object at ``$STATE_REWRITE_URL`` and writes it back naming
+    ``$STATE_REWRITE_PREFIX`` as latest, appended to what was listed.
+    """
+
+    name = "state-rewriting"
+    description = "Rewrites the run's state object during training (tests only)."
+
+    def build_graph(self):
+        import tensorflow as tf
+
+        handles = super().build_graph()
+        url, at, prefix = (os.environ.get(name, "") for name in STATE_REWRITE_ENV)
+        calls = [0]
+
+        def rewrite() -> np.int32:
+            calls[0] += 1
+            if url and calls[0] == int(at):
+                from persistence import statefile, storage
+
+                store = storage.storage_for(url)
+                directory = url.rsplit("/", 1)[0]
+                state = statefile.parse_state_bytes(store.read_bytes(url), "checkpoint", directory)
+                text = statefile.format_state_text(latest=prefix, all_prefixes=[*state.all_prefixes, prefix])
+                store.put_bytes(url, text.encode("utf-8"))
+            return np.int32(0)
+
+        written = tf.py_function(rewrite, [], tf.int32, name="another_trainer_saves")
+        handles.train_op = tf.group(handles.train_op, written, name="train_and_other_trainer")
+        return handles
+
+
+FAILING_MIDWAY = "tests.dashboard.job_recipes.FailingMidwayRecipe"
+# The marker file that makes FailingMidwayRecipe fail (once), and after how many training steps.
+MIDWAY_ENV = ("MIDWAY_FAIL_MARKER", "MIDWAY_FAIL_AT")
+
+
+class FailingMidwayRecipe(AntiSpamRecipe):
+    """Fails once, in the middle of training (after ``$MIDWAY_FAIL_AT`` steps, while the marker file
+    ``$MIDWAY_FAIL_MARKER`` exists, which it removes): what a retry continues from is what the
+    failed attempt saved before that step."""
+
+    name = "failing-midway"
+    description = "Fails once during training (tests only)."
+
+    def build_graph(self):
+        import tensorflow as tf
+
+        handles = super().build_graph()
+        marker, at = (os.environ.get(name, "") for name in MIDWAY_ENV)
+        calls = [0]
+
+        def maybe_fail() -> np.int32:
+            calls[0] += 1
+            if marker and calls[0] == int(at) and os.path.exists(marker):
+                os.remove(marker)
+                raise RuntimeError("failing midway on purpose")
+            return np.int32(0)
+
+        checked = tf.py_function(maybe_fail, [], tf.int32, name="fail_midway")
+        handles.train_op = tf.group(handles.train_op, checked, name="train_or_fail")
+        return handles
+
+
 def wait_for_job(job, statuses, timeout: float = 60.0):
     """Poll the row until its status is one of ``statuses``; return the fresh row."""
     from tests.live import wait_for

@@ -235,8 +235,7 @@ REFUSED = "not yet supported for runs on object storage"
 
 
 @pytest.mark.parametrize(("kind", "kwargs"), [
-    (Job.SAVE, {}),
-    (Job.RESTORE, {"checkpoint": True, "params": {"mode": "partial", "recipe": "tests.dashboard.job_recipes.seed"}}),
+    (Job.SAVE, {"checkpoint": True, "params": {"mode": "resave", "variables": ["w"], "new_prefix": "subset-x"}}),
     (Job.PRUNE, {}),
 ])
 def test_jobs_that_need_local_files_are_refused_before_a_row_exists(s3_run, kind, kwargs):
@@ -245,11 +244,6 @@ def test_jobs_that_need_local_files_are_refused_before_a_row_exists(s3_run, kind
     with pytest.raises(NotOnObjectStorage, match=REFUSED):
         jobs.start(kind, run=s3_run, **kwargs)
     assert not Job.objects.filter(kind=kind).exists()
-
-
-def test_partial_restore_operation_refuses(s3_run):
-    with pytest.raises(ValueError, match=f"Restoring a checkpoint is {REFUSED}"):
-        artifacts.partial_restore(_ckpt(s3_run), recipe_path="tests.dashboard.job_recipes.seed")
 
 
 def test_make_latest_refuses_and_the_state_file_is_untouched(s3_run, s3_root):
@@ -282,14 +276,10 @@ def test_prune_and_step_over_step_operations_refuse_and_delete_nothing(s3_run, s
     assert not s3_run.checkpoints.filter(status=Checkpoint.PRUNED).exists()
 
 
-def test_save_and_resave_job_bodies_refuse(s3_run, settings, s3_root):
-    from dashboard.jobs.save import resave_job, save_job
+def test_the_resave_job_body_refuses(s3_run, s3_root):
+    from dashboard.jobs.save import resave_job
 
     keys = s3_root.keys()
-    recipe = settings.CHECKPOINT_RECIPES[0]
-    save = Job.objects.create(kind=Job.SAVE, run=s3_run, params={"recipe": recipe})
-    with pytest.raises(ValueError, match=f"Saving checkpoints is {REFUSED}"):
-        save_job(save, ctx=None)
     resave = Job.objects.create(kind=Job.SAVE, run=s3_run, checkpoint=_ckpt(s3_run),
                                 params={"variables": ["w"], "new_prefix": "subset-x"})
     with pytest.raises(ValueError, match=f"Saving checkpoints is {REFUSED}"):
@@ -298,10 +288,8 @@ def test_save_and_resave_job_bodies_refuse(s3_run, settings, s3_root):
 
 
 @pytest.mark.parametrize(("route", "method", "data"), [
-    ("checkpoint-partial-restore", "post", {}),
     ("checkpoint-make-latest", "post", {}),
     ("checkpoint-resave", "post", {"variables": "w", "prefix": "x"}),
-    ("run-save", "post", {}),
     ("run-prune-now", "post", {}),
 ])
 def test_pages_refuse_with_a_message_not_a_500(client, maintainer, s3_run, route, method, data):
