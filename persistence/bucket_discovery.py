@@ -39,6 +39,13 @@ def list_entries(directory: str) -> list[storage.Entry]:
     return storage.storage_for(directory).list(directory)
 
 
+def list_entries_and_folders(directory: str) -> tuple[list[storage.Entry], list[str]]:
+    """:func:`list_entries` and, from the same LIST requests, the names of the subfolders (where
+    trainers put event files: ``eval/``, ``train/``)."""
+    entries, folders, _ = storage.storage_for(directory).list_with_prefixes(directory)
+    return entries, folders
+
+
 def entries_stamp(entries: Iterable[storage.Entry]) -> str:
     """What :func:`directory_stamp` is for a local directory, for a bucket listing: a digest of
     every key with its size, ETag and last-modified time (objects are replaced, never rewritten

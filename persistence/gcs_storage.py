@@ -102,18 +102,19 @@ class GcsStorage:
 
     def list(self, directory: str) -> list[Entry]:
         """The objects directly under ``directory/`` (not below a further ``/``): one LIST per 1,000 keys."""
-        entries, _ = self.list_with_prefixes(directory)
-        return entries
+        return self.list_with_prefixes(directory)[0]
 
-    def list_with_prefixes(self, directory: str, *, max_pages: int | None = None) -> tuple[list[Entry], list[str]]:
-        """The objects directly under ``directory/`` and the names of the "subdirectories" (common
-        prefixes) there, at most ``max_pages`` LIST requests."""
+    def list_with_prefixes(
+        self, directory: str, *, max_pages: int | None = None
+    ) -> tuple[list[Entry], list[str], bool]:
+        """The objects directly under ``directory/``, the names of the "subdirectories" (common
+        prefixes) there, and whether more were left unlisted: at most ``max_pages`` LIST requests."""
         location = parse_url(directory)
         prefix = f"{location.key}/" if location.key else ""
         entries: list[Entry] = []
         prefixes: list[str] = []
         token = None
-        pages = 0
+        pages, truncated = 0, False
         try:
             while True:
                 page = self._run(self._list_page(location.bucket, prefix, token))
@@ -124,13 +125,16 @@ class GcsStorage:
                         entries.append(self._entry(directory, base_name, item))
                 prefixes.extend(p[len(prefix):].rstrip("/") for p in page.get("prefixes") or [])
                 token = page.get("nextPageToken")
-                if not token or (max_pages is not None and pages >= max_pages):
+                if not token:
+                    break
+                if max_pages is not None and pages >= max_pages:
+                    truncated = True
                     break
         except FileNotFoundError:
             raise StorageError(f"cannot list {directory}: no such bucket") from None
         except Exception as exc:
             raise StorageError(f"cannot list {directory}: {safe_reason(exc)}") from None
-        return entries, [p for p in prefixes if p]
+        return entries, [p for p in prefixes if p], truncated
 
     def _media(self, path: str, *, start: int | None = None, end: int | None = None,
                generation: str = "") -> bytes:

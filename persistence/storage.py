@@ -336,6 +336,41 @@ class ObjectStorage:
             entries.append(Entry(base_name, join(directory, base_name), int(item.get("size") or 0), mtime_ns, etag))
         return entries
 
+    def list_with_prefixes(
+        self, directory: str, *, max_pages: int | None = None
+    ) -> tuple[list[Entry], list[str], bool]:
+        """The objects directly under ``directory/``, the names of its "subdirectories" (common
+        prefixes), and whether more were left unlisted: at most ``max_pages`` LIST requests of
+        1,000 keys (None: all of them)."""
+        location = parse_url(directory)
+        prefix = f"{location.key}/" if location.key else ""
+        entries: list[Entry] = []
+        folders: list[str] = []
+        kwargs: dict[str, object] = {"Bucket": location.bucket, "Prefix": prefix, "Delimiter": "/", "MaxKeys": 1000}
+        pages, truncated = 0, False
+        while True:
+            try:
+                page = self._call("list_objects_v2", directory, **kwargs)
+            except FileNotFoundError:
+                raise StorageError(f"cannot list {directory}: no such bucket") from None
+            pages += 1
+            for item in page.get("Contents") or []:
+                base_name = str(item.get("Key", ""))[len(prefix):]
+                if base_name and "/" not in base_name:
+                    modified = item.get("LastModified")
+                    mtime_ns = int(modified.timestamp() * 1_000_000_000) if modified is not None else 0
+                    entries.append(Entry(base_name, join(directory, base_name), int(item.get("Size") or 0),
+                                         mtime_ns, str(item.get("ETag") or "").strip('"')))
+            folders.extend(str(p.get("Prefix", ""))[len(prefix):].rstrip("/") for p in page.get("CommonPrefixes") or [])
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                break
+            if max_pages is not None and pages >= max_pages:
+                truncated = True
+                break
+            kwargs["ContinuationToken"] = token
+        return entries, [f for f in folders if f], truncated
+
     def read_bytes(self, path: str, *, limit: int | None = None) -> bytes:
         """The whole object (one GET); with ``limit``, refuse one larger than that (callers that
         list first know sizes and skip such objects before reading)."""
