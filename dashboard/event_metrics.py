@@ -62,6 +62,7 @@ def read_events(run: Run, *, directory_unchanged: bool = False, top: tuple | Non
     if not refs and not known:
         return {"metric_points": 0, "event_problems": []}
     reads: list[tuple[events.EventFileRef, EventFile | None, events.EventRead | None, str]] = []
+    in_bucket = storage.is_url(run.directory)
     for ref in refs:
         row = known.get(ref.path)
         if row is not None and ref.size == row.size and (
@@ -70,7 +71,7 @@ def read_events(run: Run, *, directory_unchanged: bool = False, top: tuple | Non
         state = row.state() if row is not None else events.EventFileState()
         state.problems = [p for p in state.problems if not p.startswith(f"{EVENT_PROBLEM}{ref.path}: cannot be read")]
         try:
-            if ref.etag:
+            if in_bucket:
                 read = bucket_events.read_event_object(run.directory, ref, state)
             else:
                 read = events.read_event_file(run.directory, ref, state, roots=settings.CHECKPOINT_ROOTS)
@@ -94,11 +95,13 @@ def _find(run: Run, known: dict[str, EventFile], directory_unchanged: bool, top:
         if directory_unchanged:
             return events.find_event_files(run.directory, only={path.split("/")[0] for path in known})
         return events.find_event_files(run.directory)
-    if not directory_unchanged:
+    own_rows = [f for f in known.values() if "/" not in f.path]
+    if not directory_unchanged or any(not f.etag for f in own_rows):
+        # (A file whose last read failed has no listed size recorded: list the run again.)
         return bucket_events.find_event_objects(run.directory, top=top)
     # The run's own listing is what the last scan saw: its own event files are as they were then,
     # and only the subfolders where event files were found are listed again.
-    own = [events.EventFileRef(f.path, f.size, f.etag) for f in known.values() if "/" not in f.path]
+    own = [events.EventFileRef(f.path, f.size, f.etag) for f in own_rows]
     below = bucket_events.find_event_objects(run.directory, folders={p.split("/")[0] for p in known if "/" in p})
     return sorted([*own, *below], key=lambda ref: (ref.path.rpartition("/")[0], ref.path.rpartition("/")[2]))
 

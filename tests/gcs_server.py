@@ -27,6 +27,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the server's process: end it when the test process ends, however that ends (kill -9 too)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 @pytest.fixture(scope="session")
 def gcs_server() -> Iterator[str]:
     """The endpoint URL of a GCS emulator running for the whole test session."""
@@ -39,7 +50,7 @@ def gcs_server() -> Iterator[str]:
     process = subprocess.Popen(
         [str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
          "-port", str(port), "-external-url", url, "-log-level", "error"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
     )
     try:
         deadline = time.monotonic() + 20
@@ -67,8 +78,6 @@ def gcs_env(gcs_server, monkeypatch) -> str:
     for name in ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
-    # gcsfs would otherwise first ask a gRPC control-plane API about the bucket.
-    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     return gcs_server
 
 
