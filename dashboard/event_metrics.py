@@ -19,7 +19,7 @@ from django.db import connection, transaction
 from django.db.models import Max, Min
 from django.utils import timezone
 
-from persistence import events, files
+from persistence import bucket_events, events, files, storage
 
 from . import summaries
 from .locks import lock_row
@@ -36,7 +36,7 @@ MAX_TAG_LENGTH = 255
 MAX_TAGS_PER_RUN = 1000
 
 
-def read_events(run: Run, *, directory_unchanged: bool = False) -> dict:
+def read_events(run: Run, *, directory_unchanged: bool = False, top: tuple | None = None) -> dict:
     """Read new scalar points from the run's event files, store them and attach them to
     checkpoints; return ``{"metric_points": new points, "event_problems": [...]}``.
 
@@ -48,25 +48,33 @@ def read_events(run: Run, *, directory_unchanged: bool = False) -> dict:
     TensorFlow reads the files outside any transaction; what was read is stored in one short
     transaction under the run's row lock, together with each file's new offset, so that a point is
     stored once: a file another scan has stored meanwhile (its offset moved) is left to it.
+
+    A run in a bucket is read through ``persistence.bucket_events``: ``top`` is the run
+    directory's listing (objects, subfolder names) the scan just made, so that it is not made twice.
     """
     known = {f.path: f for f in run.event_files.all()}
-    if directory_unchanged:
-        if not known:
-            return {"metric_points": 0, "event_problems": []}
-        refs = events.find_event_files(run.directory, only={path.split("/")[0] for path in known})
-    else:
-        refs = events.find_event_files(run.directory)
+    if directory_unchanged and not known:
+        return {"metric_points": 0, "event_problems": []}
+    try:
+        refs = _find(run, known, directory_unchanged, top)
+    except storage.StorageError as exc:
+        return {"metric_points": 0, "event_problems": [f"{EVENT_PROBLEM}listing failed: {exc}"]}
     if not refs and not known:
         return {"metric_points": 0, "event_problems": []}
     reads: list[tuple[events.EventFileRef, EventFile | None, events.EventRead | None, str]] = []
+    in_bucket = storage.is_url(run.directory)
     for ref in refs:
         row = known.get(ref.path)
-        if row is not None and ref.size == row.size and (row.offset == ref.size or row.stuck):
+        if row is not None and ref.size == row.size and (
+                row.offset == ref.size or row.stuck or (ref.etag and ref.etag == row.etag and not row.problems)):
             continue  # nothing appended since the last read
         state = row.state() if row is not None else events.EventFileState()
         state.problems = [p for p in state.problems if not p.startswith(f"{EVENT_PROBLEM}{ref.path}: cannot be read")]
         try:
-            read = events.read_event_file(run.directory, ref, state, roots=settings.CHECKPOINT_ROOTS)
+            if in_bucket:
+                read = bucket_events.read_event_object(run.directory, ref, state)
+            else:
+                read = events.read_event_file(run.directory, ref, state, roots=settings.CHECKPOINT_ROOTS)
         except (files.UnsafeFile, OSError) as exc:
             reads.append((ref, row, None, f"{EVENT_PROBLEM}{ref.path}: cannot be read ({exc})"))
             continue
@@ -79,6 +87,23 @@ def read_events(run: Run, *, directory_unchanged: bool = False) -> dict:
             _attach(run, stored, whole)
     problems = _note_problems(run, [ref.path for ref in refs], known, reads)
     return {"metric_points": sum(len(s) for s, _ in stored.values()), "event_problems": problems}
+
+
+def _find(run: Run, known: dict[str, EventFile], directory_unchanged: bool, top: tuple | None) -> list:
+    """The run's event files now: on a local disk, or listed in its bucket."""
+    if not storage.is_url(run.directory):
+        if directory_unchanged:
+            return events.find_event_files(run.directory, only={path.split("/")[0] for path in known})
+        return events.find_event_files(run.directory)
+    own_rows = [f for f in known.values() if "/" not in f.path]
+    if not directory_unchanged or any(not f.etag for f in own_rows):
+        # (A file whose last read failed has no listed size recorded: list the run again.)
+        return bucket_events.find_event_objects(run.directory, top=top)
+    # The run's own listing is what the last scan saw: its own event files are as they were then,
+    # and only the subfolders where event files were found are listed again.
+    own = [events.EventFileRef(f.path, f.size, f.etag) for f in own_rows]
+    below = bucket_events.find_event_objects(run.directory, folders={p.split("/")[0] for p in known if "/" in p})
+    return sorted([*own, *below], key=lambda ref: (ref.path.rpartition("/")[0], ref.path.rpartition("/")[2]))
 
 
 def _store(run: Run, reads: list) -> tuple[dict, dict]:
@@ -112,15 +137,17 @@ def _store(run: Run, reads: list) -> tuple[dict, dict]:
             count += len(steps)
             new_points[tag].append((np.frombuffer(steps, dtype=np.int64), np.frombuffer(values, dtype=np.float64)))
         if row is None:
-            create.append(EventFile(run=run, path=ref.path, offset=state.offset, size=ref.size, plugins=state.plugins,
-                                    problems=state.problems, stuck=state.stuck, points=count, read_at=now))
+            create.append(EventFile(run=run, path=ref.path, offset=state.offset, size=ref.size, etag=ref.etag,
+                                    plugins=state.plugins, problems=state.problems, stuck=state.stuck, points=count,
+                                    read_at=now))
         else:
             row.offset, row.size, row.plugins, row.problems = state.offset, ref.size, state.plugins, state.problems
+            row.etag = ref.etag
             row.stuck, row.points, row.read_at = state.stuck, row.points + count, now
             update.append(row)
     EventFile.objects.bulk_create(create, batch_size=500)
-    EventFile.objects.bulk_update(update, ["offset", "size", "plugins", "problems", "stuck", "points", "read_at"],
-                                  batch_size=500)
+    EventFile.objects.bulk_update(
+        update, ["offset", "size", "etag", "plugins", "problems", "stuck", "points", "read_at"], batch_size=500)
     merged = {}
     for tag, parts in new_points.items():
         steps = np.concatenate([p[0] for p in parts])

@@ -1,5 +1,5 @@
 """Where runs may live: the directories below ``CHECKPOINT_ROOTS``, and the prefixes below its
-``s3://`` entries (``CHECKPOINT_OBJECT_ROOTS``)."""
+``s3://`` and ``gs://`` entries (``CHECKPOINT_OBJECT_ROOTS``)."""
 
 from __future__ import annotations
 
@@ -95,6 +95,9 @@ def run_location(directory: str) -> Path | str:
 CANDIDATE_MAX_DEPTH = 4
 CANDIDATE_MAX_DIRECTORIES = 2000
 CANDIDATES_SHOWN = 25
+# Under bucket roots every prefix looked at is a LIST request (billed, and a round trip on each view
+# of the form): at most this many in all, one page of 1,000 keys each.
+CANDIDATE_MAX_LISTS = 20
 
 
 @dataclass(frozen=True)
@@ -104,19 +107,66 @@ class Candidate:
     path: str
     checkpoints: int
     suggested_name: str
+    more: bool = False  # a prefix with more keys than one listing page: at least ``checkpoints``
 
 
 def untracked_checkpoint_directories(
     tracked: Iterable[str], *, max_depth: int = CANDIDATE_MAX_DEPTH,
     max_directories: int = CANDIDATE_MAX_DIRECTORIES, limit: int = CANDIDATES_SHOWN,
+    max_lists: int | None = None,
 ) -> tuple[list[Candidate], bool]:
-    """Directories under ``CHECKPOINT_ROOTS`` holding ``*.index`` files that no run tracks.
+    """Directories under ``CHECKPOINT_ROOTS`` holding ``*.index`` files that no run tracks, then
+    prefixes under the bucket roots that hold them (at most ``max_lists`` LIST requests).
 
-    Buckets are not walked (a walk would cost a LIST per prefix on every view of the form).
-
-    Returns them (at most ``limit``, in path order) and whether the walk stopped at one of its
-    bounds, so that the page can say the list may be incomplete.
+    Returns them (at most ``limit``, local directories first, each kind in path order) and whether
+    the walk stopped at one of its bounds, so that the page can say more may not be shown.
     """
+    tracked = list(tracked)
+    found, truncated = _local_candidates(tracked, max_depth, max_directories, limit)
+    if len(found) < limit and getattr(settings, "CHECKPOINT_OBJECT_ROOTS", None):
+        budget = CANDIDATE_MAX_LISTS if max_lists is None else max_lists
+        in_buckets, cut = _bucket_candidates(tracked, max_depth, budget, limit - len(found))
+        found, truncated = found + in_buckets, truncated or cut
+    elif getattr(settings, "CHECKPOINT_OBJECT_ROOTS", None):
+        truncated = True
+    return found, truncated
+
+
+def _bucket_candidates(tracked: list[str], max_depth: int, max_lists: int, limit: int) -> tuple[list[Candidate], bool]:
+    """Prefixes under the bucket roots with ``.index`` objects directly in them, breadth first."""
+    from django.utils.text import slugify
+
+    skip = {t.rstrip("/") for t in tracked if storage.is_url(t)}
+    pending = [(root, 0) for root in settings.CHECKPOINT_OBJECT_ROOTS]
+    found: list[Candidate] = []
+    lists, truncated = 0, False
+    while pending:
+        if lists >= max_lists:
+            truncated = True
+            break
+        url, depth = pending.pop(0)
+        lists += 1
+        try:
+            entries, folders, more = storage.storage_for(url).list_with_prefixes(url, max_pages=1)
+        except (storage.StorageError, OSError):
+            continue  # an unreachable bucket has nothing to offer here; tracking it says why
+        indexes = sum(1 for e in entries if e.name.endswith(".index"))
+        if indexes and url not in skip:
+            name = slugify(url.rstrip("/").rsplit("/", 1)[-1])[:100] or "run"
+            found.append(Candidate(url, indexes, name, more))
+            if len(found) >= limit:
+                truncated = bool(pending or folders)
+                break
+        if depth < max_depth:
+            pending.extend((f"{url.rstrip('/')}/{name}", depth + 1) for name in sorted(folders))
+        elif folders:
+            truncated = True
+    return sorted(found, key=lambda c: c.path), truncated
+
+
+def _local_candidates(
+    tracked: list[str], max_depth: int, max_directories: int, limit: int
+) -> tuple[list[Candidate], bool]:
     from django.utils.text import slugify
 
     skip = {os.path.realpath(t) for t in tracked}

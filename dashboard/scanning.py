@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
-from persistence import discovery
+from persistence import bucket_discovery, discovery
 
 from . import event_metrics, summaries, webhooks
 from .locks import lock_row
@@ -51,11 +51,11 @@ def scan(run: Run, *, full: bool = False, now: dt.datetime | None = None) -> dic
     """
     run_location(run.directory)  # the root list may have changed since registration
     in_bucket = on_object_storage(run.directory)
-    entries = None
+    entries = folders = None
     if in_bucket:
         # A bucket has no directory stamp: the listing (one LIST per 1,000 keys) is the stamp,
         # and an unchanged one ends the scan without a single GET.
-        entries = discovery.list_entries(run.directory)
+        entries, folders = bucket_discovery.list_entries_and_folders(run.directory)
         stamp = discovery.entries_stamp(entries)
     else:
         stamp = discovery.directory_stamp(run.directory)
@@ -76,18 +76,15 @@ def scan(run: Run, *, full: bool = False, now: dt.datetime | None = None) -> dic
         # at the start may be older than what a save job recorded meanwhile. (No save job writes
         # to a bucket: what changed there is seen by the next scan's listing.)
         refresh_latest(run)
-    metrics = _read_events(run)
+    metrics = _read_events(run, top=(entries, folders) if in_bucket else None)
     return {
         **counts, "unchanged_directory": False, "checkpoints": found,
         "problems": [*listing.problems, *metrics["event_problems"]], "metric_points": metrics["metric_points"],
     }
 
 
-def _read_events(run: Run, *, directory_unchanged: bool = False) -> dict:
-    if on_object_storage(run.directory):
-        # Event files in buckets are not read yet: no curves for such runs.
-        return {"metric_points": 0, "event_problems": []}
-    return event_metrics.read_events(run, directory_unchanged=directory_unchanged)
+def _read_events(run: Run, *, directory_unchanged: bool = False, top: tuple | None = None) -> dict:
+    return event_metrics.read_events(run, directory_unchanged=directory_unchanged, top=top)
 
 
 def rescan_unchanged(

@@ -63,6 +63,7 @@ class EventFileState:
 class EventFileRef:
     path: str  # relative to the run directory, "/"-separated
     size: int
+    etag: str = ""  # an object in a bucket: its ETag (GCS: generation) from the listing
 
     @property
     def tag_prefix(self) -> str:
@@ -110,7 +111,7 @@ def find_event_files(
                     found.append(EventFileRef(f"{rel}{name}", os.stat(os.path.join(folder, name)).st_size))
                 except OSError:  # gone since it was listed
                     pass
-            elif deeper and not name.endswith(_NOT_DIRECTORIES) and ".data-" not in name and name[0] != ".":
+            elif deeper and could_hold_event_files(name):
                 path = os.path.join(folder, name)
                 try:
                     if stat.S_ISDIR(os.lstat(path).st_mode):  # lstat: a link to a directory is not followed
@@ -123,6 +124,12 @@ def find_event_files(
     # trainer restarted at an earlier step overrides the older file's points (``merge``).
     found.sort(key=lambda ref: (os.path.dirname(ref.path), os.path.basename(ref.path)))
     return found
+
+
+def could_hold_event_files(name: str) -> bool:
+    """Whether an entry named ``name`` may be a folder of event files: names alone rule out the
+    thousands of checkpoint files of a run directory, without a stat or a request each."""
+    return bool(name) and not name.endswith(_NOT_DIRECTORIES) and ".data-" not in name and name[0] != "."
 
 
 def read_event_file(
@@ -141,7 +148,17 @@ def read_event_file(
         state, restarted = EventFileState(), True
     if size == state.offset:
         return EventRead(state, {}, restarted=restarted)
+    read = read_records(path, ref, state)
+    read.restarted = restarted
+    return read
 
+
+def read_records(local_path: str, ref: EventFileRef, state: EventFileState, *, base: int = 0) -> EventRead:
+    """Read the records of ``ref`` from ``state.offset`` on, out of ``local_path``: the file itself
+    (``base`` 0), or a local copy of its bytes from ``base`` on (an object in a bucket, fetched
+    from where the last read stopped). Offsets in the state and in problems are the file's own.
+    Imports TensorFlow."""
+    path = local_path
     from google.protobuf.message import DecodeError
     from tensorflow.core.util import event_pb2
     from tensorflow.python.framework import errors
@@ -150,7 +167,7 @@ def read_event_file(
     prefix = ref.tag_prefix
     plugins = dict(state.plugins)
     problems = list(state.problems)
-    offset, records, pending = state.offset, 0, False
+    offset, records, pending = state.offset - base, 0, False
     points: dict[str, tuple[array, array]] = {}
     appenders: dict[str, tuple] = {}  # raw tag -> (steps.append, values.append)
     parse = event_pb2.Event.FromString
@@ -181,12 +198,11 @@ def read_event_file(
                 if verdict in ("pending", "retry"):
                     pending = True
                     break
-                note = _problem(ref.path, offset, next_offset)
+                note = _problem(ref.path, base + offset, None if next_offset is None else base + next_offset)
                 if note not in problems:
                     problems.append(note)
                 if next_offset is None:
-                    return EventRead(EventFileState(offset, plugins, problems, stuck=True), points, records,
-                                     restarted=restarted)
+                    return EventRead(EventFileState(base + offset, plugins, problems, stuck=True), points, records)
                 offset = next_offset
                 continue
             except errors.OpError as exc:
@@ -196,7 +212,7 @@ def read_event_file(
             try:
                 event = parse(record)
             except DecodeError:
-                note = f"event file {ref.path}: the record ending at byte {end} is not an event; skipped"
+                note = f"event file {ref.path}: the record ending at byte {base + end} is not an event; skipped"
                 if note not in problems:
                     problems.append(note)
                 continue
@@ -237,7 +253,7 @@ def read_event_file(
                 append[1](number)
     finally:
         reader.close()
-    return EventRead(EventFileState(offset, plugins, problems), points, records, pending, restarted)
+    return EventRead(EventFileState(base + offset, plugins, problems), points, records, pending)
 
 
 def _after_refusal(path: str, offset: int, open_reader) -> tuple[str, int | None]:

@@ -1,10 +1,11 @@
-"""One storage layer for run directories: local paths and ``s3://bucket/prefix`` URLs.
+"""One storage layer for run directories: local paths, ``s3://bucket/prefix`` and ``gs://bucket/prefix`` URLs.
 
 Discovery and state-file reading go through here, so a run in a bucket is listed, fingerprinted and
 read by the same code as a local one. Local paths keep using the operating system directly (their
 containment and open-time checks live in ``files``); URLs go through fsspec's ``s3fs``, which takes
 credentials, region and endpoint from the usual AWS environment and configuration files
-(``AWS_ENDPOINT_URL`` for S3-compatible stores). Nothing here reads Django settings.
+(``AWS_ENDPOINT_URL`` for S3-compatible stores); ``gs://`` URLs go through ``gcsfs``
+(``gcs_storage.GcsStorage``, same operations). Nothing here reads Django settings.
 
 Writes to a bucket are few and deliberate: whole objects put with an optional precondition
 (``If-Match`` on the ETag a change was computed from, ``If-None-Match: *`` for "only if absent"),
@@ -39,11 +40,13 @@ __all__ = [
     "count_requests", "is_url", "join", "parse_url", "resolve_inside", "storage_for",
 ]
 
-# Schemes a run directory may use. ``gs://`` would plug in here through gcsfs.
-SCHEMES = ("s3",)
+# Schemes a run directory may use.
+SCHEMES = ("s3", "gs")
 
-# S3 bucket naming rules (lowercase letters, digits, dots and hyphens, 3-63 characters).
+# S3 bucket naming rules (lowercase letters, digits, dots and hyphens, 3-63 characters); GCS also
+# allows underscores.
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_GCS_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
 # Percent-encoding is refused outright: keys are used literally, and "%2F" or "%2E%2E" would turn
 # into a separator or a parent reference in any tool that decodes them.
 _PERCENT_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
@@ -106,7 +109,7 @@ def parse_url(text: str) -> ObjectLocation:
     if "@" in bucket or ":" in bucket:
         # fsspec would take "key:secret@bucket" as credentials; they belong in the environment.
         raise OutsideRoots("Credentials and ports do not belong in the URL; set them in the environment.")
-    if not _BUCKET.fullmatch(bucket):
+    if not (_GCS_BUCKET if scheme.lower() == "gs" else _BUCKET).fullmatch(bucket):
         raise OutsideRoots("That is not a valid bucket name.")
     key = key.rstrip("/")
     if key:
@@ -231,7 +234,7 @@ class LocalStorage:
 # (retries included): how tests and benchmarks count requests.
 _request_listeners: list[Callable[[str], None]] = []
 _clients_lock = threading.Lock()
-_clients: dict[tuple, ObjectStorage] = {}
+_clients: dict[tuple, Storage] = {}
 
 
 @contextmanager
@@ -249,14 +252,18 @@ def count_requests() -> Iterator[dict[str, int]]:
         _request_listeners.remove(listener)
 
 
-def _on_send(event_name: str = "", **_: object) -> None:
-    operation = event_name.rsplit(".", 1)[-1]
+def notify_request(operation: str) -> None:
+    """Tell ``count_requests`` blocks about one request (every object-storage client calls this)."""
     for listener in list(_request_listeners):
         listener(operation)
+
+
+def _on_send(event_name: str = "", **_: object) -> None:
+    notify_request(event_name.rsplit(".", 1)[-1])
     # None: botocore goes on to send the request (anything else would be taken as its response).
 
 
-def _safe_reason(exc: BaseException) -> str:
+def safe_reason(exc: BaseException) -> str:
     """The reason a request failed, as botocore or the OS phrased it (neither includes credentials)."""
     if isinstance(exc, FileNotFoundError):
         return "no such bucket or object"
@@ -313,7 +320,7 @@ class ObjectStorage:
             # a missing bucket is an error, never an emptied run.
             found = sync(self._fs.loop, self._fs._lsdir, base, refresh=True)
         except Exception as exc:
-            raise StorageError(f"cannot list {directory}: {_safe_reason(exc)}") from None
+            raise StorageError(f"cannot list {directory}: {safe_reason(exc)}") from None
         entries = []
         prefix = base.rstrip("/") + "/"
         for item in found:
@@ -329,6 +336,41 @@ class ObjectStorage:
             entries.append(Entry(base_name, join(directory, base_name), int(item.get("size") or 0), mtime_ns, etag))
         return entries
 
+    def list_with_prefixes(
+        self, directory: str, *, max_pages: int | None = None
+    ) -> tuple[list[Entry], list[str], bool]:
+        """The objects directly under ``directory/``, the names of its "subdirectories" (common
+        prefixes), and whether more were left unlisted: at most ``max_pages`` LIST requests of
+        1,000 keys (None: all of them)."""
+        location = parse_url(directory)
+        prefix = f"{location.key}/" if location.key else ""
+        entries: list[Entry] = []
+        folders: list[str] = []
+        kwargs: dict[str, object] = {"Bucket": location.bucket, "Prefix": prefix, "Delimiter": "/", "MaxKeys": 1000}
+        pages, truncated = 0, False
+        while True:
+            try:
+                page = self._call("list_objects_v2", directory, **kwargs)
+            except FileNotFoundError:
+                raise StorageError(f"cannot list {directory}: no such bucket") from None
+            pages += 1
+            for item in page.get("Contents") or []:
+                base_name = str(item.get("Key", ""))[len(prefix):]
+                if base_name and "/" not in base_name:
+                    modified = item.get("LastModified")
+                    mtime_ns = int(modified.timestamp() * 1_000_000_000) if modified is not None else 0
+                    entries.append(Entry(base_name, join(directory, base_name), int(item.get("Size") or 0),
+                                         mtime_ns, str(item.get("ETag") or "").strip('"')))
+            folders.extend(str(p.get("Prefix", ""))[len(prefix):].rstrip("/") for p in page.get("CommonPrefixes") or [])
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                break
+            if max_pages is not None and pages >= max_pages:
+                truncated = True
+                break
+            kwargs["ContinuationToken"] = token
+        return entries, [f for f in folders if f], truncated
+
     def read_bytes(self, path: str, *, limit: int | None = None) -> bytes:
         """The whole object (one GET); with ``limit``, refuse one larger than that (callers that
         list first know sizes and skip such objects before reading)."""
@@ -338,7 +380,7 @@ class ObjectStorage:
         except FileNotFoundError:
             raise FileNotFoundError(f"no such object: {path}") from None
         except Exception as exc:
-            raise StorageError(f"cannot read {path}: {_safe_reason(exc)}") from None
+            raise StorageError(f"cannot read {path}: {safe_reason(exc)}") from None
         if limit is not None and len(data) > limit:
             raise StorageError(f"{path} is larger than {limit} bytes")
         return data
@@ -350,7 +392,7 @@ class ObjectStorage:
         except FileNotFoundError:
             raise FileNotFoundError(f"no such object: {path}") from None
         except Exception as exc:
-            raise StorageError(f"cannot read {path}: {_safe_reason(exc)}") from None
+            raise StorageError(f"cannot read {path}: {safe_reason(exc)}") from None
 
     def read_many(self, paths: list[str]) -> dict[str, bytes | Exception]:
         """Each object whole, ``READ_CONCURRENCY`` GETs at a time; a failure is returned in its place."""
@@ -371,7 +413,7 @@ class ObjectStorage:
                     except FileNotFoundError:
                         return FileNotFoundError(f"no such object: {path}")
                     except Exception as exc:
-                        return StorageError(f"cannot read {path}: {_safe_reason(exc)}")
+                        return StorageError(f"cannot read {path}: {safe_reason(exc)}")
 
             return await asyncio.gather(*(fetch(k, p) for k, p in zip(keys, paths, strict=True)))
 
@@ -418,7 +460,7 @@ class ObjectStorage:
         except FileNotFoundError:
             raise FileNotFoundError(f"no such object: {path}") from None
         except Exception as exc:
-            raise StorageError(f"cannot read {path}: {_safe_reason(exc)}") from None
+            raise StorageError(f"cannot read {path}: {safe_reason(exc)}") from None
         if written != size:
             raise StorageError(f"cannot read {path}: {written} bytes arrived, the listing said {size}")
         return written
@@ -434,7 +476,7 @@ class ObjectStorage:
         except Exception as exc:
             if _is_precondition_failure(exc):
                 raise PreconditionFailed(f"{path} changed since it was read") from None
-            raise StorageError(f"cannot {operation.replace('_', ' ')} {path}: {_safe_reason(exc)}") from None
+            raise StorageError(f"cannot {operation.replace('_', ' ')} {path}: {safe_reason(exc)}") from None
 
     def head(self, path: str) -> Entry | None:
         """The object's listing entry (size, ETag, last modified), or None when there is none."""
@@ -473,7 +515,7 @@ class ObjectStorage:
         except FileNotFoundError:
             raise
         except Exception as exc:
-            raise StorageError(f"cannot write {path}: {_safe_reason(exc)}") from None
+            raise StorageError(f"cannot write {path}: {safe_reason(exc)}") from None
 
     def copy(self, source: str, target: str) -> None:
         """A server-side copy of ``source`` to ``target`` (same bucket or another on this endpoint)."""
@@ -482,7 +524,7 @@ class ObjectStorage:
         except FileNotFoundError:
             raise FileNotFoundError(f"no such object: {source}") from None
         except Exception as exc:
-            raise StorageError(f"cannot copy {source}: {_safe_reason(exc)}") from None
+            raise StorageError(f"cannot copy {source}: {safe_reason(exc)}") from None
 
     def delete_many(self, paths: list[str]) -> dict[str, str]:
         """Delete objects with batch deletes (1,000 keys per request); return ``{path: reason}`` for
@@ -521,7 +563,7 @@ class ObjectStorage:
 
             return sync(self._fs.loop, self._presign, params, expires)
         except Exception as exc:
-            raise StorageError(f"cannot sign a URL for {path}: {_safe_reason(exc)}") from None
+            raise StorageError(f"cannot sign a URL for {path}: {safe_reason(exc)}") from None
 
     async def _presign(self, params: dict, expires: int) -> str:
         client = await self._fs.get_s3(params["Bucket"])
@@ -534,7 +576,7 @@ class ObjectStorage:
         except FileNotFoundError:
             raise FileNotFoundError(f"no such object: {path}") from None
         except Exception as exc:
-            raise StorageError(f"cannot open {path}: {_safe_reason(exc)}") from None
+            raise StorageError(f"cannot open {path}: {safe_reason(exc)}") from None
 
 
 _LOCAL = LocalStorage()
@@ -544,15 +586,24 @@ def storage_for(path: str | os.PathLike[str]) -> Storage:
     """The storage a path lives on: local for plain paths, a bucket client for URLs."""
     if not is_url(path):
         return _LOCAL
-    parse_url(str(path))
+    scheme = parse_url(str(path)).scheme
     # Keyed by what selects the account and endpoint, and by process: a worker forked from a
     # process that already had a client must make its own.
-    key = (os.getpid(), *(os.environ.get(name, "") for name in (
-        "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_DEFAULT_REGION",
-        "AWS_REGION",
-    )))
+    key = (os.getpid(), scheme, *(os.environ.get(name, "") for name in _CLIENT_ENVIRONMENT[scheme]))
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
-            client = _clients[key] = ObjectStorage()
+            if scheme == "gs":
+                from persistence.gcs_storage import GcsStorage
+
+                client = _clients[key] = GcsStorage()
+            else:
+                client = _clients[key] = ObjectStorage()
     return client
+
+
+_CLIENT_ENVIRONMENT = {
+    "s3": ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_DEFAULT_REGION",
+           "AWS_REGION"),
+    "gs": ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT"),
+}

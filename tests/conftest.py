@@ -19,7 +19,7 @@ from persistence.tfruntime import configure_environment
 configure_environment()
 
 # The loopback S3 server and per-test buckets (started only by tests that ask for them).
-pytest_plugins = ["tests.s3_server"]
+pytest_plugins = ["tests.s3_server", "tests.gcs_server"]
 
 _private_redis = None
 

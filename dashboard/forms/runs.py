@@ -28,7 +28,7 @@ class RegisterRunForm(forms.ModelForm):
         if roots:
             self.fields["directory"].widget.attrs["placeholder"] = f"{roots[0].rstrip('/')}/my-run"
         self.fields["directory"].help_text = (
-            "Absolute path (or s3:// URL) of the directory your training writes checkpoints to; it must be inside "
+            "Absolute path (or s3:// or gs:// URL) of the directory your training writes checkpoints to; it must be inside "
             f"{'one of ' if len(roots) > 1 else ''}the checkpoint root{'s' if len(roots) > 1 else ''} "
             f"{', '.join(roots)}."
         )

@@ -15,6 +15,9 @@ class EventFile(models.Model):
     path = models.CharField(max_length=1024, help_text="Relative to the run directory.")
     offset = models.BigIntegerField(default=0, help_text="Bytes read so far; the next read starts here.")
     size = models.BigIntegerField(default=0, help_text="The file's size when it was last read.")
+    # An object in a bucket: its ETag (GCS: generation) when it was last read. Objects are replaced,
+    # never changed in place, so the same ETag means nothing to read, not even a pending tail.
+    etag = models.CharField(max_length=200, blank=True, default="")
     plugins = models.JSONField(default=dict, blank=True)  # tag -> summary plugin, from TF2 metadata
     problems = models.JSONField(default=list, blank=True)
     stuck = models.BooleanField(default=False)

@@ -75,7 +75,7 @@ class Run(models.Model):
 
     @property
     def in_bucket(self) -> bool:
-        """Whether the run lives in object storage (an ``s3://`` URL), where only scanning works yet."""
+        """Whether the run lives in object storage (an ``s3://`` or ``gs://`` URL), where only scanning works yet."""
         return on_object_storage(self.directory)
 
     def recipe_path(self) -> str:

@@ -69,7 +69,10 @@ def run_new(request: HttpRequest) -> HttpResponse:
 
 def run_detail(request: HttpRequest, name: str) -> HttpResponse:
     run = access.get_run_for_user(request, name)
-    return render(request, "dashboard/run_detail.html", history_context(request, run))
+    # A bucket run is not watched (there is no directory to watch): the page says how often the
+    # worker's periodic rescan lists it instead.
+    context = {**history_context(request, run), "scan_interval": int(settings.SCAN_INTERVAL_SECONDS)}
+    return render(request, "dashboard/run_detail.html", context)
 
 
 def history_context(request: HttpRequest, run: Run) -> dict:

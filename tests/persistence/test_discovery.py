@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from persistence import discovery
+from persistence import checkpoint_index, forked_scan, listing
 from persistence.discovery import (
     CORRUPT,
     INCOMPLETE,
@@ -458,7 +458,7 @@ def test_many_tiny_checkpoints_hardlinked(tmp_path):
 @given(st.text(alphabet="ab.-07\n\u0663\u00b2", max_size=12))
 def test_step_parsing_agrees_with_the_documented_pattern(prefix):
     # parse_step avoids the regular expression for speed; it must read every name the same way.
-    match = discovery._STEP.fullmatch(prefix)
+    match = listing._STEP.fullmatch(prefix)
     expected = (match["family"], int(match["step"])) if match else (prefix, None)
     assert (prefix_family(prefix), parse_step(prefix)) == expected
 
@@ -595,7 +595,7 @@ def test_the_parent_describes_from_the_back_while_the_child_is_slow(mixed, forks
 
     listing = list_directory(mixed)
     parent = os.getpid()
-    real_read = discovery._IndexReader.read
+    real_read = checkpoint_index.IndexReader.read
     here = []
 
     def read(self, path_prefix):
@@ -605,7 +605,7 @@ def test_the_parent_describes_from_the_back_while_the_child_is_slow(mixed, forks
             time.sleep(0.2)
         return real_read(self, path_prefix)
 
-    monkeypatch.setattr(discovery._IndexReader, "read", read)
+    monkeypatch.setattr(checkpoint_index.IndexReader, "read", read)
     chunks = list(_chunks(listing, fork_from=0, chunk_size=2))
     # The parent reads the first chunk, then from the back while the child is slow (how far it
     # gets depends on when the machine runs the child).
@@ -619,7 +619,7 @@ def test_a_child_that_dies_midway_is_replaced_by_reading_here(mixed, forks, monk
 
     listing = list_directory(mixed)
     parent = os.getpid()
-    real_read = discovery._IndexReader.read
+    real_read = checkpoint_index.IndexReader.read
     in_child, here = [], []
 
     def read(self, path_prefix):
@@ -632,7 +632,7 @@ def test_a_child_that_dies_midway_is_replaced_by_reading_here(mixed, forks, monk
                 os._exit(3)  # as the OOM killer or a crash in a native library would end it
         return real_read(self, path_prefix)
 
-    monkeypatch.setattr(discovery._IndexReader, "read", read)
+    monkeypatch.setattr(checkpoint_index.IndexReader, "read", read)
     chunks = list(_chunks(listing, fork_from=0, chunk_size=2))
     # The chunk it died in (the third: the parent reads the first) was read here.
     assert listing.prefixes[4] in here
@@ -646,14 +646,14 @@ def test_an_exception_in_the_child_never_reaches_the_callers_cleanup(mixed, monk
     out of the child would run their ``finally`` blocks there, e.g. a rollback on a shared socket."""
     listing = list_directory(mixed)
     parent, cleanups = os.getpid(), tmp_path / "cleanups"
-    real_read = discovery._IndexReader.read
+    real_read = checkpoint_index.IndexReader.read
 
     def read(self, path_prefix):
         if os.getpid() != parent:
             raise KeyboardInterrupt
         return real_read(self, path_prefix)
 
-    monkeypatch.setattr(discovery._IndexReader, "read", read)
+    monkeypatch.setattr(checkpoint_index.IndexReader, "read", read)
     try:
         described = _flat(_chunks(listing, fork_from=0))
     finally:
@@ -670,15 +670,15 @@ def test_a_stuck_child_is_ended_and_replaced(mixed, forks, monkeypatch):
 
     listing = list_directory(mixed)
     parent = os.getpid()
-    real_read = discovery._IndexReader.read
+    real_read = checkpoint_index.IndexReader.read
 
     def read(self, path_prefix):
         if os.getpid() != parent:
             time.sleep(60)  # stuck
         return real_read(self, path_prefix)
 
-    monkeypatch.setattr(discovery._IndexReader, "read", read)
-    monkeypatch.setattr(discovery, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(checkpoint_index.IndexReader, "read", read)
+    monkeypatch.setattr(forked_scan, "STALL_SECONDS", 0.5)
     started = time.monotonic()
     described = _flat(_chunks(listing, fork_from=0))
     assert time.monotonic() - started < 20

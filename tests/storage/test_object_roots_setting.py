@@ -24,15 +24,17 @@ def _settings(roots: str, tmp_path) -> subprocess.CompletedProcess:
 
 def test_url_entries_become_object_roots_and_never_local_paths(tmp_path):
     local = tmp_path / "ckpts"
-    done = _settings(f"{local}:s3://ml-bucket/runs/:{tmp_path / 'more'}:S3://other-bucket/a/b", tmp_path)
+    done = _settings(f"{local}:s3://ml-bucket/runs/:{tmp_path / 'more'}:S3://other-bucket/a/b:gs://ml_gcs-1/runs",
+                     tmp_path)
     assert done.returncode == 0, done.stderr
     paths, urls = json.loads(done.stdout.strip().splitlines()[-1])
     assert paths == [str(local.resolve()), str((tmp_path / "more").resolve())]
-    assert urls == ["s3://ml-bucket/runs", "s3://other-bucket/a/b"]
+    assert urls == ["s3://ml-bucket/runs", "s3://other-bucket/a/b", "gs://ml_gcs-1/runs"]
 
 
 def test_a_malformed_bucket_root_stops_the_start(tmp_path):
-    for bad in ("s3://ml-bucket/runs/../x", "s3://key:secret@ml-bucket/runs", "gs://ml-bucket/runs"):
+    for bad in ("s3://ml-bucket/runs/../x", "s3://key:secret@ml-bucket/runs", "gs://ml-bucket/../runs",
+                "gs://key:secret@ml-bucket/runs", "ftp://ml-bucket/runs"):
         done = _settings(f"{tmp_path}:{bad}", tmp_path)
         assert done.returncode != 0
         assert "ImproperlyConfigured" in done.stderr and "CHECKPOINT_ROOTS" in done.stderr
