@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from persistence import discovery, files
 
-from . import summaries, webhooks
+from . import export_storage, summaries, webhooks
 from .locks import lock_row
 from .models import AuditEvent, Checkpoint, Export, Job, Run, temp_owner_ended
 from .models.export import ARCHIVE_STREAMED
@@ -277,7 +277,7 @@ def clean_outputs(outputs: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(o.strip() for o in outputs if o and o.strip()))
 
 
-def freeze_target(checkpoint: Checkpoint, outputs: Iterable[str], kind: str = Export.FROZEN_PB) -> Path:
+def freeze_target(checkpoint: Checkpoint, outputs: Iterable[str], kind: str = Export.FROZEN_PB) -> Path | str:
     """The path an export of ``outputs`` as ``kind`` writes; raises ``PathOutsideRoots`` if it would escape."""
     suffix = Export.SUFFIXES[kind]
     if checkpoint.format == discovery.TF2:
@@ -317,7 +317,7 @@ def check_no_freeze_running(checkpoint: Checkpoint, outputs: Iterable[str], *, e
         return  # the freeze itself refuses the path, with the reason
     if other is not None:
         raise Checkpoint.FreezeRunning(
-            f"{checkpoint.prefix}: a freeze writing {Path(freeze_target(checkpoint, outputs, kind)).name} is already "
+            f"{checkpoint.prefix}: a freeze writing {str(freeze_target(checkpoint, outputs, kind)).rsplit('/', 1)[-1]} is already "
             f"{other.status} (job #{other.pk}); wait for it to end.", other,
         )
 
@@ -332,12 +332,15 @@ def export_name(outputs: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_-")[:80] or "frozen"
 
 
-def export_path(checkpoint: Checkpoint, name: str, suffix: str = ".pb") -> Path:
-    """``EXPORT_ROOT/<run>/<step>/<name><suffix>``, resolved; raises ``PathOutsideRoots`` if it escapes."""
+def export_path(checkpoint: Checkpoint, name: str, suffix: str = ".pb") -> Path | str:
+    """``EXPORT_ROOT/<run>/<step>/<name><suffix>``, resolved (a URL when the root is a bucket);
+    raises ``PathOutsideRoots`` if it escapes."""
     import re
 
-    root = Path(settings.EXPORT_ROOT)
     step = str(checkpoint.step) if checkpoint.step is not None else re.sub(r"[^A-Za-z0-9_-]+", "_", checkpoint.prefix)
+    if bucket := export_storage.bucket_root():
+        return export_storage.export_url(bucket, checkpoint.run.name, step, f"{name}{suffix}")
+    root = Path(settings.EXPORT_ROOT)
     return files.resolve_inside(root / checkpoint.run.name / step / f"{name}{suffix}", [root])
 
 
@@ -403,19 +406,23 @@ def freeze(checkpoint: Checkpoint, *, outputs: list[str], clear_devices: bool = 
         raise engine.FreezeError(f"export path refused: {exc}") from None
     other = Export.objects.filter(path=str(target)).exclude(checkpoint=checkpoint).select_related("checkpoint").first()
     if other is not None:
+        where, name = export_storage.split(str(target))
         raise engine.FreezeError(
-            f"{target.name} in {target.parent} is the export of {other.checkpoint.prefix} (same step): "
+            f"{name} in {where} is the export of {other.checkpoint.prefix} (same step): "
             "exporting this checkpoint there would overwrite it"
         )
-    # An export killed mid-write (kill -9) leaves its temporary file or directory beside the
-    # target; nothing else would ever remove it. Only those of writers that have ended go:
-    # another export writing into this directory right now keeps its own.
-    stale = files.remove_stale_temp_files(target.parent, owner_ended=temp_owner_ended)
     owner = f"job{job.pk}" if job is not None else None  # None: the writing process
-    # The child may write only beneath the export directory (and its scratch directory).
-    target.parent.mkdir(parents=True, exist_ok=True)
-    limits = sandbox_limits(checkpoint, writable=(str(target.parent),))
     with contextlib.ExitStack() as stack:
+        # Into a bucket: written and verified in a local workspace first, copied in afterwards.
+        url = target if isinstance(target, str) else None
+        written = Path(target) if url is None else stack.enter_context(export_storage.workspace(owner)) / Path(url).name
+        # An export killed mid-write (kill -9) leaves its temporary file or directory beside the
+        # target; nothing else would ever remove it. Only those of writers that have ended go:
+        # another export writing into this directory right now keeps its own.
+        stale = files.remove_stale_temp_files(written.parent, owner_ended=temp_owner_ended)
+        # The child may write only beneath the export directory (and its scratch directory).
+        written.parent.mkdir(parents=True, exist_ok=True)
+        limits = sandbox_limits(checkpoint, writable=(str(written.parent),))
         try:
             local = stack.enter_context(readable(checkpoint, action="Exporting a checkpoint"))
         except ValueError as exc:
@@ -438,27 +445,29 @@ def freeze(checkpoint: Checkpoint, *, outputs: list[str], clear_devices: bool = 
                       "clear_devices": clear_devices}
         kwargs = {**source, "sample_feed": sample, "on_progress": on_progress, "limits": limits, "temp_owner": owner}
         if kind == Export.FROZEN_PB and tf2:
-            function, args = engine.freeze_tf2_with_recipe, (local.path, str(target))
+            function, args = engine.freeze_tf2_with_recipe, (local.path, str(written))
         elif kind == Export.FROZEN_PB:
             kwargs.update(variables_allowlist=variables_allowlist or None, variables_denylist=variables_denylist or None)
-            function, args = engine.freeze_checkpoint, (local.path, kwargs.pop("meta_path"), str(target))
+            function, args = engine.freeze_checkpoint, (local.path, kwargs.pop("meta_path"), str(written))
         elif kind == Export.SAVED_MODEL:
-            function, args = savedmodel.export_saved_model, (local.path, str(target))
+            function, args = savedmodel.export_saved_model, (local.path, str(written))
         else:
-            function, args = savedmodel.export_file, (kind, local.path, str(target))
+            function, args = savedmodel.export_file, (kind, local.path, str(written))
             kwargs["quantize"] = quantize
         try:
             result = run_sandboxed(function, *args, **kwargs)
         except (SandboxError, SandboxChildError, engine.FreezeError) as exc:
             raise engine.FreezeError(local.shown(str(exc))) from None
+        stored = export_storage.publish(written, url, result.to_dict(), owner=owner) if url else None
     return _record_export(checkpoint, kind, target, result.to_dict(), user=user, sample=sample, meta=meta,
                           stale=stale, clear_devices=clear_devices, variables_allowlist=variables_allowlist,
-                          variables_denylist=variables_denylist)
+                          variables_denylist=variables_denylist, stored=stored)
 
 
-def _record_export(checkpoint: Checkpoint, kind: str, target: Path, data: dict, *, user: User | None,
+def _record_export(checkpoint: Checkpoint, kind: str, target: Path | str, data: dict, *, user: User | None,
                    sample: dict, meta: str | None, stale: list[str], clear_devices: bool,
-                   variables_allowlist: list[str] | None, variables_denylist: list[str] | None) -> Export:
+                   variables_allowlist: list[str] | None, variables_denylist: list[str] | None,
+                   stored: dict | None = None) -> Export:
     from persistence import freeze as engine
 
     verification = {
@@ -479,7 +488,12 @@ def _record_export(checkpoint: Checkpoint, kind: str, target: Path, data: dict, 
             verification[extra] = data[extra]
     # What the cheap "changed on disk" check compares with later (a directory: its archive's layout).
     written = Export(kind=kind, path=str(target))
-    if written.is_directory:
+    if stored is not None:  # in a bucket: what downloads and re-checks compare the objects with
+        mtime_ns = stored.pop("mtime_ns")
+        verification.update(stored)
+        if written.is_directory:
+            verification["archive"] = ARCHIVE_STREAMED
+    elif written.is_directory:
         verification["archive"] = ARCHIVE_STREAMED
         mtime_ns = written.archive().st_mtime_ns
     else:

@@ -43,12 +43,14 @@ from django.http import (
     HttpRequest,
     HttpResponse,
     HttpResponseNotModified,
+    HttpResponseRedirect,
     StreamingHttpResponse,
 )
 from django.utils.http import content_disposition_header, parse_etags
 
+from dashboard import export_storage
 from dashboard.models import Export
-from persistence import files, tarball
+from persistence import exportstore, files, storage, tarball
 
 CHUNK_BYTES = 1024 * 1024
 _RANGE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
@@ -71,6 +73,8 @@ def export_response(request: HttpRequest, export: Export) -> HttpResponse:
     ``ExportUnavailable`` when it is missing, not a regular file, or changed since the freeze.
     A 416 has an empty body: callers that answer errors in a format of their own replace it.
     """
+    if export.in_bucket:
+        return _object_response(request, export)
     try:
         path = export.file_path()
     except files.PathOutsideRoots:
@@ -120,6 +124,61 @@ def export_response(request: HttpRequest, export: Export) -> HttpResponse:
     start, end = wanted or (0, size - 1)
     length = end - start + 1
     content = archive.iter_bytes(start, length) if archive is not None else _file_part(handle, start, length)
+    response = StreamingHttpResponse(content, status=200 if wanted is None else 206,
+                                     content_type="application/octet-stream")
+    if wanted is not None:
+        response["Content-Range"] = f"bytes {start}-{end}/{size}"
+    response["Content-Length"] = str(length)
+    return _with_headers(response, headers)
+
+
+def _object_response(request: HttpRequest, export: Export) -> HttpResponse:
+    """An export in a bucket: a redirect to a presigned URL, or its bytes streamed from here.
+
+    Either way the objects are first compared with what was verified (size and ETag), so a
+    replaced object is never handed out under the recorded sha256. A SavedModel's archive is
+    made from several objects, so it is always streamed.
+    """
+    name = export.download_filename()
+    try:
+        url, changed = export_storage.check(export)
+    except files.PathOutsideRoots:
+        raise PermissionDenied from None
+    except storage.StorageError as exc:
+        raise ExportUnavailable(f"The objects of export #{export.pk} ({name}) cannot be read from the bucket "
+                                f"now ({exc}). Try again later.") from None
+    if changed == "missing":
+        raise ExportUnavailable(f"The objects of export #{export.pk} ({name}) are missing from the bucket: they "
+                                "were deleted or moved after the export. Freeze the checkpoint again.")
+    if changed:
+        raise ExportUnavailable(f"The objects of export #{export.pk} ({name}) changed in the bucket ({changed}). It "
+                                "is not served until it is checked again from the export's page.", changed=True)
+    etag = f'"{export.sha256}"'
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, no-transform",
+               "Content-Disposition": content_disposition_header(True, name)}
+    if etag in parse_etags(request.headers.get("If-None-Match", "")):
+        return _with_headers(HttpResponseNotModified(), headers)
+    if settings.EXPORT_DOWNLOADS == "redirect" and not export.is_directory:
+        try:
+            signed = storage.storage_for(url).presigned_url(url, expires=settings.EXPORT_DOWNLOAD_URL_SECONDS,
+                                                            filename=name)
+        except storage.StorageError as exc:
+            raise ExportUnavailable(f"Export #{export.pk} ({name}) cannot be offered for download now ({exc}).") from None
+        response = HttpResponseRedirect(signed)
+        # The signed URL expires: no cache may keep the redirect longer than that.
+        response["Cache-Control"] = "private, no-store"
+        return response
+    archive = export_storage.archive(export, url) if export.is_directory else None
+    size = archive.st_size if archive is not None else export.size_bytes
+    wanted = requested_range(request, size, etag)
+    if wanted == "unsatisfiable":
+        response = HttpResponse(status=416, content_type="text/plain")
+        response["Content-Range"] = f"bytes */{size}"
+        return _with_headers(response, headers)
+    start, end = wanted or (0, size - 1)
+    length = max(0, end - start + 1)
+    content = (archive.iter_bytes(start, length) if archive is not None
+               else exportstore.read_object(storage.storage_for(url), url, start, length))
     response = StreamingHttpResponse(content, status=200 if wanted is None else 206,
                                      content_type="application/octet-stream")
     if wanted is not None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from persistence import files
 
-from . import webhooks
+from . import export_storage, webhooks
 from .models import AuditEvent, Export
 from .models.export import ARCHIVE_STREAMED
 
@@ -29,6 +29,14 @@ def recheck_export(export: Export, *, actor: User | None = None) -> bool:
     a file changed, added or removed since the export changes that digest. Returns True when
     the export is whole again, False when its contents differ (export again). Audited either way.
     """
+    if export.in_bucket:
+        # Read back from the bucket; the objects' current ETags are accepted with the bytes.
+        size, digest, objects = export_storage.rehash(export)
+        same = size == export.size_bytes and digest == export.sha256
+        if same:
+            export.verification = {**export.verification, "objects": objects}
+            export.save(update_fields=["verification"])
+        return _recorded(export, same, digest, size, actor)
     if export.is_directory:
         # Listed before hashing, each file checked against the listing when it is read: one
         # changed meanwhile stops the hash (ArchiveChanged, an OSError) instead of being accepted.
@@ -47,12 +55,16 @@ def recheck_export(export: Export, *, actor: User | None = None) -> bool:
         if export.is_directory:
             export.verification = {**export.verification, "archive": ARCHIVE_STREAMED}
         export.save(update_fields=["file_mtime_ns", "verification"])
+    return _recorded(export, same, digest, info.st_size, actor)
+
+
+def _recorded(export: Export, same: bool, digest: str, size: int, actor: User | None) -> bool:
     AuditEvent.record(
         "export_recheck",
         f"Export #{export.pk} ({export.file_name}): "
         + ("contents unchanged, accepted again" if same else "contents changed on disk; refused until frozen again"),
         actor=actor, run=export.checkpoint.run, checkpoint=export.checkpoint,
-        details={"sha256_on_disk": digest, "size_on_disk": info.st_size},
+        details={"sha256_on_disk": digest, "size_on_disk": size},
     )
     if not same:
         webhooks.emit(webhooks.EXPORT_FAILED, export)

@@ -9,6 +9,7 @@ as a preview with reasons, like checkpoint pruning.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -18,6 +19,7 @@ from django.db import transaction
 from persistence import files
 from persistence import serving as engine
 
+from . import export_storage
 from .locks import lock_row
 from .models import AuditEvent, Export, Run, ServingTarget
 from .models.serving import MODEL_NAME
@@ -89,12 +91,16 @@ def publish(target: ServingTarget, export: Export, *, actor: User | None = None)
         raise ValueError(f"export #{export.pk} is of run {checkpoint.run.name}, not of {target.run.name}")
     if checkpoint.step is None:
         raise ValueError(f"{checkpoint.prefix} has no step: TF Serving versions are numbers")
-    if export.disk_change():
+    if not export.in_bucket and export.disk_change():
         raise ValueError(f"export #{export.pk} changed on disk since it was verified; check it again first")
     try:
-        source = files.resolve_inside(export.path, [settings.EXPORT_ROOT])
         serving_base(target.base_path)
-        done = engine.publish_saved_model(str(source), target.base_path, target.model_name, checkpoint.step)
+        with contextlib.ExitStack() as stack:
+            # TF Serving reads files: an export in a bucket is staged (checked against what was
+            # verified) into a local workspace, and published from there.
+            source = (stack.enter_context(export_storage.staged_directory(export)) if export.in_bucket
+                      else str(files.resolve_inside(export.path, [settings.EXPORT_ROOT])))
+            done = engine.publish_saved_model(source, target.base_path, target.model_name, checkpoint.step)
     except (engine.PublishError, files.PathOutsideRoots, OSError) as exc:
         raise ValueError(str(exc)) from None
     if done:

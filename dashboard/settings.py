@@ -110,7 +110,30 @@ for _root in CHECKPOINT_ROOTS:
     if _root == Path(_root.anchor):
         raise ImproperlyConfigured(f"CHECKPOINT_ROOTS must not contain the file-system root ({_root})")
 
-EXPORT_ROOT = _env_path("EXPORT_ROOT", VAR_DIR / "exports")
+# A local directory, or an ``s3://bucket/prefix`` URL (kept as that string: no local path check can
+# take it for a directory). Exports into a bucket are written and verified in EXPORT_WORK_DIR first,
+# uploaded under the root's ``.tmp/`` and copied to their final keys only once whole.
+_export_root_raw = os.environ.get("EXPORT_ROOT", "").strip()
+EXPORT_ROOT: Path | str
+if "://" in _export_root_raw:
+    from persistence.storage import OutsideRoots, parse_url
+
+    try:
+        EXPORT_ROOT = str(parse_url(_export_root_raw))
+    except OutsideRoots as _exc:
+        raise ImproperlyConfigured(f"EXPORT_ROOT: {_exc}") from None
+else:
+    EXPORT_ROOT = _env_path("EXPORT_ROOT", VAR_DIR / "exports")
+EXPORT_WORK_DIR = _env_path("EXPORT_WORK_DIR", VAR_DIR / "export-work")
+# How exports in a bucket are downloaded: "redirect" sends the browser a short-lived presigned URL
+# (the bytes never pass through the dashboard); "stream" sends them through the dashboard, with
+# ranges and ETags as for local exports. Local exports are always streamed (or handed to nginx).
+EXPORT_DOWNLOADS = os.environ.get("EXPORT_DOWNLOADS", "redirect").strip().lower() or "redirect"
+if EXPORT_DOWNLOADS not in ("redirect", "stream"):
+    raise ImproperlyConfigured(f"EXPORT_DOWNLOADS must be redirect or stream, not {EXPORT_DOWNLOADS!r}")
+# Lifetime of a presigned download URL: long enough to start the download, short enough that a
+# leaked link soon stops working.
+EXPORT_DOWNLOAD_URL_SECONDS = int(_env_float("EXPORT_DOWNLOAD_URL_SECONDS", 300, minimum=10))
 # Jobs that read a checkpoint in a bucket (verify, export, compare) fetch its files into this local
 # cache first (TensorFlow cannot read s3:// itself). Least recently used objects are evicted to stay
 # under STAGING_CACHE_BYTES; a checkpoint larger than that cannot be staged. One cache per machine.
@@ -197,6 +220,9 @@ PRUNE_PROGRESS_DELAY_SECONDS = _env_float("PRUNE_PROGRESS_DELAY_SECONDS", 0.0)
 # as if every index lived on a slow file system, so that a test can write to the run while a
 # scan is in the middle of one. Always 0 in use.
 SCAN_CHUNK_DELAY_SECONDS = _env_float("SCAN_CHUNK_DELAY_SECONDS", 0.0)
+# Fault-injection tests only: seconds an export into a bucket waits between uploading its
+# temporary objects and copying them to their final keys, so that a worker can be killed there.
+EXPORT_PUBLISH_DELAY_SECONDS = _env_float("EXPORT_PUBLISH_DELAY_SECONDS", 0.0)
 
 # --- Django ---------------------------------------------------------------------------------
 

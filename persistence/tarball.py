@@ -23,8 +23,8 @@ import hashlib
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from persistence.files import atomic_writer
@@ -77,6 +77,9 @@ class ArchiveLayout:
     members: tuple[Member, ...]
     st_size: int
     st_mtime_ns: int
+    # Where members' bytes come from when not from the local ``directory`` (an export in a bucket):
+    # ``read(member, skip, length)`` yields ``length`` bytes of the member from ``skip``.
+    read: Callable[[Member, int, int], Iterator[bytes]] | None = field(default=None, compare=False)
 
     @property
     def content_bytes(self) -> int:
@@ -91,7 +94,7 @@ class ArchiveLayout:
         """
         end = self.st_size if length is None else min(self.st_size, start + length)
         position = start
-        top = _open_directory(self.directory)
+        top = _open_directory(self.directory) if self.read is None else -1
         try:
             for member in self.members:
                 if position >= end:
@@ -104,7 +107,8 @@ class ArchiveLayout:
                     position = min(end, header_end)
                 data_end = header_end + member.size
                 if position < min(end, data_end):
-                    for chunk in _member_bytes(top, member, position - header_end, min(end, data_end) - position):
+                    source = _member_bytes if self.read is None else (lambda _top, *args: self.read(*args))
+                    for chunk in source(top, member, position - header_end, min(end, data_end) - position):
                         position += len(chunk)
                         yield chunk
                 if position < min(end, member.end):
@@ -116,7 +120,8 @@ class ArchiveLayout:
                 yield _ZEROS[:step]
                 position += step
         finally:
-            os.close(top)
+            if top >= 0:
+                os.close(top)
 
     def sha256(self) -> str:
         """The sha256 of the whole archive, read from the directory (nothing is written)."""
@@ -213,7 +218,16 @@ def archive_layout(directory: str | os.PathLike[str], *, top: str | None = None)
                 newest = max(newest, st.st_mtime_ns)
     finally:
         os.close(root_fd)
-    found.sort(key=lambda entry: entry[0])
+    return layout_from_entries(path, found, top=top, newest=newest)
+
+
+def layout_from_entries(directory: str, found: list[tuple[tuple[str, ...], bool, int, int]], *, top: str,
+                        newest: int, read: Callable[[Member, int, int], Iterator[bytes]] | None = None,
+                        ) -> ArchiveLayout:
+    """The archive of entries ``(parts, is_dir, size, mtime_ns)`` listed elsewhere (a directory
+    below ``top``, or the manifest of one copied into a bucket): the same entries give the same
+    bytes wherever they are read from."""
+    found = sorted(found, key=lambda entry: entry[0])
     members, offset = [], 0
     for parts, is_dir, size, mtime_ns in [((), True, 0, 0), *found]:
         member = Member(offset, _header("/".join((top, *parts)), is_dir, size), parts, is_dir, size, mtime_ns)
@@ -221,7 +235,7 @@ def archive_layout(directory: str | os.PathLike[str], *, top: str | None = None)
         offset = member.end
     offset += 2 * _BLOCK
     offset += -offset % _RECORD
-    return ArchiveLayout(directory=path, members=tuple(members), st_size=offset, st_mtime_ns=newest)
+    return ArchiveLayout(directory=directory, members=tuple(members), st_size=offset, st_mtime_ns=newest, read=read)
 
 
 def _entries(directory: Path) -> list[Path]:

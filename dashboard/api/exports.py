@@ -56,6 +56,8 @@ def get_export(request: HttpRequest, id: int):
                 200: {"description": "The whole file", "content": {"application/octet-stream": {}}},
                 206: {"description": "One byte range (`Range: bytes=a-b`)",
                       "content": {"application/octet-stream": {}}},
+                302: {"description": "An export in a bucket with `EXPORT_DOWNLOADS=redirect`: a short-lived "
+                             "presigned URL of the object"},
                 304: {"description": "`If-None-Match` matched the ETag (the export's sha256)"},
                 404: {"description": "No such export, or its file is missing or changed on disk",
                       "content": {"application/problem+json": {}}},

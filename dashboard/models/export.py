@@ -11,7 +11,7 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
-from persistence import files, tarball
+from persistence import files, storage, tarball
 
 # ``verification['archive']`` of a directory export whose archive is streamed from the directory.
 ARCHIVE_STREAMED = "streamed"
@@ -72,9 +72,17 @@ class Export(models.Model):
     def is_directory(self) -> bool:
         return self.kind == self.SAVED_MODEL
 
+    @property
+    def in_bucket(self) -> bool:
+        """Copied into a bucket (``EXPORT_ROOT=s3://...``): its path is the object's URL."""
+        return storage.is_url(self.path)
+
     def file_path(self) -> Path:
         """The export's file (a SavedModel: its directory), resolved with symlinks; raises
-        ``files.PathOutsideRoots`` unless inside ``EXPORT_ROOT``."""
+        ``files.PathOutsideRoots`` unless inside ``EXPORT_ROOT`` (a local one: an export in a bucket
+        is read through ``dashboard.export_storage``)."""
+        if self.in_bucket or storage.is_url(str(settings.EXPORT_ROOT)):
+            raise files.PathOutsideRoots(f"{self.path} is not a file under the export root")
         return files.resolve_inside(self.path, [settings.EXPORT_ROOT])
 
     def archive(self) -> tarball.ArchiveLayout:
@@ -90,7 +98,10 @@ class Export(models.Model):
     def disk_change(self, info: os.stat_result | tarball.ArchiveLayout | None = None) -> str | None:
         """Why the file no longer is the one that was verified (None: it still is, as far as size
         and mtime tell). ``info``: an ``fstat`` of the opened file (a directory: its archive's
-        layout), else the path is looked at."""
+        layout), else the path is looked at. An export in a bucket is only compared when ``info``
+        is given: pages list many exports and make no request per row."""
+        if info is None and self.in_bucket:
+            return None
         if info is None:
             try:
                 info = self.archive() if self.is_directory else os.stat(self.file_path())

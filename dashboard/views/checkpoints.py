@@ -70,7 +70,7 @@ def _export_directory(checkpoint: Checkpoint) -> str:
     from persistence.files import PathOutsideRoots
 
     try:
-        return str(artifacts.export_path(checkpoint, "outputs").parent)
+        return str(artifacts.export_path(checkpoint, "outputs")).rpartition("/")[0]
     except PathOutsideRoots:
         return "(outside the export root: the freeze will be refused)"
 

@@ -118,7 +118,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         for directory in [settings.VAR_DIR, *settings.CHECKPOINT_ROOTS, settings.EXPORT_ROOT]:
-            os.makedirs(directory, exist_ok=True)
+            if "://" not in str(directory):  # a bucket export root has nothing to create
+                os.makedirs(directory, exist_ok=True)
         env = local_environment(os.environ, Path(settings.VAR_DIR), options["addr"])
         if env.get("DEBUG") == "0":
             self.stdout.write("collecting static files …")
