@@ -156,8 +156,9 @@ def start(
 
 # What each kind that writes into a run is called in a refusal: those files must be on a local disk,
 # which a run in a bucket is not (yet). Verify, export and compare read a bucket run through the
-# staging cache (``dashboard.staging``); a partial restore is refused with the writers for now.
-LOCAL_FILES_KINDS = {Job.SAVE: "Saving checkpoints", Job.PRUNE: "Pruning"}
+# staging cache (``dashboard.staging``) and a prune deletes objects in place; a partial restore
+# is refused with the writers for now.
+LOCAL_FILES_KINDS = {Job.SAVE: "Saving checkpoints"}
 PARTIAL_RESTORE = "Restoring part of a checkpoint"
 
 
