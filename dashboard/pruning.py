@@ -199,9 +199,12 @@ def apply_plan(run: Run, plan: Plan, *, actor: User | None = None, job: Job | No
     # batch deletes in place of atomic renames and unlinks.
     directory = str(checkpoint_directory(run.directory, objects=True, action="Pruning"))
     _check_plan_files(run, plan)
-    result = engine.execute_plan(
-        directory, plan, state_files=statefile.find_state_files(directory), on_progress=on_progress
-    )
+    # Those found now and those the last scan recorded: a listing that failed just now (a
+    # bucket's request) must not hide a state file that names what the plan deletes.
+    found = statefile.find_state_files(directory)
+    recorded = [s["name"] for s in run.state_files or [] if isinstance(s, dict) and s.get("name")]
+    state_files = statefile.order_state_file_names(list(dict.fromkeys([*found, *recorded])))
+    result = engine.execute_plan(directory, plan, state_files=state_files, on_progress=on_progress)
     gone = set(result.deleted) | set(result.already_gone)
     with transaction.atomic():
         # The lock a scan takes to store what it found: a scan that read the directory

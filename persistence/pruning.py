@@ -29,6 +29,7 @@ from persistence.statefile import (
     StateFile,
     StateFileChanged,
     StateFileError,
+    StateFileUnavailable,
     parse_state_bytes,
     read_state_version,
     write_state_file,
@@ -95,6 +96,9 @@ def execute_plan(
             if version is None:
                 continue
             state = parse_state_bytes(version[0], state_name, directory)
+        except StateFileUnavailable as exc:
+            # A state object we could not fetch may name what the plan deletes.
+            raise ValueError(f"{exc}; nothing was deleted, try again") from None
         except StateFileError as exc:
             problems.append(str(exc))  # TensorFlow cannot read it either; not ours to invent
             continue
@@ -158,6 +162,8 @@ def _rewrite_state_file(directory: str, name: str, plan: Plan, deleted_prefixes:
                 return False  # removed since the check: nothing names a deleted checkpoint any more
             data, etag = version
             state = parse_state_bytes(data, name, directory)
+        except StateFileUnavailable as exc:
+            raise ValueError(f"{exc}; nothing was deleted, try again") from None
         except StateFileError as exc:
             problems.append(str(exc))  # replaced by garbage meanwhile: not ours to invent
             return False

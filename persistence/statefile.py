@@ -22,7 +22,8 @@ from before the directory was moved. Every path is therefore resolved to a base 
 directory. A rewrite keeps the style of the file it replaces: absolute paths into this
 directory stay absolute (a TF1 ``Saver``'s default; tools reading the file may rely on them), and
 everything else (relative paths, absolute ones from where the run used to live, a new file) is
-written as base names, which stay right wherever the directory moves.
+written as base names, which stay right wherever the directory moves. In a bucket, full URLs into
+the run's own prefix likewise stay full URLs.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ _NEVER_STATE_FILE = re.compile(
 
 class StateFileError(ValueError):
     """A state file that cannot be read or is not a valid ``CheckpointState`` text proto."""
+
+
+class StateFileUnavailable(StateFileError):
+    """A state object could not be fetched just now (a failed request): nothing is known of its content."""
 
 
 class StateFileChanged(StateFileError):
@@ -297,7 +302,7 @@ def read_state_version(directory: str, name: str = DEFAULT_STATE_FILE) -> tuple[
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise StateFileError(f"cannot read state file {name}: {exc}") from None
+        raise StateFileUnavailable(f"cannot read state file {name}: {exc}") from None
 
 
 def parse_state_bytes(data: bytes, name: str, directory: str) -> StateFile:
