@@ -14,7 +14,7 @@ disk-bound, as for checkpoints pruned long after they were written. Target: rati
 ``prune_exec_page_cache_vs_bare``: the same with the copies in the page cache, where unlinking
 costs next to nothing and the per-file checks and row updates around it show.
 Both: best of ``repeat`` rounds, the sides alternating which goes first; medians and every time
-in ``spread``. ``engine_only_ratio`` is ``persistence.retention.execute_plan`` alone (no rows, no
+in ``spread``. ``engine_only_ratio`` is ``persistence.pruning.execute_plan`` alone (no rows, no
 audit). What they do not measure: a disk shared with a running trainer, or file systems other
 than this machine's.
 """
@@ -110,7 +110,7 @@ def _measure_exec(work: Path, template: Path, tag: str, *, cold: bool, bare_firs
     """
     from dashboard import pruning, retention, scanning
     from dashboard.models import Run
-    from persistence.retention import execute_plan
+    from persistence.pruning import execute_plan
     from persistence.statefile import find_state_files
 
     scanned = work / "checkpoints" / f"scan-{tag}"

@@ -102,12 +102,12 @@ def make_latest(
             f"{checkpoint.prefix} is {checkpoint.status}: only a present or verified checkpoint can be "
             "made latest."
         )
-    checkpoint_directory(run.directory, action="Making a checkpoint latest")
+    directory = str(checkpoint_directory(run.directory, objects=True, action="Making a checkpoint latest"))
     with transaction.atomic():
         lock_row(run)
         check_no_prune_running(run, "make a checkpoint latest")
         try:
-            result = restore.make_latest(run.directory, checkpoint.prefix, state_file=state_file)
+            result = restore.make_latest(directory, checkpoint.prefix, state_file=state_file)
         except FileNotFoundError as exc:
             raise ValueError(str(exc)) from None
         refresh_latest(run)

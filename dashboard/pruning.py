@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from django.db import models, transaction
 from django.utils import timezone
 
-from persistence import retention as engine
+from persistence import pruning as engine
 from persistence import statefile
 from persistence.retention import Plan
 
@@ -25,7 +25,7 @@ from . import locks, summaries, webhooks
 from .locks import lock_row
 from .models import AuditEvent, Checkpoint, Job, Run
 from .retention import plan_retention, retention_policy
-from .roots import NotOnObjectStorage, checkpoint_directory, on_object_storage
+from .roots import checkpoint_directory
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -138,8 +138,6 @@ def prune(run: Run, job: Job, *, on_progress: Progress | None = None) -> dict:
     (auto-prune after a scan: no preview to match). A retry of an attempt that recorded its plan
     but did not finish (killed mid-way) finishes that very plan. Raises ``Run.PruneRefused``.
     """
-    if on_object_storage(run.directory):
-        raise NotOnObjectStorage("Pruning")
     with claimed(run, job):
         params = job.params or {}
         policy = retention_policy(run, **(params.get("overrides") or {}))
@@ -197,11 +195,16 @@ def apply_plan(run: Run, plan: Plan, *, actor: User | None = None, job: Job | No
     kept for later checkpoints). Files that could not be deleted are reported by raising
     ``ValueError`` after recording what was done; running the plan again finishes it.
     """
-    directory = str(checkpoint_directory(run.directory, action="Pruning"))
+    # A run in a bucket is pruned through the same engine: conditional state-object writes and
+    # batch deletes in place of atomic renames and unlinks.
+    directory = str(checkpoint_directory(run.directory, objects=True, action="Pruning"))
     _check_plan_files(run, plan)
-    result = engine.execute_plan(
-        directory, plan, state_files=statefile.find_state_files(directory), on_progress=on_progress
-    )
+    # Those found now and those the last scan recorded: a listing that failed just now (a
+    # bucket's request) must not hide a state file that names what the plan deletes.
+    found = statefile.find_state_files(directory)
+    recorded = [s["name"] for s in run.state_files or [] if isinstance(s, dict) and s.get("name")]
+    state_files = statefile.order_state_file_names(list(dict.fromkeys([*found, *recorded])))
+    result = engine.execute_plan(directory, plan, state_files=state_files, on_progress=on_progress)
     gone = set(result.deleted) | set(result.already_gone)
     with transaction.atomic():
         # The lock a scan takes to store what it found: a scan that read the directory

@@ -575,47 +575,89 @@ def make_latest(directory: str, prefix: str, *, state_file: str = "checkpoint") 
     atomically, so ``tf.train.latest_checkpoint(directory)`` returns the prefix. A missing state
     file is created; an unreadable one is replaced (TensorFlow's own ``Saver`` would overwrite it
     too). Raises ``FileNotFoundError`` when ``prefix`` has no ``.index`` in ``directory``.
+
+    ``directory`` may be a run's ``s3://`` URL: the state object is then replaced only if it still
+    has the ETag it was read with (a trainer's save in between is read again and kept, with
+    ``prefix`` made latest over it), and created only if there still is none.
     """
-    from persistence.statefile import StateFileError, prefix_base_name, read_state_file, write_state_file
+    from persistence import storage
+    from persistence.statefile import StateFileChanged, prefix_base_name
 
     base = prefix_base_name(os.fspath(prefix))
-    if base is None or (os.path.dirname(os.fspath(prefix))
-                        and os.path.realpath(os.path.dirname(os.fspath(prefix))) != os.path.realpath(directory)):
-        raise FileNotFoundError(f"{prefix} is not a checkpoint in {directory}")
-    index = os.path.join(directory, base + ".index")
-    if not os.path.isfile(index):
+    in_bucket = storage.is_url(directory)
+    if in_bucket:
+        if base is None or ("/" in os.fspath(prefix) and os.fspath(prefix) != f"{directory.rstrip('/')}/{base}"):
+            raise FileNotFoundError(f"{prefix} is not a checkpoint in {directory}")
+        mtimes = {e.name: e.mtime_ns / 1e9 for e in storage.storage_for(directory).list(directory)}
+    else:
+        if base is None or (os.path.dirname(os.fspath(prefix))
+                            and os.path.realpath(os.path.dirname(os.fspath(prefix))) != os.path.realpath(directory)):
+            raise FileNotFoundError(f"{prefix} is not a checkpoint in {directory}")
+        mtimes = None
+    present = base + ".index" in mtimes if mtimes is not None else os.path.isfile(os.path.join(directory, base + ".index"))
+    if not present:
         raise FileNotFoundError(f"no checkpoint {base} in {directory} ({base}.index does not exist)")
+
+    # A local rewrite is one atomic replace, as TensorFlow's own; a bucket's is conditional, and
+    # a trainer's save between our read and our write sends us round again.
+    for _ in range(5 if in_bucket else 1):
+        try:
+            return _point_state_file_at(directory, base, state_file, mtimes)
+        except StateFileChanged:
+            continue
+    raise StateFileChanged(f"{state_file} kept changing while it was being rewritten; try again")
+
+
+def _point_state_file_at(directory: str, base: str, state_file: str,
+                         mtimes: dict[str, float] | None) -> MakeLatestResult:
+    from persistence.statefile import StateFileError, parse_state_bytes, read_state_version, write_state_file
 
     problem = None
     all_prefixes: list[str] = []
     timestamps: dict[str, float] = {}
     last_preserved = None
     previous = None
-    if os.path.exists(os.path.join(directory, state_file)):
-        try:
-            state = read_state_file(directory, state_file)
-        except StateFileError as exc:
-            problem = str(exc)
-        else:
+    version = None
+    try:
+        version = read_state_version(directory, state_file)
+    except StateFileError as exc:
+        if mtimes is not None:
+            # Not a bad state object (that would be replaced) but a failed request: writing
+            # blind could replace a state we never saw.
+            raise
+        problem = str(exc)
+    try:
+        if version is not None:
+            state = parse_state_bytes(version[0], state_file, directory)
             previous = state.latest
             all_prefixes = list(state.all_prefixes)
             timestamps = dict(state.timestamps)
             last_preserved = state.last_preserved_timestamp
+    except StateFileError as exc:
+        problem = str(exc)
     if base not in all_prefixes:
         all_prefixes.append(base)
     if timestamps:
         # TensorFlow rejects a state whose timestamps do not pair up with its paths: fill the gaps
         # from the index files' mtimes (what discovery uses as saved_at without a timestamp).
         for name in all_prefixes:
-            if name not in timestamps:
-                try:
-                    timestamps[name] = os.stat(os.path.join(directory, name + ".index")).st_mtime
-                except OSError:
-                    pass
+            if name in timestamps:
+                continue
+            if mtimes is not None:
+                if name + ".index" in mtimes:
+                    timestamps[name] = mtimes[name + ".index"]
+                continue
+            try:
+                timestamps[name] = os.stat(os.path.join(directory, name + ".index")).st_mtime
+            except OSError:
+                pass
         if any(name not in timestamps for name in all_prefixes):
             timestamps = {}
+    conditional = {}
+    if mtimes is not None and version is not None:
+        conditional = {"unchanged_from": version[0], "if_match": version[1]}
     write_state_file(directory, state_file, latest=base, all_prefixes=all_prefixes,
-                     timestamps=timestamps or None, last_preserved_timestamp=last_preserved)
+                     timestamps=timestamps or None, last_preserved_timestamp=last_preserved, **conditional)
     return MakeLatestResult(directory=os.fspath(directory), state_file=state_file, latest=base,
                             previous_latest=previous, replaced_problem=problem)
 

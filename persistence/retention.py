@@ -1,4 +1,4 @@
-"""Retention: decide which checkpoints of one run to delete, explain why, and carry the plan out.
+"""Retention: decide which checkpoints of one run to delete and explain why (``persistence.pruning`` carries a plan out).
 
 A checkpoint is deleted only if no rule keeps it (a union, as in Orbax), and every decision carries
 every reason that applies, so the preview page can show the user exactly what will happen before
@@ -44,22 +44,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from persistence import storage
-from persistence.files import fsync_directory, resolve, resolve_inside
-from persistence.statefile import (
-    StateFile,
-    StateFileChanged,
-    StateFileError,
-    parse_state_bytes,
-    read_state_bytes,
-    read_state_file,
-    write_state_file,
-)
 
 HEALTHY_STATUSES = frozenset({"present", "verified"})
 BROKEN_STATUSES = frozenset({"incomplete", "corrupt"})
@@ -327,7 +314,7 @@ def plan_retention(
             why.insert(0, f"deleted: no rule keeps it ({f.status})")
         else:  # healthy and not kept: only possible beyond max_to_keep (0/None keeps all)
             why.insert(0, "deleted: beyond max_to_keep")
-        decisions.append(Decision(f.prefix, f.step, False, why, freed, _deletion_order(delete),
+        decisions.append(Decision(f.prefix, f.step, False, why, freed, deletion_order(delete),
                                   keep_meta_only=bool(dependants)))
 
     files_to_delete = sorted(name for d in decisions for name in d.delete_files)
@@ -360,7 +347,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-def _deletion_order(names: list[str]) -> list[str]:
+def deletion_order(names: list[str]) -> list[str]:
     # The .index goes first: TensorFlow (and our discovery) only see a checkpoint through its index,
     # so an interrupted deletion leaves orphan shards that a re-run removes, never a checkpoint
     # that looks restorable but is not.
@@ -390,184 +377,4 @@ def _fingerprint(ordered: list[CheckpointFacts], policy: RetentionPolicy,
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-# --- execution ---------------------------------------------------------------------------------
-
-
-@dataclass
-class ExecutionResult:
-    deleted: list[str]  # base names removed by this run
-    already_gone: list[str]  # in the plan but not on disk (a half-done plan re-run)
-    failed: dict[str, str]  # base name -> error message; re-running the plan retries them
-    bytes_freed: int  # measured on disk, by this run
-    state_files: list[str]  # state files rewritten
-    problems: list[str]  # state files that could not be read, latests that are not on disk
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-ProgressCallback = Callable[[int, int, str], None]  # (done, total, message)
-
-
-def execute_plan(
-    directory: str,
-    plan: Plan,
-    *,
-    state_files: Sequence[str] = ("checkpoint",),
-    on_progress: ProgressCallback | None = None,
-) -> ExecutionResult:
-    """Delete the plan's files and make the state files name only checkpoints on disk.
-
-    Everything is checked before anything is deleted. A name that is not a base name, a plan whose
-    ``files_to_delete`` disagrees with its decisions (edited JSON), or a state file whose latest
-    checkpoint the plan deletes (the run changed since planning) raises ``ValueError``; a file that
-    resolves outside ``directory`` raises ``persistence.files.PathOutsideRoots``. A file already
-    gone counts as done, so re-running a half-done plan finishes it. Nothing outside
-    ``plan.files_to_delete`` is ever deleted. Each state file keeps the surviving checkpoints it
-    listed (with their timestamps) and its latest, and gets the plan's ``last_preserved_timestamp``
-    so that a later ``CheckpointManager`` carries on with the hours rule where the plan left off.
-
-    The state files are rewritten *before* the deletions (TensorFlow's own manager records its
-    state before sweeping too): from then on they never name a checkpoint that is being deleted,
-    so ``tf.train.latest_checkpoint`` never sees a half-deleted one, even if we are killed midway.
-    Each is re-read and compared (content) right before it is replaced: a save that lands in
-    between is kept, with its new latest; only the plan's deleted prefixes leave the lists.
-    """
-    if storage.is_url(directory):
-        # Deleting objects needs batch deletes after a conditional rewrite of the state file
-        # (If-Match on the ETag planned from); until that exists, nothing in a bucket is deleted.
-        raise ValueError("Pruning is not yet supported for runs on object storage.")
-    # A plan may come back from JSON: its parts must still agree with each other.
-    real_directory = resolve(directory)
-    decided = sorted(name for d in plan.decisions if not d.keep for name in d.delete_files)
-    if decided != sorted(plan.files_to_delete) or any(d.keep and d.delete_files for d in plan.decisions):
-        raise ValueError("plan is inconsistent: files_to_delete does not match its decisions")
-    for name in plan.files_to_delete:
-        if not name or os.path.basename(name) != name or name in (".", ".."):
-            raise ValueError(f"plan names {name!r}, which is not a file name inside the run directory")
-        if name in state_files:
-            raise ValueError(f"plan deletes the state file {name}")
-        # A plain name inside the resolved directory can only lead elsewhere through a symlink: only
-        # those are resolved (a full resolve per file was most of a large prune's time). A symlink
-        # out of the run is refused; the entry itself is what gets unlinked, never its target.
-        path = os.path.join(real_directory, name)
-        if os.path.islink(path):
-            resolve_inside(path, [real_directory])
-
-    deleted_prefixes = plan.deleted_prefixes
-    states = []
-    problems = []
-    for state_name in state_files:
-        if not os.path.exists(os.path.join(directory, state_name)):
-            continue
-        try:
-            state = read_state_file(directory, state_name)
-        except StateFileError as exc:
-            problems.append(str(exc))  # TensorFlow cannot read it either; not ours to invent
-            continue
-        if state.latest is None:
-            problems.append(f"{state_name}: {state.problem}; left as it is")
-            continue
-        if state.latest in deleted_prefixes:
-            raise ValueError(f"{state_name} names {state.latest} as the latest checkpoint but the plan "
-                             "deletes it; the run changed since the plan was made, plan again")
-        states.append(state)
-
-    rewritten = []
-    for state in states:
-        if _rewrite_state_file(directory, state.name, plan, deleted_prefixes, problems, on_progress):
-            rewritten.append(state.name)
-
-    deleted, gone, failed = [], [], {}
-    freed = 0
-    ordered = _deletion_order(plan.files_to_delete)
-    step = max(1, len(ordered) // 100)
-    for i, name in enumerate(ordered, 1):
-        path = os.path.join(directory, name)
-        try:
-            size = os.lstat(path).st_size
-            os.unlink(path)
-        except FileNotFoundError:
-            gone.append(name)
-        except OSError as exc:
-            failed[name] = exc.strerror or str(exc)
-        else:
-            deleted.append(name)
-            freed += size
-        if on_progress is not None and (i % step == 0 or i == len(ordered)):
-            on_progress(i, len(ordered), f"deleted {i} of {len(ordered)} files")
-    if deleted:
-        fsync_directory(directory)
-    return ExecutionResult(deleted=deleted, already_gone=gone, failed=failed, bytes_freed=freed,
-                           state_files=rewritten, problems=problems)
-
-
-# A trainer saving every few seconds cannot change the state file this many times within the
-# milliseconds one rewrite takes; if it does, something else is rewriting it in a loop.
-STATE_REWRITE_ATTEMPTS = 5
-
-
-def _rewrite_state_file(directory: str, name: str, plan: Plan, deleted_prefixes: set[str], problems: list[str],
-                        on_progress: ProgressCallback | None) -> bool:
-    """Rewrite state file ``name`` without the plan's deleted checkpoints; False if left as it is.
-
-    The file is read again here and replaced only if it is still exactly what was read (see
-    ``write_state_file(unchanged_from=...)``): a save that lands while we rewrite (a trainer's
-    ``Saver`` rewrites the file after every save) makes us start over from its content, so its
-    new latest and entries stay. Only the plan's deleted prefixes are ever dropped from a list.
-    """
-    for _ in range(STATE_REWRITE_ATTEMPTS):
-        try:
-            data = read_state_bytes(directory, name)
-            if data is None:
-                return False  # removed since the check: nothing names a deleted checkpoint any more
-            state = parse_state_bytes(data, name, directory)
-        except StateFileError as exc:
-            problems.append(str(exc))  # replaced by garbage meanwhile: not ours to invent
-            return False
-        if state.latest is None:
-            problems.append(f"{name}: {state.problem}; left as it is")
-            return False
-        if state.latest in deleted_prefixes:
-            raise ValueError(f"{name} names {state.latest} as the latest checkpoint but the plan deletes it; "
-                             "the run changed since the plan was made, plan again")
-        survivors = [p for p in state.all_prefixes if p not in deleted_prefixes and _on_disk(directory, p)]
-        if on_progress is not None:
-            on_progress(0, len(plan.files_to_delete), f"rewriting {name}")
-        try:
-            _write_survivors(directory, state, survivors, plan, problems, unchanged_from=data)
-        except StateFileChanged:
-            continue
-        return True
-    raise ValueError(f"{name} kept changing while the prune rewrote it ({STATE_REWRITE_ATTEMPTS} attempts); "
-                     "nothing was deleted, try again")
-
-
-def _write_survivors(directory: str, state: StateFile, survivors: list[str], plan: Plan, problems: list[str],
-                     *, unchanged_from: bytes) -> None:
-    timestamps = None
-    if state.timestamps and all(p in state.timestamps for p in [*survivors, state.latest]):
-        timestamps = {p: state.timestamps[p] for p in [*survivors, state.latest]}
-    if not _on_disk(directory, state.latest):
-        problems.append(f"{state.name} names {state.latest} as latest, which is not on disk")
-    anchor = plan.last_preserved_timestamp or state.last_preserved_timestamp
-    write_state_file(directory, state.name, latest=state.latest, all_prefixes=survivors,
-                     timestamps=timestamps, last_preserved_timestamp=anchor, unchanged_from=unchanged_from)
-
-
-def _on_disk(directory: str, prefix: str | None) -> bool:
-    # V2 checkpoints are found through their index; a V1 checkpoint is a single file at the prefix.
-    if not prefix:
-        return False
-    return (os.path.exists(os.path.join(directory, prefix + ".index"))
-            or os.path.isfile(os.path.join(directory, prefix)))
-
-
-__all__ = [
-    "CheckpointFacts", "Decision", "ExecutionResult", "Plan", "RetentionPolicy", "execute_plan",
-    "plan_retention",
-]
+__all__ = ["CheckpointFacts", "Decision", "Plan", "RetentionPolicy", "deletion_order", "plan_retention"]

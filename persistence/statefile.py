@@ -22,7 +22,8 @@ from before the directory was moved. Every path is therefore resolved to a base 
 directory. A rewrite keeps the style of the file it replaces: absolute paths into this
 directory stay absolute (a TF1 ``Saver``'s default; tools reading the file may rely on them), and
 everything else (relative paths, absolute ones from where the run used to live, a new file) is
-written as base names, which stay right wherever the directory moves.
+written as base names, which stay right wherever the directory moves. In a bucket, full URLs into
+the run's own prefix likewise stay full URLs.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ _NEVER_STATE_FILE = re.compile(
 
 class StateFileError(ValueError):
     """A state file that cannot be read or is not a valid ``CheckpointState`` text proto."""
+
+
+class StateFileUnavailable(StateFileError):
+    """A state object could not be fetched just now (a failed request): nothing is known of its content."""
 
 
 class StateFileChanged(StateFileError):
@@ -284,6 +289,22 @@ def read_state_bytes(directory: str, name: str = DEFAULT_STATE_FILE) -> bytes | 
         raise StateFileError(f"cannot read state file {name}: {exc.strerror or exc}") from exc
 
 
+def read_state_version(directory: str, name: str = DEFAULT_STATE_FILE) -> tuple[bytes, str | None] | None:
+    """Like :func:`read_state_bytes`, with what identifies that version for a conditional rewrite:
+    the object's ETag in a bucket (one GET returns both), None for a local file (whose rewrite
+    compares content instead). None when there is no such file."""
+    if not storage.is_url(directory):
+        data = read_state_bytes(directory, name)
+        return None if data is None else (data, None)
+    try:
+        return storage.storage_for(directory).read_versioned(storage.join(directory, name),
+                                                             limit=MAX_STATE_FILE_BYTES)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StateFileUnavailable(f"cannot read state file {name}: {exc}") from None
+
+
 def parse_state_bytes(data: bytes, name: str, directory: str) -> StateFile:
     """Parse what :func:`read_state_bytes` read; raise :class:`StateFileError` if it is not a state file."""
     return _parse_bytes(data, name, directory)
@@ -436,6 +457,7 @@ def write_state_file(
     timestamps: dict[str, float] | None = None,
     last_preserved_timestamp: float | None = None,
     unchanged_from: bytes | None = None,
+    if_match: str | None = None,
 ) -> None:
     """Atomically (re)write ``directory/name`` as TensorFlow would write it.
 
@@ -450,14 +472,21 @@ def write_state_file(
     raised. A trainer does not take our locks, so this is the only way to notice that its
     ``Saver`` rewrote the file meanwhile; comparing content rather than mtime also catches two
     writes within the file system's timestamp resolution.
+
+    In a bucket (``s3://...``) the object is never written unconditionally: ``if_match`` is the
+    ETag :func:`read_state_version` returned with ``unchanged_from``, and the store replaces the
+    object only if it still has that ETag (one conditional PUT, checked and written by the store
+    in one step); without ``if_match`` the object is created only if there is none. Either
+    precondition failing raises :class:`StateFileChanged` and changes nothing.
     """
-    if storage.is_url(directory):
-        # Rewriting an object needs a conditional write against the ETag the change was planned
-        # from; until that exists, nothing in a bucket is rewritten.
-        raise StateFileError("rewriting a state file is not yet supported for runs on object storage")
     if latest == name:
         # TensorFlow refuses this too: the state file would overwrite the checkpoint's own name.
         raise ValueError(f"checkpoint {latest!r} has the same name as the state file")
+    if storage.is_url(directory):
+        _put_state_object(directory, name, latest=latest, all_prefixes=all_prefixes, timestamps=timestamps,
+                          last_preserved_timestamp=last_preserved_timestamp, unchanged_from=unchanged_from,
+                          if_match=if_match)
+        return
     text = format_state_text(latest=latest, all_prefixes=all_prefixes, timestamps=timestamps,
                              last_preserved_timestamp=last_preserved_timestamp,
                              in_directory=absolute_path_directory(directory, name))
@@ -473,6 +502,39 @@ def write_state_file(
         # or replaces at once, the sync above being done.
         if read_state_bytes(directory, name) != unchanged_from:
             raise StateFileChanged(f"{name} changed while it was being rewritten")
+
+
+def _put_state_object(directory: str, name: str, *, latest: str, all_prefixes: list[str],
+                      timestamps: dict[str, float] | None, last_preserved_timestamp: float | None,
+                      unchanged_from: bytes | None, if_match: str | None) -> None:
+    if unchanged_from is not None and not if_match:
+        raise ValueError("a state object is replaced only against the ETag it was read with")
+    text = format_state_text(latest=latest, all_prefixes=all_prefixes, timestamps=timestamps,
+                             last_preserved_timestamp=last_preserved_timestamp,
+                             in_directory=_url_path_directory(directory, name, unchanged_from))
+    try:
+        storage.storage_for(directory).put_bytes(storage.join(directory, name), text.encode("utf-8"),
+                                                 if_match=if_match, if_absent=not if_match)
+    except storage.PreconditionFailed:
+        raise StateFileChanged(f"{name} changed while it was being rewritten") from None
+    except OSError as exc:
+        raise StateFileError(f"cannot write state file {name}: {exc}") from None
+
+
+def _url_path_directory(directory: str, name: str, replaced: bytes | None) -> str | None:
+    """The run's URL when the state object being replaced names its checkpoints by full URLs
+    into the run (what a trainer writing straight to the bucket leaves), else None (base names)."""
+    if not replaced:
+        return None
+    first = replaced.split(b"\n", 1)[0].decode("utf-8", "replace")
+    if not first.startswith("model_checkpoint_path:"):
+        return None
+    try:
+        raw = parse_state_text(first + "\n", name, directory).raw_latest or ""
+    except StateFileError:
+        return None
+    here = directory.rstrip("/")
+    return here if raw.rsplit("/", 1)[0] == here else None
 
 
 def absolute_path_directory(directory: str, name: str = DEFAULT_STATE_FILE) -> str | None:

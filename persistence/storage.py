@@ -385,6 +385,36 @@ class ObjectStorage:
             raise StorageError(f"{path} is larger than {limit} bytes")
         return data
 
+    def read_versioned(self, path: str, *, limit: int | None = None) -> tuple[bytes, str]:
+        """The whole object and the ETag of exactly those bytes (one GET).
+
+        What a read-modify-write needs: ``put_bytes(..., if_match=etag)`` then succeeds only if
+        nobody wrote the object since this read. A HEAD before or after the GET could pair the
+        content of one version with the ETag of another.
+        """
+        from fsspec.asyn import sync
+
+        location = parse_url(path)
+
+        async def get() -> tuple[bytes, str]:
+            response = await self._fs._call_s3("get_object", Bucket=location.bucket, Key=location.key)
+            try:
+                if limit is not None and int(response.get("ContentLength") or 0) > limit:
+                    raise StorageError(f"{path} is larger than {limit} bytes")
+                data = await response["Body"].read()
+            finally:
+                response["Body"].close()
+            return data, str(response.get("ETag") or "").strip('"')
+
+        try:
+            return sync(self._fs.loop, get)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such object: {path}") from None
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"cannot read {path}: {safe_reason(exc)}") from None
+
     def read_range(self, path: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of the object (one ranged GET)."""
         try:

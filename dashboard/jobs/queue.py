@@ -154,24 +154,21 @@ def start(
     return job
 
 
-# What each kind that writes into a run is called in a refusal: those files must be on a local disk,
-# which a run in a bucket is not (yet). Verify, export, compare and partial restore read a bucket
-# run through the staging cache (``dashboard.staging``); a save trains locally and uploads
-# (``dashboard.bucket_saving``), but re-saving a subset of a checkpoint does not upload yet.
-LOCAL_FILES_KINDS = {Job.PRUNE: "Pruning"}
+# Re-saving a subset of a checkpoint writes a new checkpoint into the run from a local graph and
+# does not upload yet, so it is refused for a run in a bucket. Everything else reaches a bucket run
+# through ``persistence.storage``: verify, export, compare and partial restore read it through the
+# staging cache (``dashboard.staging``), a save trains locally and uploads
+# (``dashboard.bucket_saving``), a prune deletes objects in place.
 RESAVE = "Re-saving a subset of a checkpoint"
 
 
 def _refuse_on_object_storage(kind: str, run: Run | None, checkpoint: Checkpoint | None, params: dict | None) -> None:
     """Raise ``NotOnObjectStorage`` before any row exists when ``kind`` needs local files it cannot have."""
-    action = LOCAL_FILES_KINDS.get(kind)
-    if kind == Job.SAVE and (params or {}).get("mode") == "resave":
-        action = RESAVE
-    if action is None:
+    if kind != Job.SAVE or (params or {}).get("mode") != "resave":
         return
     directories = [r.directory for r in (run, checkpoint.run if checkpoint is not None else None) if r is not None]
     if any(on_object_storage(d) for d in directories):
-        raise NotOnObjectStorage(action)
+        raise NotOnObjectStorage(RESAVE)
 
 
 def withdraw(job: Job) -> None:

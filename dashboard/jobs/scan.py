@@ -58,6 +58,7 @@ def scan_all_runs() -> dict:
             # and compares the listing with the last one, reading nothing more when it is the same.
             try:
                 summary[run.name] = scanning.scan(run)
+                start_auto_prune(run, summary[run.name])
             except Exception as exc:
                 log.exception("periodic scan of %s failed", run.name)
                 summary[run.name] = {"error": str(exc)}
@@ -113,8 +114,6 @@ def start_auto_prune(run: Run, report: dict | None = None) -> int | None:
     nothing (the periodic rescan would otherwise start an empty prune every minute). The job plans
     again when it runs; ``min_age_seconds`` keeps what a live trainer may still be writing.
     """
-    if on_object_storage(run.directory):
-        return None  # pruning a bucket is not supported yet (see roots.NotOnObjectStorage)
     if not run.auto_prune or run.jobs.filter(kind=Job.PRUNE, status__in=[Job.QUEUED, Job.RUNNING]).exists():
         return None
     try:

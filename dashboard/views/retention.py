@@ -26,8 +26,7 @@ from django.views.decorators.http import require_POST
 from dashboard import access, pruning, retention
 from dashboard.forms import PinForm, RetentionPolicyForm, unrecorded_metric_warning
 from dashboard.models import AuditEvent, Checkpoint, Export, Job, Run
-from dashboard.roots import NotOnObjectStorage, on_object_storage
-from dashboard.views.common import refused_on_object_storage, start_job
+from dashboard.views.common import start_job
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +54,6 @@ def retention_policy(request: HttpRequest, name: str) -> HttpResponse:
 
 def prune_preview(request: HttpRequest, name: str) -> HttpResponse:
     run = access.get_run_for_user(request, name)
-    if on_object_storage(run.directory):
-        # The plan is shown (what a policy would keep is worth seeing); executing it is refused.
-        messages.info(request, str(NotOnObjectStorage("Pruning")))
     show = request.GET.get("show") if request.GET.get("show") in SHOW_CHOICES else "all"
     try:
         plan, shown, timeline = _cached_preview(run, show)
@@ -81,8 +77,6 @@ def prune_preview(request: HttpRequest, name: str) -> HttpResponse:
 def prune_now(request: HttpRequest, name: str) -> HttpResponse:
     """Start a prune job that executes exactly the previewed plan (the form carries its fingerprint)."""
     run = access.get_run_for_user(request, name, access.MAINTAIN)
-    if refused_on_object_storage(request, run, "Pruning"):
-        return redirect("run-prune", run.name)
     running = pruning.running_prune(run)
     if running is not None:
         messages.warning(request, f"A prune of this run is already running (job #{running.pk}).")

@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from persistence.files import PathOutsideRoots
+from persistence.pruning import execute_plan
 from persistence.retention import (
     CheckpointFacts,
     Plan,
     RetentionPolicy,
-    execute_plan,
     plan_retention,
 )
 from persistence.statefile import read_state_file
