@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from persistence import storage
+from persistence import storage, trash
 from persistence.files import fsync_directory, resolve, resolve_inside
 from persistence.statefile import (
     StateFile,
@@ -401,6 +401,7 @@ class ExecutionResult:
     bytes_freed: int  # measured on disk, by this run
     state_files: list[str]  # state files rewritten
     problems: list[str]  # state files that could not be read, latests that are not on disk
+    trash_batch: str | None = None  # the files went to this trash batch instead of being deleted
 
     @property
     def ok(self) -> bool:
@@ -419,8 +420,13 @@ def execute_plan(
     *,
     state_files: Sequence[str] = ("checkpoint",),
     on_progress: ProgressCallback | None = None,
+    trash_batch: str | None = None,
 ) -> ExecutionResult:
     """Delete the plan's files and make the state files name only checkpoints on disk.
+
+    With ``trash_batch`` the files are moved into that batch of the run's trash
+    (``persistence.trash``) instead of being deleted; everything else is the same, and
+    ``bytes_freed`` is then what was moved (freed once the trash is emptied).
 
     Everything is checked before anything is deleted. A name that is not a base name, a plan whose
     ``files_to_delete`` disagrees with its decisions (edited JSON), or a state file whose latest
@@ -441,6 +447,8 @@ def execute_plan(
         # Deleting objects needs batch deletes after a conditional rewrite of the state file
         # (If-Match on the ETag planned from); until that exists, nothing in a bucket is deleted.
         raise ValueError("Pruning is not yet supported for runs on object storage.")
+    if trash_batch is not None:
+        trash.check_batch_name(trash_batch)
     # A plan may come back from JSON: its parts must still agree with each other.
     real_directory = resolve(directory)
     decided = sorted(name for d in plan.decisions if not d.keep for name in d.delete_files)
@@ -482,9 +490,14 @@ def execute_plan(
         if _rewrite_state_file(directory, state.name, plan, deleted_prefixes, problems, on_progress):
             rewritten.append(state.name)
 
+    ordered = _deletion_order(plan.files_to_delete)
+    if trash_batch is not None:
+        moved = trash.move_to_trash(directory, ordered, trash_batch, on_progress=on_progress)
+        return ExecutionResult(deleted=moved.moved, already_gone=moved.already_gone, failed=moved.failed,
+                               bytes_freed=moved.bytes, state_files=rewritten, problems=problems,
+                               trash_batch=trash_batch)
     deleted, gone, failed = [], [], {}
     freed = 0
-    ordered = _deletion_order(plan.files_to_delete)
     step = max(1, len(ordered) // 100)
     for i, name in enumerate(ordered, 1):
         path = os.path.join(directory, name)
