@@ -235,3 +235,16 @@ def test_a_bad_trash_days_stops_the_start(tmp_path, bad):
     done = _settings_process({"TRASH_DAYS": bad, "VAR_DIR": str(tmp_path)},
                              "import django; from django.conf import settings; django.setup(); print(settings.TRASH_DAYS)")
     assert done.returncode != 0 and "ImproperlyConfigured" in done.stderr and "TRASH_DAYS" in done.stderr
+
+
+def test_a_trashed_prune_tells_webhooks_its_batch_and_frees_nothing_yet(run):
+    from dashboard import webhooks
+    from dashboard.models import WebhookDelivery
+
+    webhooks.create_endpoint(url="https://93.184.215.14/hooks/checkpoints", events=[webhooks.RETENTION_PRUNED])
+    plan = retention.plan_retention(run)
+    outcome = pruning.apply_plan(run, plan)
+    [row] = WebhookDelivery.objects.all()
+    assert row.payload["prune"]["trash_batch"] == outcome["trash_batch"] and outcome["trash_batch"]
+    assert row.payload["prune"]["bytes_freed"] == 0
+    assert sorted(row.payload["prune"]["deleted"]) == sorted(plan.deleted_prefixes)
