@@ -248,3 +248,11 @@ def test_a_trashed_prune_tells_webhooks_its_batch_and_frees_nothing_yet(run):
     assert row.payload["prune"]["trash_batch"] == outcome["trash_batch"] and outcome["trash_batch"]
     assert row.payload["prune"]["bytes_freed"] == 0
     assert sorted(row.payload["prune"]["deleted"]) == sorted(plan.deleted_prefixes)
+
+
+def test_one_run_whose_trash_cannot_be_read_does_not_stop_the_others(run, checkpoint_root):
+    prune_inline(run)
+    broken = Run.objects.create(name="gone", directory=str(checkpoint_root / "gone"))
+    summary = dashboard_trash.empty_all_runs(days=0)
+    assert "error" in summary[broken.name]
+    assert summary["r"]["emptied"] and trash.list_batches(run.directory) == []
