@@ -1,6 +1,6 @@
 """The trash of prunes: with ``TRASH_DAYS`` > 0 a prune moves its files into the run's trash
 (``persistence/trash.py``) instead of deleting them; a maintainer may restore a batch until it is
-emptied, ``TRASH_DAYS`` after the prune, by the scheduler (``jobs.trash.empty_trash``) or by
+emptied, ``TRASH_DAYS`` after the prune, by the scheduler (``empty_expired``) or by
 ``manage.py empty_trash``.
 
 Restoring brings the files back and nothing else: the state file is not rewritten (TensorFlow's

@@ -299,6 +299,7 @@ class _Bucket:
         self.directory = str(storage.parse_url(directory))
         self.trash = storage.join(self.directory, TRASH_DIR)
         self.store = storage.storage_for(self.directory)
+        self._restored: list[str] = []  # copied back, their trash copies deleted by finish_restore
 
     def batch_dir(self, batch: str) -> str:
         return storage.join(self.trash, batch)
@@ -387,11 +388,11 @@ class _Bucket:
         if self.store.head(destination) is not None:
             raise FileExistsError(errno.EEXIST, "exists", destination)
         self.store.copy(storage.join(self.batch_dir(batch), name), destination)
-        self._restored = [*getattr(self, "_restored", []), name]
+        self._restored.append(name)
 
     def finish_restore(self, batch: str) -> None:
         # The copies are in place: only now do the trash copies go.
-        restored, self._restored = getattr(self, "_restored", []), []
+        restored, self._restored = self._restored, []
         if restored:
             self.store.delete_many([storage.join(self.batch_dir(batch), n) for n in restored])
 

@@ -95,7 +95,7 @@ def trash_restore(request: HttpRequest, name: str, batch: str) -> HttpResponse:
         messages.error(request, str(exc))
         return redirect("run-prune", run.name)
     restored = len(result.restored)
-    messages.success(request, f"Restored {restored} file{pluralize(restored)} from the trash ({batch}). "
+    messages.success(request, f"Restored {restored} file{_plural(restored)} from the trash ({batch}). "
                               "The state file was not rewritten: TensorFlow's latest checkpoint is unchanged.")
     for file_name, why in sorted({**result.refused, **result.failed}.items())[:10]:
         messages.warning(request, f"{file_name}: {why}")
@@ -104,7 +104,7 @@ def trash_restore(request: HttpRequest, name: str, batch: str) -> HttpResponse:
     return redirect("run-prune", run.name)
 
 
-def pluralize(count: int) -> str:
+def _plural(count: int) -> str:
     return "" if count == 1 else "s"
 
 
