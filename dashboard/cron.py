@@ -3,6 +3,8 @@
 - Tracked runs are rescanned so that checkpoints written by trainers outside the dashboard appear
   by themselves: idle runs inline, changed ones each in a scan job of its own, never a second
   one while a scan of the run is queued or running (``jobs.scan.scan_all_runs``).
+- With ``TRASH_DAYS`` > 0, trash batches older than that are deleted every
+  ``TRASH_SWEEP_SECONDS`` (``trash.empty_expired``), each run's audited with the bytes freed.
 - Webhook deliveries that are due (retries, and any the queue missed) are handed to the workers
   every ``WEBHOOK_DISPATCH_SECONDS``.
 - Jobs are reconciled with RQ: a job whose work horse or worker was killed turns
@@ -19,6 +21,7 @@ from django.conf import settings
 from rq import cron
 
 from dashboard.jobs import reconcile_jobs, scan_all_runs
+from dashboard.trash import empty_expired
 from dashboard.webhooks import dispatch_due
 
 RECONCILE_INTERVAL_SECONDS = 15
@@ -50,3 +53,13 @@ cron.register(
     ttl=max(30, 3 * settings.WEBHOOK_DISPATCH_SECONDS),
     result_ttl=600,
 )
+
+if settings.TRASH_DAYS:
+    cron.register(
+        empty_expired,
+        queue_name=settings.JOB_QUEUE,
+        interval=settings.TRASH_SWEEP_SECONDS,
+        job_timeout=30 * 60,
+        ttl=max(60, settings.TRASH_SWEEP_SECONDS // 2),
+        result_ttl=600,
+    )

@@ -21,7 +21,7 @@ from persistence import pruning as engine
 from persistence import statefile
 from persistence.retention import Plan
 
-from . import locks, summaries, webhooks
+from . import locks, summaries, trash, webhooks
 from .locks import lock_row
 from .models import AuditEvent, Checkpoint, Job, Run
 from .retention import plan_retention, retention_policy
@@ -204,13 +204,16 @@ def apply_plan(run: Run, plan: Plan, *, actor: User | None = None, job: Job | No
     found = statefile.find_state_files(directory)
     recorded = [s["name"] for s in run.state_files or [] if isinstance(s, dict) and s.get("name")]
     state_files = statefile.order_state_file_names(list(dict.fromkeys([*found, *recorded])))
-    result = engine.execute_plan(directory, plan, state_files=state_files, on_progress=on_progress)
+    # A retry finishing a killed attempt's plan puts the files in that attempt's batch.
+    batch = trash.batch_for(resumed_from or (job.pk if job else None)) if trash.enabled() else None
+    result = engine.execute_plan(directory, plan, state_files=state_files, on_progress=on_progress,
+                                 trash_batch=batch)
     gone = set(result.deleted) | set(result.already_gone)
     with transaction.atomic():
         # The lock a scan takes to store what it found: a scan that read the directory
         # mid-prune then sees these rows pruned, and leaves them so.
         lock_row(run)
-        pruned = _mark_pruned(run, plan, gone, job)
+        pruned = _mark_pruned(run, plan, gone, job, trash_batch=batch)
         summaries.refresh(run)
         # A prune keeps every state file's latest; what changes is the anchor of the hours rule,
         # which the engine wrote into the default state file (no need to re-read them all).
@@ -223,20 +226,23 @@ def apply_plan(run: Run, plan: Plan, *, actor: User | None = None, job: Job | No
         execution = {
             "deleted_files": len(result.deleted), "already_gone": result.already_gone,
             "failed": result.failed, "measured_bytes_freed": result.bytes_freed,
-            "state_files": result.state_files, "problems": result.problems,
+            "state_files": result.state_files, "problems": result.problems, "trash_batch": batch,
         }
         event = None
         if plan.files_to_delete or not auto:
             who = "Auto-prune" if auto else "Prune"
+            done = f"moved to the trash ({trash.TRASH_DIR}/{batch})" if batch else "deleted"
             event = AuditEvent.record(
                 "prune",
-                f"{who} of {run.name}: {pruned} checkpoint{'s' if pruned != 1 else ''} deleted, "
+                f"{who} of {run.name}: {pruned} checkpoint{'s' if pruned != 1 else ''} {done}, "
                 f"{plan.kept_count} kept",
-                actor=actor, run=run, bytes_freed=freed,
+                # Trashed bytes are freed, and audited, when the trash is emptied.
+                actor=actor, run=run, bytes_freed=0 if batch else freed,
                 details={
                     "job": job.pk if job else None, "fingerprint": plan.fingerprint, "auto": auto,
                     "resumed_from": resumed_from, "policy": policy,
                     "plan": plan.to_dict(), "execution": execution,
+                    **({"trash": {"batch": batch, "bytes": freed}} if batch else {}),
                 },
             )
         if event is not None and plan.files_to_delete:
@@ -248,6 +254,7 @@ def apply_plan(run: Run, plan: Plan, *, actor: User | None = None, job: Job | No
     return {
         "fingerprint": plan.fingerprint, "checkpoints_deleted": pruned, "kept": plan.kept_count,
         "bytes_freed": freed, "execution": execution, "audit_event": event.pk if event else None,
+        "trash_batch": batch,
     }
 
 
@@ -265,11 +272,12 @@ def _check_plan_files(run: Run, plan: Plan) -> None:
                          f"e.g. {stray[0]}; refusing to delete anything.")
 
 
-def _mark_pruned(run: Run, plan: Plan, gone: set[str], job: Job | None) -> int:
+def _mark_pruned(run: Run, plan: Plan, gone: set[str], job: Job | None, *, trash_batch: str | None = None) -> int:
     """Rows whose ``.index`` is gone become ``pruned``; each keeps only its files still on disk."""
     ids = dict(run.checkpoints.values_list("prefix", "id"))
     when = timezone.now().strftime("%Y-%m-%d %H:%M UTC")
     by_job = f" (job #{job.pk})" if job else ""
+    verb = f"Moved to the trash ({trash.TRASH_DIR}/{trash_batch}/)" if trash_batch else "Deleted"
     emptied: dict[tuple, list[int]] = {}
     pruned = 0
     for decision in plan.decisions:
@@ -279,7 +287,7 @@ def _mark_pruned(run: Run, plan: Plan, gone: set[str], job: Job | None) -> int:
         if f"{decision.prefix}.index" in removed:
             pruned += 1
         why = "; ".join(r for r in decision.reasons if r.startswith("deleted: "))
-        note = f"Deleted by a prune on {when}{by_job}: {why}"
+        note = f"{verb} by a prune on {when}{by_job}: {why}"
         if decision.keep_meta_only or len(removed) < len(decision.delete_files):
             # Rare (a kept-alive .meta, a file that could not be deleted): one row at a time.
             row = Checkpoint.objects.only("id", "files", "status").get(pk=ids[decision.prefix])

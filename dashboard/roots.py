@@ -11,6 +11,7 @@ from pathlib import Path
 from django.conf import settings
 
 from persistence import files, storage
+from persistence.trash import TRASH_DIR
 
 
 class NotOnObjectStorage(ValueError):
@@ -186,7 +187,8 @@ def _local_candidates(
                     if entry.is_symlink():
                         continue
                     if entry.is_dir(follow_symlinks=False):
-                        children.append(entry.path)
+                        if entry.name != TRASH_DIR:  # a run's pruned files, not a run of their own
+                            children.append(entry.path)
                     elif entry.name.endswith(".index") and entry.is_file(follow_symlinks=False):
                         indexes += 1
         except OSError:

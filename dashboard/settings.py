@@ -213,6 +213,26 @@ def _env_retention(name: str) -> dict:
 
 # Retention policy given to every new run; maintainers change it per run.
 DEFAULT_RETENTION = _env_retention("DEFAULT_RETENTION")
+
+
+def _env_days(name: str) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number of days (0 turns it off), not {raw!r}") from None
+    if value < 0:
+        raise ImproperlyConfigured(f"{name} cannot be negative (0 turns it off), not {raw!r}")
+    return value
+
+
+# Days a prune's files stay in the run's trash (.trash/<batch>/) before they are deleted; a
+# maintainer may restore them meanwhile. 0: a prune deletes at once.
+TRASH_DAYS = _env_days("TRASH_DAYS")
+# How often the scheduler looks for trash batches old enough to delete.
+TRASH_SWEEP_SECONDS = 3600
 # Fault-injection tests only (tests/faults): seconds a prune job sleeps at each progress report
 # (about 100 per prune), so that a worker can be killed in the middle of one. Always 0 in use.
 PRUNE_PROGRESS_DELAY_SECONDS = _env_float("PRUNE_PROGRESS_DELAY_SECONDS", 0.0)

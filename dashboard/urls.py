@@ -64,6 +64,7 @@ urlpatterns = [
     path("runs/<slug:name>/retention/", retention.retention_policy, name="run-retention"),
     path("runs/<slug:name>/prune/", retention.prune_preview, name="run-prune"),
     path("runs/<slug:name>/prune/now/", retention.prune_now, name="run-prune-now"),
+    path("runs/<slug:name>/trash/<slug:batch>/restore/", retention.trash_restore, name="run-trash-restore"),
     path("runs/<slug:name>/checkpoints/<int:pk>/pin/", retention.checkpoint_pin, name="checkpoint-pin"),
     path("runs/<slug:name>/checkpoints/<int:pk>/alias/", aliases.checkpoint_alias, name="checkpoint-alias"),
     path("runs/<slug:name>/aliases/", aliases.run_aliases, name="run-aliases"),

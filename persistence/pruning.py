@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from persistence import storage
+from persistence import storage, trash
 from persistence.files import fsync_directory, resolve, resolve_inside
 from persistence.retention import Plan, deletion_order
 from persistence.statefile import (
@@ -46,6 +46,7 @@ class ExecutionResult:
     bytes_freed: int  # measured on disk (a bucket: the listing's sizes), by this run
     state_files: list[str]  # state files rewritten
     problems: list[str]  # state files that could not be read, latests that are not on disk
+    trash_batch: str | None = None  # the files went to this trash batch instead of being deleted
 
     @property
     def ok(self) -> bool:
@@ -68,8 +69,13 @@ def execute_plan(
     *,
     state_files: Sequence[str] = ("checkpoint",),
     on_progress: ProgressCallback | None = None,
+    trash_batch: str | None = None,
 ) -> ExecutionResult:
     """Delete the plan's files and make the state files name only checkpoints still there.
+
+    With ``trash_batch`` the files are moved into that batch of the run's trash
+    (``persistence.trash``) instead of being deleted; everything else is the same, and
+    ``bytes_freed`` is then what was moved (freed once the trash is emptied).
 
     ``directory`` is a local run directory or a run's ``s3://`` URL. Everything is checked before
     anything is deleted. A name that is not a base name, a plan whose ``files_to_delete``
@@ -87,6 +93,8 @@ def execute_plan(
     so ``tf.train.latest_checkpoint`` never sees a half-deleted one, even if we are killed midway.
     """
     _check_plan(directory, plan, state_files)
+    if trash_batch is not None:
+        trash.check_batch_name(trash_batch)
     deleted_prefixes = plan.deleted_prefixes
     states = []
     problems: list[str] = []
@@ -115,9 +123,11 @@ def execute_plan(
         if _rewrite_state_file(directory, state.name, plan, deleted_prefixes, problems, on_progress):
             rewritten.append(state.name)
 
-    outcome = _discard(directory, deletion_order(plan.files_to_delete), on_progress=on_progress)
+    outcome = _discard(directory, deletion_order(plan.files_to_delete), on_progress=on_progress,
+                       trash_batch=trash_batch)
     return ExecutionResult(deleted=outcome.deleted, already_gone=outcome.gone, failed=outcome.failed,
-                           bytes_freed=outcome.freed, state_files=rewritten, problems=problems)
+                           bytes_freed=outcome.freed, state_files=rewritten, problems=problems,
+                           trash_batch=trash_batch)
 
 
 def _check_plan(directory: str, plan: Plan, state_files: Sequence[str]) -> None:
@@ -224,12 +234,17 @@ class Discarded:
     freed: int = 0
 
 
-def _discard(directory: str, names: list[str], *, on_progress: ProgressCallback | None = None) -> Discarded:
+def _discard(directory: str, names: list[str], *, on_progress: ProgressCallback | None = None,
+             trash_batch: str | None = None) -> Discarded:
     """Remove ``names`` (base names, checked by the caller, in deletion order) from the run.
 
-    The one place a prune removes anything: local files are unlinked (the entry, never a link's
-    target), bucket objects batch-deleted.
+    The one place a prune removes anything: into the trash batch ``trash_batch`` when given (both
+    kinds of run), else local files are unlinked (the entry, never a link's target) and bucket
+    objects batch-deleted.
     """
+    if trash_batch is not None:
+        moved = trash.move_to_trash(directory, names, trash_batch, on_progress=on_progress)
+        return Discarded(deleted=moved.moved, gone=moved.already_gone, failed=moved.failed, freed=moved.bytes)
     if storage.is_url(directory):
         return _discard_objects(directory, names, on_progress)
     done = Discarded()

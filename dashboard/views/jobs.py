@@ -7,7 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from dashboard import access, jobs
+from dashboard import access, jobs, trash
 from dashboard.models import Job, Run
 from dashboard.views.paging import INT, TIME, Order, paginate
 
@@ -47,6 +47,8 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     job = get_object_or_404(jobs_, pk=pk)
     retries = list(job.retries.order_by("pk"))
     may_handle = access.may_handle_job(request.user, job.kind)
+    batch = (job.result or {}).get("trash_batch") if job.kind == Job.PRUNE and job.run else None
+    in_trash = bool(batch) and trash.has_batch(job.run, batch)
     return render(
         request,
         "dashboard/job_detail.html",
@@ -55,6 +57,9 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "may_cancel": may_handle and job.can_cancel,
             # A job is retried once; later attempts go through its newest retry.
             "may_retry": may_handle and job.can_retry and not retries,
+            # "Restore" is offered while the prune's trash batch still exists.
+            "trash_batch": batch if in_trash else None,
+            "trash_gone": bool(batch) and not in_trash,
         },
     )
 

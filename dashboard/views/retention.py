@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.cache import cache
 from django.core.paginator import Paginator
@@ -23,7 +24,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from dashboard import access, pruning, retention
+from dashboard import access, pruning, retention, trash
 from dashboard.forms import PinForm, RetentionPolicyForm, unrecorded_metric_warning
 from dashboard.models import AuditEvent, Checkpoint, Export, Job, Run
 from dashboard.views.common import start_job
@@ -58,7 +59,8 @@ def prune_preview(request: HttpRequest, name: str) -> HttpResponse:
     try:
         plan, shown, timeline = _cached_preview(run, show)
     except ValueError as exc:
-        return render(request, "dashboard/prune_preview.html", {"run": run, "policy_error": str(exc)})
+        return render(request, "dashboard/prune_preview.html",
+                      {"run": run, "policy_error": str(exc), **_trash_context(run)})
     policy = retention.retention_policy(run)
     return render(
         request,
@@ -69,8 +71,37 @@ def prune_preview(request: HttpRequest, name: str) -> HttpResponse:
             "page": Paginator(shown, PLAN_PAGE_SIZE).get_page(request.GET.get("page")),
             "timeline": timeline, "running": pruning.running_prune(run),
             "recent_prunes": list(run.jobs.filter(kind=Job.PRUNE).order_by("-created_at")[:3]),
+            **_trash_context(run),
         },
     )
+
+
+def _trash_context(run: Run) -> dict:
+    batches, problem = trash.batches(run)
+    return {"trash_batches": batches, "trash_problem": problem, "trash_days": settings.TRASH_DAYS}
+
+
+@require_POST
+def trash_restore(request: HttpRequest, name: str, batch: str) -> HttpResponse:
+    """Move a prune's trash batch back into the run, then scan it so that its rows are present again."""
+    run = access.get_run_for_user(request, name, access.MAINTAIN)
+    try:
+        result = trash.restore(run, batch, actor=request.user)
+    except ValueError as exc:
+        messages.error(request, str(exc))
+        return redirect("run-prune", run.name)
+    restored = len(result.restored)
+    messages.success(request, f"Restored {restored} file{_plural(restored)} from the trash ({batch}). "
+                              "The state file was not rewritten: TensorFlow's latest checkpoint is unchanged.")
+    for file_name, why in sorted({**result.refused, **result.failed}.items())[:10]:
+        messages.warning(request, f"{file_name}: {why}")
+    if restored and start_job(request, Job.SCAN, run=run):
+        messages.info(request, "A scan is recording the restored checkpoints.")
+    return redirect("run-prune", run.name)
+
+
+def _plural(count: int) -> str:
+    return "" if count == 1 else "s"
 
 
 @require_POST

@@ -146,6 +146,8 @@ def prune_fields(event: AuditEvent) -> dict[str, Any]:
             "summary": event.summary,
             "bytes_freed": event.bytes_freed,
             "deleted": deleted,
+            # Set when the files went to the run's trash (restorable; freed when it is emptied).
+            "trash_batch": (details.get("trash") or {}).get("batch"),
             "fingerprint": details.get("fingerprint"),
         },
     }

@@ -119,6 +119,7 @@ EXPECTED: dict[str, tuple[Expect, ...]] = {
     "run-retention": (MAINTAIN_FORM,),
     "run-prune": (READ,),  # the preview; deleting is run-prune-now
     "run-prune-now": (MAINTAIN_ACTION,),
+    "run-trash-restore": (MAINTAIN_ACTION,),  # moves a prune's files back into the run
     "checkpoint-pin": (MAINTAIN_ACTION.on("checkpoint"),),
     "checkpoint-alias": (MAINTAIN_ACTION.on("checkpoint"),),
     "run-aliases": (READ,),
@@ -208,6 +209,8 @@ def _url(name: str, entry: URLPattern, case: Expect, objects: dict) -> str:
                     endpoint=endpoint, event="job.failed", event_id="evt-roles", payload={}, state="failed").pk
         elif converter == "delivery_pk":
             continue  # filled with its endpoint above
+        elif converter == "batch":
+            kwargs["batch"] = "prune-1"
         elif converter == "rest":
             kwargs["rest"] = "no/such/endpoint"
         elif converter == "pk" and case.pk in ("checkpoint", "export", "serving", "token"):

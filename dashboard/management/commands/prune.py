@@ -112,7 +112,8 @@ class Command(BaseCommand):
     def _report(run: Run, plan, facts: list, outcome: dict | None) -> dict:
         report = {**retention.plan_report(run, plan, facts), "executed": outcome is not None}
         if outcome is not None:
-            report["execution"] = {k: outcome[k] for k in ("checkpoints_deleted", "bytes_freed", "execution", "audit_event")}
+            report["execution"] = {k: outcome.get(k) for k in (
+                "checkpoints_deleted", "bytes_freed", "execution", "audit_event", "trash_batch")}
         return report
 
     def _print(self, run: Run, plan, outcome: dict | None) -> None:
@@ -120,6 +121,9 @@ class Command(BaseCommand):
             verdict = "keep  " if d.keep else ("delete" if d.delete_files else "stays ")
             self.stdout.write(f"{verdict} {d.prefix:<40} {'; '.join(d.reasons)}")
         done = "Deleted" if outcome is not None else "Would delete"
+        batch = (outcome or {}).get("trash_batch")
+        if batch:
+            done = f"Moved to the trash (.trash/{batch}/)"
         self.stdout.write(
             f"{done} {plan.deleted_count} checkpoint(s) of {run.name}, {len(plan.files_to_delete)} file(s), "
             f"{plan.bytes_freed} bytes; {plan.kept_count} kept."
