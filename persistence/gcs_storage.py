@@ -169,6 +169,29 @@ class GcsStorage:
         """Bytes ``[start, end)`` of the object (one ranged GET)."""
         return self._media(path, start=start, end=end)
 
+    def read_versioned(self, path: str, *, limit: int | None = None) -> tuple[bytes, str]:
+        """The whole object and the generation of exactly those bytes (one GET: the generation
+        comes back in the response's ``x-goog-generation`` header), for a read-modify-write."""
+        location = parse_url(path)
+
+        async def get() -> tuple[bytes, str]:
+            headers, body = await self._fs._call("GET", "b/{}/o/{}", location.bucket, location.key, alt="media")
+            found = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
+            return body, found.get("x-goog-generation", "")
+
+        try:
+            data, generation = self._run(get())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such object: {path}") from None
+        except Exception as exc:
+            raise StorageError(f"cannot read {path}: {safe_reason(exc)}") from None
+        if limit is not None and len(data) > limit:
+            raise StorageError(f"{path} is larger than {limit} bytes")
+        if not generation:
+            # Without it a conditional write could not tell our version from a newer one.
+            raise StorageError(f"cannot read {path}: the store did not say which version it sent")
+        return data, generation
+
     def read_many(self, paths: list[str]) -> dict[str, bytes | Exception]:
         """Each object whole, ``READ_CONCURRENCY`` GETs at a time; a failure is returned in its place."""
         return self.read_many_soon(paths).result()

@@ -1,4 +1,4 @@
-"""A trainer saving into a bucket run while a prune of that run rewrites its state object.
+"""A trainer saving into a bucket run (S3 and GCS) while a prune of that run rewrites its state object.
 
 The trainer does what a TF1 ``Saver`` writing to a bucket does: the checkpoint's objects first,
 then the state object, unconditionally (it takes no lock of ours). Whatever the interleaving, the
@@ -51,16 +51,22 @@ class Trainer:
         return prefix
 
 
+@pytest.fixture(params=["s3_bucket", "gcs_bucket"])
+def bucket(request):
+    """The same race on S3 (ETags, ``If-Match``) and on GCS (generations, ``ifGenerationMatch``)."""
+    return request.getfixturevalue(request.param)
+
+
 @pytest.fixture
-def race(s3_bucket, tmp_path):
+def race(bucket, tmp_path):
     initial, later = tmp_path / "initial", tmp_path / "trainer"
     initial.mkdir()
     later.mkdir()
     save_tf1_run(str(initial), STEPS, max_to_keep=10)
     values = save_tf1_run(str(later), [700, 800, 900, 1000, 1100, 1200], meta_first_only=False)
-    s3_bucket.upload_directory(initial, "runs/r")
-    trainer = Trainer(s3_bucket, str(later), [700, 800, 900, 1000, 1100, 1200])
-    return s3_bucket.url("runs/r"), str(initial), trainer, values
+    bucket.upload_directory(initial, "runs/r")
+    trainer = Trainer(bucket, str(later), [700, 800, 900, 1000, 1100, 1200])
+    return bucket.url("runs/r"), str(initial), trainer, values
 
 
 def _state(bucket):
