@@ -48,6 +48,11 @@ def _names(bucket) -> set[str]:
     return {key.rsplit("/", 1)[1] for key in bucket.keys("runs/seed/")}
 
 
+def _in_run(bucket) -> set[str]:
+    """The objects directly in the run's prefix (not its trash)."""
+    return {key.rsplit("/", 1)[1] for key in bucket.keys("runs/seed/") if "/" not in key[len("runs/seed/"):]}
+
+
 def _state(bucket, name: str = "checkpoint"):
     return parse_state_bytes(bucket.get(f"runs/seed/{name}"), name, "s3://x/runs/seed")
 
@@ -220,3 +225,52 @@ def test_the_periodic_sweep_auto_prunes_a_bucket_run_that_turns_it_on(s3_run, s3
 def test_starting_a_prune_job_for_a_bucket_run_is_accepted(s3_run):
     job = jobs.start(Job.PRUNE, run=s3_run, params={"overrides": {"max_to_keep": 2}})
     assert job.status == Job.QUEUED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_prune_into_the_trash_of_a_bucket_run_is_restored_and_emptied(client, maintainer, s3_run, s3_root, settings):
+    """TRASH_DAYS on a bucket run: the objects go under ``.trash/<batch>/``, a maintainer brings
+    them back from the prune page (a scan marks them present), and emptying removes only the trash."""
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    settings.TRASH_DAYS = 7
+    plan = retention.plan_retention(s3_run)
+    assert plan.files_to_delete
+    before = _in_run(s3_root)
+    out = io.StringIO()
+    call_command("prune", s3_run.name, "--json", stdout=out)
+    batch = json.loads(out.getvalue())["execution"]["trash_batch"]
+    assert batch
+
+    trashed = {key.rsplit("/", 1)[1] for key in s3_root.keys(f"runs/seed/.trash/{batch}/")}
+    assert set(plan.files_to_delete) <= trashed
+    assert _in_run(s3_root) == before - set(plan.files_to_delete)
+    assert {c.prefix for c in s3_run.checkpoints.filter(status=Checkpoint.PRUNED)} == plan.deleted_prefixes
+    assert _state(s3_root).latest == "model.ckpt-400"
+    # A scan of the run does not see the trash.
+    assert scanning.scan(s3_run, full=True)["created"] == 0
+
+    client.force_login(maintainer)
+    page = client.get(reverse("run-prune", args=[s3_run.name])).content.decode()
+    restore = reverse("run-trash-restore", args=[s3_run.name, batch])
+    assert restore in page
+    _assert_no_credentials(page, "the prune page")
+    response = client.post(restore, follow=True)
+    shown = " ".join(str(m) for m in response.context["messages"])
+    assert "Restored" in shown, shown
+    _assert_no_credentials(shown, "the restore message")
+    assert _in_run(s3_root) == before
+    assert s3_root.keys(f"runs/seed/.trash/{batch}/") == []
+    scanning.scan(s3_run, full=True)
+    assert not s3_run.checkpoints.filter(status=Checkpoint.PRUNED).exists()
+
+    # Pruned into the trash again, then emptied: only the trash goes.
+    call_command("prune", s3_run.name, "--json", stdout=io.StringIO())
+    call_command("empty_trash", s3_run.name, "--days", "0", stdout=io.StringIO())
+    assert [k for k in s3_root.keys("runs/seed/") if "/.trash/" in k and not k.endswith("/")] == []
+    assert _in_run(s3_root) == before - set(plan.files_to_delete)
+    event = AuditEvent.objects.filter(action="trash-empty").latest("pk")
+    assert event.bytes_freed > 0
