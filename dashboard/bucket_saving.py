@@ -90,14 +90,25 @@ class BucketRun:
         return storage.join(self.url, prefix)
 
     def publish(self, saved: SavedCheckpoint, working: str, *, actor: User | None = None,
-                ) -> tuple[Checkpoint, uploads.MergedState]:
+                source: Checkpoint | None = None, merge_state: bool = True,
+                ) -> tuple[Checkpoint, uploads.MergedState | None]:
         """Upload what one save wrote, merge it into the state object, record it; nothing is deleted.
 
-        Returns the row and the state object as written. Raises ``uploads.UploadError``.
+        Returns the row and the state object as written. ``merge_state=False`` leaves the state
+        object alone (a re-save, which locally never touches the state files either; the
+        returned state is then None). Raises ``uploads.UploadError``.
         """
         uploads.upload_checkpoint(working, saved.files, self.url)
-        merged = uploads.merge_state_object(self.url, saved.state_file or statefile.DEFAULT_STATE_FILE,
-                                            latest=saved.prefix, saved_at=saved.saved_at)
+        merged = None
+        if merge_state:
+            merged = uploads.merge_state_object(self.url, saved.state_file or statefile.DEFAULT_STATE_FILE,
+                                                latest=saved.prefix, saved_at=saved.saved_at)
+        return self.record(saved, actor=actor, source=source), merged
+
+    def record(self, saved: SavedCheckpoint, *, actor: User | None = None,
+               source: Checkpoint | None = None) -> Checkpoint:
+        """Record the uploaded checkpoint ``saved`` from a listing of the bucket: the row a scan
+        would make. Raises ``uploads.UploadError`` when its ``.index`` is not there."""
         try:
             listing = discovery.list_directory(self.url)
         except storage.StorageError as exc:
@@ -112,5 +123,4 @@ class BucketRun:
             # What max_to_keep removed went from the working directory only.
             deleted=[], deleted_files=[], kept_from_rotation={},
         )
-        checkpoint = recording.record_saved(self.run, in_bucket, found=found, actor=actor)
-        return checkpoint, merged
+        return recording.record_saved(self.run, in_bucket, found=found, actor=actor, source=source)

@@ -93,10 +93,10 @@ def merge_state_object(
     url = storage.join(directory, name)
     for attempt in range(1, attempts + 1):
         try:
-            found = store.head(url)  # type: ignore[attr-defined]
-            data = store.read_bytes(url, limit=statefile.MAX_STATE_FILE_BYTES) if found is not None else None
+            # The bytes and the version they are (one GET): what the conditional write is against.
+            data, etag_read = store.read_versioned(url, limit=statefile.MAX_STATE_FILE_BYTES)  # type: ignore[attr-defined]
         except FileNotFoundError:
-            found, data = None, None  # deleted between the HEAD and the GET: write it afresh
+            data, etag_read = None, None  # none yet: written only if still absent
         except (OSError, ValueError) as exc:
             raise UploadError(f"cannot read {name} in {directory}: {exc}") from None
         merged, kept, problem = _merged(data, name, directory, latest, saved_at)
@@ -105,7 +105,7 @@ def merge_state_object(
         try:
             etag = store.put_bytes(  # type: ignore[attr-defined]
                 url, merged.encode("utf-8"),
-                if_match=found.etag if found is not None else None, if_absent=found is None,
+                if_match=etag_read, if_absent=etag_read is None,
             )
         except storage.PreconditionFailed:
             continue

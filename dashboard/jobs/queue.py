@@ -17,7 +17,6 @@ from redis.exceptions import RedisError
 from dashboard import artifacts
 from dashboard.models import Checkpoint, Export, Job, Run
 from dashboard.queue_connection import redis_connection
-from dashboard.roots import NotOnObjectStorage, on_object_storage
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -137,7 +136,6 @@ def start(
     enqueues it once Redis is back. A freeze is refused with ``Checkpoint.FreezeRunning`` (naming
     the job) while another freeze writing the same file is queued or running.
     """
-    _refuse_on_object_storage(kind, run, checkpoint, params)
     with transaction.atomic():
         if kind == Job.FREEZE and checkpoint is not None:
             artifacts.check_no_freeze_running(checkpoint, (params or {}).get("outputs") or [],
@@ -152,23 +150,6 @@ def start(
         )
     enqueue_or_report(job)
     return job
-
-
-# Re-saving a subset of a checkpoint writes a new checkpoint into the run from a local graph and
-# does not upload yet, so it is refused for a run in a bucket. Everything else reaches a bucket run
-# through ``persistence.storage``: verify, export, compare and partial restore read it through the
-# staging cache (``dashboard.staging``), a save trains locally and uploads
-# (``dashboard.bucket_saving``), a prune deletes objects in place.
-RESAVE = "Re-saving a subset of a checkpoint"
-
-
-def _refuse_on_object_storage(kind: str, run: Run | None, checkpoint: Checkpoint | None, params: dict | None) -> None:
-    """Raise ``NotOnObjectStorage`` before any row exists when ``kind`` needs local files it cannot have."""
-    if kind != Job.SAVE or (params or {}).get("mode") != "resave":
-        return
-    directories = [r.directory for r in (run, checkpoint.run if checkpoint is not None else None) if r is not None]
-    if any(on_object_storage(d) for d in directories):
-        raise NotOnObjectStorage(RESAVE)
 
 
 def withdraw(job: Job) -> None:

@@ -15,7 +15,8 @@ from django.conf import settings
 from dashboard import bucket_saving, recording, scanning, staging
 from dashboard.bucket_saving import BucketRun
 from dashboard.models import Checkpoint, Job, Run
-from dashboard.roots import checkpoint_directory
+from dashboard.roots import checkpoint_directory, on_object_storage
+from persistence import storage, uploads
 
 from .context import JobContext
 
@@ -241,10 +242,12 @@ def resave_job(job: Job, ctx: JobContext) -> dict:
 
     params = job.params
     run = Run.objects.get(pk=job.run_id)
-    directory = str(checkpoint_directory(run.directory, action="Saving checkpoints"))
     source = Checkpoint.objects.filter(pk=job.checkpoint_id, run=run).first()
     if source is None or source.status in Checkpoint.GONE:
         raise TrainingError("the source checkpoint is no longer on disk")
+    if on_object_storage(run.directory):
+        return _resave_into_bucket(job, ctx, run, source)
+    directory = str(checkpoint_directory(run.directory, action="Saving checkpoints"))
     _check_source_files(source)
     new_prefix = params["new_prefix"]
 
@@ -286,6 +289,57 @@ def resave_job(job: Job, ctx: JobContext) -> dict:
     )
     checkpoint = recording.record_saved(run, saved, source=source, actor=job.requested_by)
     ctx.log(f"Wrote {new_prefix}: {len(saved.variables)} variables, {saved.size_bytes} bytes")
+    ctx.progress(100, f"Wrote {new_prefix}", force=True)
+    return _resave_result(checkpoint, source)
+
+
+def _resave_into_bucket(job: Job, ctx: JobContext, run: Run, source: Checkpoint) -> dict:
+    """A re-save of a checkpoint in a bucket: staged, re-saved in a local working directory,
+    uploaded (data shards first, the ``.index`` last) and recorded; the state object is left
+    alone, as a local re-save leaves the state files."""
+    from persistence.training import SavedCheckpoint, TrainingError, resave_subset, step_from_prefix
+
+    params = job.params
+    new_prefix = params["new_prefix"]
+    bucket = BucketRun(run)
+    try:
+        present = [e.name for e in storage.storage_for(bucket.url).list(bucket.url)
+                   if e.name.startswith(new_prefix + ".")]
+    except storage.StorageError as exc:
+        raise TrainingError(f"cannot list {bucket.url}: {exc}") from None
+    if new_prefix + ".index" in present:
+        if job.retry_of_id is None:
+            raise TrainingError(f"{new_prefix} already exists in {bucket.url}; choose another prefix")
+        # Uploaded whole by an earlier attempt (the .index goes last): only its row is missing.
+        written = SavedCheckpoint(prefix=new_prefix, path=bucket.path(new_prefix), step=step_from_prefix(new_prefix),
+                                  metrics={}, files=present)
+        checkpoint = bucket.record(written, actor=job.requested_by, source=source)
+        ctx.log(f"{new_prefix} was already uploaded by an earlier attempt; recorded it")
+        return _resave_result(checkpoint, source)
+    # Data shards without an .index are an earlier attempt's debris, replaced by this upload;
+    # anything else under the prefix (a .meta kept for later checkpoints) is someone else's.
+    foreign = sorted(name for name in present if ".data-" not in name or job.retry_of_id is None)
+    if foreign:
+        raise TrainingError(f"{new_prefix} already has objects in {bucket.url} ({', '.join(foreign)}); "
+                            "choose another prefix")
+    ctx.progress(10, f"Staging {source.prefix}", force=True)
+    try:
+        with staging.readable(source, action="Re-saving a subset of a checkpoint", with_meta=False) as files, \
+                bucket_saving.working_directory(job.pk) as working:
+            ctx.progress(30, f"Reading {source.prefix}", force=True)
+            saved = resave_subset(
+                files.path, working, new_prefix,
+                variables=params.get("variables"),
+                drop_optimizer_slots=bool(params.get("drop_optimizer_slots")),
+                rename=params.get("rename") or None,
+            )
+            ctx.progress(70, f"Uploading {new_prefix}", force=True)
+            checkpoint, _ = bucket.publish(saved, working, actor=job.requested_by, source=source, merge_state=False)
+    except uploads.UploadError as exc:
+        raise TrainingError(str(exc)) from None
+    except ValueError as exc:  # staging: the bucket moved or a file could not be fetched
+        raise TrainingError(str(exc)) from None
+    ctx.log(f"Wrote {new_prefix} into {bucket.url}: {len(saved.variables)} variables, {saved.size_bytes} bytes")
     ctx.progress(100, f"Wrote {new_prefix}", force=True)
     return _resave_result(checkpoint, source)
 

@@ -6,16 +6,8 @@ from django.contrib import messages
 from django.http import HttpRequest
 
 from dashboard import access, jobs
-from dashboard.models import Job, Run
-from dashboard.roots import NotOnObjectStorage, on_object_storage
-
-
-def refused_on_object_storage(request: HttpRequest, run: Run, action: str) -> bool:
-    """Say so and return True when ``action`` needs local files and ``run`` is in a bucket."""
-    if not on_object_storage(run.directory):
-        return False
-    messages.error(request, str(NotOnObjectStorage(action)))
-    return True
+from dashboard.models import Job
+from dashboard.roots import NotOnObjectStorage
 
 
 def start_job(request: HttpRequest, kind: str, **kwargs) -> Job | None:

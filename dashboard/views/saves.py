@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from dashboard import access
 from dashboard.forms import ResaveForm, SaveJobForm
 from dashboard.models import Checkpoint, Job
-from dashboard.views.common import refused_on_object_storage, start_job
+from dashboard.views.common import start_job
 
 
 def save_new(request: HttpRequest, name: str) -> HttpResponse:
@@ -33,8 +33,6 @@ def save_new(request: HttpRequest, name: str) -> HttpResponse:
 def resave_new(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     run = access.get_run_for_user(request, name, access.OPERATE)
     checkpoint = get_object_or_404(Checkpoint.objects.on_disk(), run=run, pk=pk)
-    if refused_on_object_storage(request, run, "Re-saving a subset of a checkpoint"):
-        return redirect(checkpoint)
     form = ResaveForm(request.POST or None, checkpoint=checkpoint)
     if request.method == "POST" and form.is_valid():
         job = start_job(request, Job.SAVE, run=run, checkpoint=checkpoint, params=form.job_params())

@@ -13,9 +13,8 @@ import os
 import pytest
 from django.urls import reverse
 
-from dashboard import jobs, scanning
+from dashboard import scanning
 from dashboard.models import Checkpoint, Job, Run
-from dashboard.roots import NotOnObjectStorage
 from persistence import storage
 from tests import checkpoint_factory as factory
 from tests.live import LiveWorker
@@ -229,46 +228,6 @@ def s3_run(db, s3_root, seed_dir):
 
 def _ckpt(run, prefix="model.ckpt-200"):
     return run.checkpoints.get(prefix=prefix)
-
-
-REFUSED = "not yet supported for runs on object storage"
-
-
-@pytest.mark.parametrize(("kind", "kwargs"), [
-    (Job.SAVE, {"checkpoint": True, "params": {"mode": "resave", "variables": ["w"], "new_prefix": "subset-x"}}),
-])
-def test_jobs_that_need_local_files_are_refused_before_a_row_exists(s3_run, kind, kwargs):
-    if kwargs.pop("checkpoint", False):
-        kwargs["checkpoint"] = _ckpt(s3_run)
-    with pytest.raises(NotOnObjectStorage, match=REFUSED):
-        jobs.start(kind, run=s3_run, **kwargs)
-    assert not Job.objects.filter(kind=kind).exists()
-
-
-def test_the_resave_job_body_refuses(s3_run, s3_root):
-    from dashboard.jobs.save import resave_job
-
-    keys = s3_root.keys()
-    resave = Job.objects.create(kind=Job.SAVE, run=s3_run, checkpoint=_ckpt(s3_run),
-                                params={"variables": ["w"], "new_prefix": "subset-x"})
-    with pytest.raises(ValueError, match=f"Saving checkpoints is {REFUSED}"):
-        resave_job(resave, ctx=None)
-    assert s3_root.keys() == keys
-
-
-@pytest.mark.parametrize(("route", "method", "data"), [
-    ("checkpoint-resave", "post", {"variables": "w", "prefix": "x"}),
-])
-def test_pages_refuse_with_a_message_not_a_500(client, maintainer, s3_run, route, method, data):
-    client.force_login(maintainer)
-    checkpoint = _ckpt(s3_run)
-    args = [s3_run.name, checkpoint.pk] if route.startswith("checkpoint") else [s3_run.name]
-    url = reverse(route, args=args)
-    response = getattr(client, method)(url, data, follow=True) if data is not None else client.get(url, follow=True)
-    assert response.status_code == 200
-    assert not Job.objects.exclude(kind=Job.SCAN).exists()
-    html = response.content.decode()
-    assert REFUSED in html or "object storage" in html, html[:3000]
 
 
 def test_the_api_starts_a_prune_of_a_run_in_a_bucket(s3_run, maintainer):

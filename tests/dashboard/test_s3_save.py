@@ -276,3 +276,51 @@ def test_only_working_directories_of_ended_processes_are_cleared(settings, tmp_p
     assert f"{ended.pid}-job1-abc" not in left
     assert f"{os.getpid()}-job2-def" in left and "notes" in left  # a running save's, and not ours at all
     assert not os.path.exists(working)
+
+
+def test_resave_of_a_bucket_checkpoint_uploads_the_subset_and_leaves_the_state_object(
+        bucket_run, s3_bucket, client, operator, tmp_path, settings):
+    source = bucket_run.checkpoints.get(prefix="model.ckpt-25")
+    before = {key: s3_bucket.get(key) for key in s3_bucket.keys()}
+    client.force_login(operator)
+    url = reverse("checkpoint-resave", args=[bucket_run.name, source.pk])
+    assert client.get(url).status_code == 200
+    response = client.post(url, {"mode": "choose", "variables": ["hidden/kernel", "hidden/bias"],
+                                 "rename_map": "encoder/kernel=hidden/kernel", "new_prefix": "transfer-25"})
+    assert response.status_code == 302
+    log = run_worker(tmp_path, settings)
+    job = Job.objects.get(kind=Job.SAVE, checkpoint=source)
+    assert job.status == Job.FINISHED, job.error
+
+    after = {key: s3_bucket.get(key) for key in s3_bucket.keys()}
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing replaced, nothing deleted
+    assert sorted(set(after) - set(before)) == ["runs/demo/transfer-25.data-00000-of-00001",
+                                                "runs/demo/transfer-25.index"]
+    copy = tmp_path / "copy"
+    download(s3_bucket, copy)
+    reader = tf().train.load_checkpoint(str(copy / "transfer-25"))
+    assert sorted(reader.get_variable_to_shape_map()) == ["encoder/kernel", "hidden/bias"]
+    original = tf().train.load_checkpoint(str(copy / "model.ckpt-25"))
+    assert (reader.get_tensor("encoder/kernel") == original.get_tensor("hidden/kernel")).all()
+    assert tf().train.latest_checkpoint(str(copy)).endswith("model.ckpt-50")  # the state is the training's
+
+    row = bucket_run.checkpoints.get(prefix="transfer-25")
+    assert row.source == source and row.path == s3_bucket.url("runs/demo/transfer-25")
+    recorded = rows(bucket_run)
+    scanning.scan(bucket_run, full=True)
+    assert rows(bucket_run) == recorded  # what a scan of the bucket finds is what the job recorded
+    for text, where in ((log, "the worker log"), (str(job.result) + job.error + "\n".join(job.log), "the job")):
+        no_credentials(text, where)
+
+
+def test_a_resave_onto_an_existing_prefix_in_the_bucket_is_refused_and_writes_nothing(
+        bucket_run, s3_bucket, tmp_path, settings):
+    source = bucket_run.checkpoints.get(prefix="model.ckpt-50")
+    before = {key: s3_bucket.get(key) for key in s3_bucket.keys()}
+    job = jobs.start(Job.SAVE, run=bucket_run, checkpoint=source, params={
+        "mode": "resave", "new_prefix": "model.ckpt-25", "variables": None, "drop_optimizer_slots": True,
+        "rename": {}})
+    run_worker(tmp_path, settings)
+    job.refresh_from_db()
+    assert job.status == Job.FAILED and "model.ckpt-25 already" in job.error and bucket_run.directory in job.error
+    assert {key: s3_bucket.get(key) for key in s3_bucket.keys()} == before
