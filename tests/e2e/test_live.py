@@ -28,6 +28,9 @@ SAVES = 6
 # The periodic rescan's interval for the bucket variant: no shorter than one rescan takes in the
 # worker (a fork, a listing, the reads), or the scheduler's rescans queue up behind each other.
 RESCAN_SECONDS = 3
+# Seconds between the trainer's saves. With max_to_keep 2 a checkpoint lives two saves: polling a
+# bucket sees only those that live longer than a rescan period plus a rescan, which inotify need not.
+SAVE_INTERVAL = {"local": 1.0, "s3": RESCAN_SECONDS + 1.0}
 LOSS_POINTS = """() => {
   const chart = window.Chart && Chart.getChart(document.getElementById("history-chart"));
   const curve = chart && chart.data.datasets.find((d) => d.label === "loss");
@@ -78,7 +81,7 @@ def test_run_page_follows_an_external_trainer_without_reloading(
         loaded_chart_requests = len(chart_requests)
 
         trainer = subprocess.Popen(
-            [sys.executable, str(TRAINER), str(directory), "--saves", str(SAVES), "--interval", "1.0",
+            [sys.executable, str(TRAINER), str(directory), "--saves", str(SAVES), "--interval", str(SAVE_INTERVAL[backend.name]),
              "--max-to-keep", "2", "--summaries"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
         )
