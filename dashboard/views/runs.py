@@ -63,7 +63,8 @@ def run_new(request: HttpRequest) -> HttpResponse:
         return redirect(run)
     candidates, truncated = roots.untracked_checkpoint_directories(Run.objects.values_list("directory", flat=True))
     return render(request, "dashboard/run_new.html", {
-        "form": form, "roots": settings.CHECKPOINT_ROOTS, "candidates": candidates, "candidates_truncated": truncated,
+        "form": form, "roots": [*settings.CHECKPOINT_ROOTS, *settings.CHECKPOINT_OBJECT_ROOTS],
+        "candidates": candidates, "candidates_truncated": truncated,
     })
 
 

@@ -3,6 +3,11 @@
 The worker, the roots and the browser are package-scoped: they end with the last browser test, so
 the worker never picks up jobs that later tests enqueue for workers of their own.
 
+Every flow about a run's checkpoints runs twice, once per storage backend (``backend``: "local",
+"s3"): the runs of the s3 variant live in a bucket of the loopback S3 server, which is a checkpoint
+root of the live server and of the worker for the whole session. ``@pytest.mark.local_only(why)``
+keeps a test that is about something else to the local variant.
+
 On a machine without Chromium these tests are skipped with a message; in CI (``E2E_REQUIRED=1``)
 a missing browser fails the run instead.
 """
@@ -16,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.live import LiveWorker
+from tests.e2e.backends import BACKENDS, CREDENTIALS, LOCAL, Backend
+from tests.live import LiveWorker, wait_for
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
@@ -54,6 +60,34 @@ ACTIVITY_SCRIPT = """
 """
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "local_only(reason): run a browser flow against local storage only")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    if any("backend" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize")):
+        return  # the test names its backends itself
+    names = [LOCAL] if metafunc.definition.get_closest_marker("local_only") else list(BACKENDS)
+    metafunc.parametrize("backend", names, indirect=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """When a flow fails, say what the page said at that moment (its messages, e.g. that an action
+    is not supported for runs in buckets) and where it was, beside the traceback."""
+    report = yield
+    tracked = getattr(item, "funcargs", {}).get("tracked")
+    if report.when == "call" and report.failed and isinstance(tracked, Tracked) and not tracked.page.is_closed():
+        try:
+            said = tracked.page.locator(".messages, .message.error, [role=alert]").all_inner_texts()
+            report.sections.append(("page at failure", "\n".join([tracked.page.url, *said])))
+        except Exception as exc:  # the page may be gone with the failure; the traceback says enough
+            report.sections.append(("page at failure", f"unreadable: {exc}"))
+    return report
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.path.exists(CHROMIUM):
         return
@@ -69,29 +103,79 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="package")
-def e2e_roots(tmp_path_factory):
-    """Checkpoint and export roots for the whole browser session (the worker is started with them)."""
+def e2e_bucket(s3_server):
+    """The session's bucket, with the AWS environment pointing at the loopback server.
+
+    Set in this process's environment for the whole session, before the worker starts: the live
+    server (a thread here) and the worker (a child process) must both reach the bucket.
+    """
+    import uuid
+
+    import boto3
+
+    from tests.s3_server import FAKE_KEY_ID, FAKE_SECRET, Bucket
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith("AWS_"):
+                patch.delenv(name)
+        patch.setenv("AWS_ENDPOINT_URL", s3_server)
+        patch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY_ID)
+        patch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        patch.setenv("AWS_CONFIG_FILE", os.devnull)
+        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        client = boto3.client("s3")
+        name = f"e2e-{uuid.uuid4().hex[:16]}"
+        client.create_bucket(Bucket=name)
+        yield Bucket(name, client)
+
+
+@pytest.fixture(scope="package")
+def e2e_roots(tmp_path_factory, e2e_bucket):
+    """Checkpoint and export roots for the whole browser session (the worker is started with them):
+    a local directory, and the bucket's ``runs/`` prefix."""
     from django.conf import settings
 
     base = tmp_path_factory.mktemp("e2e")
-    saved = settings.CHECKPOINT_ROOTS, settings.EXPORT_ROOT, settings.SERVING_ROOT
+    names = ("CHECKPOINT_ROOTS", "CHECKPOINT_OBJECT_ROOTS", "EXPORT_ROOT", "SERVING_ROOT", "STAGING_CACHE_DIR")
+    saved = {name: getattr(settings, name) for name in names}
     settings.CHECKPOINT_ROOTS = [(base / "checkpoints").resolve()]
+    settings.CHECKPOINT_OBJECT_ROOTS = [e2e_bucket.url("runs")]
     settings.EXPORT_ROOT = (base / "exports").resolve()
     settings.SERVING_ROOT = (base / "serving").resolve()
+    settings.STAGING_CACHE_DIR = (base / "stage").resolve()
     settings.CHECKPOINT_ROOTS[0].mkdir()
     settings.EXPORT_ROOT.mkdir()
     yield settings.CHECKPOINT_ROOTS[0]
-    settings.CHECKPOINT_ROOTS, settings.EXPORT_ROOT, settings.SERVING_ROOT = saved
+    for name, value in saved.items():
+        setattr(settings, name, value)
 
 
 @pytest.fixture(scope="package")
 def e2e_worker(django_db_setup, django_db_blocker, e2e_roots, tmp_path_factory):
     """One real RQ worker for the browser session, sharing the test database and Redis."""
+    from django.conf import settings
+
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     with django_db_blocker.unblock():
-        worker = LiveWorker(log_path=log).start()
+        worker = LiveWorker(log_path=log, STAGING_CACHE_DIR=str(settings.STAGING_CACHE_DIR)).start()
+    # Listening only once TensorFlow is imported: flows that time what the worker does (a bucket
+    # run's periodic rescans) must not count its start.
+    wait_for(lambda: "Listening on" in log.read_text(errors="replace") or worker.process.poll() is not None, 180,
+             what="the worker to listen")
+    assert worker.process.poll() is None, log.read_text(errors="replace")[-3000:]
     yield worker
     worker.stop()
+    # Whatever the worker logged (job errors included) must not hold the credentials either.
+    logged = log.read_bytes()
+    assert not [c for c in CREDENTIALS if c in logged], f"the worker's log {log} shows the S3 credentials"
+
+
+@pytest.fixture
+def backend(request, e2e_roots, e2e_bucket) -> Backend:
+    """Where this test's runs live: "local" (under the root) or "s3" (in the session's bucket)."""
+    return Backend(request.param, local_root=e2e_roots, bucket=e2e_bucket)
 
 
 @pytest.fixture(scope="package")
@@ -139,13 +223,50 @@ class Tracked:
             self.problems.append(f"HTTP {response.status}: {response.url}")
 
     expected_statuses: set[int] = set()
+    bodies_checked = 0
+
+    def check_credentials(self) -> None:
+        """From now on, search every page, fragment and API answer the browser gets for the S3
+        credentials (headers too), and the final page at the end (``assert_no_credentials``)."""
+        self.page.on("response", self._credentials_in_response)
+
+    def _credentials_in_response(self, response) -> None:
+        headers = "\n".join(f"{k}: {v}" for k, v in response.headers.items()).encode()
+        if any(c in headers for c in CREDENTIALS):
+            self.problems.append(f"S3 credentials in the headers of {response.url}")
+        kind = response.headers.get("content-type", "")
+        if 300 <= response.status < 400 or not kind.startswith(("text/", "application/json")):
+            return  # redirects have no body; downloads and static files are not pages
+        if "attachment" in response.headers.get("content-disposition", ""):
+            return
+        try:
+            body = response.body()
+        except Exception as exc:
+            # A response the page navigated away from before its body was read (an htmx poll cut
+            # short by a reload, say): Chromium no longer has it, and the page never showed it.
+            if "navigated away" not in str(exc):
+                self.problems.append(f"cannot read {response.url} to search it for credentials: {exc}")
+            return
+        self.bodies_checked += 1
+        if any(c in body for c in CREDENTIALS):
+            self.problems.append(f"S3 credentials in the body of {response.url}")
+
+    def assert_no_credentials(self) -> None:
+        if self.page.is_closed():
+            return
+        content = self.page.content().encode()
+        assert not [c for c in CREDENTIALS if c in content], f"S3 credentials on {self.page.url}"
+        assert self.bodies_checked, "no page was searched for the S3 credentials"
 
     def goto(self, path: str):
         return self.page.goto(self.base_url + path)
 
+    # "-s3" for the flows run against a bucket, so they do not overwrite the local flows' pictures.
+    shot_suffix = ""
+
     def shot(self, name: str) -> None:
         SCREENSHOTS.mkdir(exist_ok=True)
-        self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+        self.page.screenshot(path=str(SCREENSHOTS / f"{name}{self.shot_suffix}.png"), full_page=True)
 
     def watch(self) -> None:
         """Record page loads and progress bar values from now on (see ``ACTIVITY_SCRIPT``)."""
@@ -169,12 +290,18 @@ class Tracked:
 
 
 @pytest.fixture
-def tracked(browser, live_server, e2e_roots):
+def tracked(request, browser, live_server, e2e_roots):
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(20_000)
     tracked = Tracked(page, live_server.url)
+    in_bucket = "backend" in request.fixturenames and request.getfixturevalue("backend").is_s3
+    if in_bucket:
+        tracked.check_credentials()
+        tracked.shot_suffix = "-s3"
     yield tracked
+    if in_bucket:
+        tracked.assert_no_credentials()
     context.close()
     assert not tracked.problems, "\n".join(tracked.problems)
 
@@ -220,12 +347,20 @@ def demo_directory(e2e_roots):
     return directory, result
 
 
+@pytest.fixture(scope="package")
+def demo_uploaded(demo_directory, e2e_roots, e2e_bucket) -> str:
+    """The demo run's files in the bucket as well (uploaded once, the first time an s3 flow needs them)."""
+    return Backend("s3", local_root=e2e_roots, bucket=e2e_bucket).put_tree(demo_directory[0], "antispam")
+
+
 @pytest.fixture
-def demo_run(transactional_db, demo_directory):
+def demo_run(request, transactional_db, demo_directory, backend):
     from dashboard import recording, scanning
     from dashboard.models import Run
 
     directory, result = demo_directory
+    if backend.is_s3:
+        directory = request.getfixturevalue("demo_uploaded")
     # Not ``result.recipe`` (the recipe's short name "antispam"): Run.recipe is a dotted path.
     run = Run.objects.create(name="antispam", directory=str(directory), recipe=DEMO_RECIPE)
     scanning.scan(run, full=True)
@@ -234,24 +369,23 @@ def demo_run(transactional_db, demo_directory):
 
 
 @pytest.fixture
-def make_run(transactional_db, demo_directory, e2e_roots):
-    """``make_run(name, copy_demo=...)``: a run of the test's own, in a new directory under the root.
+def make_run(transactional_db, demo_directory, backend):
+    """``make_run(name, copy_demo=...)``: a run of the test's own, in a new location of the backend.
 
-    For flows that delete or add checkpoints: the session's demo directory stays untouched.
-    ``copy_demo=True`` copies it (mtimes included, so saved times and ages are the demo's),
-    then scans and records the training metrics; otherwise the directory starts empty.
+    For flows that delete or add checkpoints: the session's demo run stays untouched.
+    ``copy_demo=True`` copies it (locally with mtimes, so saved times and ages are the demo's; in
+    the bucket the state file's timestamps give them), then scans and records the training metrics;
+    otherwise the location starts empty.
     """
     from dashboard import recording, scanning
     from dashboard.models import Run
 
     def make(name: str, *, copy_demo: bool = False) -> Run:
-        directory = e2e_roots / name
-        shutil.rmtree(directory, ignore_errors=True)
         if copy_demo:
-            shutil.copytree(demo_directory[0], directory)
+            directory = backend.put_tree(demo_directory[0], name)
         else:
-            directory.mkdir()
-        run = Run.objects.create(name=name, directory=str(directory), recipe=DEMO_RECIPE)
+            directory = backend.make_empty(name)
+        run = Run.objects.create(name=name, directory=directory, recipe=DEMO_RECIPE)
         if copy_demo:
             scanning.scan(run, full=True)
             recording.record_metrics(run, {c.prefix: c.metrics for c in demo_directory[1].checkpoints})

@@ -1,4 +1,5 @@
-"""The "API tokens" page: create a token (shown once), use it over HTTP, revoke it."""
+"""The "API tokens" page: create a token (shown once), use it over HTTP on a run's checkpoints (a
+local run, and a run in a bucket), revoke it."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
+from tests.e2e.backends import CREDENTIALS
+
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def test_create_a_token_use_it_then_revoke_it(tracked, e2e_operator, live_server):
+def test_create_a_token_use_it_then_revoke_it(tracked, e2e_operator, live_server, demo_run, backend):
     page = tracked.page
     tracked.login(e2e_operator.username)
     page.get_by_role("link", name="API tokens").click()
@@ -31,6 +34,12 @@ def test_create_a_token_use_it_then_revoke_it(tracked, e2e_operator, live_server
 
     api = f"{live_server.url}/api/v1/runs"
     assert requests.get(api, headers={"Authorization": f"Bearer {secret}"}, timeout=30).status_code == 200
+    # The run's checkpoints over the API, as the pages show them, and no credentials in the answer.
+    answer = requests.get(f"{api}/{demo_run.name}/checkpoints", headers={"Authorization": f"Bearer {secret}"},
+                          timeout=30)
+    assert answer.status_code == 200, answer.text[:2000]
+    assert "model.ckpt-300" in answer.text
+    assert not [c for c in CREDENTIALS if c in answer.content], "the API answer shows the S3 credentials"
 
     tracked.goto("/tokens/")
     expect(page.locator("#new-token")).to_have_count(0)  # shown once

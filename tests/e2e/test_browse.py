@@ -1,4 +1,5 @@
-"""Flow (a): log in, runs list → run → page 2 of the history → checkpoint detail."""
+"""Flow (a): log in, runs list → run → page 2 of the history → checkpoint detail (a run in a local
+directory and one in a bucket)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.tf, pytest.mark.django_db(transaction=True)]
 
 
-def test_browse_history_to_a_checkpoint(tracked, e2e_maintainer, demo_run):
+def test_browse_history_to_a_checkpoint(tracked, e2e_maintainer, demo_run, backend):
     page = tracked.page
     tracked.goto("/")
     assert "/accounts/login/" in page.url
@@ -23,6 +24,9 @@ def test_browse_history_to_a_checkpoint(tracked, e2e_maintainer, demo_run):
     page.locator("#history-chart").wait_for()
     assert page.locator("table.history tbody tr").count() == 50
     assert page.get_by_text("latest (state file)", exact=True).first.is_visible()
+    if backend.is_s3:
+        assert page.get_by_text("This run is in object storage").is_visible()
+        assert page.get_by_text(demo_run.directory).first.is_visible()
     tracked.shot("run-history")
 
     page.get_by_role("link", name="Next ›").click()
@@ -44,6 +48,7 @@ def test_browse_history_to_a_checkpoint(tracked, e2e_maintainer, demo_run):
     tracked.shot("checkpoint")
 
 
+@pytest.mark.local_only("about signing in, not about where checkpoints are stored")
 def test_anonymous_visitors_see_the_login_page_everywhere(tracked, demo_run):
     for path in ("/", "/runs/antispam/", "/jobs/"):
         tracked.goto(path)

@@ -1,11 +1,11 @@
 """What a new user meets in the first hour, page by page: the checkpoint header, badges, job pages,
-the jobs list, the run page's job line, the save form, tracking a directory and trusting graphs."""
+the jobs list, the run page's job line, the save form, tracking a directory and trusting graphs.
+What concerns a run's checkpoints is met with a run in a local directory and with one in a bucket."""
 
 from __future__ import annotations
 
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -39,7 +39,7 @@ def test_checkpoint_header_pin_is_a_button_and_verify_offers_the_graphs_outputs(
     assert options[0] == "no output (restore only)" and "probs" in options, options
     choice.select_option("probs")
     page.get_by_role("button", name="Verify", exact=True).click()
-    expect(page.get_by_text(f"Verifying {latest.prefix}")).to_be_visible()
+    expect(page.locator(".messages")).to_contain_text(f"Verifying {latest.prefix}")
 
     # The job page: parameters as a table, a duration, and where the result is.
     page.locator(".job-progress a", has_text=re.compile(r"^restore #\d+$")).first.click()
@@ -54,11 +54,11 @@ def test_checkpoint_header_pin_is_a_button_and_verify_offers_the_graphs_outputs(
     expect(page.locator("#verification")).to_contain_text("ran probs")
 
 
-def test_a_checkpoint_whose_files_are_gone_says_so(tracked, e2e_maintainer, make_run):
+def test_a_checkpoint_whose_files_are_gone_says_so(tracked, e2e_maintainer, make_run, backend):
     run = make_run("gone-files", copy_demo=True)
     victim = run.checkpoints.get(step=100)
     for f in victim.files:
-        (Path(run.directory) / f["name"]).unlink()
+        backend.delete(run.directory, f["name"])
     from dashboard import scanning
 
     scanning.scan(run, full=True)
@@ -71,6 +71,7 @@ def test_a_checkpoint_whose_files_are_gone_says_so(tracked, e2e_maintainer, make
     expect(stats).to_contain_text("left on disk")
 
 
+@pytest.mark.local_only("about the run page's job line, drawn from job rows alone")
 def test_run_page_folds_ended_jobs_into_one_line_without_stale_scans(tracked, e2e_maintainer, demo_run):
     from django.utils import timezone
 
@@ -95,6 +96,7 @@ def test_run_page_folds_ended_jobs_into_one_line_without_stale_scans(tracked, e2
     expect(page.locator(".recent-jobs progress")).to_have_count(0)
 
 
+@pytest.mark.local_only("about the jobs list's layout, drawn from job rows alone")
 def test_jobs_list_filter_is_one_row_and_names_each_job_once(tracked, e2e_maintainer, demo_run):
     from dashboard.models import Job
 
@@ -128,7 +130,12 @@ def test_save_form_continues_from_latest_and_shows_errors_at_their_field(tracked
     expect(page.locator(".job-form > .message.error")).to_have_count(0)
 
 
-def test_track_a_directory_shows_roots_and_offers_untracked_ones(tracked, e2e_operator, demo_run, demo_directory, e2e_roots):
+def test_track_a_directory_shows_roots_and_offers_untracked_ones(
+    tracked, e2e_operator, e2e_worker, demo_run, demo_directory, e2e_roots, backend
+):
+    if backend.is_s3:
+        _track_a_prefix_in_the_bucket(tracked, e2e_operator, demo_directory, e2e_roots, backend)
+        return
     untracked = e2e_roots / "team" / "bert-small"
     shutil.rmtree(untracked, ignore_errors=True)
     shutil.copytree(demo_directory[0], untracked)
@@ -136,7 +143,7 @@ def test_track_a_directory_shows_roots_and_offers_untracked_ones(tracked, e2e_op
         page = tracked.page
         tracked.login(e2e_operator.username)
         tracked.goto("/runs/new/")
-        expect(page.locator("code.checkpoint-root")).to_have_text(str(e2e_roots))
+        expect(page.locator("code.checkpoint-root")).to_have_text(_roots(e2e_roots))
         placeholder = page.get_by_label("Directory").get_attribute("placeholder")
         assert placeholder.startswith(str(e2e_roots) + "/"), placeholder
         offered = page.locator("section.untracked tbody tr")
@@ -149,6 +156,34 @@ def test_track_a_directory_shows_roots_and_offers_untracked_ones(tracked, e2e_op
         shutil.rmtree(e2e_roots / "team", ignore_errors=True)
 
 
+def _roots(e2e_roots) -> list[str]:
+    """The roots the form names: the local directory and the bucket prefix, both runs may live in."""
+    from django.conf import settings
+
+    return [str(e2e_roots), *settings.CHECKPOINT_OBJECT_ROOTS]
+
+
+def _track_a_prefix_in_the_bucket(tracked, operator, demo_directory, e2e_roots, backend) -> None:
+    """A bucket is not walked for untracked runs: its root is shown and a prefix is tracked by its URL;
+    the worker's first scan fills the page, which updates by itself."""
+    url = backend.put_tree(demo_directory[0], "team/bert-small")
+    try:
+        page = tracked.page
+        tracked.login(operator.username)
+        tracked.goto("/runs/new/")
+        expect(page.locator("code.checkpoint-root")).to_have_text(_roots(e2e_roots))
+        expect(page.locator("section.untracked tbody tr").filter(has_text=url)).to_have_count(0)
+        page.get_by_label("Directory").fill(url + "/")
+        page.get_by_role("button", name="Track and scan").click()
+        page.wait_for_selector("h1 >> text=bert-small")
+        expect(page.get_by_text("Run “bert-small” registered")).to_be_visible()
+        expect(page.locator("table.history tbody tr")).to_have_count(50, timeout=JOB_TIMEOUT_MS)
+        expect(page.get_by_text("This run is in object storage")).to_be_visible()
+    finally:
+        backend.clear("team/bert-small")
+
+
+@pytest.mark.local_only("about a run's trust setting, which no file is read for")
 def test_trusting_graphs_explains_what_it_allows_and_asks_first(tracked, e2e_maintainer, demo_run):
     page = tracked.page
     tracked.login(e2e_maintainer.username)

@@ -1,4 +1,5 @@
-"""Flows (b) and (c): freeze a checkpoint and watch the job finish in place, then download the export.
+"""Flows (b) and (c): freeze a checkpoint and watch the job finish in place, then download the export
+(of a run in a local directory, and of one in a bucket: the worker stages its files first).
 
 The downloaded ``.pb`` is checked twice: its sha256 against the one the export page shows, and its
 ``probs`` on the recipe's sample input against the checkpoint it came from (restored the seed's
@@ -125,6 +126,7 @@ def _probs_of_frozen_and_checkpoint(pb: bytes, directory, step: int) -> tuple[np
     return np.asarray(frozen), np.asarray(restored)
 
 
+@pytest.mark.local_only("about roles and error pages, not about where checkpoints are stored")
 def test_viewers_see_no_freeze_button_and_get_the_403_page(tracked, e2e_viewer, demo_run):
     page = tracked.page
     checkpoint = demo_run.checkpoints.get(step=STEP)

@@ -1,12 +1,11 @@
 """Flow (d): edit the retention policy, preview the plan, prune, and see the history and the disk change.
 
-The run is a copy of the demo directory (60 checkpoints, steps 5…300, one ``.meta`` at step 5): the
-session's shared demo run is never pruned.
+The run is a copy of the demo directory (60 checkpoints, steps 5…300, one ``.meta`` at step 5), in a
+local directory or in a bucket: the session's shared demo run is never pruned.
 """
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
@@ -18,10 +17,12 @@ KEPT_STEPS = [280, 285, 290, 295, 300]  # the newest 5
 JOB_TIMEOUT_MS = 60_000
 
 
-def test_edit_policy_preview_prune_and_see_history_and_disk_change(tracked, e2e_maintainer, e2e_worker, make_run):
+def test_edit_policy_preview_prune_and_see_history_and_disk_change(
+    tracked, e2e_maintainer, e2e_worker, make_run, backend
+):
     run = make_run("prunable", copy_demo=True)
     directory = run.directory
-    assert len([n for n in os.listdir(directory) if n.endswith(".index")]) == 60
+    assert len([n for n in backend.files(directory) if n.endswith(".index")]) == 60
     page = tracked.page
     tracked.login(e2e_maintainer.username)
 
@@ -79,12 +80,12 @@ def test_edit_policy_preview_prune_and_see_history_and_disk_change(tracked, e2e_
     expect(page.locator("#history-chart-gone")).to_be_visible()
     tracked.shot("run-after-prune")
 
-    # The disk: exactly what the plan kept (the newest five, the .meta they restore with, the
-    # state file), and the plan the job executed deleted everything else.
+    # The disk (or bucket): exactly what the plan kept (the newest five, the .meta they restore
+    # with, the state file), and the plan the job executed deleted everything else.
     expected = {"checkpoint", "model.ckpt-5.meta"}
     for step in KEPT_STEPS:
         expected |= {f"model.ckpt-{step}.index", f"model.ckpt-{step}.data-00000-of-00001"}
-    on_disk = set(os.listdir(directory))
+    on_disk = backend.files(directory)
     assert on_disk == expected
     from dashboard.models import Job
 
@@ -92,8 +93,7 @@ def test_edit_policy_preview_prune_and_see_history_and_disk_change(tracked, e2e_
     assert job.status == Job.FINISHED and job.result["checkpoints_deleted"] == 55
     planned = set(job.result["plan"]["files_to_delete"])
     assert len(planned) == 2 * 55 and not planned & on_disk
-    with open(os.path.join(directory, "checkpoint")) as state:
-        assert state.readline().strip().endswith('model.ckpt-300"')
+    assert backend.read_text(directory, "checkpoint").splitlines()[0].strip().endswith('model.ckpt-300"')
 
 
 def fill_newest_only_policy(page, newest: int) -> None:

@@ -1,12 +1,11 @@
 """Flow (f): start a small save job from the run page, watch it, and find the new checkpoints in the history.
 
-The job page follows the job by itself (htmx polling, then one reload of its own when the job
+Into a run in a local directory, and into one in a bucket. The job page follows the job by itself (htmx polling, then one reload of its own when the job
 ends, to show what it wrote). The history table is not live: it is opened once the job has ended.
 """
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
@@ -19,7 +18,7 @@ SAVED_STEPS = [10, 20, 30, 40]
 JOB_TIMEOUT_MS = 60_000
 
 
-def test_start_a_save_job_and_see_new_checkpoints_with_metrics(tracked, e2e_operator, e2e_worker, make_run):
+def test_start_a_save_job_and_see_new_checkpoints_with_metrics(tracked, e2e_operator, e2e_worker, make_run, backend):
     run = make_run("fresh-save")
     page = tracked.page
     tracked.watch()
@@ -75,9 +74,9 @@ def test_start_a_save_job_and_see_new_checkpoints_with_metrics(tracked, e2e_oper
     page.locator("#history-chart").wait_for()
     tracked.shot("run-after-save")
 
-    # On disk: what TensorFlow's Saver wrote, and the state file points at the last one.
-    names = set(os.listdir(run.directory))
+    # On disk (or in the bucket): what TensorFlow's Saver wrote, and the state file points at the last one.
+    names = backend.files(run.directory)
     for step in SAVED_STEPS:
         assert {f"model.ckpt-{step}.index", f"model.ckpt-{step}.data-00000-of-00001"} <= names
-    with open(os.path.join(run.directory, "checkpoint")) as state:
-        assert state.readline().strip().endswith(f'model.ckpt-{STEPS}"')
+    state = backend.read_text(run.directory, "checkpoint")
+    assert state.splitlines()[0].strip().endswith(f'model.ckpt-{STEPS}"')

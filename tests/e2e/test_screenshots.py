@@ -41,6 +41,7 @@ def _finished_jobs(run, checkpoint, older):
     return [ended[pk] for pk in ids]
 
 
+@pytest.mark.local_only("pictures of the pages for the README and for review: one set is enough")
 def test_every_page_at_laptop_and_phone_width(tracked, e2e_maintainer, e2e_worker, demo_run):
     from dashboard.models import Export
 

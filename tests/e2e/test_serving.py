@@ -1,5 +1,6 @@
 """From checkpoint to serving in the browser: export a SavedModel, alias it prod, publish it to a TF
-Serving target, see the version labelled; prune the run and see the aliased checkpoint kept."""
+Serving target, see the version labelled; prune the run and see the aliased checkpoint kept. From a
+run in a local directory and from one in a bucket."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ JOB_TIMEOUT_MS = 60_000
 
 
 def test_export_saved_model_alias_publish_then_prune_keeps_the_aliased_step(
-    tracked, e2e_maintainer, e2e_worker, make_run
+    tracked, e2e_maintainer, e2e_worker, make_run, backend
 ):
     run = make_run("servable", copy_demo=True)
     page = tracked.page
@@ -71,4 +72,4 @@ def test_export_saved_model_alias_publish_then_prune_keeps_the_aliased_step(
     expect(page.locator(".job-progress .badge")).to_have_text("finished", timeout=JOB_TIMEOUT_MS)
     page.get_by_role("link", name=run.name, exact=True).first.click()
     expect(_stat(page, "checkpoints on disk")).to_have_text("6")
-    assert os.path.exists(os.path.join(run.directory, f"model.ckpt-{STEP}.index"))
+    assert backend.exists(run.directory, f"model.ckpt-{STEP}.index")
