@@ -166,17 +166,3 @@ class BucketSync:
         self._thread.join(timeout=30)
         self.sync_once()
         assert not self.errors, self.errors
-
-
-def known_gap(backend: Backend, still_missing: bool, what: str) -> None:
-    """Stop an s3 variant as an expected failure where the flow meets something buckets do not do yet.
-
-    Strict: once ``what`` works for a run in a bucket (``still_missing`` is false), the test fails,
-    saying to drop the call, so the rest of the flow is checked from then on. Local runs never stop.
-    """
-    import pytest
-
-    if not backend.is_s3:
-        return
-    assert still_missing, f"{what} now works for runs in buckets: remove this known_gap() and check it"
-    pytest.xfail(f"{what} is not yet supported for runs in buckets")
