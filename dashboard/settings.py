@@ -122,6 +122,10 @@ if "://" in _export_root_raw:
         EXPORT_ROOT = str(parse_url(_export_root_raw))
     except OutsideRoots as _exc:
         raise ImproperlyConfigured(f"EXPORT_ROOT: {_exc}") from None
+    if not EXPORT_ROOT.startswith("s3://"):
+        # Runs may live in gs:// buckets; exports go to S3 (or a local directory) only: a GCS
+        # download needs signing credentials that a redirect cannot count on.
+        raise ImproperlyConfigured("EXPORT_ROOT: exports can go to a local directory or an s3:// bucket only")
 else:
     EXPORT_ROOT = _env_path("EXPORT_ROOT", VAR_DIR / "exports")
 EXPORT_WORK_DIR = _env_path("EXPORT_WORK_DIR", VAR_DIR / "export-work")
