@@ -8,7 +8,6 @@ from django.utils import timezone
 
 from dashboard import access, jobs
 from dashboard.models import Job
-from dashboard.roots import NotOnObjectStorage
 
 from .problems import ApiProblem
 
@@ -25,8 +24,6 @@ def start_job(request: HttpRequest, kind: str, **kwargs) -> Job:
     access.require_job_permission(request.user, kind)
     try:
         return jobs.start(kind, user=request.user, **kwargs)
-    except NotOnObjectStorage as exc:
-        raise ApiProblem(409, str(exc), kind="not-on-object-storage", title="Not supported for this run") from None
     except jobs.QueueUnavailable as exc:
         Job.objects.filter(pk=exc.job.pk, status=Job.QUEUED).update(
             status=Job.CANCELED, ended_at=timezone.now(),

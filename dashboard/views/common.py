@@ -7,7 +7,6 @@ from django.http import HttpRequest
 
 from dashboard import access, jobs
 from dashboard.models import Job
-from dashboard.roots import NotOnObjectStorage
 
 
 def start_job(request: HttpRequest, kind: str, **kwargs) -> Job | None:
@@ -19,9 +18,6 @@ def start_job(request: HttpRequest, kind: str, **kwargs) -> Job | None:
     access.require_job_permission(request.user, kind)
     try:
         return jobs.start(kind, user=request.user, **kwargs)
-    except NotOnObjectStorage as exc:
-        messages.error(request, str(exc))
-        return None
     except jobs.QueueUnavailable:
         messages.warning(
             request,
