@@ -12,7 +12,8 @@ What the loop guarantees, because trainers and operators do all of these to run 
 - A directory deleted and re-created is watched again: inotify watches an inode, not a name, so
   every wake-up compares each directory's (device, inode) with what is watched and starts over
   when they differ or a directory appears or vanishes. Every (re)start reports all watched
-  directories as changed, so nothing that happened while no watch was in place is lost.
+  directories as changed once the new watch is in place, so nothing that happened while no watch
+  was in place is lost.
 - Where inotify sees nothing (NFS, SMB and other network file systems: another host's writes
   raise no local event) or cannot start (out of inotify instances or watches), it polls.
 """
@@ -119,8 +120,6 @@ def watch(
         if not current:
             stop.wait(settings.recheck_seconds)
             continue
-        # Started or restarted: report every directory, since events between two watches are lost.
-        on_change(set(current))
         polling = settings.polling if settings.polling is not None else (polling_forced or needs_polling(current))
         started = False
         batches = backend(
@@ -131,8 +130,14 @@ def watch(
         )
         try:
             for changes in batches:
-                started = True
                 changed = {d for d in (_directory_of(path, current) for _, path in changes) if d}
+                if not started:
+                    # Started or restarted: report every directory, since events between two watches
+                    # are lost. Only now, with the watch in place (the backend starts it when first
+                    # asked and yields a first batch, empty on a timeout): reported before that, a
+                    # file written between the report and the watch would be seen by neither.
+                    changed |= set(current)
+                    started = True
                 if changed:
                     on_change(changed)
                 if identities({os.path.realpath(d) for d in directories()}) != current:

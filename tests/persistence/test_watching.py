@@ -118,6 +118,32 @@ def test_directories_added_later_are_picked_up(loop, tmp_path):
     recorder.wait(later, seen + 1)
 
 
+def test_every_directory_is_reported_only_once_its_watch_is_in_place(tmp_path):
+    # A report made before the watch starts leaves a gap: a file written after the report (its scan
+    # may already be done) and before the watch raises no event, and nothing looks again.
+    import watchfiles
+
+    run = tmp_path / "run"
+    run.mkdir()
+    log: list[str] = []
+    stop = threading.Event()
+
+    def backend(*paths, **kwargs):
+        log.append("watching")
+        yield from watchfiles.watch(*paths, **kwargs)
+
+    def on_change(directories: set[str]) -> None:
+        log.append("reported")
+        stop.set()
+
+    thread = threading.Thread(target=watching.watch, args=(lambda: [str(run)], on_change),
+                              kwargs={"stop": stop, "settings": FAST, "backend": backend}, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert log == ["watching", "reported"], "the directory was reported before it was watched"
+
+
 def test_polling_sees_changes(loop, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
