@@ -81,10 +81,14 @@ def test_changes_are_reported_per_directory_and_a_burst_is_a_few_batches(loop, t
     recorder = loop(lambda: [str(a), str(b)])
     recorder.wait(a, 1)  # watching started: every directory is reported once
     start_a, start_b = recorder.count(a), recorder.count(b)
+    started = time.monotonic()
     for i in range(1000):
         (a / f"file-{i}").write_bytes(b"x")
+    writing = time.monotonic() - started
     time.sleep(1.5)
-    assert 1 <= recorder.count(a) - start_a <= 5
+    # A batch closes at most batch_ms after its first event: a burst that a busy machine spreads over
+    # seconds is a batch per batch_ms, still nowhere near one per file.
+    assert 1 <= recorder.count(a) - start_a <= 5 + writing / (FAST.batch_ms / 1000)
     assert recorder.count(b) == start_b, "a directory nothing happened in was reported"
 
 
