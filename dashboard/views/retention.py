@@ -17,7 +17,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db.models import Count, Max, Q, Sum
+from django.db.models import Count, Max, Q, Subquery, Sum
 from django.db.models.fields.json import KT
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -28,11 +28,15 @@ from dashboard import access, pruning, retention, trash
 from dashboard.forms import PinForm, RetentionPolicyForm, unrecorded_metric_warning
 from dashboard.models import AuditEvent, Checkpoint, Export, Job, Run
 from dashboard.views.common import start_job
+from dashboard.views.paging import INT, TIME, Order, count_at_most, paginate
 
 logger = logging.getLogger(__name__)
 
 PLAN_PAGE_SIZE = 100
 AUDIT_PAGE_SIZE = 50
+AUDIT_COUNT_CAP = 10_000
+# Newest first, read from the (at, id), (run, at, id) or (action, at, id) index.
+AUDIT_ORDER = Order("-at", ("at", "id"), (TIME, INT), descending=True)
 TIMELINE_MAX_POINTS = 1500  # per series; a run of 100,000 checkpoints still draws at once
 SHOW_CHOICES = ("all", "delete", "keep")
 
@@ -164,17 +168,20 @@ def audit(request: HttpRequest) -> HttpResponse:
         job_id=KT("details__job")
     )
     if filters["run"]:
-        events = events.filter(run__name=filters["run"])
+        # The run's id as a scalar subquery, not a join: joined, PostgreSQL sorts the run's whole
+        # log instead of reading its page from the (run, at, id) index.
+        events = events.filter(run=Subquery(Run.objects.filter(name=filters["run"]).values("pk")[:1]))
     if filters["action"]:
         events = events.filter(action=filters["action"])
-    page = Paginator(events.order_by("-at", "-pk"), AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = paginate(events, AUDIT_ORDER, request.GET, AUDIT_PAGE_SIZE,
+                    total=count_at_most(events, AUDIT_COUNT_CAP), total_cap=AUDIT_COUNT_CAP)
     return render(
         request,
         "dashboard/audit.html",
         {
             "page": page, "filters": filters,
             "run_names": list(Run.objects.order_by("name").values_list("name", flat=True)),
-            "actions": list(AuditEvent.objects.order_by("action").values_list("action", flat=True).distinct()),
+            "actions": AuditEvent.actions(),
         },
     )
 
