@@ -1,8 +1,10 @@
-"""Keyset pagination of the logs: the audit log and an endpoint's webhook deliveries.
+"""Keyset pagination of the audit log, an endpoint's webhook deliveries and the prune plan.
 
 Walking the Next links lists every row once in order, also when rows are added meanwhile; the
 queries per page do not grow with the rows; the total stops counting at its cap; an old
 ``?page=N`` link gives the first page; PostgreSQL reads each page from an index, without sorting.
+The prune plan is a cached list: its pages are read from the cache at the cursor's position, and
+a cursor of an older plan finds its place by its key.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dashboard import webhooks
 from dashboard.models import AuditEvent, Run, WebhookDelivery
 from dashboard.views import retention as retention_views
 from dashboard.views import webhooks as webhook_views
+from tests.dashboard.test_prune_plan import fake_run
 
 pytestmark = pytest.mark.django_db
 
@@ -188,3 +191,78 @@ def test_postgresql_reads_a_later_page_from_the_index_without_sorting(client, lo
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert index in plan and "Sort" not in plan, plan
     assert re.search(r"Index Cond: .*ROW\(|Index Cond: .*id < ", plan), plan  # the cursor bounds the range
+
+
+# --- the prune plan --------------------------------------------------------------------------------
+
+
+def plan_prefixes(html: str) -> list[str]:
+    return re.findall(r"<code>(model\.ckpt-\d+)</code></a>", html.split('class="striped prune-plan"', 1)[1])
+
+
+def walk_plan(client, url: str, first: dict, *, backward: bool = False) -> list[str]:
+    html = client.get(url, first).content.decode()
+    pages = []
+    for _ in range(20):
+        pages.append(plan_prefixes(html))
+        found = re.search(r'href="\?([^"]*)" rel="%s"' % ("prev" if backward else "next"), html)
+        if not found:
+            break
+        html = client.get(url + "?" + found.group(1).replace("&amp;", "&")).content.decode()
+    ordered = [p for rows in (reversed(pages) if backward else pages) for p in rows]
+    return list(dict.fromkeys(ordered)) if backward else ordered
+
+
+@pytest.fixture
+def long_plan(client, viewer, checkpoint_root):
+    client.force_login(viewer)
+    run = fake_run(checkpoint_root / "r", "r", list(range(1, 251)), meta_first=False, max_to_keep=5)
+    return run, reverse("run-prune", args=[run.name])
+
+
+@pytest.mark.parametrize("show", ["all", "delete", "keep"])
+def test_the_plan_pages_forward_and_back_through_every_decision(client, long_plan, show):
+    _, url = long_plan
+    want = {"all": range(1, 251), "delete": range(1, 246), "keep": range(246, 251)}[show]
+    want = [f"model.ckpt-{s}" for s in want]
+    assert walk_plan(client, url, {"show": show}) == want
+    assert walk_plan(client, url, {"show": show, "last": 1}, backward=True) == want
+    html = client.get(url, {"show": show}).content.decode()
+    if show == "delete":
+        assert "showing 100 of 245" in html
+
+
+def test_a_deep_plan_page_reads_as_much_as_the_first(client, long_plan, django_assert_max_num_queries):
+    _, url = long_plan
+    client.get(url)  # plans and caches
+    with CaptureQueriesContext(connection) as first:
+        html = client.get(url, {"show": "delete"}).content.decode()
+    for _ in range(2):
+        found = re.search(r'href="\?([^"]*)" rel="next"', html)
+        with django_assert_max_num_queries(len(first.captured_queries)):
+            html = client.get(url + "?" + found.group(1).replace("&amp;", "&")).content.decode()
+    assert plan_prefixes(html)[0] == "model.ckpt-201"
+
+
+def test_a_plan_cursor_finds_its_place_after_the_run_changed(client, long_plan):
+    run, url = long_plan
+    first = client.get(url, {"show": "delete"}).content.decode()
+    assert plan_prefixes(first)[-1] == "model.ckpt-100"
+    # Recorded meanwhile: older than everything (step 0) and newest (step 251); a new plan, whose
+    # positions all moved by one.
+    for step, at in ((0, BASE - dt.timedelta(days=1)), (251, BASE + dt.timedelta(days=30))):
+        run.checkpoints.create(prefix=f"model.ckpt-{step}", step=step, saved_at=at, size_bytes=1,
+                               files=[{"name": f"model.ckpt-{step}.index", "size": 1}])
+    found = re.search(r'href="\?([^"]*)" rel="next"', first)
+    for _ in ("planned now", "read from the cache"):
+        second = plan_prefixes(client.get(url + "?" + found.group(1).replace("&amp;", "&")).content.decode())
+        assert second[:2] == ["model.ckpt-101", "model.ckpt-102"]
+
+
+@pytest.mark.parametrize("query", [{"page": 3}, {"after": "garbage"}, {"before": "%%%"},
+                                   {"after": "WyJwbGFuIiwieCIsImRlbGV0ZSIsLTEsWzEsMiwiYSJdXQ"}])
+def test_an_old_page_number_or_a_forged_plan_cursor_gives_the_first_page(client, long_plan, query):
+    _, url = long_plan
+    response = client.get(url, {"show": "delete", **query})
+    assert response.status_code == 200
+    assert plan_prefixes(response.content.decode())[:1] == ["model.ckpt-1"]
