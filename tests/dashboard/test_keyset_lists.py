@@ -1,4 +1,5 @@
-"""Keyset pagination of the audit log, an endpoint's webhook deliveries and the prune plan.
+"""Keyset pagination of the audit log, an endpoint's webhook deliveries, the prune plan, and the
+jobs list filtered by run.
 
 Walking the Next links lists every row once in order, also when rows are added meanwhile; the
 queries per page do not grow with the rows; the total stops counting at its cap; an old
@@ -267,3 +268,25 @@ def test_an_old_page_number_or_a_forged_plan_cursor_gives_the_first_page(client,
     response = client.get(url, {"show": "delete", **query})
     assert response.status_code == 200
     assert plan_prefixes(response.content.decode())[:1] == ["model.ckpt-1"]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the plan checked is PostgreSQL's")
+def test_postgresql_reads_a_runs_jobs_from_its_index_without_sorting(client, viewer, checkpoint_root):
+    from dashboard.models import Job
+
+    run = Run.objects.create(name="r", directory=str(checkpoint_root / "r"))
+    other = Run.objects.create(name="other", directory=str(checkpoint_root / "other"))
+    Job.objects.bulk_create(Job(kind=Job.SCAN, run=[run, other][i % 2], created_at=BASE + dt.timedelta(seconds=i))
+                            for i in range(400))
+    client.force_login(viewer)
+    html = client.get(reverse("jobs"), {"run": "r"}).content.decode()
+    with CaptureQueriesContext(connection) as queries:
+        client.get(reverse("jobs") + "?" + next_link(html).replace("&amp;", "&"))
+    [sql] = [q["sql"] for q in queries.captured_queries
+             if f'FROM "{Job._meta.db_table}"' in q["sql"] and "ORDER BY" in q["sql"] and "COUNT(" not in q["sql"]]
+    with connection.cursor() as cursor:
+        cursor.execute(f'ANALYZE "{Job._meta.db_table}"')
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("EXPLAIN " + sql)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "job_run_created_id" in plan and "Sort" not in plan, plan
