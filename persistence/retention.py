@@ -179,6 +179,20 @@ class Plan:
 # --- planning ----------------------------------------------------------------------------------
 
 
+def by_step(checkpoints: list[CheckpointFacts]) -> bool:
+    """Whether a plan of ``checkpoints`` lists them by step (every one taking part has a step) or
+    by time; its decisions come in ``decision_key`` or ``decision_key_by_time`` order."""
+    return all(f.step is not None for f in checkpoints if f.status not in GONE_STATUSES)
+
+
+def decision_key(step: int | None, saved_at: float, prefix: str) -> tuple:
+    return (step if step is not None else -1, saved_at, prefix)
+
+
+def decision_key_by_time(step: int | None, saved_at: float, prefix: str) -> tuple:
+    return (saved_at, step if step is not None else -1, prefix)
+
+
 def plan_retention(
     checkpoints: Sequence[CheckpointFacts],
     policy: RetentionPolicy,
@@ -203,14 +217,8 @@ def plan_retention(
             raise ValueError(f"checkpoint {facts.prefix} is listed twice")
         by_prefix[facts.prefix] = facts
 
-    taking_part = [f for f in checkpoints if f.status not in GONE_STATUSES]
-    if all(f.step is not None for f in taking_part):
-        def order(f: CheckpointFacts) -> tuple:
-            return (f.step if f.step is not None else -1, f.saved_at, f.prefix)
-    else:
-        def order(f: CheckpointFacts) -> tuple:
-            return (f.saved_at, f.step if f.step is not None else -1, f.prefix)
-    ordered = sorted(checkpoints, key=order)
+    key = decision_key if by_step(checkpoints) else decision_key_by_time
+    ordered = sorted(checkpoints, key=lambda f: key(f.step, f.saved_at, f.prefix))
     healthy = [f for f in ordered if f.status in HEALTHY_STATUSES]
     reasons: dict[str, list[str]] = {f.prefix: [] for f in ordered}
 

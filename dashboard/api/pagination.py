@@ -41,24 +41,44 @@ class Ordering:
     name: str  # stored in the cursor: a cursor of another ordering is refused, not misread
     keys: Sequence[Key]
 
-    def order_by(self) -> list:
-        return [F(k.lookup).desc(nulls_last=True) if k.descending else F(k.lookup).asc(nulls_last=True)
-                for k in self.keys]
+    def _sort(self, start: int) -> list:
+        """The sort by ``keys[start:]``; key ``start`` holds no NULL where it is used (filtered out,
+        or the key is not nullable), so it is sorted as its index is, without NULLS LAST."""
+        terms = []
+        for i, key in enumerate(self.keys[start:]):
+            nulls_last = True if key.nullable and i else None
+            terms.append(F(key.lookup).desc(nulls_last=nulls_last) if key.descending
+                         else F(key.lookup).asc(nulls_last=nulls_last))
+        return terms
 
-    def after(self, values: list) -> Q:
-        """Rows that sort after a row whose keys are ``values``."""
-        result = Q(pk__in=[])
-        equal = Q()
-        for key, value in zip(self.keys, values, strict=True):
-            if value is not None:
-                beyond = Q(**{f"{key.lookup}__{'lt' if key.descending else 'gt'}": value})
-                if key.nullable:
-                    beyond |= Q(**{f"{key.lookup}__isnull": True})
-                result |= equal & beyond
-                equal &= Q(**{key.lookup: value})
-            else:  # NULLs sort last: nothing sorts after one on this key
-                equal &= Q(**{f"{key.lookup}__isnull": True})
-        return result
+    def stretches(self, values: list | None) -> list[tuple[Q, list]]:
+        """The rows after a row whose keys are ``values`` (every row when None), as consecutive
+        stretches of the order: a condition and the sort within it, each an index range.
+
+        One condition ``a > x OR (a = x AND b > y) OR a IS NULL`` is no index range: PostgreSQL
+        reads and sorts every row of the run for it. Read one after the other instead, ``a = x
+        AND b > y`` (the rest of the tie), ``a > x``, then ``a IS NULL`` (NULLs sort last) each
+        start where the cursor is and stop once the page is full.
+        """
+        first = self.keys[0]
+        if values is None:
+            if not first.nullable:
+                return [(Q(), self._sort(0))]
+            return [(Q(**{f"{first.lookup}__isnull": False}), self._sort(0)),
+                    (Q(**{f"{first.lookup}__isnull": True}), self._sort(1))]
+        stretches = []
+        for i in reversed(range(len(self.keys))):
+            equal = Q()
+            for key, value in zip(self.keys[:i], values[:i], strict=True):
+                equal &= Q(**{f"{key.lookup}__isnull": True}) if value is None else Q(**{key.lookup: value})
+            key, value = self.keys[i], values[i]
+            if value is None:  # NULLs sort last: nothing sorts after one on this key
+                continue
+            stretches.append((equal & Q(**{f"{key.lookup}__{'lt' if key.descending else 'gt'}": value}),
+                              self._sort(i)))
+            if key.nullable:
+                stretches.append((equal & Q(**{f"{key.lookup}__isnull": True}), self._sort(i + 1)))
+        return stretches
 
     def values_of(self, row: Any) -> list:
         """The keys of ``row``: a model instance, or a dict from ``values()``."""
@@ -93,11 +113,16 @@ def decode_cursor(ordering: Ordering, cursor: str) -> list:
 
 def paginate(queryset: QuerySet, ordering: Ordering, limit: int, cursor: str | None,
              item: Callable[[Any], dict]) -> dict:
-    """One page of ``queryset`` in ``ordering``: ``limit`` items after ``cursor`` and the next cursor."""
-    rows = queryset.order_by(*ordering.order_by())
-    if cursor:
-        rows = rows.filter(ordering.after(decode_cursor(ordering, cursor)))
-    page = list(rows[: limit + 1])
+    """One page of ``queryset`` in ``ordering``: ``limit`` items after ``cursor`` and the next cursor.
+
+    One query per stretch read (``Ordering.stretches``): one or two for most pages, at most one
+    per key and one per nullable key.
+    """
+    page: list = []
+    for condition, sort in ordering.stretches(decode_cursor(ordering, cursor) if cursor else None):
+        page += queryset.filter(condition).order_by(*sort)[: limit + 1 - len(page)]
+        if len(page) > limit:
+            break
     more = len(page) > limit
     page = page[:limit]
     return {

@@ -66,7 +66,10 @@ class WebhookDelivery(models.Model):
         indexes = [
             models.Index(fields=["state", "next_attempt_at"]),
             models.Index(fields=["state", "created_at"]),  # trimming the log of old finished rows
-            models.Index(fields=["endpoint", "created_at"]),
+            # An endpoint's delivery log, newest (highest id) first, whole or by state: the page's
+            # and the API's keyset reads.
+            models.Index(fields=["endpoint", "id"], name="delivery_endpoint_id"),
+            models.Index(fields=["endpoint", "state", "id"], name="delivery_endpoint_state_id"),
         ]
 
     def __str__(self) -> str:

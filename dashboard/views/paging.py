@@ -5,7 +5,7 @@ unique id, so equal times, sizes or metric values never make a row repeat or van
 page is read from the index on those keys as a range that starts there, so page 1,000 costs what
 page 1 costs, where OFFSET reads and throws away every row before it. The page therefore knows
 no page number: it links to the first, previous, next and last pages, and shows a total the caller
-reads cheaply (a cached count, or a count of a short list).
+reads cheaply (a cached count, a count of a short list, or ``count_at_most``: "more than N").
 
 A nullable first key (a checkpoint without a step) sorts last in either direction: those rows
 form a second segment, ordered by the remaining keys, read by its own index range when the
@@ -131,6 +131,7 @@ class Page:
 
     rows: list
     total: int | None = None
+    total_cap: int | None = None  # ``total`` counted no further than one past this
     next_cursor: str | None = None
     previous_cursor: str | None = None
     extra: dict = field(default_factory=dict)
@@ -156,6 +157,19 @@ class Page:
     def has_other_pages(self) -> bool:
         return self.has_next or self.has_previous
 
+    @property
+    def total_exceeds_cap(self) -> bool:
+        return self.total is not None and self.total_cap is not None and self.total > self.total_cap
+
+
+def count_at_most(queryset: QuerySet, cap: int) -> Callable[[], int]:
+    """A count of ``queryset`` that stops one past ``cap`` (pass ``total_cap=cap`` to ``paginate``).
+
+    A plain COUNT reads every matching index entry, so it grows with a log that only grows; past
+    the cap the page says "more than" instead.
+    """
+    return lambda: queryset.order_by()[: cap + 1].count()
+
 
 def _read(order: Order, queryset: QuerySet, size: int, start: tuple[int, list] | None, backward: bool,
           null_rows: bool) -> list:
@@ -179,7 +193,8 @@ def _read(order: Order, queryset: QuerySet, size: int, start: tuple[int, list] |
 
 
 def paginate(queryset: QuerySet, order: Order, query: QueryDict, size: int,
-             total: int | Callable[[], int] | None = None, *, null_rows: bool = True) -> Page:
+             total: int | Callable[[], int] | None = None, *, null_rows: bool = True,
+             total_cap: int | None = None) -> Page:
     """The page ``query`` asks for (``after``, ``before``, ``last``) of ``queryset`` in ``order``.
 
     Reads ``size + 1`` rows (the extra one says whether there is more), plus one query per extra
@@ -194,7 +209,7 @@ def paginate(queryset: QuerySet, order: Order, query: QueryDict, size: int,
         rows = rows[:size][::-1]
         if len(rows) < size and before is not None:
             # Fewer than a page before the cursor: rows were deleted meanwhile; show the first page.
-            return paginate(queryset, order, QueryDict(), size, total, null_rows=null_rows)
+            return paginate(queryset, order, QueryDict(), size, total, null_rows=null_rows, total_cap=total_cap)
         page = Page(rows, next_cursor=order.encode(rows[-1]) if rows and before is not None else None,
                     previous_cursor=order.encode(rows[0]) if more_behind else None)
     else:
@@ -203,8 +218,10 @@ def paginate(queryset: QuerySet, order: Order, query: QueryDict, size: int,
         rows = rows[:size]
         if not rows and after is not None:
             # A cursor past the end (the rows after it were deleted): the last page.
-            return paginate(queryset, order, QueryDict("last=1"), size, total, null_rows=null_rows)
+            return paginate(queryset, order, QueryDict("last=1"), size, total, null_rows=null_rows,
+                            total_cap=total_cap)
         page = Page(rows, next_cursor=order.encode(rows[-1]) if more else None,
                     previous_cursor=order.encode(rows[0]) if rows and after is not None else None)
     page.total = total() if callable(total) else total
+    page.total_cap = total_cap
     return page

@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass
 from django.conf import settings
 from django.contrib import messages
 from django.core.cache import cache
-from django.core.paginator import Paginator
-from django.db.models import Count, Max, Q, Sum
+from django.db.models import Count, Max, Q, Subquery, Sum
 from django.db.models.fields.json import KT
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -28,11 +27,16 @@ from dashboard import access, pruning, retention, trash
 from dashboard.forms import PinForm, RetentionPolicyForm, unrecorded_metric_warning
 from dashboard.models import AuditEvent, Checkpoint, Export, Job, Run
 from dashboard.views.common import start_job
+from dashboard.views.paging import INT, TIME, Order, count_at_most, paginate
+from dashboard.views.plan_pages import PLAN_PAGE_SIZE, PlanRows, plan_page
+from persistence.retention import by_step, decision_key, decision_key_by_time
 
 logger = logging.getLogger(__name__)
 
-PLAN_PAGE_SIZE = 100
 AUDIT_PAGE_SIZE = 50
+AUDIT_COUNT_CAP = 10_000
+# Newest first, read from the (at, id), (run, at, id) or (action, at, id) index.
+AUDIT_ORDER = Order("-at", ("at", "id"), (TIME, INT), descending=True)
 TIMELINE_MAX_POINTS = 1500  # per series; a run of 100,000 checkpoints still draws at once
 SHOW_CHOICES = ("all", "delete", "keep")
 
@@ -68,7 +72,7 @@ def prune_preview(request: HttpRequest, name: str) -> HttpResponse:
         {
             "run": run, "plan": plan, "policy": policy, "show": show,
             "policy_warnings": _policy_warnings(run, policy),
-            "page": Paginator(shown, PLAN_PAGE_SIZE).get_page(request.GET.get("page")),
+            "page": plan_page(shown, show, request.GET),
             "timeline": timeline, "running": pruning.running_prune(run),
             "recent_prunes": list(run.jobs.filter(kind=Job.PRUNE).order_by("-created_at")[:3]),
             **_trash_context(run),
@@ -164,17 +168,20 @@ def audit(request: HttpRequest) -> HttpResponse:
         job_id=KT("details__job")
     )
     if filters["run"]:
-        events = events.filter(run__name=filters["run"])
+        # The run's id as a scalar subquery, not a join: joined, PostgreSQL sorts the run's whole
+        # log instead of reading its page from the (run, at, id) index.
+        events = events.filter(run=Subquery(Run.objects.filter(name=filters["run"]).values("pk")[:1]))
     if filters["action"]:
         events = events.filter(action=filters["action"])
-    page = Paginator(events.order_by("-at", "-pk"), AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = paginate(events, AUDIT_ORDER, request.GET, AUDIT_PAGE_SIZE,
+                    total=count_at_most(events, AUDIT_COUNT_CAP), total_cap=AUDIT_COUNT_CAP)
     return render(
         request,
         "dashboard/audit.html",
         {
             "page": page, "filters": filters,
             "run_names": list(Run.objects.order_by("name").values_list("name", flat=True)),
-            "actions": list(AuditEvent.objects.order_by("action").values_list("action", flat=True).distinct()),
+            "actions": AuditEvent.actions(),
         },
     )
 
@@ -194,33 +201,8 @@ class PlanSummary:
     decision_count: int
 
 
-class _CachedRows:
-    """The rows of one filter of a cached preview, read a page at a time (for ``Paginator``)."""
-
-    def __init__(self, key: str, show: str, count: int, fallback):
-        self.key, self.show, self.count_, self.fallback = key, show, count, fallback
-
-    def __len__(self) -> int:
-        return self.count_
-
-    def count(self) -> int:
-        return self.count_
-
-    def __getitem__(self, bounds: slice) -> list[dict]:
-        if bounds.stop <= bounds.start:  # an empty filter's only page
-            return []
-        page = bounds.start // PLAN_PAGE_SIZE
-        try:
-            stored = cache.get(f"{self.key}:{self.show}:{page}")
-        except Exception:
-            stored = None
-        if stored is None:  # evicted meanwhile: plan again, once
-            return self.fallback()[bounds]
-        return [dict(zip(_ROW_KEYS, r, strict=True)) for r in stored]
-
-
 def _cached_preview(run: Run, show: str) -> tuple:
-    """The plan's summary, the rows ``show`` selects (sliceable, for ``Paginator``) and the timeline,
+    """The plan's summary, the rows ``show`` selects (``PlanRows``, read a page at a time) and the timeline,
     computed once per state of the run.
 
     Planning a run of 20,000 checkpoints costs seconds of web CPU; every reload and every other
@@ -231,7 +213,8 @@ def _cached_preview(run: Run, show: str) -> tuple:
     now" always plans afresh and compares fingerprints, so a stale entry is never executed. When
     the cache (Redis) is unreachable the plan is computed as before.
     """
-    key = f"prune-preview:{run.pk}:{_plan_stamp(run)}"
+    stamp = _plan_stamp(run)
+    key = f"prune-plan:{run.pk}:{stamp}"  # rows with their sort key (older entries have none)
     try:
         entry = cache.get(key)
     except Exception:  # a cache outage must not take the page down with it
@@ -246,7 +229,9 @@ def _cached_preview(run: Run, show: str) -> tuple:
         return facts, plan, rows
 
     if entry is not None and now < entry["valid_until"]:
-        rows = _CachedRows(key, show, entry["counts"][show], lambda: _shown(plan_now()[2], show))
+        rows = PlanRows(stamp, entry["counts"][show], chunk_key=f"{key}:{show}", starts=entry["starts"][show],
+                        load=lambda r: dict(zip(_ROW_KEYS, r, strict=True)),
+                        fallback=lambda: _shown(plan_now()[2], show))
         return entry["summary"], rows, entry["timeline"]
     facts, plan, rows = plan_now()
     summary = PlanSummary(
@@ -259,16 +244,18 @@ def _cached_preview(run: Run, show: str) -> tuple:
         f"{key}:{choice}:{i // PLAN_PAGE_SIZE}": [tuple(r[k] for k in _ROW_KEYS) for r in shown[i:i + PLAN_PAGE_SIZE]]
         for choice, shown in by_show.items() for i in range(0, len(shown), PLAN_PAGE_SIZE)
     }
-    # The summary last: a reader who finds it finds the pages too.
+    # The summary last: a reader who finds it finds the pages too. ``starts`` (each chunk's first
+    # key) lets a cursor of an older plan find its place in this one.
     entries[key] = {
         "summary": summary, "timeline": timeline, "counts": {c: len(v) for c, v in by_show.items()},
+        "starts": {c: [r["key"] for r in v[::PLAN_PAGE_SIZE]] for c, v in by_show.items()},
         "valid_until": _plan_valid_until(facts, retention.retention_policy(run).min_age_seconds, now),
     }
     try:
         cache.set_many(entries, timeout=PREVIEW_CACHE_SECONDS)
     except Exception:
         logger.warning("prune preview cache unreachable; plan not kept", exc_info=True)
-    return summary, by_show[show], timeline
+    return summary, PlanRows(stamp, len(by_show[show]), rows=by_show[show]), timeline
 
 
 def _shown(rows: list[dict], show: str) -> list[dict]:
@@ -276,7 +263,8 @@ def _shown(rows: list[dict], show: str) -> list[dict]:
 
 
 PREVIEW_CACHE_SECONDS = 3600
-_ROW_KEYS = ("id", "prefix", "step", "status", "saved_at", "size", "keep", "meta_only", "reasons", "bytes", "files")
+_ROW_KEYS = ("id", "prefix", "step", "status", "saved_at", "size", "keep", "meta_only", "reasons", "bytes", "files",
+             "key")
 
 
 def _plan_stamp(run: Run) -> str:
@@ -340,6 +328,8 @@ def _plan_rows(run: Run, plan, facts) -> list[dict]:
     """One row per decision, oldest first, with what the table shows next to it."""
     by_prefix = {f.prefix: f for f in facts}
     ids = dict(run.checkpoints.values_list("prefix", "id"))
+    # The order the plan lists its decisions in, as each row's key: a page's cursor holds it.
+    order = decision_key if by_step(facts) else decision_key_by_time
     rows = []
     for d in plan.decisions:
         f = by_prefix[d.prefix]
@@ -347,7 +337,7 @@ def _plan_rows(run: Run, plan, facts) -> list[dict]:
             "id": ids.get(d.prefix), "prefix": d.prefix, "step": d.step, "status": f.status,
             "saved_at": dt.datetime.fromtimestamp(f.saved_at, tz=dt.UTC), "size": f.size_bytes,
             "keep": d.keep, "meta_only": d.keep_meta_only, "reasons": d.reasons, "bytes": d.bytes,
-            "files": len(d.delete_files),
+            "files": len(d.delete_files), "key": list(order(f.step, f.saved_at, f.prefix)),
         })
     return rows
 

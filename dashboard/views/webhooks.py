@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.db.models import Count, Max, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -16,8 +15,13 @@ from django.views.decorators.http import require_POST
 from dashboard import access, webhooks
 from dashboard.forms import WebhookEndpointForm
 from dashboard.models import WebhookDelivery, WebhookEndpoint
+from dashboard.views.paging import INT, Order, count_at_most, paginate
 
 DELIVERIES_PAGE_SIZE = 25
+DELIVERIES_COUNT_CAP = 10_000
+# Ids follow creation (a redelivery is a new row): newest first is highest id first, read from the
+# (endpoint, id) index, or (endpoint, state, id) when filtered by state; the API pages the same way.
+NEWEST_FIRST = Order("-id", ("id",), (INT,), descending=True)
 
 
 def _endpoint_for_maintainer(request: HttpRequest, pk: int) -> WebhookEndpoint:
@@ -69,11 +73,12 @@ def webhook_edit(request: HttpRequest, pk: int) -> HttpResponse:
 def webhook_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """The endpoint and its delivery log, newest first, every attempt of each delivery."""
     endpoint = _endpoint_for_maintainer(request, pk)
-    deliveries = endpoint.deliveries.order_by("-created_at", "-pk")
+    deliveries = endpoint.deliveries.all()
     state = request.GET.get("state", "")
     if state in dict(WebhookDelivery.STATE_CHOICES):
         deliveries = deliveries.filter(state=state)
-    page = Paginator(deliveries, DELIVERIES_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = paginate(deliveries, NEWEST_FIRST, request.GET, DELIVERIES_PAGE_SIZE,
+                    total=count_at_most(deliveries, DELIVERIES_COUNT_CAP), total_cap=DELIVERIES_COUNT_CAP)
     for delivery in page:
         delivery.body_text = json.dumps(delivery.payload, indent=2, sort_keys=True)
         delivery.attempt_rows = [{**a, "at": parse_datetime(a.get("at") or "")} for a in delivery.attempts]

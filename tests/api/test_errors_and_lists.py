@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from dashboard.models import AuditEvent, Checkpoint, Export, IdempotencyKey, Job, Run
 from tests.dashboard.conftest import add_checkpoint_rows
@@ -138,6 +141,58 @@ def test_a_cursor_keeps_its_place_when_rows_are_added(viewer_client, run):
     rest = _walk(viewer_client, "/api/v1/runs/lists/checkpoints", 5, ordering="step", cursor=first["next"])
     assert [c["step"] for c in first["items"]] == [1, 2, 3, 4, 5]
     assert [c["step"] for c in rest] == [6, 7, 8, 9, 10, 11, 12, 100, 101]
+
+
+@pytest.mark.parametrize("ordering", ["-step", "step"])
+def test_cursor_pages_keep_ties_and_stepless_rows_with_queries_constant_in_the_rows(viewer_client, run, ordering):
+    # Steps recorded twice (two prefixes) and rows without a step: the id orders each tie.
+    Checkpoint.objects.bulk_create(Checkpoint(run=run, prefix=f"again-{i}", step=[3, 7][i % 2],
+                                              saved_at=run.created_at) for i in range(6))
+    Checkpoint.objects.bulk_create(Checkpoint(run=run, prefix=f"unnumbered-{i}", saved_at=run.created_at)
+                                   for i in range(5))
+    rows = list(run.checkpoints.values_list("step", "id"))
+    stepped = sorted((r for r in rows if r[0] is not None), key=lambda r: (-r[0] if ordering == "-step" else r[0], r[1]))
+    want = [pk for _, pk in stepped] + sorted(pk for step, pk in rows if step is None)
+    for limit in (1, 2, 3, 5, 50):
+        assert [c["id"] for c in _walk(viewer_client, "/api/v1/runs/lists/checkpoints", limit,
+                                       ordering=ordering)] == want
+
+    def queries_per_page() -> list[int]:
+        counts, cursor = [], None
+        for _ in range(4):
+            with CaptureQueriesContext(connection) as captured:
+                page = viewer_client.get("/api/v1/runs/lists/checkpoints",
+                                         {"ordering": ordering, "limit": 4, **({"cursor": cursor} if cursor else {})})
+            counts.append(len(captured.captured_queries))
+            cursor = page.json()["next"]
+        return counts
+
+    small = queries_per_page()
+    add_checkpoint_rows(run, 2000, start_step=1000)
+    assert queries_per_page() == small
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the plan checked is PostgreSQL's")
+def test_postgresql_reads_a_cursor_page_of_checkpoints_as_index_ranges(viewer_client, run):
+    add_checkpoint_rows(run, 300, start_step=100)
+    # Oldest first: the rest of the cursor's step (a tie) is read before the steps after it.
+    cursor = viewer_client.get("/api/v1/runs/lists/checkpoints", {"limit": 10, "ordering": "step"}).json()["next"]
+    with CaptureQueriesContext(connection) as captured:
+        viewer_client.get("/api/v1/runs/lists/checkpoints", {"limit": 10, "cursor": cursor, "ordering": "step"})
+    table = Checkpoint._meta.db_table
+    pages = [q["sql"] for q in captured.captured_queries if f'FROM "{table}"' in q["sql"] and "LIMIT" in q["sql"]]
+    assert pages
+    for sql in pages:
+        assert " OR " not in sql, sql
+        with connection.cursor() as db:
+            db.execute(f'ANALYZE "{table}"')  # the planner's estimates, as a deployment has them
+            db.execute("SET LOCAL enable_seqscan = off")  # a small test table would be read whole
+            db.execute("EXPLAIN " + sql)
+            plan = "\n".join(row[0] for row in db.fetchall())
+        # An index range. Only the rest of one step's tie is sorted (by id); elsewhere an incremental
+        # sort orders each step's ties: nothing sorts the run's rows.
+        assert "checkpoint_run_step_saved_id" in plan, plan
+        assert not re.search(r"(^|->  )Sort ", plan, re.M) or re.search(r"Index Cond: .*\(step = \d+\)", plan), plan
 
 
 def test_checkpoint_filters(viewer_client, run, maintainer_client):
