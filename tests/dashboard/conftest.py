@@ -35,21 +35,14 @@ def maintainer(db) -> User:
 def add_checkpoint_rows(run: Run, n: int, *, start_step: int = 1) -> None:
     """Rows only (no files): for page tests that are about rendering and queries, not discovery."""
     base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    Checkpoint.objects.bulk_create(
-        (
-            Checkpoint(
-                run=run,
-                prefix=f"model.ckpt-{step}",
-                step=step,
-                saved_at=base + dt.timedelta(seconds=step),
-                size_bytes=1000 + step,
-                files=[{"name": f"model.ckpt-{step}.index", "size": 100}],
-                metrics={"loss": 1.0 / step},
-            )
-            for step in range(start_step, start_step + n)
-        ),
-        batch_size=5000,
-    )
+    Checkpoint.objects.insert_many([
+        {
+            "run_id": run.pk, "prefix": f"model.ckpt-{step}", "step": step,
+            "saved_at": base + dt.timedelta(seconds=step), "size_bytes": 1000 + step,
+            "files": [{"name": f"model.ckpt-{step}.index", "size": 100}], "metrics": {"loss": 1.0 / step},
+        }
+        for step in range(start_step, start_step + n)
+    ])
     # Written around the operations: bring the cached summary and metric rows up to date.
     summaries.rebuild([run])
 
