@@ -11,6 +11,7 @@ from __future__ import annotations
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser, Group, Permission
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 
@@ -65,9 +66,12 @@ def require(request: HttpRequest, perm: str) -> None:
         raise PermissionDenied
 
 
-def get_run_for_user(request: HttpRequest, name: str, perm: str = VIEW) -> Run:
-    """Load a run by name and check the user holds ``perm``; 404 for an unknown run, 403 otherwise."""
-    run = get_object_or_404(Run, name=name)
+def get_run_for_user(
+    request: HttpRequest, name: str, perm: str = VIEW, *, runs: QuerySet[Run] | None = None
+) -> Run:
+    """Load a run by name (from ``runs``, all runs by default) and check the user holds ``perm``;
+    404 for an unknown run, 403 otherwise."""
+    run = get_object_or_404(Run if runs is None else runs, name=name)
     require(request, perm)
     return run
 

@@ -1,22 +1,29 @@
-"""Small presentation helpers: human sizes and times, sortable column headers, status badges."""
+"""Small presentation helpers: human sizes and times, sortable column headers, status badges, the
+pin form, and the run page's history rows."""
 
 from __future__ import annotations
 
 import datetime as dt
+import html
 import math
-from decimal import ROUND_HALF_UP, Decimal, localcontext
+from decimal import ROUND_HALF_UP, Decimal
+from decimal import Context as DecimalContext
 
 from django import template
 from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.template.context import Context
 from django.template.defaultfilters import floatformat
+from django.template.defaulttags import CsrfTokenNode
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
-from django.utils.safestring import mark_safe
+from django.utils.safestring import SafeString, mark_safe
 
 register = template.Library()
 
 _FOUR_PLACES = Decimal("0.0001")
+_TWENTY_EIGHT_DIGITS = DecimalContext(prec=28)
 
 
 def four_places(value: object) -> str:
@@ -30,9 +37,11 @@ def four_places(value: object) -> str:
     _, digits, exponent = number.as_tuple()
     if len(digits) + abs(exponent) > 200:  # the filter writes such a number as it is
         return floatformat(value, 4)
-    with localcontext() as context:
-        context.prec = max(28, number.adjusted() + 6)
-        text = f"{number.quantize(_FOUR_PLACES, ROUND_HALF_UP):f}"
+    # Every integer digit and the four places must fit the precision (quantize refuses otherwise); a
+    # context of our own rather than localcontext(), whose set-up cost as much as the rounding.
+    adjusted = number.adjusted()
+    context = _TWENTY_EIGHT_DIGITS if adjusted <= 22 else DecimalContext(prec=adjusted + 6)
+    text = f"{number.quantize(_FOUR_PLACES, ROUND_HALF_UP, context):f}"
     return "0.0000" if text == "-0.0000" else text
 
 
@@ -108,3 +117,115 @@ def latest_label(state_files: list[str] | None) -> str:
     if names == ["checkpoint"]:
         return "latest (state file)"
     return f"latest (state file{'s' if len(names) > 1 else ''} {', '.join(names)})"
+
+
+@register.simple_tag(takes_context=True)
+def pin_form(context: Context, c, next_url: str, as_button: bool = False) -> str:
+    """Pin / unpin checkpoint ``c`` (maintainers), coming back to ``next_url``; ``as_button``: a
+    button that opens the reason field. Its action is ``c.pin_url`` when the page computed it."""
+    action = getattr(c, "pin_url", None) or reverse("checkpoint-pin", args=[context["run"].name, c.pk])
+    return _pin_form(c, action, next_url, CsrfTokenNode().render(context), as_button)
+
+
+def _escaped(value: object) -> str:
+    """What ``conditional_escape`` returns, without its check for lazy translations on every call:
+    the values of a row are model fields, numbers and fragments made here, never lazy."""
+    return value.__html__() if hasattr(value, "__html__") else html.escape(str(value))
+
+
+def _html(template: str, *args: object, **kwargs: object) -> SafeString:
+    """``format_html`` (every value escaped) at the cost of ``str.format``: a history page makes
+    hundreds of these fragments."""
+    return SafeString(template.format(*map(_escaped, args), **{k: _escaped(v) for k, v in kwargs.items()}))
+
+
+def _pin_form(c, action: str, next_url: str, csrf_input: str, as_button: bool = False) -> SafeString:
+    if c.pinned:
+        return _html(
+            '<form method="post" action="{}" class="inline pin-form">{}\n'
+            '  <input type="hidden" name="action" value="unpin"><input type="hidden" name="next" value="{}">\n'
+            '  <button type="submit" class="secondary outline" title="Pinned: {}">Unpin</button>\n'
+            "</form>", action, csrf_input, next_url, c.pin_reason)
+    if not c.on_disk:
+        return SafeString()
+    return _html(
+        '<details class="pin-form{}">\n'
+        "  <summary{}>Pin…</summary>\n"
+        '  <form method="post" action="{}" class="inline">{}\n'
+        '    <input type="hidden" name="action" value="pin"><input type="hidden" name="next" value="{}">\n'
+        '    <input type="text" name="reason" required maxlength="255" placeholder="Why keep it? e.g. shipped as v3"'
+        ' aria-label="Reason to pin {}">\n'
+        '    <button type="submit">Pin</button>\n'
+        "  </form>\n"
+        "</details>",
+        SafeString(" pin-button" if as_button else ""),
+        SafeString(' role="button" class="secondary outline"' if as_button else ""),
+        action, csrf_input, next_url, c.prefix)
+
+
+_ROW = """      <tr class="status-{status}">
+        <td>{compare}</td>
+        <td class="num"><a href="{url}">{step}</a></td>
+        <td><a href="{url}"><code>{prefix}</code></a></td>
+        <td>{saved}</td>
+        <td class="num">{size}</td>
+        {metrics}
+        <td class="badges">{badges}
+        </td>{pin}
+      </tr>
+"""
+_FROM_STEP = ('<td class="num"><span title="No value was logged at this checkpoint\'s step; this one was logged at'
+              ' step {}, in its save interval">{} <small class="muted metric-from">from step {}</small></span></td>')
+_EXPORTED = SafeString('<span class="badge ok">exported</span>')
+_OWN_META = SafeString('<span class="badge muted" title="has its own .meta graph">meta</span>')
+
+
+@register.simple_tag(takes_context=True)
+def history_rows(context: Context, page, maintain: bool, next_url: str) -> SafeString:
+    """The ``<tr>`` of each checkpoint of a history page (``c.url``, ``c.pin_url``, ``c.metric_values``
+    and ``c.has_export`` prepared by the view); ``maintain``: with the pin column, coming back to
+    ``next_url``.
+
+    Built here, as Django admin builds its change list's cells, rather than by a template loop:
+    fifty rows of a dozen cells cost the template engine most of the page's CPU (a lookup, a
+    filter and an escape per value, an include per pin form). Every value is escaped all the same.
+    """
+    csrf_input = CsrfTokenNode().render(context) if maintain else ""
+    return SafeString("".join(_history_row(c, maintain, next_url, csrf_input) for c in page))
+
+
+def _history_row(c, maintain: bool, next_url: str, csrf_input: str) -> str:
+    on_disk = c.on_disk
+    compare = _html('<input type="checkbox" name="c" value="{}" form="compare-form" aria-label="Compare {}">',
+                    c.pk, c.prefix if c.step is None else f"step {c.step}") if on_disk else SafeString()
+    size_cell = size(c.size_bytes) if on_disk else _html(
+        '<span class="muted files-gone" title="Its files are gone; it was {}">gone</span>', size(c.size_bytes))
+    metrics = SafeString("".join(
+        '<td class="num">—</td>' if value is None
+        else _html('<td class="num"><span title="at step">{}</span></td>', value) if logged is None
+        else _html(_FROM_STEP, logged, value, logged)
+        for value, logged in c.metric_values))
+    badges = []
+    if c.latest_in:
+        badges.append(_html('<span class="badge info" title="tf.train.latest_checkpoint returns it">{}</span>',
+                            latest_label(c.latest_in)))
+    gone = _html(", {}", when(c.gone_at)) if c.gone_at else ""
+    if c.status == "rotated":
+        badges.append(_html('<span class="badge muted">rotated out</span> <small class="muted gone-note">'
+                            "by the trainer's max_to_keep{}</small>", gone))
+    elif c.status == "missing":
+        badges.append(_html('{} <small class="muted gone-note">files vanished unexpectedly{}</small>',
+                            status_badge(c.status), gone))
+    elif c.status != "present":
+        badges.append(status_badge(c.status))
+    if c.pinned:
+        badges.append(_html('<span class="badge pin" title="{}">pinned</span>', c.pin_reason))
+    if c.has_export:
+        badges.append(_EXPORTED)
+    if c.has_own_meta:
+        badges.append(_OWN_META)
+    pin = _html("\n        <td>\n{}\n</td>", _pin_form(c, c.pin_url, next_url, csrf_input)) if maintain else SafeString()
+    return _html(
+        _ROW, status=c.status, compare=compare, url=c.url, step="—" if c.step is None else c.step,
+        prefix=c.prefix, saved=when(c.saved_at), size=size_cell, metrics=metrics,
+        badges=SafeString("".join("\n          " + badge for badge in badges)), pin=pin)

@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET
 
 from dashboard import access
 from dashboard.changes import current_stamp
-from dashboard.views.runs import history_context
+from dashboard.views.runs import RUNS_WITH_SUMMARY, history_context
 
 
 @require_GET
@@ -41,7 +41,7 @@ def run_changes(request: HttpRequest, name: str) -> HttpResponse:
 @require_GET
 def run_live(request: HttpRequest, name: str) -> HttpResponse:
     """The run page's summary and history partials for the same query string (page, sort)."""
-    run = access.get_run_for_user(request, name)
+    run = access.get_run_for_user(request, name, runs=RUNS_WITH_SUMMARY)
     response = render(request, "dashboard/partials/run_live.html", history_context(request, run))
     response["Cache-Control"] = "no-store"
     return response

@@ -37,6 +37,8 @@ HISTORY_SORTS = {
 METRIC_SORT = "metric:"
 CHART_MAX_POINTS = 500
 RUNS_PAGE_SIZE = 100
+# The run page reads the run's cached summary with the run itself: one query fewer per view.
+RUNS_WITH_SUMMARY = Run.objects.select_related("summary")
 RUNS_ORDER = Order("name", ("name",), (TEXT,))
 
 
@@ -69,7 +71,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
 
 
 def run_detail(request: HttpRequest, name: str) -> HttpResponse:
-    run = access.get_run_for_user(request, name)
+    run = access.get_run_for_user(request, name, runs=RUNS_WITH_SUMMARY)
     # A bucket run is not watched (there is no directory to watch): the page says how often the
     # worker's periodic rescan lists it instead.
     context = {**history_context(request, run), "scan_interval": int(settings.SCAN_INTERVAL_SECONDS)}

@@ -10,8 +10,8 @@ from tests.dashboard.conftest import add_checkpoint_rows
 
 pytestmark = pytest.mark.django_db
 
-# Session, user, two permission lookups, run, its cached summary, page rows, recent jobs: whatever the size.
-RUN_PAGE_QUERIES = 8
+# Session, user, two permission lookups, run with its cached summary, page rows, recent jobs: whatever the size.
+RUN_PAGE_QUERIES = 7
 
 
 @pytest.mark.parametrize("url", ["/", "/runs/new/", "/runs/rows/", "/jobs/", "/runs/rows/chart.json"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from django.urls import reverse
@@ -115,3 +116,36 @@ def test_pin_and_make_latest_wait_for_a_running_prune(client, maintainer, run):
     assert Checkpoint.objects.get(pk=checkpoint.pk).pinned
     holder.refresh_from_db()
     assert holder.status == Job.FAILED and "died" in holder.error
+
+
+def test_each_pin_form_of_the_history_table_posts_with_its_csrf_token(maintainer, run):
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(maintainer)
+    second = run.checkpoints.get(step=2)
+    history = browser.get(reverse("run", args=["r"])).content.decode()
+    form = re.search(rf'<form method="post" action="{pin_url(second)}" class="inline">'
+                     r'<input type="hidden" name="csrfmiddlewaretoken" value="([^"]+)">', history)
+    assert form, "no pin form with a CSRF token for step 2"
+
+    response = browser.post(pin_url(second), {"csrfmiddlewaretoken": form.group(1), "action": "pin",
+                                              "reason": "kept for the paper", "next": "/runs/r/"})
+
+    assert response.status_code == 302
+    second.refresh_from_db()
+    assert second.pinned
+
+
+def test_history_rows_escape_what_people_and_files_named(client, maintainer, run):
+    pinned = run.checkpoints.get(step=2)
+    pruning.pin(pinned, '<b>"v3"</b> & co', actor=maintainer)
+    run.checkpoints.filter(step=1).update(prefix='model.ckpt-1<i>&"')
+    client.force_login(maintainer)
+
+    history = client.get(reverse("run", args=["r"])).content.decode()
+
+    assert 'title="&lt;b&gt;&quot;v3&quot;&lt;/b&gt; &amp; co">pinned</span>' in history
+    assert 'title="Pinned: &lt;b&gt;&quot;v3&quot;&lt;/b&gt; &amp; co">Unpin</button>' in history
+    assert "<code>model.ckpt-1&lt;i&gt;&amp;&quot;</code>" in history
+    assert "<b>" not in history and "<i>" not in history
