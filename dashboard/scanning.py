@@ -336,7 +336,7 @@ def _insert_linked(
     not stored yet is noted in ``unlinked`` (source -> prefixes) for the caller to link later.
     """
     sources = [found[r["prefix"]].meta_source for r in rows]
-    if sources.count(None) == len(sources):  # no .meta anywhere (a TF2 run): nothing to link
+    if sources.count(None) == len(sources):  # no .meta to restore with (never in a TF2 run): no links
         Checkpoint.objects.insert_many(rows)
         return
     new_sources = set(sources) - ids.keys() - {None}

@@ -47,7 +47,7 @@ _EMPTY_CONTAINERS = frozenset({list, dict})
 def _json_dumps(encoder: type[json.JSONEncoder] | None) -> Callable[[object], str]:
     """``json.dumps(value, cls=encoder)`` as a function of the value.
 
-    ``json.dumps`` builds a new C encoder for every call, which is half the time of encoding a
+    ``json.dumps`` builds a new C encoder for every call, more than half the time of encoding a
     checkpoint's list of files; with the default encoder, this builds one for all of them. Used
     only when it encodes a sample exactly as ``json.dumps`` does (the constructor is private).
     """

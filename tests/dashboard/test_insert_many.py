@@ -41,8 +41,8 @@ def _rows(run: Run, n: int) -> list[dict]:
 
 
 @pytest.mark.django_db
-def test_rows_read_back_as_given_with_shared_distinct_empty_and_missing_values():
-    run = Run.objects.create(name="inserted", directory="/tmp/inserted")
+def test_rows_read_back_as_given_with_shared_distinct_empty_and_missing_values(tmp_path):
+    run = Run.objects.create(name="inserted", directory=str(tmp_path))
     rows = _rows(run, 23)
     Checkpoint.objects.insert_many(rows, batch_size=10)  # three batches, the last one short
 
@@ -55,8 +55,8 @@ def test_rows_read_back_as_given_with_shared_distinct_empty_and_missing_values()
 
 
 @pytest.mark.django_db
-def test_a_key_only_some_rows_give_takes_the_default_in_the_others():
-    run = Run.objects.create(name="linked", directory="/tmp/linked")
+def test_a_key_only_some_rows_give_takes_the_default_in_the_others(tmp_path):
+    run = Run.objects.create(name="linked", directory=str(tmp_path))
     rows = _rows(run, 4)
     Checkpoint.objects.insert_many(rows[:1])
     source = Checkpoint.objects.get(run=run, prefix="model.ckpt-0")
