@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import operator
 import time
 from collections.abc import Iterable, Iterator
 
@@ -37,6 +38,7 @@ ROTATION_RACE_SECONDS = 5.0
 # Up to this many new rows a store looks their prefixes up directly; above it, counting the run's
 # rows first is cheaper (see _store_chunk).
 LOOK_UP_NEW_ROWS = 100
+_PREFIX = operator.attrgetter("prefix")
 
 
 def scan(run: Run, *, full: bool = False, now: dt.datetime | None = None) -> dict:
@@ -178,9 +180,9 @@ def record_scan(
     # scan in progress, and exact when the scan ends.
     summary_dirty, summary_at = False, stored_at
     for chunk in itertools.chain(chunks, [None]):  # None: store what is left
-        for found_ckpt in chunk or ():
-            found[found_ckpt.prefix] = found_ckpt
-        pending.extend(chunk or ())
+        if chunk:
+            found.update(zip(map(_PREFIX, chunk), chunk, strict=True))
+            pending.extend(chunk)
         if pending and (
             chunk is None or len(pending) >= SCAN_STORE_ROWS
             or time.monotonic() - stored_at >= SCAN_STORE_SECONDS
@@ -333,7 +335,11 @@ def _insert_linked(
     rows already stored to their ids and learns those of new sources; a row whose source is
     not stored yet is noted in ``unlinked`` (source -> prefixes) for the caller to link later.
     """
-    new_sources = {found[r["prefix"]].meta_source for r in rows} - ids.keys() - {None}
+    sources = [found[r["prefix"]].meta_source for r in rows]
+    if sources.count(None) == len(sources):  # no .meta to restore with (never in a TF2 run): no links
+        Checkpoint.objects.insert_many(rows)
+        return
+    new_sources = set(sources) - ids.keys() - {None}
     first = [r for r in rows if r["prefix"] in new_sources]
     if first:
         Checkpoint.objects.insert_many(first)
@@ -342,10 +348,9 @@ def _insert_linked(
         # A checkpoint with its own .meta (every source has one) is its own meta source.
         stored.update(meta_source_id=models.F("id"))
     rest = []
-    for row in rows:
+    for row, source in zip(rows, sources, strict=True):
         if row["prefix"] in new_sources:
             continue
-        source = found[row["prefix"]].meta_source
         if source is not None:
             row["meta_source_id"] = ids.get(source)
             if row["meta_source_id"] is None:

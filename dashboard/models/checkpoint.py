@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import operator
+from collections.abc import Callable
+from json.encoder import c_make_encoder, encode_basestring_ascii
 
 from django.conf import settings
 from django.db import connections, models
+from django.db.backends.base.operations import BaseDatabaseOperations
 from django.urls import reverse
 from django.utils import timezone
 
@@ -15,28 +20,50 @@ from persistence import discovery, files
 from .job import Job
 
 
-def _cached_adapter(adapt_value):
-    """Adapt values, each distinct object (and each kind of empty container) once.
+def _column_adapter(adapt_value: Callable[[object], object]) -> Callable[[list], list]:
+    """Adapt a column of values, each distinct object (and each kind of empty container) once.
 
     Rows of one scan share many values: empty lists and dicts, one insert time, and the variable
-    list of every checkpoint of the same model (see ``scanning.record_scan``).
+    list of every checkpoint of the same model (see ``scanning.record_scan``). Whole columns at a
+    time: a call per value (for the lookup) cost as much as adapting the values themselves.
     """
-    cache: dict[object, tuple[object, object]] = {}
 
-    def adapt(value):
-        if isinstance(value, list | dict) and not value:
-            hit = cache.get(type(value))
-            if hit is None:
-                hit = cache[type(value)] = (value, adapt_value(value))
-            return hit[1]
-        hit = cache.get(id(value))
-        if hit is not None and hit[0] is value:
-            return hit[1]
-        adapted = adapt_value(value)
-        cache[id(value)] = (value, adapted)  # keeps ``value`` alive, so its id is not reused
-        return adapted
+    def adapt_column(column: list) -> list:
+        # Every value is alive in ``column`` meanwhile, so no two of them share an id.
+        keys = [id(value) if value or value.__class__ not in _EMPTY_CONTAINERS else value.__class__
+                for value in column]
+        distinct = dict(zip(keys, column, strict=True))
+        if len(distinct) == len(column):
+            return list(map(adapt_value, column))  # nothing shared (each checkpoint's files, its time)
+        adapted = {key: adapt_value(value) for key, value in distinct.items()}
+        return list(map(adapted.__getitem__, keys))
 
-    return adapt
+    return adapt_column
+
+
+_EMPTY_CONTAINERS = frozenset({list, dict})
+
+
+def _json_dumps(encoder: type[json.JSONEncoder] | None) -> Callable[[object], str]:
+    """``json.dumps(value, cls=encoder)`` as a function of the value.
+
+    ``json.dumps`` builds a new C encoder for every call, more than half the time of encoding a
+    checkpoint's list of files; with the default encoder, this builds one for all of them. Used
+    only when it encodes a sample exactly as ``json.dumps`` does (the constructor is private).
+    """
+    if encoder is None and c_make_encoder is not None:
+        settings_from = json.JSONEncoder()
+        try:
+            encode = c_make_encoder(
+                {}, settings_from.default, encode_basestring_ascii, None, settings_from.key_separator,
+                settings_from.item_separator, False, False, True,
+            )
+            sample = [{"name": "a\u00e9\n", "size": 1, "x": [1.5, None, True, float("nan")]}, "", {}]
+            if "".join(encode(sample, 0)) == json.dumps(sample):
+                return lambda value: "".join(encode(value, 0))
+        except (TypeError, ValueError):
+            pass
+    return functools.partial(json.dumps, cls=encoder)
 
 
 class CheckpointQuerySet(models.QuerySet):
@@ -73,18 +100,20 @@ class CheckpointQuerySet(models.QuerySet):
             if not f.primary_key
             and (f.attname in given or not (f.has_db_default() or f.null and not f.has_default()))
         ]
+        # COPY reads each field as text and parses it by the column's type: the JSON text itself
+        # (Django's adapter would wrap it, to be dumped again for every row). Elsewhere the
+        # backend's adapter is json.dumps unless it says otherwise.
+        json_as_text = copy or type(ops).adapt_json_value is BaseDatabaseOperations.adapt_json_value
         columns = []
         for field in fields:
-            if isinstance(field, models.JSONField) and copy:
-                # COPY reads each field as text and parses it by the column's type: the JSON text
-                # itself (Django's adapter would wrap it, to be dumped again for every row).
-                adapt = _cached_adapter(lambda value, encoder=field.encoder: json.dumps(value, cls=encoder))
+            if isinstance(field, models.JSONField) and json_as_text:
+                adapt = _column_adapter(_json_dumps(field.encoder))
             elif isinstance(field, models.JSONField):
-                adapt = _cached_adapter(lambda value: ops.adapt_json_value(value, None))
+                adapt = _column_adapter(functools.partial(ops.adapt_json_value, encoder=field.encoder))
             elif isinstance(field, models.DateTimeField) and connection.vendor == "sqlite" and settings.USE_TZ:
                 # Django's SQLite adapter for the aware datetimes rows carry, without the checks it
                 # repeats per value (a tenth of the time of a 10,000-row insert).
-                adapt = _cached_adapter(
+                adapt = _column_adapter(
                     lambda value, zone=connection.timezone: (
                         value if value.tzinfo is zone else value.astimezone(zone)
                     ).replace(tzinfo=None).isoformat(" ")  # what str() gives, one call less
@@ -92,7 +121,7 @@ class CheckpointQuerySet(models.QuerySet):
                     else ops.adapt_datetimefield_value(value)
                 )
             elif isinstance(field, models.DateTimeField):
-                adapt = _cached_adapter(ops.adapt_datetimefield_value)
+                adapt = _column_adapter(ops.adapt_datetimefield_value)
             else:
                 adapt = None
             columns.append((field.attname, field.get_default(), adapt))
@@ -104,10 +133,13 @@ class CheckpointQuerySet(models.QuerySet):
                 values = []
                 for attname, default, adapt in columns:
                     if attname in given:
-                        column = [row.get(attname, default) for row in batch]
-                        values.append(list(map(adapt, column)) if adapt else column)
+                        try:
+                            column = list(map(operator.itemgetter(attname), batch))
+                        except KeyError:  # not in every row
+                            column = [row.get(attname, default) for row in batch]
+                        values.append(adapt(column) if adapt else column)
                     else:
-                        values.append([adapt(default) if adapt else default] * len(batch))
+                        values.append([adapt([default])[0] if adapt else default] * len(batch))
                 if copy:
                     with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as stream:
                         for row in zip(*values, strict=True):

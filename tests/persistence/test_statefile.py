@@ -154,6 +154,12 @@ def test_moved_checkpoint_manager_state_keeps_its_timestamps(managed, tmp_path):
         ("gs://bucket/run/ckpt-3", "ckpt-3"),
         ("/run/", None),
         ("..", None),
+        ("C:\\runs\\exp1/", None),
+        ("/mnt/run\\..", None),
+        ("runs/exp1\\sub/model.ckpt-7", "model.ckpt-7"),  # both separators: the last one counts
+        ("runs\\exp1/sub\\model.ckpt-8", "model.ckpt-8"),
+        ("model.ckpt-9\n/", None),
+        ("", None),
     ],
 )
 def test_prefix_base_name(path, base):
