@@ -176,22 +176,20 @@ def _jobs_for_run_page(run: Run, checkpoints_on_disk: int) -> tuple[list[Job], l
 
 
 def run_chart(request: HttpRequest, name: str) -> JsonResponse:
-    """Size and metrics at checkpoints, thinned to at most ``CHART_MAX_POINTS`` evenly spaced
-    checkpoints, and the full curves read from event files (``curves``: each already cut down to
+    """Size and metrics at checkpoints, thinned to at most ``CHART_MAX_POINTS`` checkpoints spread
+    evenly over the steps, and the full curves read from event files (``curves``: each already cut down to
     at most ``event_metrics.CHART_POINTS`` points when it was stored, so any length costs one query).
 
     Steps whose files are gone (pruned, rotated out, missing) stay on the metric curves, flagged in ``gone``:
     what training measured does not go away with the files. They have no size on disk (null).
     """
     run = access.get_run_for_user(request, name)
-    ids = list(run.checkpoints.exclude(step=None).order_by("step").values_list("id", flat=True))
-    stride = max(1, -(-len(ids) // CHART_MAX_POINTS))
-    chosen = ids[::stride]
-    if ids and chosen[-1] != ids[-1]:
-        chosen.append(ids[-1])
-    points = list(
-        Checkpoint.objects.filter(id__in=chosen).order_by("step").values_list("step", "size_bytes", "metrics", "status")
-    )
+    summary = summaries.for_run(run)
+    total = summary.checkpoint_count - summary.stepless_count
+    rows = run.checkpoints.exclude(step=None)
+    if total > CHART_MAX_POINTS:
+        rows = Checkpoint.objects.filter(id__in=Checkpoint.objects.spread_by_step(run.pk, CHART_MAX_POINTS))
+    points = list(rows.order_by("step").values_list("step", "size_bytes", "metrics", "status"))
     gone = [status in Checkpoint.GONE for *_, status in points]
     curves = {}
     for series in run.metric_series.only("tag", "count", "chart_steps", "chart_values"):
@@ -205,7 +203,7 @@ def run_chart(request: HttpRequest, name: str) -> JsonResponse:
             "metrics": {n: [(p[2] or {}).get(n) for p in points] for n in metric_names},
             "gone": gone,
             "curves": curves,
-            "total": len(ids),
+            "total": total,
             "shown": len(points),
         }
     )
