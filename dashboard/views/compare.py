@@ -88,7 +88,8 @@ def step_over_step(request: HttpRequest, name: str) -> HttpResponse:
     run = access.get_run_for_user(request, name)
     latest = comparing.latest_step_over_step(run)
     newest_job = comparing.step_over_step_jobs(run).first()
-    readable = run.checkpoints.filter(status__in=[Checkpoint.PRESENT, Checkpoint.VERIFIED]).count()
+    # Only whether there are two matters (and how many when there are not): never count a long run.
+    readable = run.checkpoints.filter(status__in=[Checkpoint.PRESENT, Checkpoint.VERIFIED])[:2].count()
     last = _int(request.GET.get("last")) or (latest.result.get("last") if latest else None) or STEPS_DEFAULT
     context = {
         "run": run, "job": newest_job, "latest": latest, "readable": readable,
