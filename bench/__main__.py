@@ -17,12 +17,12 @@ GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_
           "downloads", "scale", "live", "events", "webhooks", "api", "scaleout", "s3", "load", "sweep"]
 
 # The order groups run in, and what runs each: (group, module in bench/, function taking the work
-# directory). All share one database: the sweep (of every run) comes before the scale group adds
-# its 1,000 runs, and the load group after it, to read the data set it left.
+# directory). All share one database: the sweep (of every run, expecting only its own and no job)
+# comes first, and the load group after the scale group, to read the data set it left.
 RUNNERS = [
-    ("scan", "scan", "run"), ("history", "scan", "history_queries"), ("statefile", "statefile", "run"),
+    ("sweep", "sweep", "run"), ("scan", "scan", "run"), ("history", "scan", "history_queries"), ("statefile", "statefile", "run"),
     ("compare", "compare", "run"), ("jobs", "jobs", "run"), ("exports", "exports", "run"),
-    ("freeze_memory", "exports", "freeze_peak_rss"), ("retention", "retention", "run"), ("sweep", "sweep", "run"),
+    ("freeze_memory", "exports", "freeze_peak_rss"), ("retention", "retention", "run"),
     ("scale", "scale", "run"), ("downloads", "downloads", "downloads_vs_nginx"), ("serving", "serving", "run"),
     ("live", "live", "run"), ("events", "events", "run"), ("webhooks", "webhooks", "run"), ("api", "api", "run"),
     ("scaleout", "scaleout", "run"), ("s3", "s3", "run"), ("load", "load", "run"),
