@@ -6,13 +6,29 @@
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import sys
+import time
 
 from bench import harness
 
 GROUPS = ["scan", "history", "statefile", "compare", "jobs", "exports", "freeze_memory", "retention", "serving",
           "downloads", "scale", "live", "events", "webhooks", "api", "scaleout", "s3", "load", "sweep"]
+
+# The order groups run in, and what runs each: (group, module in bench/, function taking the work
+# directory). All share one database: the sweep (of every run, expecting only its own and no job)
+# comes first, and the load group after the scale group, to read the data set it left.
+RUNNERS = [
+    ("sweep", "sweep", "run"), ("scan", "scan", "run"), ("history", "scan", "history_queries"), ("statefile", "statefile", "run"),
+    ("compare", "compare", "run"), ("jobs", "jobs", "run"), ("exports", "exports", "run"),
+    ("freeze_memory", "exports", "freeze_peak_rss"), ("retention", "retention", "run"),
+    ("scale", "scale", "run"), ("downloads", "downloads", "downloads_vs_nginx"), ("serving", "serving", "run"),
+    ("live", "live", "run"), ("events", "events", "run"), ("webhooks", "webhooks", "run"), ("api", "api", "run"),
+    ("scaleout", "scaleout", "run"), ("s3", "s3", "run"), ("load", "load", "run"),
+]
+
+assert sorted(group for group, _, _ in RUNNERS) == sorted(GROUPS), "every group runs, once"
 
 
 def main(argv: list[str]) -> int:
@@ -22,90 +38,30 @@ def main(argv: list[str]) -> int:
         print(f"unknown benchmark group(s): {', '.join(sorted(unknown))}; known: {', '.join(GROUPS)}")
         return 2
     work = harness.work_directory()
+    new: dict[str, dict] = {}
+    seconds: dict[str, dict] = {}
     try:
         harness.setup_django(work)
-        from bench import scan
-
-        new = {}
-        if "scan" in groups:
-            new.update(scan.run(work))
-        if "history" in groups:
-            new.update(scan.history_queries(work))
-        if "statefile" in groups:
-            from bench import statefile
-
-            new.update(statefile.run(work))
-        if "compare" in groups:
-            from bench import compare
-
-            new.update(compare.run(work))
-        if "jobs" in groups:
-            from bench import jobs
-
-            new.update(jobs.run(work))
-        if "exports" in groups:
-            from bench import exports
-
-            new.update(exports.run(work))
-        if "freeze_memory" in groups:
-            from bench import exports
-
-            new.update(exports.freeze_peak_rss(work))
-        if "retention" in groups:
-            from bench import retention
-
-            new.update(retention.run(work))
-        if "scale" in groups:
-            from bench import scale
-
-            new.update(scale.run(work))
-        if "downloads" in groups:
-            from bench import downloads
-
-            new.update(downloads.downloads_vs_nginx(work))
-        if "serving" in groups:
-            from bench import serving
-
-            new.update(serving.run(work))
-        if "live" in groups:
-            from bench import live
-
-            new.update(live.run(work))
-        if "events" in groups:
-            from bench import events
-
-            new.update(events.run(work))
-        if "webhooks" in groups:
-            from bench import webhooks
-
-            new.update(webhooks.run(work))
-        if "api" in groups:
-            from bench import api
-
-            new.update(api.run(work))
-        if "scaleout" in groups:
-            from bench import scaleout
-
-            new.update(scaleout.run(work))
-        if "s3" in groups:
-            from bench import s3
-
-            new.update(s3.run(work))
-        if "sweep" in groups:
-            from bench import sweep
-
-            new.update(sweep.run(work))
-        if "load" in groups:
-            from bench import load
-
-            new.update(load.run(work))
-        results = harness.write_results(new)
+        for group, module, function in RUNNERS:
+            if group not in groups:
+                continue
+            started, cpu = time.perf_counter(), harness.cpu_seconds()
+            try:
+                new.update(getattr(importlib.import_module(f"bench.{module}"), function)(work))
+            finally:
+                seconds[group] = {"seconds": round(time.perf_counter() - started, 1),
+                                  "cpu_seconds": round(harness.cpu_seconds() - cpu, 1)}
+                print(f"[bench] {group}: {seconds[group]['seconds']} s wall, {seconds[group]['cpu_seconds']} s CPU "
+                      "(this process and the children it waited for)", flush=True)
+        results = harness.write_results(new, group_seconds=seconds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for name in new:
         r = results[name]
         print(f"{name}: value={r['value']:.4g} ratio={r['ratio'] if r['ratio'] is None else round(r['ratio'], 3)} "
               f"target {r['target']} -> {'met' if r['met'] else 'NOT MET'}")
+    walls = [f"{group} {spent['seconds']:.0f} s" for group, spent in seconds.items()]
+    print(f"groups: {', '.join(walls)}; total {sum(spent['seconds'] for spent in seconds.values()):.0f} s")
     print(f"wrote {harness.RESULTS_JSON} and {harness.RESULTS_MD}")
     return 0
 

@@ -82,8 +82,8 @@ def run(work: Path) -> dict[str, dict]:
     try:
         made = _child(["make", str(directory)])  # in a child: this process stays small
         path_a, path_b, largest = made["a"], made["b"], made["largest"]
-        call_command("scan", str(directory), "--name", "big", stdout=open(os.devnull, "w"))  # noqa: SIM115
-        run = Run.objects.get(name="big")
+        call_command("scan", str(directory), "--name", "compare-big", stdout=open(os.devnull, "w"))  # noqa: SIM115
+        run = Run.objects.get(name="compare-big")  # not "big": the scale group's data set has that run
         a = run.checkpoints.get(prefix=os.path.basename(path_a))
         b = run.checkpoints.get(prefix=os.path.basename(path_b))
         size = a.size_bytes + b.size_bytes

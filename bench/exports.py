@@ -261,7 +261,7 @@ def freeze_vs_bare(work: Path, repeat: int = REPEAT) -> dict[str, dict]:
                           "body": (job.ended_at - job.started_at).total_seconds(), "engine": engine})
         return elapsed
 
-    bare_dir = work / "bare"
+    bare_dir = work / "freeze-bare"  # the jobs group's baseline writes under work / "bare"
     bare_dir.mkdir()
     breakdown: list[dict] = []
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_JSON = BENCH_DIR / "results.json"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
+GROUP_SECONDS = "bench_group_seconds"  # not a figure: wall and CPU seconds per group of the last runs
 
 
 # What each figure measures and what it does not; rendered under the table in RESULTS.md. The
@@ -155,12 +157,27 @@ def meets(result: dict) -> bool:
     return actual <= float(limit) if op == "<=" else actual >= float(limit)
 
 
-def write_results(new: dict[str, dict]) -> dict[str, dict]:
-    """Merge ``new`` into the results file (benchmarks can be run one group at a time)."""
-    results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+def cpu_seconds() -> float:
+    """CPU time of this process and of the children it has waited for (not: servers it talks to)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def write_results(new: dict[str, dict], group_seconds: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Merge ``new`` into the results file (benchmarks can be run one group at a time), and the
+    time each group took under ``GROUP_SECONDS`` (its ``total`` sums the latest of every group)."""
+    stored = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    timing = stored.pop(GROUP_SECONDS, {})
+    timing.pop("total", None)
+    results = stored
     for name, result in new.items():
         results[name] = {**result, "met": meets(result)}
-    RESULTS_JSON.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    timing.update(group_seconds or {})
+    if timing:
+        timing["total"] = {"seconds": round(sum(g["seconds"] for g in timing.values()), 1),
+                           "cpu_seconds": round(sum(g["cpu_seconds"] for g in timing.values()), 1)}
+    RESULTS_JSON.write_text(json.dumps({**results, GROUP_SECONDS: timing} if timing else results,
+                                       indent=2, sort_keys=True) + "\n")
     lines = [
         "# Benchmark results",
         "",
@@ -176,6 +193,13 @@ def write_results(new: dict[str, dict]) -> dict[str, dict]:
             f"| {name} | {fmt(r['value'])} | {fmt(r['baseline'])} | {fmt(r['ratio'])} | {r['unit']} "
             f"| {r['target']} | {'yes' if r['met'] else '**no**'} |"
         )
+    if timing:
+        lines += ["", "## Time each group took", "",
+                  "Wall and CPU seconds (CPU: the bench process and the children it waited for; not servers such "
+                  "as PostgreSQL). A whole `make bench` is the sum of every group.", "",
+                  "| group | wall s | CPU s |", "|---|---|---|"]
+        lines += [f"| {group} | {spent['seconds']:.0f} | {spent['cpu_seconds']:.0f} |"
+                  for group, spent in sorted(timing.items(), key=lambda item: item[0] == "total")]
     lines += ["", "## What each figure measures", ""]
     lines += [f"- **{name}**: {NOTES[name]}" for name in sorted(results) if name in NOTES]
     lines += ["", "Medians and every repeat are in `results.json` (`spread`, `value_spread`, ...)."]

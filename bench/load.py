@@ -2,13 +2,15 @@
 gunicorn started exactly as the README's production section starts it.
 
 Set-up, each in its own process with the production environment (``DEBUG=0``, a ``SECRET_KEY``,
-``ALLOWED_HOSTS``): a PostgreSQL database of its own (``BENCH_LOAD_DB``, default ``bench_load``,
-dropped and created afresh on the server of ``BENCH_PG_URL`` or ``DATABASE_URL``, default
-``postgres://postgres@127.0.0.1:5432``), the README's ``migrate`` and ``collectstatic``, the scale
-data set's row generator (``bench/scale.py``: the 100,000-checkpoint run among ``BENCH_LOAD_RUNS``
-runs and ``BENCH_LOAD_TOTAL`` rows; by default the full 1,000 runs and 1,000,000 rows), a viewer
-made with ``manage.py createuser``, a private redis-server for the cache, then the README's gunicorn
-line (``gunicorn.conf.py``: 4 gthread workers, whitenoise), bound to a free loopback port.
+``ALLOWED_HOSTS``): the database. When the benchmarks run on PostgreSQL (``DATABASE_URL``), it is
+theirs, holding the scale group's data set (``bench/scale.py``: the 100,000-checkpoint run among
+1,000 runs and 1,000,000 rows, summaries rebuilt), made there first if that group has not run:
+one data set for both. Otherwise a PostgreSQL database of its own (``BENCH_LOAD_DB``, default
+``bench_load``, dropped and created afresh on the server of ``BENCH_PG_URL``, default
+``postgres://postgres@127.0.0.1:5432``) gets the same data set (``BENCH_LOAD_RUNS`` runs and
+``BENCH_LOAD_TOTAL`` rows). Then the README's ``migrate`` and ``collectstatic``, a viewer made with
+``manage.py createuser``, a private redis-server for the cache, then the README's gunicorn line
+(``gunicorn.conf.py``: 4 gthread workers, whitenoise), bound to a free loopback port.
 ``SECURE_COOKIES=0`` because this speaks plain HTTP.
 
 The generator: ``BENCH_LOAD_CLIENTS`` (20) threads in this process, each with its own keep-alive
@@ -38,7 +40,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from bench.harness import entry
 
@@ -50,7 +52,7 @@ BIG = 100_000
 TOTAL = int(os.environ.get("BENCH_LOAD_TOTAL", "1000000"))
 DB_NAME = os.environ.get("BENCH_LOAD_DB", "bench_load")
 WINDOW_SECONDS = 5.0
-VIEWER = "load-viewer"
+VIEWER = f"load-viewer-{secrets.token_hex(4)}"  # the database may be shared with earlier runs
 PAGE = "/runs/big/"
 MARKER = f"model.ckpt-{BIG}<".encode()
 
@@ -78,15 +80,37 @@ def fresh_database() -> str:
 
 
 def prepare() -> None:
-    """In a child process configured for the benchmark's database: the scale data set's rows."""
+    """In a child process configured for the benchmark's database: the scale data set."""
     import django
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
     django.setup()
-    from bench.scale import make_dataset
+    print(_dataset(Path(os.environ["CHECKPOINT_ROOTS"]).parent))
 
-    made = make_dataset(Path(os.environ["CHECKPOINT_ROOTS"]).parent, runs=RUNS, big=BIG, total=max(TOTAL, BIG))
-    print(f"rows {made['checkpoints']} in {made['seconds']:.1f} s")
+
+def _dataset(work: Path) -> str:
+    """The scale data set in the configured database (made unless there); a line saying which."""
+    from bench.scale import ensure_dataset
+
+    made = ensure_dataset(work, runs=RUNS, big=BIG, total=max(TOTAL, BIG))
+    if made["seconds"] is None:
+        return f"rows {made['checkpoints']} (the scale group's data set, found in the database)"
+    return (f"rows {made['checkpoints']} in {made['seconds']:.1f} s, summaries rebuilt in "
+            f"{made['rebuild_seconds']:.1f} s")
+
+
+def _shared_database_url() -> str | None:
+    """This process's database when it is PostgreSQL (where the scale group leaves its data set):
+    the load then reads the same rows instead of making them a second time."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return None
+    db = connection.settings_dict
+    auth = db["USER"] or "postgres"
+    if db["PASSWORD"]:
+        auth += f":{quote(db['PASSWORD'], safe='')}"
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
 class _Client(threading.Thread):
@@ -217,18 +241,23 @@ def run(work: Path) -> dict[str, dict]:
     from tests.deploy.test_documented_deploy import readme_commands
 
     commands = readme_commands()
-    database_url = fresh_database()
+    database_url = _shared_database_url()
+    shared = database_url is not None
+    if shared:
+        made = _dataset(work)
+    else:
+        database_url = fresh_database()
     password = secrets.token_hex(16)
     redis = PrivateRedis(work / "load-redis" / "redis.sock").start()
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "STATIC_ROOT", "JOB_QUEUE")},
         "DEBUG": "0", "SECRET_KEY": secrets.token_urlsafe(50), "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DATABASE_URL": database_url, "REDIS_URL": redis.url, "SECURE_COOKIES": "0", "SCAN_INTERVAL_SECONDS": "0",
-        "CHECKPOINT_ROOTS": str(work / "load" / "checkpoints"), "EXPORT_ROOT": str(work / "load" / "exports"),
+        "CHECKPOINT_ROOTS": str(work / "checkpoints"), "EXPORT_ROOT": str(work / "load" / "exports"),
         "VAR_DIR": str(work / "load" / "var"), "STATIC_ROOT": str(work / "load" / "static"),
         "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
     }
-    (work / "load" / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (work / "checkpoints").mkdir(parents=True, exist_ok=True)
 
     def manage(argv: list[str], stdin: str | None = None) -> str:
         done = subprocess.run(argv, cwd=BASE_DIR, env=env, input=stdin, capture_output=True, text=True, timeout=1800)
@@ -240,7 +269,8 @@ def run(work: Path) -> dict[str, dict]:
     try:
         manage(commands["migrate"])
         manage(commands["collectstatic"])
-        made = manage([sys.executable, "-m", "bench.load", "prepare"])
+        if not shared:
+            made = manage([sys.executable, "-m", "bench.load", "prepare"]).strip().splitlines()[-1]
         manage([".venv/bin/python", "manage.py", "createuser", VIEWER, "--role", "viewer", "--password-stdin"],
                stdin=password + "\n")
         port = _free_port()
@@ -267,7 +297,7 @@ def run(work: Path) -> dict[str, dict]:
         redis.stop()
     conditions = {
         "clients": CLIENTS, "seconds": SECONDS, "url": PAGE, "checkpoints_in_run": BIG,
-        "dataset": made.strip(), "gunicorn_workers": len(workers), "load_average": load_average,
+        "dataset": made, "database_shared_with_scale": shared, "gunicorn_workers": len(workers), "load_average": load_average,
         "generator_cpu_share_of_one_core": round(load["generator_cpu_seconds"] / load["wall_seconds"], 3),
         "server_cpu_ms_per_request": round(1000 * server_cpu / max(1, load["requests"]), 1),
         "windows": load["windows"], "database": "postgresql",

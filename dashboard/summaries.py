@@ -14,22 +14,31 @@ import math
 from collections.abc import Iterable
 
 from django.db import connection, transaction
-from django.db.models import Count, Max, Q, Sum
+from django.db.models import Count, Max, Q, QuerySet, Sum
 
 from .models import Checkpoint, MetricValue, Run, RunSummary
 
 
 def aggregate(run_id: int) -> dict:
     """The summary's fields, computed from the run's checkpoint rows (one grouped query)."""
+    return _fold(_groups(Checkpoint.objects.filter(run_id=run_id)))
+
+
+def _groups(checkpoints: QuerySet, *by: str) -> QuerySet:
+    """Counts and extremes of ``checkpoints`` grouped by ``by`` and status."""
+    return (
+        checkpoints.order_by().values(*by, "status")
+        .annotate(n=Count("id"), size=Sum("size_bytes"), top_step=Max("step"), recorded=Max("recorded_at"),
+                  saved=Max("saved_at"), stepless=Count("id", filter=Q(step__isnull=True)))
+    )
+
+
+def _fold(groups: Iterable[dict]) -> dict:
+    """The summary's fields from one run's status groups."""
     values: dict = {
         "checkpoint_count": 0, "on_disk_count": 0, "on_disk_bytes": 0, "latest_step": None,
         "last_recorded": None, "last_activity": None, "status_counts": {}, "stepless_count": 0,
     }
-    groups = (
-        Checkpoint.objects.filter(run_id=run_id).order_by().values("status")
-        .annotate(n=Count("id"), size=Sum("size_bytes"), top_step=Max("step"), recorded=Max("recorded_at"),
-                  saved=Max("saved_at"), stepless=Count("id", filter=Q(step__isnull=True)))
-    )
     for group in groups:
         values["status_counts"][group["status"]] = group["n"]
         values["checkpoint_count"] += group["n"]
@@ -110,26 +119,85 @@ def rebuild_metric_values(run_id: int | None = None) -> None:
     else:
         select = (f"SELECT c.run_id, c.id, substr(j.key, 1, 255), j.value FROM {table} c, json_each(c.metrics) j "
                   f"WHERE j.type IN ('integer', 'real') {where}")
+    insert = f"INSERT INTO {target} (run_id, checkpoint_id, name, value) {select}"
     with transaction.atomic():
+        if run_id is None and connection.vendor == "postgresql":
+            _reload_without_constraints(insert)
+            return
         stale = MetricValue.objects.all() if run_id is None else MetricValue.objects.filter(run_id=run_id)
         stale.delete()
         with connection.cursor() as cursor:
-            cursor.execute(f"INSERT INTO {target} (run_id, checkpoint_id, name, value) {select}", params)
+            cursor.execute(insert, params)
+
+
+def _reload_without_constraints(insert: str) -> None:
+    """Empty the metric table and fill it with ``insert`` with its indexes and constraints set
+    aside, then put them back as they were (same names, same definitions).
+
+    Millions of rows inserted one index entry and two deferred foreign-key checks at a time took
+    minutes; building each index by one sort and checking each key by one join takes seconds.
+    The price: the table is locked (readers of the metric sort wait) until the transaction ends.
+    """
+    relation = MetricValue._meta.db_table
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT conname, pg_get_constraintdef(oid), contype FROM pg_constraint "
+            "WHERE conrelid = %s::regclass AND contype IN ('u', 'f', 'c', 'x') ORDER BY contype DESC, conname",
+            [quote(relation)],
+        )
+        constraints = cursor.fetchall()
+        cursor.execute(
+            "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = %s::regclass AND NOT i.indisprimary "
+            "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) ORDER BY c.relname",
+            [quote(relation)],
+        )
+        indexes = cursor.fetchall()
+        # Foreign-key checks of this transaction's earlier writes, still queued (Django's keys are
+        # deferred to the commit), would keep the tables from being altered: run them now.
+        connection.check_constraints()
+        for name, _, _ in constraints:
+            cursor.execute(f"ALTER TABLE {quote(relation)} DROP CONSTRAINT {quote(name)}")
+        for name, _ in indexes:
+            cursor.execute(f"DROP INDEX {quote(name)}")
+        cursor.execute(f"TRUNCATE {quote(relation)}")
+        cursor.execute(insert)
+        for _, definition in indexes:
+            cursor.execute(definition)
+        for name, definition, _ in reversed(constraints):
+            cursor.execute(f"ALTER TABLE {quote(relation)} ADD CONSTRAINT {quote(name)} {definition}")
 
 
 def rebuild(runs: Iterable[Run] | None = None) -> int:
     """Recompute the summary and metric rows of ``runs`` (every run by default); return how many."""
-    done = 0
     if runs is None:
-        rebuild_metric_values()
-        runs = Run.objects.only("id").iterator()
-        metrics_done = True
-    else:
-        metrics_done = False
+        with transaction.atomic():
+            rebuild_metric_values()
+            return _refresh_all()
+    done = 0
     for run in runs:
         with transaction.atomic():
-            if not metrics_done:
-                rebuild_metric_values(run.pk)
+            rebuild_metric_values(run.pk)
             refresh(run.pk)
         done += 1
     return done
+
+
+def _refresh_all() -> int:
+    """``refresh`` of every run at once: one grouped query over all rows and one transaction,
+    where a thousand runs one by one spent most of their time committing.
+
+    The same order as ``refresh``: every summary row exists and is locked first, the rows are
+    aggregated after, so a writer refreshing a run meanwhile waits and then counts its own rows.
+    """
+    run_ids = list(Run.objects.order_by("pk").values_list("pk", flat=True))
+    RunSummary.objects.bulk_create([RunSummary(run_id=pk) for pk in run_ids], ignore_conflicts=True)
+    list(RunSummary.objects.select_for_update().order_by("pk").values_list("pk", flat=True))
+    by_run: dict[int, list[dict]] = {}
+    for group in _groups(Checkpoint.objects.all(), "run_id"):
+        by_run.setdefault(group["run_id"], []).append(group)
+    summaries = [RunSummary(run_id=pk, **_fold(by_run.get(pk, ()))) for pk in run_ids]
+    fields = [f.name for f in RunSummary._meta.concrete_fields if not f.primary_key]
+    RunSummary.objects.bulk_update(summaries, fields, batch_size=500)
+    return len(run_ids)

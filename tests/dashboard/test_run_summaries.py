@@ -13,8 +13,9 @@ import time
 
 import pytest
 from django.core.management import call_command
+from django.db import IntegrityError, connection, transaction
 
-from dashboard import artifacts, pruning, recording, retention, scanning
+from dashboard import artifacts, pruning, recording, retention, scanning, summaries
 from dashboard.models import Checkpoint, MetricValue, Run, RunSummary
 from persistence.training import SavedCheckpoint
 from tests.checkpoint_factory import make_many_tiny_checkpoints
@@ -154,6 +155,36 @@ def test_rebuild_repairs_rows_written_around_the_operations(checkpoint_root, cap
     call_command("rebuild_summaries", "raw")
     assert_cache_is_fresh(run)
     assert "1 run" in capsys.readouterr().out
+
+
+def test_a_full_rebuild_keeps_the_metric_rows_constraints_and_indexes(checkpoint_root):
+    """Rebuilding every run's metric rows (which sets the table's indexes and constraints aside
+    while it fills it) leaves them as they were and still enforced, also in a transaction that
+    wrote metric rows just before (their foreign-key checks still queued)."""
+    run = Run.objects.create(name="full", directory=str(checkpoint_root / "full"))
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    Checkpoint.objects.bulk_create(
+        Checkpoint(run=run, prefix=f"p-{i}", step=i, saved_at=base + dt.timedelta(seconds=i),
+                   metrics={"loss": i / 3, "acc": i, "flag": False})
+        for i in range(6)
+    )
+    first = run.checkpoints.order_by("step").first()
+    summaries.record_metric_values(run.pk, [(first.pk, {"stale": 1.0})])  # queued checks on PostgreSQL
+    table = MetricValue._meta.db_table
+    with connection.cursor() as cursor:
+        before = connection.introspection.get_constraints(cursor, table)
+    assert any(c["unique"] and c["columns"] == ["checkpoint_id", "name"] for c in before.values())
+
+    summaries.rebuild()
+
+    with connection.cursor() as cursor:
+        assert connection.introspection.get_constraints(cursor, table) == before
+    assert_cache_is_fresh(run)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        MetricValue.objects.create(run=run, checkpoint=first, name="loss", value=0.0)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        MetricValue.objects.create(run=run, checkpoint_id=first.pk + 10_000, name="orphan", value=0.0)
+        connection.check_constraints(table_names=[table])
 
 
 def test_a_scan_in_many_chunks_ends_exact_and_one_cut_short_is_caught_up(checkpoint_root, monkeypatch):

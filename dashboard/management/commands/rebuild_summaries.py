@@ -11,7 +11,8 @@ from dashboard.models import Run
 class Command(BaseCommand):
     help = ("Recompute every run's cached summary (counts, size, latest step) and the rows the history "
             "sorts metrics by, from the checkpoint rows. Only needed after rows were written around the "
-            "dashboard (a restore from backup, direct SQL).")
+            "dashboard (a restore from backup, direct SQL). Without run names, on PostgreSQL, sorting "
+            "by a metric waits until it is done (seconds per million metric values).")
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("runs", nargs="*", help="run names (default: every run)")
