@@ -114,7 +114,9 @@ def run(work: Path) -> dict[str, dict]:
     from dashboard.models import Checkpoint, EventFile, MetricSeries, Run
 
     source = event_run_files().resolve()
-    settings.CHECKPOINT_ROOTS = [source, *settings.CHECKPOINT_ROOTS]  # the cached files are read in place
+    # The cached files are read in place; the work directory stays the first root (later groups make
+    # their runs there, not in this cache that outlives the run).
+    settings.CHECKPOINT_ROOTS = [*settings.CHECKPOINT_ROOTS, source]
     run = Run.objects.create(name="events-1m", directory=str(source))
     base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     stride = TF1_EVENTS // CHECKPOINTS
