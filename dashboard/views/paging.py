@@ -91,13 +91,12 @@ class Order:
     def encode(self, row: Any) -> str:
         segment, values = self.position(row)
         values = [v.isoformat() if isinstance(v, dt.datetime) else v for v in values]
-        raw = json.dumps([self.name, segment, values], separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return pack_cursor([self.name, segment, values])
 
     def decode(self, cursor: str) -> tuple[int, list] | None:
         """The segment and keys a cursor holds; None when it is not one of this ordering's."""
         try:
-            name, segment, values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+            name, segment, values = unpack_cursor(cursor)
             if name != self.name or segment not in self.segments(False) or not isinstance(values, list):
                 return None
             kinds = list(self.kinds[1:] if segment else self.kinds)
@@ -160,6 +159,17 @@ class Page:
     @property
     def total_exceeds_cap(self) -> bool:
         return self.total is not None and self.total_cap is not None and self.total > self.total_cap
+
+
+def pack_cursor(fields: list) -> str:
+    """A cursor for a link: ``fields`` as compact JSON in URL-safe base64 without padding."""
+    raw = json.dumps(fields, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def unpack_cursor(cursor: str) -> Any:
+    """The fields of ``pack_cursor``; ValueError, TypeError or binascii.Error for anything else."""
+    return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
 
 
 def count_at_most(queryset: QuerySet, cap: int) -> Callable[[], int]:

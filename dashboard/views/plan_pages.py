@@ -12,16 +12,14 @@ page, never an error; ``?page=N`` of the old links is ignored the same way.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import bisect
-import json
 from collections.abc import Callable
 
 from django.core.cache import cache
 from django.http import QueryDict
 
-from dashboard.views.paging import Page
+from dashboard.views.paging import Page, pack_cursor, unpack_cursor
 
 PLAN_PAGE_SIZE = 100
 
@@ -72,13 +70,12 @@ class PlanRows:
 
 
 def _encode(rows: PlanRows, show: str, position: int, row: dict) -> str:
-    raw = json.dumps(["plan", rows.stamp, show, position, list(row["key"])], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return pack_cursor(["plan", rows.stamp, show, position, list(row["key"])])
 
 
 def _decode(cursor: str, show: str) -> tuple[str, int, list] | None:
     try:
-        name, stamp, shown, position, key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        name, stamp, shown, position, key = unpack_cursor(cursor)
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         return None
     valid = (name == "plan" and shown == show and isinstance(stamp, str) and type(position) is int
