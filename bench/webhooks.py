@@ -40,8 +40,10 @@ def discovered(n: int) -> list:
 
 
 def run(work: Path, n: int = N_CHECKPOINTS, repeat: int = REPEAT) -> dict[str, dict]:
+    from django.db import connection
+
     from dashboard import scanning, webhooks
-    from dashboard.models import Run, WebhookEndpoint
+    from dashboard.models import Checkpoint, Run, WebhookEndpoint
     from persistence import discovery
 
     assert not WebhookEndpoint.objects.exists()
@@ -59,7 +61,10 @@ def run(work: Path, n: int = N_CHECKPOINTS, repeat: int = REPEAT) -> dict[str, d
         finally:
             scanning.webhooks.emit = real_emit
         assert run.checkpoints.count() == n
-        run.checkpoints.all().delete()
+        # One statement: the ORM's delete of 10,000 rows (related rows collected per relation)
+        # takes five times as long as the recording it follows. Nothing else refers to these rows.
+        with connection.cursor() as cursor:
+            cursor.execute(f"DELETE FROM {Checkpoint._meta.db_table} WHERE run_id = %s", [run.pk])
         run.delete()
         return seconds
 
