@@ -2,11 +2,17 @@
 
     python -m bench            # every group
     python -m bench scan       # one group (results of the others are kept)
+
+The figures are meant for the production setup: without ``DATABASE_URL`` the run gets a fresh
+database of its own (``BENCH_DB``, default ``bench_main``, dropped and created) on the PostgreSQL
+server of ``BENCH_PG_URL`` (default: the local one) when one answers, else a throw-away SQLite
+database (``BENCH_SQLITE=1`` asks for that).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import sys
 import time
@@ -37,6 +43,8 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark group(s): {', '.join(sorted(unknown))}; known: {', '.join(GROUPS)}")
         return 2
+    if not os.environ.get("DATABASE_URL") and os.environ.get("BENCH_SQLITE") != "1":
+        _use_fresh_postgres()
     work = harness.work_directory()
     new: dict[str, dict] = {}
     seconds: dict[str, dict] = {}
@@ -64,6 +72,19 @@ def main(argv: list[str]) -> int:
     print(f"groups: {', '.join(walls)}; total {sum(spent['seconds'] for spent in seconds.values()):.0f} s")
     print(f"wrote {harness.RESULTS_JSON} and {harness.RESULTS_MD}")
     return 0
+
+
+def _use_fresh_postgres() -> None:
+    import psycopg
+
+    name = os.environ.get("BENCH_DB", "bench_main")
+    try:
+        os.environ["DATABASE_URL"] = harness.fresh_postgres_database(name)
+    except psycopg.OperationalError as exc:
+        print(f"[bench] no PostgreSQL server ({str(exc).strip().splitlines()[0]}): a throw-away SQLite database; "
+              "the page and scale figures are then not the production setup's", flush=True)
+    else:
+        print(f"[bench] database: {name} (fresh) on {harness.postgres_server_url()}", flush=True)
 
 
 if __name__ == "__main__":

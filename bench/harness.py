@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_JSON = BENCH_DIR / "results.json"
@@ -127,6 +129,32 @@ def setup_django(work_dir: Path) -> None:
 
     django.setup()
     call_command("migrate", verbosity=0, interactive=False)
+
+
+def postgres_server_url() -> str:
+    """The PostgreSQL server benchmarks make their own databases on: ``BENCH_PG_URL``, else
+    ``DATABASE_URL``'s, else the local default (without a database name)."""
+    url = os.environ.get("BENCH_PG_URL") or os.environ.get("DATABASE_URL") or ""
+    if not url.startswith("postgres"):
+        url = "postgres://postgres@127.0.0.1:5432/postgres"
+    return url.rsplit("/", 1)[0]
+
+
+def fresh_postgres_database(name: str) -> str:
+    """Drop and create the database ``name`` (one a benchmark owns) on that server; its URL.
+
+    ``psycopg.OperationalError`` when no server answers."""
+    import psycopg
+
+    if name in ("test", "postgres", "template0", "template1") or not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        raise RuntimeError(f"refusing to recreate the database {name!r}: name one for this benchmark only")
+    server = postgres_server_url()
+    parts = urlsplit(server + "/postgres")
+    with psycopg.connect(host=parts.hostname or "127.0.0.1", port=parts.port or 5432, user=parts.username or "postgres",
+                         password=parts.password, dbname="postgres", autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{server}/{name}"
 
 
 def work_directory() -> Path:

@@ -40,9 +40,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
-from bench.harness import entry
+from bench.harness import entry, fresh_postgres_database
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 CLIENTS = int(os.environ.get("BENCH_LOAD_CLIENTS", "20"))
@@ -55,28 +55,6 @@ WINDOW_SECONDS = 5.0
 VIEWER = f"load-viewer-{secrets.token_hex(4)}"  # the database may be shared with earlier runs
 PAGE = "/runs/big/"
 MARKER = f"model.ckpt-{BIG}<".encode()
-
-
-def _server_url() -> str:
-    url = os.environ.get("BENCH_PG_URL") or os.environ.get("DATABASE_URL") or ""
-    if not url.startswith("postgres"):
-        url = "postgres://postgres@127.0.0.1:5432/postgres"
-    return url.rsplit("/", 1)[0]
-
-
-def fresh_database() -> str:
-    """Drop and create the benchmark's own database; return its URL."""
-    import psycopg
-
-    if DB_NAME in ("test", "postgres", "template0", "template1") or not re.fullmatch(r"[a-z_][a-z0-9_]*", DB_NAME):
-        raise RuntimeError(f"refusing to recreate the database {DB_NAME!r}: name one for this benchmark only")
-    server = _server_url()
-    parts = urlsplit(server + "/postgres")
-    with psycopg.connect(host=parts.hostname or "127.0.0.1", port=parts.port or 5432, user=parts.username or "postgres",
-                         password=parts.password, dbname="postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    return f"{server}/{DB_NAME}"
 
 
 def prepare() -> None:
@@ -246,7 +224,7 @@ def run(work: Path) -> dict[str, dict]:
     if shared:
         made = _dataset(work)
     else:
-        database_url = fresh_database()
+        database_url = fresh_postgres_database(DB_NAME)
     password = secrets.token_hex(16)
     redis = PrivateRedis(work / "load-redis" / "redis.sock").start()
     env = {
