@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.harness import entry, timed
+from bench.harness import delete_runs, entry, timed
 
 N_SCAN = 10_000
 N_HISTORY = 100_000
@@ -53,7 +53,7 @@ def run(work: Path, n: int = N_SCAN, repeat: int = REPEAT) -> dict[str, dict]:
     import tensorflow as tf  # noqa: F401  (import cost is not part of either measurement)
     from django.core.management import call_command
 
-    from dashboard.models import Checkpoint, Run
+    from dashboard.models import Checkpoint
     from tests.checkpoint_factory import make_many_tiny_checkpoints
 
     n = int(os.environ.get("BENCH_SCAN_CHECKPOINTS", n))
@@ -66,7 +66,7 @@ def run(work: Path, n: int = N_SCAN, repeat: int = REPEAT) -> dict[str, dict]:
 
     def first_scan() -> float:
         # Every first scan is one of a run never seen before: nothing recorded, nothing known.
-        Run.objects.filter(directory=str(directory)).delete()
+        delete_runs(directory=str(directory))
         seconds = timed(lambda: call_command("scan", str(directory), "--name", "many", stdout=io.StringIO()))
         recorded = Checkpoint.objects.filter(run__name="many").count()
         assert recorded == len(made.prefixes), (recorded, len(made.prefixes))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from bench.harness import entry, timed
+from bench.harness import delete_runs, entry, timed
 
 N_CHECKPOINTS = 10_000
 REPEAT = 9
@@ -40,10 +40,8 @@ def discovered(n: int) -> list:
 
 
 def run(work: Path, n: int = N_CHECKPOINTS, repeat: int = REPEAT) -> dict[str, dict]:
-    from django.db import connection
-
     from dashboard import scanning, webhooks
-    from dashboard.models import Checkpoint, Run, WebhookEndpoint
+    from dashboard.models import Run, WebhookEndpoint
     from persistence import discovery
 
     assert not WebhookEndpoint.objects.exists()
@@ -61,11 +59,7 @@ def run(work: Path, n: int = N_CHECKPOINTS, repeat: int = REPEAT) -> dict[str, d
         finally:
             scanning.webhooks.emit = real_emit
         assert run.checkpoints.count() == n
-        # One statement: the ORM's delete of 10,000 rows (related rows collected per relation)
-        # takes five times as long as the recording it follows. Nothing else refers to these rows.
-        with connection.cursor() as cursor:
-            cursor.execute(f"DELETE FROM {Checkpoint._meta.db_table} WHERE run_id = %s", [run.pk])
-        run.delete()
+        delete_runs(pk=run.pk)
         return seconds
 
     record(True), record(False)  # warm-up: the first inserts into fresh tables are slower
