@@ -11,7 +11,7 @@ from tests.dashboard.conftest import add_checkpoint_rows
 pytestmark = pytest.mark.django_db
 
 # Session, user, two permission lookups, run with its cached summary, page rows, recent jobs: whatever the size.
-RUN_PAGE_QUERIES = 7
+RUN_PAGE_QUERIES = 8
 
 
 @pytest.mark.parametrize("url", ["/", "/runs/new/", "/runs/rows/", "/jobs/", "/runs/rows/chart.json"])
@@ -95,6 +95,24 @@ def test_chart_data_is_thinned_for_long_runs(client, viewer, demo_rows):
     assert len(data["metrics"]["loss"]) == len(steps) == len(data["size_bytes"])
 
 
+def _rows_read(queries: list[dict], table: str, *, any_relation: bool = False) -> int:
+    """Rows of ``table`` (or, with ``any_relation``, of every scan) that the captured queries naming
+    ``table`` read, by PostgreSQL's EXPLAIN ANALYZE of each."""
+    from django.db import connection
+
+    read = 0
+    with connection.cursor() as cursor:
+        for sql in (q["sql"] for q in queries if table in q["sql"]):
+            cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)
+            nodes = [cursor.fetchone()[0][0]["Plan"]]
+            while nodes:
+                node = nodes.pop()
+                nodes.extend(node.get("Plans", []))
+                if node["Node Type"].endswith("Scan") and (any_relation or node.get("Relation Name") == table):
+                    read += node["Actual Rows"] * node["Actual Loops"] + node.get("Rows Removed by Filter", 0)
+    return read
+
+
 def test_chart_of_a_long_run_reads_as_many_rows_as_it_shows(client, viewer, demo_rows):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -107,19 +125,33 @@ def test_chart_of_a_long_run_reads_as_many_rows_as_it_shows(client, viewer, demo
     client.force_login(viewer)
     with CaptureQueriesContext(connection) as queries:
         assert client.get(reverse("run-chart", args=["rows"])).json()["shown"] <= 500
-    read = 0
-    with connection.cursor() as cursor:
-        for sql in (q["sql"] for q in queries.captured_queries if "dashboard_checkpoint" in q["sql"]):
-            cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)
-            plan = cursor.fetchone()[0]
-            nodes = [plan[0]["Plan"]]
-            while nodes:
-                node = nodes.pop()
-                nodes.extend(node.get("Plans", []))
-                if node["Node Type"].endswith("Scan"):
-                    read += node["Actual Rows"] * node["Actual Loops"] + node.get("Rows Removed by Filter", 0)
+    read = _rows_read(queries.captured_queries, "dashboard_checkpoint", any_relation=True)
     # The two ends, 500 probes (each reading its VALUES row and one index entry) and the 500 rows.
     assert read <= 4 * 500 + 10, f"{read} checkpoint rows read to chart a run of 20,003"
+
+
+@pytest.mark.parametrize("sort", ["-step", "-metric:loss"])
+def test_history_page_reads_export_rows_of_its_slice_only(client, viewer, demo_rows, sort):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from dashboard.models import Export, MetricValue
+
+    if connection.vendor != "postgresql":
+        pytest.skip("rows read are counted from PostgreSQL's EXPLAIN ANALYZE")
+    add_checkpoint_rows(demo_rows, 3_000, start_step=10)  # with their loss's sort rows
+    assert MetricValue.objects.filter(checkpoint__run=demo_rows, name="loss").count() == 3_003
+    # Every checkpoint exported: a deployment's export table is far larger than one page.
+    Export.objects.bulk_create(Export(checkpoint_id=pk, path=f"/exports/{pk}.pb", sha256="0" * 64)
+                               for pk in demo_rows.checkpoints.values_list("pk", flat=True))
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE dashboard_checkpoint; ANALYZE dashboard_export; ANALYZE dashboard_metricvalue")
+    client.force_login(viewer)
+    with CaptureQueriesContext(connection) as queries:
+        html = client.get(reverse("run", args=["rows"]), {"sort": sort}).content.decode()
+    assert html.count(">exported<") == 50
+    read = _rows_read(queries.captured_queries, "dashboard_export")
+    assert read <= 2 * 50, f"{read} export rows read to show a page of 50 checkpoints"
 
 
 def test_checkpoint_page_shows_files_variables_and_meta_source(client, viewer, demo_rows):
