@@ -161,8 +161,8 @@ def _check_plan(directory: str, plan: Plan, state_files: Sequence[str]) -> None:
             resolve_inside(os.path.join(real_directory, name), [real_directory])
 
 
-# From this many files on, one listing of the directory is cheaper than an lstat per file.
-LIST_FOR_LINKS_FROM = 256
+# From this many names to check on, one listing of the directory is cheaper than a call per name.
+LIST_DIRECTORY_FROM = 256
 
 
 def _symlinks(real_directory: Path, names: list[str]) -> set[str]:
@@ -171,7 +171,7 @@ def _symlinks(real_directory: Path, names: list[str]) -> set[str]:
     A large plan lists the directory once: the entries' types come with the listing (no call per
     file, and no inode read from a cold disk). A small one asks about each of its names.
     """
-    if len(names) < LIST_FOR_LINKS_FROM:
+    if len(names) < LIST_DIRECTORY_FROM:
         return {name for name in names if os.path.islink(os.path.join(real_directory, name))}
     try:
         with os.scandir(real_directory) as entries:
@@ -210,7 +210,7 @@ def _rewrite_state_file(directory: str, name: str, plan: Plan, deleted_prefixes:
             raise ValueError(f"{name} names {state.latest} as the latest checkpoint but the plan deletes it; "
                              "the run changed since the plan was made, plan again")
         # Listed after the state was read: a checkpoint a trainer names there is already complete.
-        present = _presence(directory)
+        present = _presence(directory, len(state.all_prefixes))
         survivors = [p for p in state.all_prefixes if p not in deleted_prefixes and present(p)]
         if on_progress is not None:
             on_progress(0, len(plan.files_to_delete), f"rewriting {name}")
@@ -237,11 +237,22 @@ def _write_survivors(directory: str, state: StateFile, survivors: list[str], pla
                      if_match=if_match)
 
 
-def _presence(directory: str) -> Callable[[str | None], bool]:
-    """Whether a checkpoint prefix is there: V2 through its ``.index``, V1 as a single file."""
+def _presence(directory: str, asked: int = 1) -> Callable[[str | None], bool]:
+    """Whether a checkpoint prefix is there: V2 through its ``.index``, V1 as a single file.
+
+    ``asked``: about how many prefixes will be asked about; from ``LIST_DIRECTORY_FROM`` on, a
+    local directory is listed once instead of a stat per prefix.
+    """
     if storage.is_url(directory):
         names = {entry.name for entry in storage.storage_for(directory).list(directory)}
         return lambda prefix: bool(prefix) and (f"{prefix}.index" in names or prefix in names)
+    if asked >= LIST_DIRECTORY_FROM:
+        try:
+            indexes, files = _listed(directory)
+        except OSError:
+            pass  # asked one at a time below
+        else:
+            return lambda prefix: bool(prefix) and (f"{prefix}.index" in indexes or prefix in files)
 
     def on_disk(prefix: str | None) -> bool:
         if not prefix:
@@ -250,6 +261,21 @@ def _presence(directory: str) -> Callable[[str | None], bool]:
                 or os.path.isfile(os.path.join(directory, prefix)))
 
     return on_disk
+
+
+def _listed(directory: str) -> tuple[set[str], set[str]]:
+    """The names of ``directory`` that ``os.path.exists`` and ``os.path.isfile`` hold true for,
+    the first among the ``.index`` names only; the types come with the listing, only links are
+    followed (a stat each)."""
+    indexes, files = set(), set()
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            link = entry.is_symlink()
+            if entry.name.endswith(".index") and (not link or os.path.exists(entry.path)):
+                indexes.add(entry.name)
+            if entry.is_file():
+                files.add(entry.name)
+    return indexes, files
 
 
 @dataclass
