@@ -198,7 +198,7 @@ def apply_plan(run: Run, plan: Plan, *, actor: User | None = None, job: Job | No
     # A run in a bucket is pruned through the same engine: conditional state-object writes and
     # batch deletes in place of atomic renames and unlinks.
     directory = str(checkpoint_directory(run.directory, objects=True, action="Pruning"))
-    _check_plan_files(run, plan)
+    ids = _check_plan_files(run, plan)
     # Those found now and those the last scan recorded: a listing that failed just now (a
     # bucket's request) must not hide a state file that names what the plan deletes.
     found = statefile.find_state_files(directory)
@@ -213,7 +213,7 @@ def apply_plan(run: Run, plan: Plan, *, actor: User | None = None, job: Job | No
         # The lock a scan takes to store what it found: a scan that read the directory
         # mid-prune then sees these rows pruned, and leaves them so.
         lock_row(run)
-        pruned = _mark_pruned(run, plan, gone, job, trash_batch=batch)
+        pruned = _mark_pruned(plan, ids, gone, job, trash_batch=batch)
         summaries.refresh(run)
         # A prune keeps every state file's latest; what changes is the anchor of the hours rule,
         # which the engine wrote into the default state file (no need to re-read them all).
@@ -258,23 +258,32 @@ def apply_plan(run: Run, plan: Plan, *, actor: User | None = None, job: Job | No
     }
 
 
-def _check_plan_files(run: Run, plan: Plan) -> None:
+def _check_plan_files(run: Run, plan: Plan) -> dict[str, int]:
+    """The row id of each checkpoint the plan deletes files of, by prefix (what ``_mark_pruned``
+    updates: rows are never deleted, so the ids stay good); ``ValueError`` for a stray file."""
     # Never delete a file that belongs to no recorded checkpoint (a plan read back from a job's
     # JSON is only as good as that JSON).
     doomed = [d.prefix for d in plan.decisions if d.delete_files]
     recorded = set()
+    ids = {}
     for start in range(0, len(doomed), 5000):
-        chunk = run.checkpoints.filter(prefix__in=doomed[start : start + 5000]).values_list("files", flat=True)
-        recorded.update(f["name"] for files_ in chunk for f in files_ or [])
+        chunk = run.checkpoints.filter(prefix__in=doomed[start : start + 5000]).values_list("prefix", "id", "files")
+        for prefix, pk, files_ in chunk:
+            ids[prefix] = pk
+            recorded.update(f["name"] for f in files_ or [])
     stray = [name for name in plan.files_to_delete if name not in recorded]
     if stray:
         raise ValueError(f"The plan names {len(stray)} file(s) no recorded checkpoint of {run.name} has, "
                          f"e.g. {stray[0]}; refusing to delete anything.")
+    return ids
 
 
-def _mark_pruned(run: Run, plan: Plan, gone: set[str], job: Job | None, *, trash_batch: str | None = None) -> int:
-    """Rows whose ``.index`` is gone become ``pruned``; each keeps only its files still on disk."""
-    ids = dict(run.checkpoints.values_list("prefix", "id"))
+def _mark_pruned(plan: Plan, ids: dict[str, int], gone: set[str], job: Job | None, *,
+                 trash_batch: str | None = None) -> int:
+    """Rows whose ``.index`` is gone become ``pruned``; each keeps only its files still on disk.
+
+    ``ids``: the row id of each checkpoint the plan deletes files of, by prefix.
+    """
     when = timezone.now().strftime("%Y-%m-%d %H:%M UTC")
     by_job = f" (job #{job.pk})" if job else ""
     verb = f"Moved to the trash ({trash.TRASH_DIR}/{trash_batch}/)" if trash_batch else "Deleted"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from persistence import storage, trash
@@ -97,6 +98,7 @@ def execute_plan(
         trash.check_batch_name(trash_batch)
     deleted_prefixes = plan.deleted_prefixes
     states = []
+    read: dict[str, bytes] = {}
     problems: list[str] = []
     for state_name in state_files:
         try:
@@ -104,6 +106,7 @@ def execute_plan(
             if version is None:
                 continue
             state = parse_state_bytes(version[0], state_name, directory)
+            read[state.name] = version[0]
         except StateFileUnavailable as exc:
             # A state object we could not fetch may name what the plan deletes.
             raise ValueError(f"{exc}; nothing was deleted, try again") from None
@@ -120,7 +123,8 @@ def execute_plan(
 
     rewritten = []
     for state in states:
-        if _rewrite_state_file(directory, state.name, plan, deleted_prefixes, problems, on_progress):
+        if _rewrite_state_file(directory, state.name, plan, deleted_prefixes, problems, on_progress,
+                               checked=(read[state.name], state)):
             rewritten.append(state.name)
 
     outcome = _discard(directory, deletion_order(plan.files_to_delete), on_progress=on_progress,
@@ -139,6 +143,7 @@ def _check_plan(directory: str, plan: Plan, state_files: Sequence[str]) -> None:
     if in_bucket:
         storage.parse_url(directory)  # a URL that does not parse names no run
     real_directory = None if in_bucket else resolve(directory)
+    links = None if real_directory is None else _symlinks(real_directory, plan.files_to_delete)
     for name in plan.files_to_delete:
         # In a bucket a backslash is just a character of the key, but tools that turn keys into
         # paths read it as a separator.
@@ -147,23 +152,43 @@ def _check_plan(directory: str, plan: Plan, state_files: Sequence[str]) -> None:
             raise ValueError(f"plan names {name!r}, which is not a file name inside the run directory")
         if name in state_files:
             raise ValueError(f"plan deletes the state file {name}")
-        if real_directory is None:
+        if links is None:
             continue
         # A plain name inside the resolved directory can only lead elsewhere through a symlink: only
         # those are resolved (a full resolve per file was most of a large prune's time). A symlink
         # out of the run is refused; the entry itself is what gets unlinked, never its target.
-        path = os.path.join(real_directory, name)
-        if os.path.islink(path):
-            resolve_inside(path, [real_directory])
+        if name in links:
+            resolve_inside(os.path.join(real_directory, name), [real_directory])
+
+
+# From this many names to check on, one listing of the directory is cheaper than a call per name.
+LIST_DIRECTORY_FROM = 256
+
+
+def _symlinks(real_directory: Path, names: list[str]) -> set[str]:
+    """The names among ``names`` that are symbolic links in ``real_directory``.
+
+    A large plan lists the directory once: the entries' types come with the listing (no call per
+    file, and no inode read from a cold disk). A small one asks about each of its names.
+    """
+    if len(names) < LIST_DIRECTORY_FROM:
+        return {name for name in names if os.path.islink(os.path.join(real_directory, name))}
+    try:
+        with os.scandir(real_directory) as entries:
+            return {entry.name for entry in entries if entry.is_symlink()}
+    except OSError:
+        # Not listable now: ask about each name, as a small plan does.
+        return {name for name in names if os.path.islink(os.path.join(real_directory, name))}
 
 
 def _rewrite_state_file(directory: str, name: str, plan: Plan, deleted_prefixes: set[str], problems: list[str],
-                        on_progress: ProgressCallback | None) -> bool:
+                        on_progress: ProgressCallback | None, *, checked: tuple[bytes, StateFile] | None = None) -> bool:
     """Rewrite state file ``name`` without the plan's deleted checkpoints; False if left as it is.
 
     The file is read again here and replaced only if it is still exactly what was read (locally
     its content, in a bucket its ETag): a save that lands meanwhile (a trainer rewrites the file
     after every save) makes us start over from its content, so its new latest and entries stay.
+    ``checked``: the content the plan was checked against and its parse, reused when unchanged.
     """
     for _ in range(STATE_REWRITE_ATTEMPTS):
         try:
@@ -171,7 +196,8 @@ def _rewrite_state_file(directory: str, name: str, plan: Plan, deleted_prefixes:
             if version is None:
                 return False  # removed since the check: nothing names a deleted checkpoint any more
             data, etag = version
-            state = parse_state_bytes(data, name, directory)
+            # Usually what was just checked: a large run's state file is not parsed twice.
+            state = checked[1] if checked is not None and data == checked[0] else parse_state_bytes(data, name, directory)
         except StateFileUnavailable as exc:
             raise ValueError(f"{exc}; nothing was deleted, try again") from None
         except StateFileError as exc:
@@ -184,7 +210,7 @@ def _rewrite_state_file(directory: str, name: str, plan: Plan, deleted_prefixes:
             raise ValueError(f"{name} names {state.latest} as the latest checkpoint but the plan deletes it; "
                              "the run changed since the plan was made, plan again")
         # Listed after the state was read: a checkpoint a trainer names there is already complete.
-        present = _presence(directory)
+        present = _presence(directory, len(state.all_prefixes))
         survivors = [p for p in state.all_prefixes if p not in deleted_prefixes and present(p)]
         if on_progress is not None:
             on_progress(0, len(plan.files_to_delete), f"rewriting {name}")
@@ -211,11 +237,22 @@ def _write_survivors(directory: str, state: StateFile, survivors: list[str], pla
                      if_match=if_match)
 
 
-def _presence(directory: str) -> Callable[[str | None], bool]:
-    """Whether a checkpoint prefix is there: V2 through its ``.index``, V1 as a single file."""
+def _presence(directory: str, asked: int = 1) -> Callable[[str | None], bool]:
+    """Whether a checkpoint prefix is there: V2 through its ``.index``, V1 as a single file.
+
+    ``asked``: about how many prefixes will be asked about; from ``LIST_DIRECTORY_FROM`` on, a
+    local directory is listed once instead of a stat per prefix.
+    """
     if storage.is_url(directory):
         names = {entry.name for entry in storage.storage_for(directory).list(directory)}
         return lambda prefix: bool(prefix) and (f"{prefix}.index" in names or prefix in names)
+    if asked >= LIST_DIRECTORY_FROM:
+        try:
+            indexes, files = _listed(directory)
+        except OSError:
+            pass  # asked one at a time below
+        else:
+            return lambda prefix: bool(prefix) and (f"{prefix}.index" in indexes or prefix in files)
 
     def on_disk(prefix: str | None) -> bool:
         if not prefix:
@@ -224,6 +261,21 @@ def _presence(directory: str) -> Callable[[str | None], bool]:
                 or os.path.isfile(os.path.join(directory, prefix)))
 
     return on_disk
+
+
+def _listed(directory: str) -> tuple[set[str], set[str]]:
+    """The names of ``directory`` that ``os.path.exists`` and ``os.path.isfile`` hold true for,
+    the first among the ``.index`` names only; the types come with the listing, only links are
+    followed (a stat each)."""
+    indexes, files = set(), set()
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            link = entry.is_symlink()
+            if entry.name.endswith(".index") and (not link or os.path.exists(entry.path)):
+                indexes.add(entry.name)
+            if entry.is_file():
+                files.add(entry.name)
+    return indexes, files
 
 
 @dataclass
@@ -249,23 +301,41 @@ def _discard(directory: str, names: list[str], *, on_progress: ProgressCallback 
         return _discard_objects(directory, names, on_progress)
     done = Discarded()
     step = max(1, len(names) // 100)
-    for i, name in enumerate(names, 1):
-        path = os.path.join(directory, name)
+    # Names relative to the directory opened once: no walk of its whole path per call.
+    dir_fd: int | None = None
+    if {os.stat, os.unlink} <= os.supports_dir_fd:
         try:
-            size = os.lstat(path).st_size
-            os.unlink(path)
-        except FileNotFoundError:
-            done.gone.append(name)
-        except OSError as exc:
-            done.failed[name] = exc.strerror or str(exc)
-        else:
-            done.deleted.append(name)
-            done.freed += size
-        if on_progress is not None and (i % step == 0 or i == len(names)):
-            on_progress(i, len(names), f"deleted {i} of {len(names)} files")
-    if done.deleted:
-        fsync_directory(directory)
+            dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            pass  # each name then meets the same error through its full path
+    try:
+        for i, name in enumerate(names, 1):
+            _discard_file(directory, name, dir_fd, done)
+            if on_progress is not None and (i % step == 0 or i == len(names)):
+                on_progress(i, len(names), f"deleted {i} of {len(names)} files")
+        if done.deleted:
+            if dir_fd is None:
+                fsync_directory(directory)
+            else:
+                os.fsync(dir_fd)
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
     return done
+
+
+def _discard_file(directory: str, name: str, dir_fd: int | None, done: Discarded) -> None:
+    path = name if dir_fd is not None else os.path.join(directory, name)
+    try:
+        size = os.lstat(path, dir_fd=dir_fd).st_size
+        os.unlink(path, dir_fd=dir_fd)
+    except FileNotFoundError:
+        done.gone.append(name)
+    except OSError as exc:
+        done.failed[name] = exc.strerror or str(exc)
+    else:
+        done.deleted.append(name)
+        done.freed += size
 
 
 # Keys per batch delete request (S3's maximum).

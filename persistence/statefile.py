@@ -368,7 +368,7 @@ def find_state_files(directory: str) -> list[str]:
             return []
         names = [e.name for e in listed if could_be_state_file(e.name, e.size)
                  and (e.name == DEFAULT_STATE_FILE or _NEVER_STATE_FILE.search(e.name) is None)]
-        return [name for name in order_state_file_names(names) if sniff_state_file(directory, name) is not None]
+        return _sniffed(directory, names)
     try:
         with os.scandir(directory) as entries:
             for entry in entries:
@@ -380,7 +380,14 @@ def find_state_files(directory: str) -> list[str]:
                     names.append(entry.name)
     except OSError:
         return []
-    return [name for name in order_state_file_names(names) if sniff_state_file(directory, name) is not None]
+    return _sniffed(directory, names)
+
+
+def _sniffed(directory: str, names: list[str]) -> list[str]:
+    # ``checkpoint`` is a state file whatever it holds (sniff_state_file never turns it away):
+    # parsing it here, a 10,000-line file for a large run, would only be thrown away.
+    return [name for name in order_state_file_names(names)
+            if name == DEFAULT_STATE_FILE or sniff_state_file(directory, name) is not None]
 
 
 def order_state_file_names(names: list[str]) -> list[str]:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from persistence import pruning
 from persistence.files import PathOutsideRoots
 from persistence.pruning import execute_plan
 from persistence.retention import (
@@ -621,7 +622,10 @@ def test_tf2_manager_carries_on_with_the_plans_anchor(tmp_path):
         "ckpt-3.index", "ckpt-6.index", "ckpt-7.index"}
 
 
-def test_execute_refuses_paths_outside_the_directory_before_deleting_anything(tmp_path):
+@pytest.mark.parametrize("listed", [False, True], ids=["lstat-per-file", "directory-listed"])
+def test_execute_refuses_paths_outside_the_directory_before_deleting_anything(tmp_path, monkeypatch, listed):
+    # A large plan finds symlinks through one listing of the directory, a small one per file.
+    monkeypatch.setattr(pruning, "LIST_DIRECTORY_FROM", 1 if listed else 10**6)
     run = tmp_path / "run"
     run.mkdir()
     (tmp_path / "secret").write_text("x")
@@ -658,3 +662,22 @@ def test_execute_refuses_a_tampered_plan_and_one_that_deletes_the_latest(tmp_pat
     with pytest.raises(ValueError, match="names model.ckpt-1 as the latest"):
         execute_plan(str(tmp_path), p)
     assert (tmp_path / "model.ckpt-1.index").exists()
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["stat-per-prefix", "directory-listed"])
+def test_execute_keeps_in_the_state_file_only_survivors_on_disk(tmp_path, monkeypatch, listed):
+    # A state file listing many checkpoints is checked against one listing of the directory.
+    from persistence.statefile import write_state_file
+
+    monkeypatch.setattr(pruning, "LIST_DIRECTORY_FROM", 1 if listed else 10**6)
+    for step in (1, 2, 4):
+        (tmp_path / f"model.ckpt-{step}.index").write_text("x")
+    (tmp_path / "model.ckpt-5").write_text("x")  # a V1 checkpoint: one file
+    (tmp_path / "model.ckpt-6.index").symlink_to(tmp_path / "nowhere")  # dangling: not there
+    (tmp_path / "model.ckpt-7").mkdir()  # a directory is not a V1 checkpoint
+    names = [f"model.ckpt-{s}" for s in range(1, 8)]
+    write_state_file(str(tmp_path), latest="model.ckpt-4", all_prefixes=names)
+    facts = [ckpt(1, files=("model.ckpt-1.index",)), ckpt(4, files=("model.ckpt-4.index",))]
+    result = execute_plan(str(tmp_path), plan(facts, max_to_keep=1))
+    assert result.deleted == ["model.ckpt-1.index"]
+    assert read_state_file(str(tmp_path)).all_prefixes == ["model.ckpt-2", "model.ckpt-4", "model.ckpt-5"]
