@@ -87,7 +87,8 @@ NOTES = {
     "(session), gunicorn, medians of 15 interleaved pairs. Not: the machine's ceiling (see download_vs_cat).",
     "prune_plan_10k_seconds": "Planning a prune of 10,000 checkpoints from the database, as the preview does.",
     "prune_exec_vs_bare": "Executing a plan deleting 10,000 files vs `os.remove` of the same, caches dropped "
-    "before each side (disk-bound; our side's database file is cold too); best of 5 alternating.",
+    "before each side (disk-bound; our side's database file is cold too); best of 5 alternating. Each side keeps "
+    "its directory, refilled with what the last round deleted (a run's churn, not a fresh copy).",
     "events_vs_bare": "Reading a run's event files from nothing (1,000,000 scalars, 20 tags; TF1 and TF2 "
     "layouts), storing the curves and attaching values to 500 checkpoints vs a bare loop over the same files with "
     "the same TensorFlow record reader collecting the same scalars; best of 3 alternating, page cache warm. "
