@@ -32,7 +32,7 @@ from bench.harness import BENCH_DIR, entry
 
 N_VARIABLES = 4
 VARIABLE_ELEMENTS = 64 << 20  # float32: 256 MiB each, 1 GiB per checkpoint
-REPEAT = 3
+REPEAT = 2  # each side a process reading 2 GiB; the margin is wide (measured 1.27 against >= 0.7)
 REPO = BENCH_DIR.parent
 
 

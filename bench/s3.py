@@ -19,15 +19,15 @@ LIST per started 1,000 keys and no GET at all. The raw requests per 1,000 keys a
 It does not measure time.
 
 ``s3_stage_vs_bare``: staging one large TF1 checkpoint (``S3_STAGE_MB`` of variables, 1024 by
-default, in one data shard, plus its ``.index`` and ``.meta``) from the bucket into an empty
-staging cache (``persistence.staging``: one LIST, ranged GETs with ``If-Match``, 16 MiB parts 10 at
-a time, written at their offsets into a temporary file, renamed, hard links into the view) vs
-boto3's ``download_file`` of the same three objects into a directory (its transfer manager with
-default settings: 8 MiB parts, 10 threads; no fsync). Medians of alternating repeats, each into
-a fresh directory. It measures the whole cold stage on a loopback server; it does not measure a
-real network, and a warm stage (no GET at all) is recorded only as ``warm_seconds``.
+default, in ``S3_STAGE_SHARDS`` data shards, 4 by default, plus its ``.index`` and ``.meta``) from
+the bucket into an empty staging cache (``persistence.staging``: one LIST, ranged GETs with
+``If-Match``, 16 MiB parts 10 at a time, written at their offsets into a temporary file, renamed,
+hard links into the view) vs boto3's ``download_file`` of the same objects into a directory (its
+transfer manager with default settings: 8 MiB parts, 10 threads; no fsync), one object after
+another. Medians of alternating repeats, each into a fresh directory. It measures the whole cold
+stage on a loopback server; it does not measure a real network, and a warm stage (no GET at all) is recorded only as ``warm_seconds``.
 
-    python -m bench s3            # N = 1000, 5 scan repeats, a 1 GB checkpoint staged twice
+    python -m bench s3            # N = 1000, 5 scan repeats, a 1 GB checkpoint in 4 shards staged 3 times
     S3_BENCH_N=200 S3_STAGE_MB=64 python -m bench s3   # a smaller smoke run
 """
 
@@ -48,11 +48,12 @@ from bench.harness import entry, timed
 
 N_CHECKPOINTS = int(os.environ.get("S3_BENCH_N", "1000"))
 REPEAT = int(os.environ.get("S3_BENCH_REPEAT", "5"))
-# Each cold stage of 1 GiB takes moto's server about 40 s (ours) and 80 s (boto3's transfer manager):
-# every ranged GET makes it read the whole object. Five repeats of each spread by 1.4 % and 2.4 %
-# (39.1-39.6 s, 76.9-78.7 s), so two of each, alternating, give the same ratio in a third of the time.
-STAGE_REPEAT = int(os.environ.get("S3_STAGE_REPEAT", "2"))
+STAGE_REPEAT = int(os.environ.get("S3_STAGE_REPEAT", "3"))
 STAGE_MB = int(os.environ.get("S3_STAGE_MB", "1024"))
+# moto's server reads a whole object for every ranged GET: a 1 GiB single shard costs it 64 reads of
+# 1 GiB for our 16 MiB parts (and 128 for boto3's 8 MiB ones), minutes per repeat that measure moto.
+# Four 256 MiB shards, as a model spread over devices saves, are still fetched in ranged parts.
+STAGE_SHARDS = int(os.environ.get("S3_STAGE_SHARDS", "4"))
 
 
 def _start_server() -> tuple[subprocess.Popen, str]:
@@ -173,19 +174,24 @@ def _measure(client, bucket: str, names: list[str], n: int, repeat: int, storage
     }
 
 
-def _write_large_checkpoint(directory: Path, megabytes: int) -> str:
-    """A TF1 ``Saver`` checkpoint of about ``megabytes`` MB of float32 variables (four of them)."""
+def _write_large_checkpoint(directory: Path, megabytes: int, shards: int) -> str:
+    """A TF1 ``Saver`` checkpoint of about ``megabytes`` MB of float32 variables (four of them), in
+    ``shards`` data shards: the variables are placed on that many CPU devices and saved with
+    ``Saver(sharded=True)``, one shard per device, as a checkpoint of a model spread over devices is."""
     import tensorflow as tf
 
     directory.mkdir(parents=True, exist_ok=True)
     per_variable = max(1, megabytes * (1 << 20) // 4 // 4)
-    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    config = tf.compat.v1.ConfigProto(device_count={"CPU": shards})
+    with tf.Graph().as_default(), tf.compat.v1.Session(config=config) as session:
         # Initialisers, not constants: the values must not be copied into the .meta as well.
         for i in range(4):
-            tf.compat.v1.get_variable(f"layer{i}", shape=[per_variable], dtype=tf.float32,
-                                      initializer=tf.compat.v1.random_uniform_initializer(seed=i))
+            with tf.device(f"/cpu:{i % shards}"):
+                tf.compat.v1.get_variable(f"layer{i}", shape=[per_variable], dtype=tf.float32,
+                                          initializer=tf.compat.v1.random_uniform_initializer(seed=i))
         session.run(tf.compat.v1.global_variables_initializer())
-        return tf.compat.v1.train.Saver().save(session, str(directory / "large.ckpt"), global_step=1)
+        saver = tf.compat.v1.train.Saver(sharded=shards > 1)
+        return saver.save(session, str(directory / "large.ckpt"), global_step=1)
 
 
 def _measure_stage(client, bucket: str, work: Path, repeat: int) -> dict[str, dict]:
@@ -194,7 +200,7 @@ def _measure_stage(client, bucket: str, work: Path, repeat: int) -> dict[str, di
     from persistence import staging
 
     source = work / "s3-large"
-    prefix_path = _write_large_checkpoint(source, STAGE_MB)
+    prefix_path = _write_large_checkpoint(source, STAGE_MB, STAGE_SHARDS)
     prefix = os.path.basename(prefix_path)
     names = sorted(n for n in os.listdir(source) if n.startswith(prefix + "."))
     for name in names:  # boto3's own multipart upload: the objects' ETags are what S3 would give
