@@ -171,14 +171,13 @@ def _symlinks(real_directory: Path, names: list[str]) -> set[str]:
     A large plan lists the directory once: the entries' types come with the listing (no call per
     file, and no inode read from a cold disk). A small one asks about each of its names.
     """
-    if len(names) < LIST_DIRECTORY_FROM:
-        return {name for name in names if os.path.islink(os.path.join(real_directory, name))}
-    try:
-        with os.scandir(real_directory) as entries:
-            return {entry.name for entry in entries if entry.is_symlink()}
-    except OSError:
-        # Not listable now: ask about each name, as a small plan does.
-        return {name for name in names if os.path.islink(os.path.join(real_directory, name))}
+    if len(names) >= LIST_DIRECTORY_FROM:
+        try:
+            with os.scandir(real_directory) as entries:
+                return {entry.name for entry in entries if entry.is_symlink()}
+        except OSError:
+            pass  # not listable now: ask about each name, as a small plan does
+    return {name for name in names if os.path.islink(os.path.join(real_directory, name))}
 
 
 def _rewrite_state_file(directory: str, name: str, plan: Plan, deleted_prefixes: set[str], problems: list[str],
